@@ -1,0 +1,89 @@
+"""Training extras, as Keras callbacks: history and curves, and state for `--resume`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import keras
+
+from pawnet.plots import plot_curves
+from pawnet.storage import atomic_write_text
+
+
+def read_history(path: Path, upto_epoch: int | None = None) -> list[dict[str, float]]:
+    """Rows of `history.csv` (epoch numbers start at 1), optionally only up to an epoch."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    return [r for r in rows if upto_epoch is None or r["epoch"] <= upto_epoch]
+
+
+class HistoryRecorder(keras.callbacks.Callback):
+    """Rewrites `history.csv` and `curves.png` after every epoch (atomically)."""
+
+    def __init__(self, run_dir: Path, rows: list[dict[str, float]] | None = None):
+        super().__init__()
+        self.csv_path = run_dir / "history.csv"
+        self.png_path = run_dir / "curves.png"
+        self.rows = list(rows or [])
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        row["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.rows.append(row)
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.csv_path, buffer.getvalue())
+        plot_curves(self.rows, self.png_path)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping that can start from a saved best value and wait count."""
+
+    def __init__(self, *args, state: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._resume_state = state or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if "best" in self._resume_state:
+            self.best = self._resume_state["best"]
+            self.wait = self._resume_state["wait"]
+
+
+class ResumeCheckpoint(keras.callbacks.Callback):
+    """After every epoch, saves the full model (weights and optimizer state) and the
+    early-stopping state, so `--resume` continues exactly after the last finished epoch,
+    also after Ctrl-C or a kill.
+    """
+
+    def __init__(self, folder: Path, early_stopping: keras.callbacks.EarlyStopping):
+        super().__init__()
+        self.folder = folder
+        self.early_stopping = early_stopping
+
+    @staticmethod
+    def load_state(folder: Path) -> dict | None:
+        try:
+            return json.loads((folder / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def on_epoch_end(self, epoch, logs=None):
+        tmp = self.folder / ".last-partial.keras"
+        self.model.save(tmp)
+        os.replace(tmp, self.folder / "last.keras")
+        state = {
+            "epoch": epoch + 1,
+            "best": float(self.early_stopping.best),
+            "wait": int(self.early_stopping.wait),
+        }
+        atomic_write_text(self.folder / "state.json", json.dumps(state) + "\n")

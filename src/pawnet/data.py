@@ -1,0 +1,389 @@
+"""Finding photos in any layout, skipping and reporting bad files, and splitting them.
+
+Three layouts are read, each by a small labeler:
+
+```
+class-folders           split-folders                     file-names (Kaggle)
+PHOTOS/                 PHOTOS/                           PHOTOS/
+  cat/ a.jpg ...          train/ cat/ ... dog/ ...          cat.1.jpg
+  dog/ b.jpg ...          val|valid|validation/ ...         dog.7.jpg
+                          test/ ...                         ...
+```
+
+A split folder may itself hold Kaggle-style flat files. Every file is checked before use
+(in parallel, cached by path, size and mtime); bad files are listed with a reason and never
+touched. Exact duplicates (same bytes) are found by SHA-256: one copy is used, the others
+are reported, so a photo can never sit in two splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from pawnet.errors import DataError
+from pawnet.images import MAX_PIXELS, ImageError, inspect_image
+from pawnet.storage import atomic_write_text, cache_dir
+
+SPLITS = ("train", "val", "test")
+SPLIT_FOLDER_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+_IGNORED_DIRS = {"__MACOSX"}
+_FLAT_LABEL = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)\.")
+_SCAN_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One usable photo: where it is, its class, its split and its content hash."""
+
+    path: str
+    label: str
+    split: str | None
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class PhotoSet:
+    """What was found under one folder: usable photos, skipped files and duplicates."""
+
+    root: str
+    layout: str
+    classes: list[str]
+    photos: list[Photo]
+    skipped: list[Skipped] = field(default_factory=list)
+    duplicates: list[list[str]] = field(default_factory=list)
+    converted: dict[str, int] = field(default_factory=dict)  # "CMYK JPEG" -> count
+
+    def counts(self, split: str | None = None) -> dict[str, int]:
+        """Usable photos per class (in class order), optionally for one split only."""
+        counter = Counter(p.label for p in self.photos if split is None or p.split == split)
+        return {c: counter.get(c, 0) for c in self.classes}
+
+    def splits(self) -> list[str]:
+        """The split folders that were given, in train/val/test order."""
+        found = {p.split for p in self.photos}
+        return [s for s in SPLITS if s in found]
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{c}: {n}" for c, n in self.counts().items())
+        text = (
+            f"Found {len(self.photos)} usable photos of {len(self.classes)} classes "
+            f"({counts}) in {self.root} [layout: {self.layout}]"
+        )
+        if self.splits():
+            per_split = ", ".join(
+                f"{s}: {sum(self.counts(s).values())}" for s in self.splits()
+            )
+            text += f"; given splits {per_split}"
+        if self.skipped:
+            text += f"; skipped {len(self.skipped)} bad files"
+        if self.duplicates:
+            extra = sum(len(g) - 1 for g in self.duplicates)
+            text += f"; {extra} exact duplicates not used twice"
+        return text + "."
+
+    def to_json(self) -> dict:
+        return {
+            "root": self.root,
+            "layout": self.layout,
+            "classes": self.counts(),
+            "splits": {s: self.counts(s) for s in self.splits()},
+            "skipped": [asdict(s) for s in self.skipped],
+            "duplicates": self.duplicates,
+            "converted": self.converted,
+        }
+
+
+# -- finding files and labels -------------------------------------------------------------
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS
+    )
+
+
+def _files_under(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and d not in _IGNORED_DIRS
+        )
+        found.extend(Path(dirpath, f) for f in sorted(filenames))
+    return found
+
+
+def _label_folder(folder: Path, split: str | None) -> tuple[str, list[tuple[Path, str | None, str | None]]]:
+    """Label every file under `folder`: by class sub-folder, or by file name when flat.
+
+    Returns the labeling used and (path, label or None, split) triples; label None means
+    the file could not be given a class.
+    """
+    subdirs = _visible_dirs(folder)
+    if subdirs:
+        items: list[tuple[Path, str | None, str | None]] = []
+        for class_dir in subdirs:
+            items += [(p, class_dir.name, split) for p in _files_under(class_dir)]
+        items += [(p, None, split) for p in sorted(folder.iterdir()) if p.is_file()]
+        return "class-folders", items
+    items = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file():
+            match = _FLAT_LABEL.match(p.name)
+            items.append((p, match.group(1) if match else None, split))
+    return "file-names", items
+
+
+def find_files(root: str | Path) -> tuple[str, list[tuple[Path, str | None, str | None]]]:
+    """Detect the layout of `root` and list its files with their labels and given splits."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"photo folder not found: {root}. Try: check the path")
+    if not root.is_dir():
+        raise DataError(f"expected a folder of photos, received a file: {root}")
+    split_dirs = {d: SPLIT_FOLDER_NAMES[d.name.lower()] for d in _visible_dirs(root)
+                  if d.name.lower() in SPLIT_FOLDER_NAMES}
+    if split_dirs:
+        items = []
+        inner = set()
+        for folder, split in split_dirs.items():
+            labeling, found = _label_folder(folder, split)
+            inner.add(labeling)
+            items += found
+        return f"split-folders ({'/'.join(sorted(inner))})", items
+    return _label_folder(root, None)
+
+
+# -- checking files -----------------------------------------------------------------------
+
+
+def _check_file(path: Path, max_pixels: int) -> dict:
+    """Hash and fully decode one file. Returns a JSON-able record for the scan cache."""
+    data = path.read_bytes()
+    record: dict = {"sha256": hashlib.sha256(data).hexdigest()}
+    try:
+        info = inspect_image(data, max_pixels)
+        record["kind"] = f"{info.mode} {info.format}"
+    except ImageError as exc:
+        record["error"] = str(exc)
+    return record
+
+
+class _ScanCache:
+    """Check results of files, keyed by absolute path, size and mtime, in the user cache."""
+
+    def __init__(self, root: Path, max_pixels: int):
+        key = hashlib.sha256(f"{root}|{max_pixels}".encode()).hexdigest()[:20]
+        self.path = cache_dir() / "scan" / f"{key}.json"
+        self.entries: dict[str, dict] = {}
+        try:
+            loaded = json.loads(self.path.read_text())
+            if loaded.get("version") == _SCAN_CACHE_VERSION:
+                self.entries = loaded["entries"]
+        except (OSError, ValueError, KeyError, AttributeError):
+            self.entries = {}  # missing or damaged cache: rescan
+
+    @staticmethod
+    def _stamp(path: Path) -> str:
+        st = path.stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
+
+    def get(self, path: Path) -> dict | None:
+        entry = self.entries.get(str(path))
+        if entry and entry.get("stamp") == self._stamp(path):
+            return entry
+        return None
+
+    def put(self, path: Path, record: dict) -> None:
+        self.entries[str(path)] = {**record, "stamp": self._stamp(path)}
+
+    def save(self, keep: Iterable[Path]) -> None:
+        keep_set = {str(p) for p in keep}
+        entries = {k: v for k, v in self.entries.items() if k in keep_set}
+        atomic_write_text(
+            self.path, json.dumps({"version": _SCAN_CACHE_VERSION, "entries": entries})
+        )
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="file", disable=not sys.stderr.isatty(),
+                leave=False)
+
+
+def scan(root: str | Path, max_pixels: int = MAX_PIXELS, workers: int | None = None) -> PhotoSet:
+    """Find, label and check every file under `root`.
+
+    Args:
+        root: folder of photos in any supported layout.
+        max_pixels: images with more pixels are skipped as possible decompression bombs.
+            Defaults to 89,478,485.
+        workers: threads used to check files. Defaults to the number of CPUs.
+
+    Returns:
+        A `PhotoSet` with usable photos (one per distinct content), skipped files with
+        reasons, and groups of exact duplicates.
+
+    Raises:
+        DataError: the folder is missing or holds no usable photo.
+    """
+    root = Path(root).resolve()
+    layout, items = find_files(root)
+    cache = _ScanCache(root, max_pixels)
+    todo = [p for p, _, _ in items if cache.get(p) is None]
+    if todo:
+        with _progress(len(todo), "Checking photos") as bar, ThreadPoolExecutor(
+            max_workers=workers or os.cpu_count() or 2
+        ) as pool:
+            for path, record in zip(todo, pool.map(lambda p: _check_file(p, max_pixels), todo),
+                                    strict=True):
+                cache.put(path, record)
+                bar.update()
+        cache.save(p for p, _, _ in items)
+
+    skipped: list[Skipped] = []
+    by_hash: dict[str, list[tuple[Path, str, str | None]]] = defaultdict(list)
+    converted: Counter[str] = Counter()
+    for path, label, split in items:
+        record = cache.get(path) or {}
+        if "error" in record:
+            skipped.append(Skipped(str(path), record["error"]))
+        elif label is None:
+            skipped.append(Skipped(
+                str(path),
+                "no class: not inside a class folder and no 'class.N.jpg' style name",
+            ))
+        else:
+            by_hash[record["sha256"]].append((path, label, split))
+            if record.get("kind", "RGB JPEG") != "RGB JPEG":
+                converted[record["kind"]] += 1
+
+    photos: list[Photo] = []
+    duplicates: list[list[str]] = []
+    split_rank = {None: 0, "train": 0, "val": 1, "test": 2}
+    for digest, copies in by_hash.items():
+        labels = sorted({label for _, label, _ in copies})
+        if len(labels) > 1:
+            skipped += [
+                Skipped(str(p), f"the same photo is in several classes ({', '.join(labels)})")
+                for p, _, _ in copies
+            ]
+            continue
+        # Keep the copy in the most held-out split, so given test sets stay as given.
+        kept = max(copies, key=lambda c: (split_rank[c[2]], -copies.index(c)))
+        photos.append(Photo(str(kept[0]), kept[1], kept[2], digest))
+        if len(copies) > 1:
+            duplicates.append(sorted(str(p) for p, _, _ in copies))
+
+    if not photos:
+        reasons = Counter(s.reason.split(" (")[0] for s in skipped).most_common(3)
+        detail = "; ".join(f"{n} x {r}" for r, n in reasons) or "the folder is empty"
+        raise DataError(
+            f"no usable photos in {root} ({detail}). Try: PHOTOS/<class>/*.jpg, "
+            "PHOTOS/train/<class>/*.jpg or Kaggle-style cat.1.jpg files"
+        )
+    photos.sort(key=lambda p: p.path)
+    classes = sorted({p.label for p in photos})
+    return PhotoSet(
+        root=str(root),
+        layout=layout,
+        classes=classes,
+        photos=photos,
+        skipped=sorted(skipped, key=lambda s: s.path),
+        duplicates=sorted(duplicates),
+        converted=dict(converted),
+    )
+
+
+# -- splitting ----------------------------------------------------------------------------
+
+
+def _unit_interval(sha256: str, seed: int) -> float:
+    digest = hashlib.blake2b(f"{seed}:{sha256}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def assign_splits(
+    photos: list[Photo], seed: int, val_fraction: float, test_fraction: float
+) -> list[Photo]:
+    """Give every photo a split: folders given by the user stay as given, the rest by hash.
+
+    A photo's split depends only on its content hash and the seed, so a split never changes
+    between runs, adding photos never moves the old ones, and copies of a photo (same hash)
+    always land together. Within every class the expected shares are exactly the fractions
+    (a stratified split); missing val or test splits are carved out of train.
+    """
+    given = {p.split for p in photos}
+    want_val = "val" not in given
+    want_test = "test" not in given
+    out = []
+    for photo in photos:
+        split = photo.split or "train"
+        if split == "train":
+            u = _unit_interval(photo.sha256, seed)
+            test_cut = test_fraction if want_test else 0.0
+            val_cut = test_cut + (val_fraction if want_val else 0.0)
+            if u < test_cut:
+                split = "test"
+            elif u < val_cut:
+                split = "val"
+        out.append(replace(photo, split=split))
+    return out
+
+
+MANIFEST_FIELDS = ("path", "label", "split", "sha256")
+
+
+def write_manifest(path: str | Path, photos: list[Photo]) -> None:
+    """Write the split as CSV with columns path, label, split, sha256."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(MANIFEST_FIELDS)
+    writer.writerows((p.path, p.label, p.split, p.sha256) for p in photos)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_manifest(path: str | Path) -> list[Photo]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        return [Photo(r["path"], r["label"], r["split"], r["sha256"]) for r in rows]
+    except FileNotFoundError:
+        raise DataError(f"split manifest not found: {path}") from None
+    except (KeyError, csv.Error) as exc:
+        raise DataError(f"split manifest {path} is damaged ({exc})") from None
+
+
+def fingerprint(photos: Iterable[Photo]) -> str:
+    """One hash naming exactly which photos (content and label) a run used."""
+    h = hashlib.sha256()
+    for p in sorted(photos, key=lambda p: (p.sha256, p.label)):
+        h.update(f"{p.sha256} {p.label} {p.split}\n".encode())
+    return h.hexdigest()

@@ -1,0 +1,220 @@
+"""`evaluate`: per-class metrics of a saved model on held-out photos, with plots.
+
+Writes `report.json`, `report.md`, `confusion.png` and `misclassified.png` into
+`RUN_DIR/eval` (then `eval2`, ...), and returns the report as a dict.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pawnet.bundle import BUNDLE_DIRNAME, find_bundle
+from pawnet.data import SPLIT_FOLDER_NAMES, read_manifest, scan
+from pawnet.errors import DataError
+from pawnet.images import load_pixels
+from pawnet.plots import plot_confusion, plot_grid
+from pawnet.predict import Predictor, load
+from pawnet.storage import atomic_write_text, next_run_dir
+
+CALIBRATION_BINS = 15
+MAX_MISCLASSIFIED_SHOWN = 64
+
+
+def expected_calibration_error(probs: np.ndarray, truth: np.ndarray,
+                               bins: int = CALIBRATION_BINS) -> float:
+    """Gap between confidence and accuracy, averaged over equal-width confidence bins."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == truth
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+def compute_metrics(probs: np.ndarray, truth: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/support, confusion matrix, calibration;
+    ROC-AUC and log loss too when there are two classes."""
+    from sklearn.metrics import (
+        confusion_matrix,
+        log_loss,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
+    labels = list(range(len(classes)))
+    predicted = probs.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=labels, zero_division=0
+    )
+    report: dict[str, Any] = {
+        "n": len(truth),
+        "accuracy": float((predicted == truth).mean()),
+        "classes": classes,
+        "per_class": {
+            c: {"precision": float(precision[i]), "recall": float(recall[i]),
+                "f1": float(f1[i]), "support": int(support[i])}
+            for i, c in enumerate(classes)
+        },
+        "confusion_matrix": confusion_matrix(truth, predicted, labels=labels).tolist(),
+        "expected_calibration_error": expected_calibration_error(probs, truth),
+    }
+    if len(classes) == 2:
+        both_present = len(set(truth.tolist())) == 2
+        report["roc_auc"] = float(roc_auc_score(truth, probs[:, 1])) if both_present else None
+        report["log_loss"] = float(log_loss(truth, probs, labels=labels))
+    return report
+
+
+def _run_dir_of(model: str | Path) -> Path | None:
+    bundle_dir = find_bundle(model)
+    run_dir = bundle_dir.parent if bundle_dir.name == BUNDLE_DIRNAME else None
+    return run_dir if run_dir and (run_dir / "manifest.csv").exists() else None
+
+
+def _select(model: str | Path, photos: str | Path | None, split: str):
+    """(paths, labels, description) of the photos to evaluate on."""
+    split_key = SPLIT_FOLDER_NAMES.get(split.lower())
+    if split_key is None:
+        raise DataError(f"unknown split '{split}'; allowed: train, val, test")
+    if photos is None:
+        run_dir = _run_dir_of(model)
+        if run_dir is None:
+            raise DataError(f"{model} has no split manifest. Try: pawnet evaluate {model} PHOTOS")
+        chosen = [p for p in read_manifest(run_dir / "manifest.csv") if p.split == split_key]
+        if not chosen:
+            raise DataError(f"the run {run_dir} has no photos in its {split_key} split. "
+                            "Try: --split val, or give PHOTOS")
+        return [p.path for p in chosen], [p.label for p in chosen], f"{run_dir} {split_key} split"
+    photoset = scan(photos)
+    print(photoset.summary(), flush=True)
+    chosen = photoset.photos
+    description = str(photos)
+    if photoset.splits():
+        chosen = [p for p in chosen if p.split == split_key]
+        if not chosen:
+            raise DataError(f"{photos} has no {split_key} folder; it has "
+                            f"{', '.join(photoset.splits())}. Try: --split {photoset.splits()[-1]}")
+        description += f" ({split_key})"
+    return [p.path for p in chosen], [p.label for p in chosen], description
+
+
+def _check_classes(labels: list[str], predictor: Predictor, source: str) -> None:
+    unknown = sorted(set(labels) - set(predictor.classes))
+    if unknown:
+        raise DataError(
+            f"{source} has classes the model does not know: {', '.join(unknown)}; the model "
+            f"knows {', '.join(predictor.classes)}. Try: evaluate on folders with those names"
+        )
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Evaluation of {report['model']}",
+        "",
+        f"Photos: {report['source']} — {report['n']} evaluated"
+        + (f", {len(report['failed'])} unreadable" if report["failed"] else ""),
+        "",
+        f"**Accuracy: {report['accuracy']:.4f}**"
+        + (f" · ROC-AUC {report['roc_auc']:.4f}" if report.get("roc_auc") is not None else "")
+        + (f" · log loss {report['log_loss']:.4f}" if "log_loss" in report else "")
+        + f" · expected calibration error {report['expected_calibration_error']:.4f}",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in report["per_class"].items():
+        lines.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} "
+                     f"| {m['support']} |")
+    classes = report["classes"]
+    lines += ["", "Confusion matrix (rows: true, columns: predicted)", "",
+              "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+    for name, row in zip(classes, report["confusion_matrix"], strict=True):
+        lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "![confusion matrix](confusion.png)", "",
+              f"Misclassified photos: {len(report['misclassified'])} "
+              "(most confident first, in misclassified.png)", ""]
+    lines += [f"- {m['path']}: {m['true']} predicted as {m['predicted']} "
+              f"({m['confidence']:.3f})" for m in report["misclassified"][:20]]
+    return "\n".join(lines) + "\n"
+
+
+def confusion_text(report: dict[str, Any]) -> str:
+    """The confusion matrix as aligned text, for terminals."""
+    classes = report["classes"]
+    width = max(8, *(len(c) for c in classes)) + 2
+    head = "true \\ pred".ljust(width) + "".join(c.rjust(width) for c in classes)
+    rows = [c.ljust(width) + "".join(str(v).rjust(width) for v in row)
+            for c, row in zip(classes, report["confusion_matrix"], strict=True)]
+    return "\n".join([head, *rows])
+
+
+def evaluate(
+    model: str | Path,
+    photos: str | Path | None = None,
+    *,
+    split: str = "test",
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate a saved model on held-out photos.
+
+    Args:
+        model: a run folder or bundle folder.
+        photos: a folder of photos with the model's class names. Defaults to None: the
+            run's own held-out split from its manifest.
+        split: which split to use when the photos (or the run) have splits. Defaults to
+            "test".
+        out: folder for the report. Defaults to `RUN_DIR/eval` (then `eval2`, ...), or
+            `runs/evaluate` for a bare bundle.
+
+    Returns:
+        The report: n, accuracy, classes, per_class, confusion_matrix, roc_auc and
+        log_loss (two classes), expected_calibration_error, misclassified, out.
+
+    Raises:
+        DataError: no photos, or classes the model does not know.
+        BundleError: the model cannot be loaded.
+    """
+    predictor = load(model)
+    paths, labels, source = _select(model, photos, split)
+    _check_classes(labels, predictor, source)
+    predictions = predictor.predict(paths)
+    failed = [{"path": p.path, "error": p.error} for p in predictions if p.error]
+    kept = [(p, label) for p, label in zip(predictions, labels, strict=True) if not p.error]
+    if not kept:
+        raise DataError(f"none of the {len(paths)} photos in {source} could be read")
+    classes = predictor.classes
+    probs = np.array([[p.probabilities[c] for c in classes] for p, _ in kept])
+    truth = np.array([classes.index(label) for _, label in kept])
+    report = {"model": str(model), "source": source,
+              **compute_metrics(probs, truth, classes), "failed": failed}
+
+    wrong = [i for i in range(len(kept)) if probs[i].argmax() != truth[i]]
+    wrong.sort(key=lambda i: -probs[i].max())
+    report["misclassified"] = [
+        {"path": kept[i][0].path, "true": classes[truth[i]],
+         "predicted": classes[int(probs[i].argmax())], "confidence": float(probs[i].max())}
+        for i in wrong
+    ]
+    run_dir = _run_dir_of(model)
+    out_dir = Path(out) if out else next_run_dir(
+        run_dir / "eval" if run_dir else Path("runs") / "evaluate")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report["out"] = str(out_dir)
+    plot_confusion(np.array(report["confusion_matrix"]), classes, out_dir / "confusion.png")
+    shown = report["misclassified"][:MAX_MISCLASSIFIED_SHOWN]
+    if shown:
+        images = np.stack([load_pixels(m["path"], predictor.image_size) for m in shown])
+        captions = [f"{m['true']}→{m['predicted']} {m['confidence']:.2f}" for m in shown]
+        plot_grid(images, captions, out_dir / "misclassified.png",
+                  title="misclassified (true→predicted, confidence)")
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out_dir / "report.md", _markdown(report))
+    return report

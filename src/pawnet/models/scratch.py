@@ -1,0 +1,146 @@
+"""From-scratch CNNs: the four tutorials' architectures, by name, and pawnet's own default.
+
+Every model takes raw 0-255 RGB pixels; rescaling is its first layer, so nobody can forget it.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from pawnet.models import classifier_head, register
+
+
+def _inputs(image_size: int):
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    return inputs, layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+
+
+@register(
+    "tutorial-a-cnn",
+    description="Tutorial A (Keras, cats_and_dogs_filtered): 3x Conv 32/64/128 + max-pool, "
+    "Dense 512, dropout, sigmoid",
+    image_size=150,
+    lr=1e-3,
+    epochs=10,
+    batch_size=32,
+)
+def tutorial_a_cnn(num_classes: int, image_size: int) -> keras.Model:
+    inputs, x = _inputs(image_size)
+    for filters in (32, 64, 128):
+        x = layers.Conv2D(filters, 3, activation="relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(512, activation="relu")(x)
+    x = layers.Dropout(0.5)(x)
+    return keras.Model(inputs, classifier_head(x, num_classes), name="tutorial_a_cnn")
+
+
+@register(
+    "tutorial-b-vgg16",
+    description="Tutorial B (Kaggle flat files, tf.data): VGG16 from scratch with its two "
+    "4096-unit dense layers cut to 100",
+    image_size=224,
+    lr=1e-5,
+    epochs=15,
+    batch_size=32,
+)
+def tutorial_b_vgg16(num_classes: int, image_size: int) -> keras.Model:
+    inputs, x = _inputs(image_size)
+    for filters, convs in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)):
+        for _ in range(convs):
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(100, activation="relu")(x)
+    x = layers.Dense(100, activation="relu")(x)
+    return keras.Model(inputs, classifier_head(x, num_classes), name="tutorial_b_vgg16")
+
+
+@register(
+    "tutorial-c-3conv",
+    description="Tutorial C (low-level TF ops, any n folders): 3 conv + max-pool + ReLU "
+    "(32/32/64), FC 128, softmax per class",
+    image_size=128,
+    lr=1e-4,
+    epochs=20,
+    batch_size=16,
+)
+def tutorial_c_3conv(num_classes: int, image_size: int) -> keras.Model:
+    weights = keras.initializers.TruncatedNormal(stddev=0.05)
+    bias = keras.initializers.Constant(0.05)
+    inputs, x = _inputs(image_size)
+    for filters in (32, 32, 64):
+        x = layers.Conv2D(filters, 3, padding="same", kernel_initializer=weights,
+                          bias_initializer=bias)(x)
+        x = layers.MaxPooling2D(2, padding="same")(x)
+        x = layers.ReLU()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(128, activation="relu", kernel_initializer=weights,
+                     bias_initializer=bias)(x)
+    return keras.Model(inputs, classifier_head(x, num_classes, softmax=True),
+                       name="tutorial_c_3conv")
+
+
+def _tutorial_d(name: str, filters: tuple[int, ...], num_classes: int, image_size: int):
+    inputs, x = _inputs(image_size)
+    for f in filters:
+        x = layers.Conv2D(f, 3, activation="relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(128, activation="relu")(x)
+    return keras.Model(inputs, classifier_head(x, num_classes, softmax=True), name=name)
+
+
+_D_DEFAULTS = {"image_size": 224, "lr": 1e-3, "epochs": 10, "batch_size": 64}
+
+
+@register("tutorial-d-conv16", description="Tutorial D (PetImages) model 1: one Conv 16 + "
+          "max-pool, Dense 128, softmax", **_D_DEFAULTS)
+def tutorial_d_conv16(num_classes: int, image_size: int) -> keras.Model:
+    return _tutorial_d("tutorial_d_conv16", (16,), num_classes, image_size)
+
+
+@register("tutorial-d-conv32", description="Tutorial D (PetImages) model 2: one Conv 32 + "
+          "max-pool, Dense 128, softmax", **_D_DEFAULTS)
+def tutorial_d_conv32(num_classes: int, image_size: int) -> keras.Model:
+    return _tutorial_d("tutorial_d_conv32", (32,), num_classes, image_size)
+
+
+@register("tutorial-d-2conv", description="Tutorial D (PetImages) model 3: Conv 16 and Conv 32, "
+          "each + max-pool, Dense 128, softmax", **_D_DEFAULTS)
+def tutorial_d_2conv(num_classes: int, image_size: int) -> keras.Model:
+    return _tutorial_d("tutorial_d_2conv", (16, 32), num_classes, image_size)
+
+
+def _conv_bn(x, filters: int, stride: int = 1, separable: bool = False):
+    conv = layers.SeparableConv2D if separable else layers.Conv2D
+    x = conv(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.Activation("relu")(x)
+
+
+@register(
+    "pawnet-cnn",
+    description="pawnet's from-scratch default: residual separable-conv CNN with batch norm, "
+    "global pooling and dropout",
+    image_size=128,
+    lr=2e-3,
+    epochs=40,
+    batch_size=32,
+)
+def pawnet_cnn(num_classes: int, image_size: int) -> keras.Model:
+    inputs, x = _inputs(image_size)
+    x = _conv_bn(x, 32, stride=2)
+    x = _conv_bn(x, 64)
+    for filters in (128, 256, 512):
+        shortcut = layers.Conv2D(filters, 1, strides=2, padding="same", use_bias=False)(x)
+        shortcut = layers.BatchNormalization()(shortcut)
+        x = _conv_bn(x, filters, separable=True)
+        x = _conv_bn(x, filters, separable=True)
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        x = layers.add([x, shortcut])
+    x = _conv_bn(x, 512, separable=True)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.3)(x)
+    return keras.Model(inputs, classifier_head(x, num_classes), name="pawnet_cnn")

@@ -1,0 +1,79 @@
+"""tf.data input pipelines: decode and resize in parallel, cache uint8 pixels, batch, prefetch.
+
+Decoding goes through `pawnet.images.load_pixels`, the same function predict and the server
+use, so training sees exactly the pixels inference will see. Decoded images are cached as
+uint8 after the first epoch (in memory when they fit, else on disk), so later epochs skip
+decoding entirely. Augmentation runs on training batches after the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from pawnet.images import MAX_PIXELS, load_pixels
+
+MEMORY_CACHE_LIMIT = 3 * 1024**3  # bytes of decoded pixels kept in RAM before using disk
+
+
+def cache_location(n_images: int, image_size: int, mode: str, disk_dir: Path) -> str:
+    """Where tf.data caches decoded pixels: "" (memory) or a file path under `disk_dir`."""
+    fits = n_images * image_size * image_size * 3 <= MEMORY_CACHE_LIMIT
+    if mode == "memory" or (mode == "auto" and fits):
+        return ""
+    disk_dir.mkdir(parents=True, exist_ok=True)
+    return str(disk_dir / "pixels")
+
+
+def pixel_dataset(
+    paths: Sequence[str], image_size: int, max_pixels: int = MAX_PIXELS
+) -> tf.data.Dataset:
+    """Dataset of decoded `(image_size, image_size, 3)` uint8 images, in the order given."""
+
+    def load(path: bytes) -> np.ndarray:
+        return load_pixels(path.decode("utf-8"), image_size, max_pixels)
+
+    def load_op(path):
+        pixels = tf.numpy_function(load, [path], tf.uint8, stateful=False)
+        return tf.ensure_shape(pixels, (image_size, image_size, 3))
+
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), dtype=tf.string))
+    return ds.map(load_op, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def labelled_dataset(
+    paths: Sequence[str],
+    labels: Sequence[int],
+    image_size: int,
+    batch_size: int,
+    *,
+    cache: str | None = None,
+    shuffle_seed: int | None = None,
+    augment: Callable | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> tf.data.Dataset:
+    """Batches of `(float32 images 0-255, int labels)` for `fit` and `evaluate`.
+
+    Args:
+        paths, labels: photos and their class indices.
+        image_size: side of the square images.
+        batch_size: photos per batch.
+        cache: None for no caching, "" to cache in memory, or a file path prefix for disk.
+        shuffle_seed: shuffle every epoch with this seed; None keeps the order.
+        augment: function applied to each float32 batch (training only).
+        max_pixels: decompression-bomb limit passed to the decoder.
+    """
+    images = pixel_dataset(paths, image_size, max_pixels)
+    ds = tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(np.asarray(labels)))
+    if cache is not None:
+        ds = ds.cache(cache)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if augment is not None:
+        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,78 @@
+"""Every picture pawnet draws: learning curves, confusion matrix, photo grids.
+
+Matplotlib runs headless (Agg); each figure is written atomically to a PNG.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pawnet.storage import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def plot_curves(rows: Sequence[dict[str, float]], path: str | Path) -> Path:
+    """Loss and accuracy per epoch, training vs validation, side by side."""
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for prefix, style in (("", "o-"), ("val_", "s-")):
+            values = [r.get(prefix + metric) for r in rows]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, style, label=("validation" if prefix else "training"))
+        ax.set_title(metric)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | Path) -> Path:
+    """Confusion matrix with counts; rows are true classes, columns predicted ones."""
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(2 + 0.8 * n, 1.6 + 0.8 * n))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = matrix.max() if matrix.size else 0
+    for i in range(n):
+        for j in range(n):
+            color = "white" if matrix[i, j] > top / 2 else "black"
+            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color=color)
+    ax.set_title("confusion matrix")
+    return _save(fig, path)
+
+
+def plot_grid(
+    images: np.ndarray, titles: Sequence[str], path: str | Path, columns: int = 8,
+    title: str | None = None,
+) -> Path:
+    """A grid of uint8 images, each with a short caption (a label, or true/predicted)."""
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8))
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis("off")
+    for ax, img, caption in zip(np.atleast_1d(axes).ravel(), images, titles, strict=False):
+        ax.imshow(np.asarray(img).astype(np.uint8))
+        ax.set_title(caption, fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

@@ -1,0 +1,151 @@
+"""Labelling photos with a saved model: one `Predictor` for the CLI, Python and the server.
+
+The predictor reads everything it needs (class names, image size, resize method, output
+kind) from the bundle, never from a training config, so it cannot disagree with training.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pawnet.bundle import BundleSpec, load_bundle
+from pawnet.images import IMAGE_SUFFIXES, ImageError, load_pixels
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The result for one photo: a label and every class's probability, or an error."""
+
+    path: str
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    error: str | None = None
+
+    @property
+    def confidence(self) -> float | None:
+        return None if self.probabilities is None else max(self.probabilities.values())
+
+    def to_dict(self) -> dict:
+        if self.error is not None:
+            return {"path": self.path, "error": self.error}
+        return {"path": self.path, "label": self.label, "probabilities": self.probabilities}
+
+
+class Predictor:
+    """A loaded model plus its preprocessing.
+
+    >>> predictor = pawnet.load("runs/train")
+    >>> predictor.predict(["cat.jpg"])[0].label
+    'cat'
+    """
+
+    def __init__(self, model, spec: BundleSpec, batch_size: int = 32):
+        self.model = model
+        self.spec = spec
+        self.batch_size = batch_size
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.spec.class_names)
+
+    @property
+    def image_size(self) -> int:
+        return self.spec.image_size
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities `(N, num_classes)` for uint8 images `(N, size, size, 3)`."""
+        if len(pixels) == 0:
+            return np.zeros((0, len(self.classes)))
+        outputs = [
+            np.asarray(self.model.predict_on_batch(pixels[i : i + self.batch_size]))
+            for i in range(0, len(pixels), self.batch_size)
+        ]
+        out = np.concatenate(outputs).astype(np.float64)
+        if self.spec.output == "sigmoid":
+            out = np.concatenate([1.0 - out, out], axis=1)
+        return out
+
+    def _decode(self, source: str | Path | bytes) -> np.ndarray | str:
+        try:
+            return load_pixels(source, self.image_size)
+        except ImageError as exc:
+            return str(exc)
+        except FileNotFoundError:
+            return "no such file (or no file matches this pattern)"
+        except IsADirectoryError:
+            return "a folder with no image files (.jpg, .png, ...)"
+        except PermissionError as exc:
+            return f"cannot read file ({exc.strerror})"
+
+    def predict(
+        self, sources: Sequence[str | Path | bytes] | str | Path | bytes, names=None
+    ) -> list[Prediction]:
+        """Label photos given as paths or bytes; unreadable ones get an error entry.
+
+        Args:
+            sources: one or more paths or raw image bytes.
+            names: the `path` to report for each source. Defaults to the paths themselves,
+                or "<bytes>" for raw bytes.
+
+        Returns:
+            One `Prediction` per source, in order.
+        """
+        if isinstance(sources, str | Path | bytes):
+            sources = [sources]
+        if names is None:
+            names = [s if not isinstance(s, bytes) else "<bytes>" for s in sources]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            decoded = list(pool.map(self._decode, sources))
+        ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+        probs = self.probabilities(np.stack([decoded[i] for i in ok]) if ok else np.zeros(0))
+        results: list[Prediction] = [
+            Prediction(str(name), error=d) if isinstance(d, str) else None
+            for name, d in zip(names, decoded, strict=True)
+        ]
+        for row, i in zip(probs, ok, strict=True):
+            results[i] = Prediction(
+                str(names[i]),
+                label=self.classes[int(np.argmax(row))],
+                probabilities={c: float(p) for c, p in zip(self.classes, row, strict=True)},
+            )
+        return results
+
+
+def load(ref: str | Path, batch_size: int = 32) -> Predictor:
+    """Load a model for prediction from a run folder or a bundle folder.
+
+    Raises:
+        BundleError: the bundle is missing, damaged or from an incompatible version.
+    """
+    model, spec = load_bundle(ref)
+    return Predictor(model, spec, batch_size=batch_size)
+
+
+def expand_paths(args: Iterable[str | Path]) -> list[str]:
+    """Files as given, folders searched recursively for images, and glob patterns expanded.
+
+    An argument that matches nothing is kept as is, so it gets an error entry of its own.
+    """
+    out: list[str] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(
+                str(p) for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            out += found or [str(path)]  # an empty folder gets its own error entry
+        elif path.exists() or not glob.has_magic(str(arg)):
+            out.append(str(path))  # a missing file gets its own error entry
+        else:
+            matched = sorted(p for p in glob.glob(str(arg), recursive=True) if Path(p).is_file())
+            out += matched or [str(arg)]  # so does a pattern that matches nothing
+    return out
