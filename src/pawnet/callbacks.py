@@ -19,7 +19,8 @@ def read_history(path: Path, upto_epoch: int | None = None) -> list[dict[str, fl
     if not path.exists():
         return []
     with open(path, newline="") as f:
-        rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+        rows = [{k: int(float(v)) if k == "epoch" else float(v) for k, v in row.items() if v}
+                for row in csv.DictReader(f)]
     return [r for r in rows if upto_epoch is None or r["epoch"] <= upto_epoch]
 
 

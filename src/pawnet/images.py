@@ -55,6 +55,10 @@ def _open(source: Source, max_pixels: int) -> Image.Image:
         raise ImageError(f"too many pixels, possible decompression bomb ({exc})") from None
     except UnidentifiedImageError:
         raise ImageError("not an image (Pillow cannot identify the file)") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"truncated or corrupt image ({exc})") from None
     if img.format not in SUPPORTED_FORMATS:
         fmt = img.format
         img.close()

@@ -75,5 +75,8 @@ def labelled_dataset(
     ds = ds.batch(batch_size)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+        # Sequential on purpose: random layers share one seed state, and running them in
+        # parallel makes the draws depend on thread timing, so runs would not repeat.
+        # A batch takes milliseconds to augment, and prefetch overlaps it with training.
+        ds = ds.map(lambda x, y: (augment(x), y))
     return ds.prefetch(tf.data.AUTOTUNE)

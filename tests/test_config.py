@@ -1,0 +1,51 @@
+import pytest
+
+from pawnet.config import Config, resolve_config
+from pawnet.errors import ConfigError
+
+
+def test_defaults_and_overrides():
+    cfg = resolve_config(epochs="3", lr="0.01", augment="flip, zoom")
+    assert (cfg.epochs, cfg.lr, cfg.augment) == (3, 0.01, ["flip", "zoom"])
+    assert cfg.val_fraction == Config().val_fraction
+
+
+def test_yaml_file_with_flag_taking_priority(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 5\nbatch-size: 16\naugment: [flip, shear]\nshear: 0.3\n")
+    cfg = resolve_config(path, epochs=7)
+    assert (cfg.epochs, cfg.batch_size, cfg.augment, cfg.shear) == (7, 16, ["flip", "shear"], 0.3)
+
+
+def test_saved_yaml_round_trips():
+    cfg = resolve_config(epochs=4, augment="none", image_size=96)
+    assert resolve_config(__import__("yaml").safe_load(cfg.to_yaml())) == cfg
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"epoch": 3}, "'epoch' is not a pawnet setting. Similar: epochs"),
+        ({"epochs": "three"}, "epochs must be int, received: 'three'"),
+        ({"epochs": 2.5}, "epochs must be int"),
+        ({"val_fraction": 1.5}, "val_fraction must be between"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "leaves almost nothing to train on"),
+        ({"augment": "flip,zooom"}, "unknown augmentation 'zooom'.*Did you mean 'zoom'"),
+        ({"cache": "gpu"}, "cache must be one of auto, memory, disk"),
+    ],
+)
+def test_bad_settings_are_one_clear_error(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(**settings)
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        resolve_config(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must hold 'key: value' lines"):
+        resolve_config(bad)

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from pawnet.errors import ConfigError
+from pawnet.models import get_model_spec, list_models
+
+SPECS = list_models()
+
+
+def test_registry_has_every_tutorial_architecture_and_a_default():
+    names = {s.name for s in SPECS}
+    assert {"tutorial-a-cnn", "tutorial-b-vgg16", "tutorial-c-3conv", "tutorial-d-conv16",
+            "tutorial-d-conv32", "tutorial-d-2conv", "pawnet-cnn"} <= names
+    assert all(s.description.strip() for s in SPECS)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_every_model_builds_and_trains_a_step(spec, num_classes):
+    model = spec.build(num_classes, image_size=32)
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
+    binary = model.outputs[0].shape[-1] == 1
+    if binary:
+        y = np.array([[0.0], [1.0], [0.0], [1.0]], dtype="float32")
+        model.compile("adam", "binary_crossentropy")
+    else:
+        y = np.eye(num_classes, dtype="float32")[[0, 1, 0, 1]]
+        model.compile("adam", "categorical_crossentropy")
+    before = [w.copy() for w in model.get_weights()]
+    loss = model.train_on_batch(x, y)
+    assert np.isfinite(loss)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+    out = model.predict_on_batch(x)
+    assert out.shape == (4, 1 if binary else num_classes)
+    assert binary == (num_classes == 2 and spec.name.startswith(("tutorial-a", "tutorial-b",
+                                                                 "pawnet")))
+    if not binary:
+        np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_unknown_model_suggests_names():
+    with pytest.raises(ConfigError, match="Did you mean: tutorial-a-cnn"):
+        get_model_spec("tutorial-a-cn")

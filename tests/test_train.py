@@ -1,0 +1,136 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import copy_photos, make_odd_files
+
+import pawnet
+from pawnet.data import Photo, read_manifest
+from pawnet.errors import ConfigError, DataError
+from pawnet.storage import next_run_dir
+from pawnet.train import class_weights
+
+TINY = {"model": "tutorial-d-conv16", "image_size": 32, "batch_size": 8, "augment": "flip,zoom"}
+
+
+def _history(run: Path) -> list[dict]:
+    with open(run / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_trained_run_holds_bundle_curves_history_manifest_and_config(trained_run):
+    for name in ("config.yaml", "manifest.csv", "data.json", "history.csv", "curves.png",
+                 "bundle/model.keras", "bundle/bundle.json", "bundle/provenance.json"):
+        assert (trained_run / name).is_file(), name
+    spec = json.loads((trained_run / "bundle" / "bundle.json").read_text())
+    assert spec["class_names"] == ["cat", "dog"]
+    assert spec["image_size"] == 32
+    assert spec["format_version"] == 1
+    provenance = json.loads((trained_run / "bundle" / "provenance.json").read_text())
+    assert set(provenance["versions"]) >= {"pawnet", "keras", "tensorflow"}
+    assert provenance["data"]["split_seed"] == 42
+    assert len(provenance["data"]["fingerprint"]) == 64
+    assert 0 <= provenance["metrics"]["val_accuracy"] <= 1
+    splits = {p.split for p in read_manifest(trained_run / "manifest.csv")}
+    assert splits == {"train", "val", "test"}
+    assert [r["epoch"] for r in _history(trained_run)] == ["1"]
+
+
+def test_bad_files_are_skipped_and_the_run_completes(tmp_path):
+    photos = copy_photos(tmp_path / "p", 8)
+    make_odd_files(photos / "dog")
+    run = pawnet.train(photos, epochs=1, out=str(tmp_path / "run"), **TINY)
+    skipped = json.loads((run / "data.json").read_text())["skipped"]
+    assert {Path(s["path"]).name for s in skipped} >= {"zero.jpg", "truncated.jpg", "bomb.png"}
+    used = {Path(p.path).name for p in read_manifest(run / "manifest.csv")}
+    assert {"cmyk.jpg", "alpha.png", "animated.gif", "web.webp"} <= used
+    assert (run / "bundle" / "model.keras").exists()
+
+
+def test_same_seed_repeats_the_run(tmp_path):
+    photos = copy_photos(tmp_path / "p", 8)
+    runs = [pawnet.train(photos, epochs=2, out=str(tmp_path / f"r{i}"), **TINY)
+            for i in range(2)]
+    a, b = (_history(r) for r in runs)
+    for row_a, row_b in zip(a, b, strict=True):
+        assert float(row_a["loss"]) == pytest.approx(float(row_b["loss"]), rel=1e-4)
+        assert float(row_a["val_loss"]) == pytest.approx(float(row_b["val_loss"]), rel=1e-4)
+
+
+def test_run_folders_are_never_overwritten(tmp_path):
+    first = next_run_dir(tmp_path / "train")
+    second = next_run_dir(tmp_path / "train")
+    assert (first.name, second.name) == ("train", "train2")
+
+
+def test_resume_after_a_kill_continues_from_the_last_finished_epoch(tmp_path):
+    photos = copy_photos(tmp_path / "p", 10)
+    run = tmp_path / "run"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cmd = [sys.executable, "-m", "pawnet.cli", "train", str(photos), "--epochs", "30",
+           "--out", str(run), "--model", TINY["model"], "--image-size", "32",
+           "--batch-size", "4", "--patience", "30"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = run / "checkpoints" / "state.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads(state.read_text())["epoch"]
+    assert 2 <= done < 30
+    assert not (run / "bundle").exists()
+
+    import keras
+
+    saved = keras.models.load_model(run / "checkpoints" / "last.keras")
+    iterations = int(saved.optimizer.iterations.numpy())
+    assert iterations > 0  # optimizer state is part of the checkpoint
+    pawnet.train(resume=str(run), epochs=done + 1)
+    rows = _history(run)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, done + 2))
+    resumed = keras.models.load_model(run / "checkpoints" / "last.keras")
+    steps_per_epoch = iterations // done
+    assert int(resumed.optimizer.iterations.numpy()) == iterations + steps_per_epoch
+    assert (run / "bundle" / "model.keras").exists()
+
+
+def test_resume_refuses_changed_settings_and_runs_without_checkpoints(tmp_path, trained_run):
+    with pytest.raises(ConfigError, match="only --epochs may change"):
+        pawnet.train(resume=str(trained_run), lr=0.1)
+    with pytest.raises(ConfigError, match="no config.yaml"):
+        pawnet.train(resume=str(tmp_path))
+
+
+def test_class_weights_only_when_imbalanced():
+    def photos(n_cat, n_dog):
+        return ([Photo(f"c{i}", "cat", "train", f"c{i}") for i in range(n_cat)]
+                + [Photo(f"d{i}", "dog", "train", f"d{i}") for i in range(n_dog)])
+
+    assert class_weights(photos(50, 55), ["cat", "dog"]) is None
+    weights = class_weights(photos(20, 80), ["cat", "dog"])
+    assert weights == pytest.approx({0: 2.5, 1: 0.625})
+
+
+def test_training_needs_two_classes(tmp_path):
+    photos = copy_photos(tmp_path / "p", 6, classes=("cat",))
+    with pytest.raises(DataError, match="at least 2 classes"):
+        pawnet.train(photos, epochs=1, out=str(tmp_path / "run"), **TINY)
+
+
+def test_three_classes(tmp_path):
+    photos = copy_photos(tmp_path / "p", 8)
+    copy_photos(tmp_path / "p" / "other", 8, classes=("cat",), split="test")
+    (tmp_path / "p" / "other" / "cat").rename(tmp_path / "p" / "tabby")
+    (tmp_path / "p" / "other").rmdir()
+    run = pawnet.train(photos, epochs=1, out=str(tmp_path / "run"), model="pawnet-cnn",
+                       image_size=32, batch_size=8)
+    assert pawnet.load(run).classes == ["cat", "dog", "tabby"]
