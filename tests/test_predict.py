@@ -1,0 +1,66 @@
+import shutil
+
+import numpy as np
+import pytest
+from conftest import real_photos
+
+import pawnet
+from pawnet.data import read_manifest
+from pawnet.predict import expand_paths
+
+
+def test_predicts_label_and_every_class_probability(trained_run):
+    predictor = pawnet.load(trained_run)
+    [result] = predictor.predict(real_photos("dog", 1, "test"))
+    assert result.label in ("cat", "dog")
+    assert set(result.probabilities) == {"cat", "dog"}
+    assert sum(result.probabilities.values()) == pytest.approx(1.0)
+    assert result.label == max(result.probabilities, key=result.probabilities.get)
+
+
+def test_unreadable_files_get_errors_and_the_rest_are_predicted(trained_run, odd_files):
+    folder, expected = odd_files
+    paths = [folder / name for name in expected] + [folder / "missing.jpg"]
+    results = pawnet.load(trained_run).predict(paths)
+    assert len(results) == len(paths)
+    for result in results:
+        name = result.path.split("/")[-1]
+        should_fail = name == "missing.jpg" or expected.get(name) is not None
+        assert (result.error is not None) == should_fail, (name, result)
+
+
+def test_bytes_and_paths_predict_identically(trained_run):
+    photo = real_photos("cat", 1, "test")[0]
+    predictor = pawnet.load(trained_run)
+    by_path, by_bytes = predictor.predict([photo, photo.read_bytes()])
+    assert by_bytes.path == "<bytes>"
+    assert by_path.probabilities == by_bytes.probabilities
+
+
+def test_prediction_is_the_same_from_predict_evaluate_and_python(trained_run):
+    report = pawnet.evaluate(trained_run, split="val")
+    val = [p.path for p in read_manifest(trained_run / "manifest.csv") if p.split == "val"]
+    predictor = pawnet.load(trained_run)
+    one_by_one = [predictor.predict([p])[0] for p in val]
+    together = predictor.predict(val)
+    for a, b in zip(one_by_one, together, strict=True):
+        for c in predictor.classes:
+            assert a.probabilities[c] == pytest.approx(b.probabilities[c], abs=1e-6)
+    correct = np.mean([r.label == p.label for r, p in zip(together, [
+        p for p in read_manifest(trained_run / "manifest.csv") if p.split == "val"], strict=True)])
+    assert report["accuracy"] == pytest.approx(correct)
+
+
+def test_expand_paths_folders_globs_and_awkward_names(tmp_path):
+    src = real_photos("cat", 2)
+    (tmp_path / "sub").mkdir()
+    shutil.copy(src[0], tmp_path / "sub" / "cat.4142(1).jpg")
+    shutil.copy(src[1], tmp_path / "b.jpg")
+    (tmp_path / "sub" / "_DS_Store").write_bytes(b"\0" * 10)
+    assert expand_paths([tmp_path]) == [str(tmp_path / "b.jpg"),
+                                        str(tmp_path / "sub" / "cat.4142(1).jpg")]
+    assert expand_paths([str(tmp_path / "sub" / "cat.4142(1).jpg")]) == [
+        str(tmp_path / "sub" / "cat.4142(1).jpg")]
+    assert expand_paths([str(tmp_path / "**" / "*.jpg")]) == sorted(
+        [str(tmp_path / "b.jpg"), str(tmp_path / "sub" / "cat.4142(1).jpg")])
+    assert expand_paths([str(tmp_path / "*.png")]) == [str(tmp_path / "*.png")]
