@@ -59,6 +59,6 @@ def test_evaluate_folder_of_photos_and_unknown_class(trained_run, tmp_path):
 
 
 def test_missing_split_is_a_clear_error(trained_run, tmp_path):
-    photos = copy_photos(tmp_path / "p" / "train", 3)
+    copy_photos(tmp_path / "p" / "train", 3)
     with pytest.raises(DataError, match="has no test folder; it has train"):
         pawnet.evaluate(trained_run, tmp_path / "p")

@@ -106,7 +106,7 @@ def test_resume_after_a_kill_continues_from_the_last_finished_epoch(tmp_path):
 def test_resume_refuses_changed_settings_and_runs_without_checkpoints(tmp_path, trained_run):
     with pytest.raises(ConfigError, match="only --epochs may change"):
         pawnet.train(resume=str(trained_run), lr=0.1)
-    with pytest.raises(ConfigError, match="no config.yaml"):
+    with pytest.raises(ConfigError, match=r"no config\.yaml"):
         pawnet.train(resume=str(tmp_path))
 
 

@@ -8,7 +8,7 @@ import io
 import json
 import re
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -185,7 +185,7 @@ def evaluate(
     typer.echo(f"Report: {report['out']}/report.md")
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
@@ -206,7 +206,8 @@ def format_predictions(results, classes: list[str], fmt: Format) -> str:
     if fmt is Format.csv:
         writer.writerow(["path", "label", *classes, "error"])
         for r in results:
-            probs = [f"{r.probabilities[c]:.6f}" for c in classes] if r.probabilities else [""] * len(classes)
+            probs = ([f"{r.probabilities[c]:.6f}" for c in classes] if r.probabilities
+                     else [""] * len(classes))
             writer.writerow([r.path, r.label or "", *probs, r.error or ""])
         return buffer.getvalue().rstrip("\n")
     if fmt is Format.kaggle:

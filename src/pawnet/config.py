@@ -1,4 +1,4 @@
-"""Training settings: one flat, commented `Config`, the same words on the CLI, in YAML and in Python.
+"""Training settings: one flat, commented `Config`; the same words on the CLI, in YAML, in Python.
 
 `resolve_config` merges, in order of priority: keyword arguments (CLI flags), a YAML file
 (`--config FILE`), then the defaults below. Unknown keys fail with a did-you-mean hint; types

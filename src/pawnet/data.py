@@ -139,7 +139,10 @@ def _files_under(folder: Path) -> list[Path]:
     return found
 
 
-def _label_folder(folder: Path, split: str | None) -> tuple[str, list[tuple[Path, str | None, str | None]]]:
+Labelled = list[tuple[Path, str | None, str | None]]  # (file, class or None, given split)
+
+
+def _label_folder(folder: Path, split: str | None) -> tuple[str, Labelled]:
     """Label every file under `folder`: by class sub-folder, or by file name when flat.
 
     Returns the labeling used and (path, label or None, split) triples; label None means
@@ -147,7 +150,7 @@ def _label_folder(folder: Path, split: str | None) -> tuple[str, list[tuple[Path
     """
     subdirs = _visible_dirs(folder)
     if subdirs:
-        items: list[tuple[Path, str | None, str | None]] = []
+        items: Labelled = []
         for class_dir in subdirs:
             items += [(p, class_dir.name, split) for p in _files_under(class_dir)]
         items += [(p, None, split) for p in sorted(folder.iterdir()) if p.is_file()]
@@ -160,7 +163,7 @@ def _label_folder(folder: Path, split: str | None) -> tuple[str, list[tuple[Path
     return "file-names", items
 
 
-def find_files(root: str | Path) -> tuple[str, list[tuple[Path, str | None, str | None]]]:
+def find_files(root: str | Path) -> tuple[str, Labelled]:
     """Detect the layout of `root` and list its files with their labels and given splits."""
     root = Path(root)
     if not root.exists():

@@ -12,10 +12,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from pawnet.storage import atomic_write_bytes  # noqa: E402
+from pawnet.storage import atomic_write_bytes
 
 
 def _save(fig, path: str | Path) -> Path:

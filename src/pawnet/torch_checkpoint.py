@@ -243,12 +243,7 @@ def _load_legacy(path: str) -> dict[str, np.ndarray]:
     with open(path, "rb") as fh:
 
         def unpickle() -> Any:
-            try:
-                return _RestrictedUnpickler(fh, storages, zip_format=False).load()
-            except CheckpointError:
-                raise
-            except Exception as exc:  # truncated or garbled pickle streams
-                raise CheckpointError(f"corrupt checkpoint pickle ({exc})") from None
+            return _RestrictedUnpickler(fh, storages, zip_format=False).load()
 
         if unpickle() != LEGACY_MAGIC_NUMBER:
             raise CheckpointError("not a PyTorch checkpoint (bad magic number)")
@@ -309,5 +304,8 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         return _load_legacy(path)
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"corrupt checkpoint {os.path.basename(path)} ({exc})") from None
+    except Exception as exc:  # malformed content of any kind: a bad file, not a bug
+        name = type(exc).__name__
+        raise CheckpointError(
+            f"corrupt checkpoint {os.path.basename(path)} ({name}: {exc})"
+        ) from None
