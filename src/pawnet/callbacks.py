@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
+import time
 from pathlib import Path
 
 import keras
@@ -25,13 +27,18 @@ def read_history(path: Path, upto_epoch: int | None = None) -> list[dict[str, fl
 
 
 class HistoryRecorder(keras.callbacks.Callback):
-    """Rewrites `history.csv` and `curves.png` after every epoch (atomically)."""
+    """Rewrites `history.csv` after every epoch and `curves.png` after every epoch that is
+    at least `PLOT_INTERVAL` seconds after the last drawing, and at the end (atomically).
+    Drawing takes a few tenths of a second: too slow to repeat after sub-second epochs."""
+
+    PLOT_INTERVAL = 5.0
 
     def __init__(self, run_dir: Path, rows: list[dict[str, float]] | None = None):
         super().__init__()
         self.csv_path = run_dir / "history.csv"
         self.png_path = run_dir / "curves.png"
         self.rows = list(rows or [])
+        self._plotted_at = -math.inf
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
@@ -43,7 +50,16 @@ class HistoryRecorder(keras.callbacks.Callback):
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.csv_path, buffer.getvalue())
+        if time.monotonic() - self._plotted_at >= self.PLOT_INTERVAL:
+            self._plot()
+
+    def on_train_end(self, logs=None):
+        if self.rows:
+            self._plot()
+
+    def _plot(self):
         plot_curves(self.rows, self.png_path)
+        self._plotted_at = time.monotonic()
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):

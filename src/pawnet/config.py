@@ -35,7 +35,7 @@ class Config:
     max_pixels: int = MAX_PIXELS  # (int) larger images are skipped as possible bombs
     cache: str = "auto"  # (auto|memory|disk) where decoded images are kept after epoch 1
     # -- model
-    model: str = "pawnet-cnn"  # (name) architecture, see `pawnet models`
+    model: str = "efficientnet-lite0"  # (name) architecture, see `pawnet models`
     image_size: int | None = None  # (px) side of the square input; None = model's default
     # -- training
     epochs: int | None = None  # (int) maximum epochs; None = model's default
@@ -46,6 +46,11 @@ class Config:
     label_smoothing: float = 0.0  # (0-1) soften the one-hot targets
     patience: int = 10  # (epochs) early stopping: epochs without val_loss improvement
     class_weight: str = "auto"  # (auto|none) weight classes when their counts are imbalanced
+    # -- transfer learning (pretrained models only)
+    feature_views: int = 0  # (int) augmented views per training photo added as feature rows
+    fine_tune: int = 0  # (blocks) unfreeze this many top backbone blocks after the head; 0 = off
+    fine_tune_epochs: int = 5  # (int) maximum epochs of fine-tuning
+    fine_tune_lr: float = 1e-4  # (float) learning rate of fine-tuning
     # -- augmentation: which ones, then their strengths
     augment: list[str] = field(default_factory=lambda: ["flip", "zoom", "rotate", "contrast"])
     zoom: float = 0.2  # (0-1) random zoom in/out by up to this fraction
@@ -76,6 +81,10 @@ _RANGES = {
     "weight_decay": (0.0, 1.0),
     "label_smoothing": (0.0, 0.5),
     "patience": (1, 10_000),
+    "feature_views": (0, 20),
+    "fine_tune": (0, 100),
+    "fine_tune_epochs": (1, 10_000),
+    "fine_tune_lr": (1e-8, 1.0),
     "max_pixels": (1, 10**10),
     "zoom": (0.0, 0.9),
     "shear": (0.0, 1.0),

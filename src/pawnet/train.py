@@ -133,7 +133,8 @@ def _plan_resume(run_dir: Path, overrides: dict[str, Any]) -> _Plan:
         )
     cfg = resolve_config(run_dir / "config.yaml", epochs=overrides.get("epochs"))
     state = ResumeCheckpoint.load_state(run_dir / "checkpoints")
-    if state is None or not (run_dir / "checkpoints" / "last.keras").exists():
+    transfer = get_model_spec(cfg.model).backbone is not None
+    if not transfer and (state is None or not (run_dir / "checkpoints" / "last.keras").exists()):
         raise DataError(
             f"cannot resume {run_dir}: no finished epoch was saved. "
             f"Try: start again with pawnet train {cfg.data}"
@@ -145,6 +146,8 @@ def _plan_resume(run_dir: Path, overrides: dict[str, Any]) -> _Plan:
                         f"e.g. {missing[0]}")
     spec = get_model_spec(cfg.model)
     classes = sorted({p.label for p in photos})
+    if spec.backbone:  # transfer runs redo phase 1 from the feature cache, in seconds
+        state = None
     return _Plan(
         cfg=cfg,
         run_dir=run_dir,
@@ -154,7 +157,7 @@ def _plan_resume(run_dir: Path, overrides: dict[str, Any]) -> _Plan:
         batch_size=cfg.batch_size or spec.batch_size,
         epochs=cfg.epochs or spec.epochs,
         lr=cfg.lr or spec.lr,
-        initial_epoch=int(state["epoch"]),
+        initial_epoch=int(state["epoch"]) if state else 0,
         state=state,
     )
 
@@ -175,12 +178,13 @@ def class_weights(photos: list[Photo], classes: list[str]) -> dict[int, float] |
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def _compile(model, plan: _Plan, steps_per_epoch: int) -> None:
+def _compile(model, plan: _Plan, steps_per_epoch: int, epochs: int | None = None,
+             steps_per_execution: int = 1) -> None:
     import keras
 
     cfg = plan.cfg
     if cfg.lr_schedule == "cosine":
-        total = max(1, plan.epochs * steps_per_epoch)
+        total = max(1, (epochs or plan.epochs) * steps_per_epoch)
         warmup = min(steps_per_epoch, total // 2)
         lr = keras.optimizers.schedules.CosineDecay(
             0.0, decay_steps=max(1, total - warmup), alpha=0.01,
@@ -196,7 +200,8 @@ def _compile(model, plan: _Plan, steps_per_epoch: int) -> None:
         loss = keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing)
     else:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"],
+                  steps_per_execution=steps_per_execution)
 
 
 def train(data: str | Path | None = None, *, config: str | Path | dict | None = None,
@@ -226,20 +231,191 @@ def train(data: str | Path | None = None, *, config: str | Path | dict | None = 
     return _fit(plan)
 
 
-def _fit(plan: _Plan) -> Path:
-    import keras
-    import tensorflow as tf
-
+def _datasets(plan: _Plan, binary: bool, *, augment: bool = True):
+    """(train, val) image pipelines; train shuffled and augmented, both cached after epoch 1."""
     from pawnet.augment import build_augmenter
-    from pawnet.bundle import BundleSpec, output_kind, save_bundle
+    from pawnet.pipeline import cache_location, labelled_dataset
+
+    cfg = plan.cfg
+    train_photos, val_photos = plan.split("train"), plan.split("val")
+    cache_dir = plan.run_dir / ".cache"
+    shutil.rmtree(cache_dir, ignore_errors=True)  # a killed run can leave a partial cache
+    n_cached = len(train_photos) + len(val_photos)
+    augmenter = build_augmenter(cfg.augment, strengths(cfg), cfg.seed) if augment else None
+    train_ds = labelled_dataset(
+        [p.path for p in train_photos], _targets(train_photos, plan.classes, binary),
+        plan.image_size, plan.batch_size,
+        cache=cache_location(n_cached, plan.image_size, cfg.cache, cache_dir / "train"),
+        shuffle_seed=cfg.seed, augment=augmenter, max_pixels=cfg.max_pixels,
+    )
+    val_ds = labelled_dataset(
+        [p.path for p in val_photos], _targets(val_photos, plan.classes, binary),
+        plan.image_size, plan.batch_size,
+        cache=cache_location(n_cached, plan.image_size, cfg.cache, cache_dir / "val"),
+        max_pixels=cfg.max_pixels,
+    )
+    return train_ds, val_ds
+
+
+def strengths(cfg: Config) -> dict[str, float]:
+    return {k: getattr(cfg, k)
+            for k in ("zoom", "shear", "rotate", "translate", "contrast", "brightness")}
+
+
+def _fit_on_images(model, plan: _Plan, train_ds, val_ds, weights, *, epochs: int,
+                   initial_epoch: int):
+    """Keras fit with best checkpoint, early stopping, history/curves and resume state;
+    returns the model with its best weights."""
+    import keras
+
     from pawnet.callbacks import (
         HistoryRecorder,
         ResumableEarlyStopping,
         ResumeCheckpoint,
         read_history,
     )
+
+    run_dir, cfg = plan.run_dir, plan.cfg
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    state = plan.state or {}
+    early = ResumableEarlyStopping(monitor="val_loss", patience=cfg.patience, state=state)
+    best_path = ckpt_dir / "best.weights.h5"
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(
+            best_path, monitor="val_loss", save_best_only=True, save_weights_only=True,
+            initial_value_threshold=state.get("best"),
+        ),
+        early,
+        HistoryRecorder(run_dir, read_history(run_dir / "history.csv", initial_epoch)),
+        ResumeCheckpoint(ckpt_dir, early),
+    ]
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        class_weight=weights,
+        shuffle=False,  # the tf.data pipeline shuffles, with the run's seed
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    if best_path.exists():
+        model.load_weights(best_path)
+    return model
+
+
+def _fit_scratch(plan: _Plan, spec, weights):
+    import keras
+
+    cfg = plan.cfg
+    if plan.initial_epoch:
+        model = keras.models.load_model(plan.run_dir / "checkpoints" / "last.keras")
+        _log(f"Resuming {plan.run_dir} after epoch {plan.initial_epoch} of {plan.epochs}")
+    else:
+        model = spec.build(len(plan.classes), plan.image_size)
+        _compile(model, plan, math.ceil(len(plan.split("train")) / plan.batch_size))
+    train_ds, val_ds = _datasets(plan, binary=model.outputs[0].shape[-1] == 1)
+    _log(f"Training {cfg.model} at {plan.image_size}px, batch {plan.batch_size}, "
+         f"up to {plan.epochs} epochs, lr {plan.lr:g} ({cfg.lr_schedule}), "
+         f"augment: {', '.join(cfg.augment) or 'none'}; run folder {plan.run_dir}")
+    model = _fit_on_images(model, plan, train_ds, val_ds, weights, epochs=plan.epochs,
+                           initial_epoch=plan.initial_epoch)
+    return model, val_ds
+
+
+def _fit_transfer(plan: _Plan, spec, weights):
+    """Phase 1: head on cached backbone features; phase 2 (optional): fine-tune top blocks."""
+    import keras
+    import tensorflow as tf
+
+    from pawnet.augment import build_augmenter
+    from pawnet.callbacks import HistoryRecorder
+    from pawnet.models.pretrained import build_head, compose, load_backbone
+    from pawnet.transfer import (
+        FeatureStore,
+        backbone_id,
+        cached_features,
+        extract_features,
+        unfreeze_top_blocks,
+    )
+
+    cfg = plan.cfg
+    train_photos, val_photos = plan.split("train"), plan.split("val")
+    backbone = load_backbone(spec, plan.image_size)
+    store = FeatureStore(backbone_id(backbone, spec.backbone, plan.image_size))
+    _log(f"Transfer learning from {spec.name} at {plan.image_size}px; run folder "
+         f"{plan.run_dir}")
+    started = time.monotonic()
+    train_x = cached_features(backbone, store, train_photos, plan.image_size, plan.batch_size,
+                              "Features (train)", cfg.max_pixels)
+    val_x = cached_features(backbone, store, val_photos, plan.image_size, plan.batch_size,
+                            "Features (val)", cfg.max_pixels)
+    head = build_head(len(plan.classes))
+    binary = head.outputs[0].shape[-1] == 1
+    train_y = _targets(train_photos, plan.classes, binary)
+    val_y = _targets(val_photos, plan.classes, binary)
+    views = [train_x]
+    for view in range(1, cfg.feature_views + 1):
+        augment = build_augmenter(cfg.augment, strengths(cfg), cfg.seed + view)
+        views.append(extract_features(backbone, [p.path for p in train_photos],
+                                      plan.image_size, plan.batch_size, augment=augment,
+                                      desc=f"Features (augmented view {view})",
+                                      max_pixels=cfg.max_pixels))
+    train_x = np.concatenate(views)
+    train_y = np.concatenate([train_y] * len(views))
+    extract_seconds = time.monotonic() - started
+    n_photos = len(train_photos) * len(views) + len(val_photos)
+    _log(f"Features of {n_photos} photo views ready in {extract_seconds:.1f}s "
+         f"({len(store.features)} cached for {spec.name})")
+
+    started = time.monotonic()
+    steps = math.ceil(len(train_x) / plan.batch_size)
+    # Head epochs last milliseconds: in-memory datasets built once and all of an epoch's
+    # steps in one call keep Keras' per-epoch overhead from dominating.
+    _compile(head, plan, steps, steps_per_execution=steps)
+    head.fit(
+        tf.data.Dataset.from_tensor_slices((train_x, train_y))
+        .shuffle(len(train_x), seed=cfg.seed).batch(plan.batch_size).prefetch(2),
+        validation_data=tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(256),
+        epochs=plan.epochs,
+        class_weight=weights,
+        callbacks=[
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                          restore_best_weights=True),
+            HistoryRecorder(plan.run_dir),
+        ],
+        verbose=2 if not sys.stdout.isatty() else 0,
+    )
+    epochs_done = len(head.history.epoch)
+    head_loss, head_accuracy = head.evaluate(val_x, val_y, verbose=0)
+    _log(f"Head trained in {time.monotonic() - started:.1f}s ({epochs_done} epochs): "
+         f"val_loss {head_loss:.4f}, val_accuracy {head_accuracy:.4f}")
+    model = compose(backbone, head, f"{spec.name.replace('-', '_')}_transfer")
+    model.compile(loss=head.loss, metrics=["accuracy"])  # to measure the saved model
+    if not cfg.fine_tune:
+        _, val_ds = _datasets(plan, binary, augment=False)
+    else:
+        opened = unfreeze_top_blocks(backbone, cfg.fine_tune)
+        _log(f"Fine-tuning the top {cfg.fine_tune} blocks ({len(opened)} layers, batch norm "
+             f"frozen) at lr {cfg.fine_tune_lr:g} for up to {cfg.fine_tune_epochs} epochs")
+        fine_plan = _Plan(**{**plan.__dict__, "lr": cfg.fine_tune_lr})
+        train_ds, val_ds = _datasets(plan, binary)
+        _compile(model, fine_plan, math.ceil(len(train_photos) / plan.batch_size),
+                 epochs=cfg.fine_tune_epochs)
+        model = _fit_on_images(model, plan, train_ds, val_ds, weights,
+                               epochs=epochs_done + cfg.fine_tune_epochs,
+                               initial_epoch=epochs_done)
+    return model, val_ds
+
+
+def _fit(plan: _Plan) -> Path:
+    import keras
+    import tensorflow as tf
+
+    from pawnet.bundle import BundleSpec, output_kind, save_bundle
+    from pawnet.callbacks import read_history
     from pawnet.models import get_model_spec
-    from pawnet.pipeline import cache_location, labelled_dataset
 
     cfg, run_dir = plan.cfg, plan.run_dir
     keras.utils.set_random_seed(cfg.seed)
@@ -254,74 +430,19 @@ def _fit(plan: _Plan) -> Path:
         f"{split} {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in c.items())})"
         for split, c in counts.items()
     ))
-
-    ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(exist_ok=True)
-    if plan.initial_epoch:
-        model = keras.models.load_model(ckpt_dir / "last.keras")
-        _log(f"Resuming {run_dir} after epoch {plan.initial_epoch} of {plan.epochs}")
-    else:
-        model = get_model_spec(cfg.model).build(len(plan.classes), plan.image_size)
-    binary = model.outputs[0].shape[-1] == 1
-    steps = math.ceil(len(train_photos) / plan.batch_size)
-    if not plan.initial_epoch:
-        _compile(model, plan, steps)
-
-    strengths = {k: getattr(cfg, k) for k in
-                 ("zoom", "shear", "rotate", "translate", "contrast", "brightness")}
-    cache_dir = run_dir / ".cache"
-    shutil.rmtree(cache_dir, ignore_errors=True)  # a killed run can leave a partial cache
-    n_cached = len(train_photos) + len(val_photos)
-    train_ds = labelled_dataset(
-        [p.path for p in train_photos], _targets(train_photos, plan.classes, binary),
-        plan.image_size, plan.batch_size,
-        cache=cache_location(n_cached, plan.image_size, cfg.cache, cache_dir / "train"),
-        shuffle_seed=cfg.seed, augment=build_augmenter(cfg.augment, strengths, cfg.seed),
-        max_pixels=cfg.max_pixels,
-    )
-    val_ds = labelled_dataset(
-        [p.path for p in val_photos], _targets(val_photos, plan.classes, binary),
-        plan.image_size, plan.batch_size,
-        cache=cache_location(n_cached, plan.image_size, cfg.cache, cache_dir / "val"),
-        max_pixels=cfg.max_pixels,
-    )
-
     weights = class_weights(train_photos, plan.classes) if cfg.class_weight == "auto" else None
     if weights:
         _log("Classes are imbalanced; class weights: "
              + ", ".join(f"{plan.classes[i]} {w:.2f}" for i, w in weights.items()))
 
-    state = plan.state or {}
-    early = ResumableEarlyStopping(monitor="val_loss", patience=cfg.patience, state=state)
-    best_path = ckpt_dir / "best.weights.h5"
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(
-            best_path, monitor="val_loss", save_best_only=True, save_weights_only=True,
-            initial_value_threshold=state.get("best"),
-        ),
-        early,
-        HistoryRecorder(run_dir, read_history(run_dir / "history.csv", plan.initial_epoch)),
-        ResumeCheckpoint(ckpt_dir, early),
-    ]
-    _log(f"Training {cfg.model} at {plan.image_size}px, batch {plan.batch_size}, "
-         f"up to {plan.epochs} epochs, lr {plan.lr:g} ({cfg.lr_schedule}), "
-         f"augment: {', '.join(cfg.augment) or 'none'}; run folder {run_dir}")
+    spec = get_model_spec(cfg.model)
     started = time.monotonic()
-    model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=plan.epochs,
-        initial_epoch=plan.initial_epoch,
-        class_weight=weights,
-        shuffle=False,  # the tf.data pipeline shuffles, with the run's seed
-        callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
+    fit = _fit_transfer if spec.backbone else _fit_scratch
+    model, val_ds = fit(plan, spec, weights)
     fit_seconds = time.monotonic() - started
-    if best_path.exists():
-        model.load_weights(best_path)
     val_loss, val_accuracy = (float(v) for v in model.evaluate(val_ds, verbose=0))
-    _log(f"Best epoch: val_loss {val_loss:.4f}, val_accuracy {val_accuracy:.4f}")
+    _log(f"Saved model on validation photos: val_loss {val_loss:.4f}, "
+         f"val_accuracy {val_accuracy:.4f}")
 
     history = read_history(run_dir / "history.csv")
     spec = BundleSpec(
@@ -351,6 +472,6 @@ def _fit(plan: _Plan) -> Path:
         "metrics": {"val_loss": val_loss, "val_accuracy": val_accuracy},
     }
     bundle_dir = save_bundle(run_dir / "bundle", model, spec, provenance, cfg.to_yaml())
-    shutil.rmtree(cache_dir, ignore_errors=True)
+    shutil.rmtree(run_dir / ".cache", ignore_errors=True)
     _log(f"Saved bundle to {bundle_dir}")
     return run_dir

@@ -31,6 +31,7 @@ class ModelSpec:
     lr: float = 1e-3
     epochs: int = 10
     batch_size: int = 32
+    backbone: str | None = None  # pretrained feature extractor: trained by transfer learning
 
     def build(self, num_classes: int, image_size: int | None = None) -> keras.Model:
         if num_classes < 2:
@@ -82,4 +83,6 @@ def classifier_head(x, num_classes: int, *, softmax: bool = False):
     return keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
 
 
-from pawnet.models import scratch  # noqa: E402,F401  (registers the from-scratch models)
+# Importing these modules registers their architectures, from-scratch ones first.
+from pawnet.models import scratch  # noqa: E402,F401,I001
+from pawnet.models import pretrained  # noqa: E402,F401
