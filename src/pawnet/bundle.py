@@ -80,8 +80,8 @@ def find_bundle(ref: str | Path) -> Path:
         return path
     if not path.exists():
         raise BundleError(
-            f"no model at {path}. Try: a run folder from `pawnet train` (e.g. runs/train) "
-            "or its bundle/ folder"
+            f"no model at {path}. Try: a run folder from `pawnet train` (e.g. runs/train), "
+            "its bundle/ folder, or imagenet-catdog"
         )
     if path.is_dir() and (path / "checkpoints").is_dir():
         raise BundleError(
@@ -120,6 +120,9 @@ def read_spec(bundle_dir: Path) -> BundleSpec:
 def load_bundle(ref: str | Path):
     """Load a bundle's model and spec, checking that they fit together.
 
+    `ref` is a run folder, a bundle folder, or the name of a built-in model
+    (`imagenet-catdog`).
+
     Returns:
         `(keras.Model, BundleSpec)`.
 
@@ -128,6 +131,10 @@ def load_bundle(ref: str | Path):
     """
     import keras
 
+    from pawnet.builtin import BUILTIN_MODELS, load_builtin
+
+    if str(ref) in BUILTIN_MODELS and not Path(ref).exists():
+        return load_builtin(str(ref))
     bundle_dir = find_bundle(ref)
     spec = read_spec(bundle_dir)
     model_path = bundle_dir / "model.keras"

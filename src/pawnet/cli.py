@@ -101,12 +101,16 @@ def data_show(
 @app.command("models")
 def models() -> None:
     """List the registered architectures, one line each."""
+    from pawnet.builtin import BUILTIN_MODELS
     from pawnet.models import list_models
 
     specs = list_models()
     width = max(len(s.name) for s in specs)
     for spec in specs:
         typer.echo(f"{spec.name.ljust(width)}  {spec.image_size}px  {spec.description}")
+    for name, factory in BUILTIN_MODELS.items():
+        summary = (factory.__doc__ or "").strip().splitlines()[0]
+        typer.echo(f"{name.ljust(width)}  built-in, no training: {summary}")
 
 
 @app.command("train")

@@ -74,6 +74,10 @@ def compute_metrics(probs: np.ndarray, truth: np.ndarray, classes: list[str]) ->
 
 
 def _run_dir_of(model: str | Path) -> Path | None:
+    from pawnet.builtin import BUILTIN_MODELS
+
+    if str(model) in BUILTIN_MODELS and not Path(model).exists():
+        return None
     bundle_dir = find_bundle(model)
     run_dir = bundle_dir.parent if bundle_dir.name == BUNDLE_DIRNAME else None
     return run_dir if run_dir and (run_dir / "manifest.csv").exists() else None

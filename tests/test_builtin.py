@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+from conftest import CVTRICKS, real_photos
+
+import pawnet
+from pawnet.builtin import THRESHOLD, CatDogVerdict
+
+
+def test_verdict_layer_gates_on_cat_plus_dog_mass():
+    probs = np.zeros((3, 1000), "float32")
+    probs[0, 281], probs[0, 500] = 0.9, 0.1      # a cat
+    probs[1, 151], probs[1, 281] = 0.6, 0.3      # a dog, some cat mass
+    probs[2, 500] = 1.0                           # neither
+    out = np.asarray(CatDogVerdict()(probs))
+    assert out.argmax(axis=1).tolist() == [0, 1, 2]
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-6)
+    assert out[1, 0] == pytest.approx(1 / 3, abs=1e-3)
+
+
+def test_builtin_works_by_name_without_training():
+    predictor = pawnet.load("imagenet-catdog")
+    assert predictor.classes == ["cat", "dog", "neither"]
+    cats = predictor.predict(real_photos("cat", 12, "test"))
+    dogs = predictor.predict(real_photos("dog", 12, "test"))
+    assert sum(r.label == "cat" for r in cats) >= 9
+    assert sum(r.label == "dog" for r in dogs) >= 11
+
+
+def test_non_photos_are_neither(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, pixels in enumerate([np.full((224, 224, 3), 128, np.uint8),
+                                rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+                                np.tile(np.arange(224, dtype=np.uint8), (224, 1))[..., None]
+                                .repeat(3, 2)]):
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    results = pawnet.load("imagenet-catdog").predict(paths)
+    assert [r.label for r in results].count("neither") >= 2
+
+
+def test_evaluate_builtin_on_a_folder(tmp_path):
+    report = pawnet.evaluate("imagenet-catdog", CVTRICKS, out=tmp_path / "report")
+    assert report["classes"] == ["cat", "dog", "neither"]
+    assert report["n"] == 400
+    assert report["accuracy"] >= 0.9
+    assert 0 < THRESHOLD < 0.5

@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pytest
+from conftest import copy_photos, real_photos
+
+import pawnet
+from pawnet import transfer
+from pawnet.data import read_manifest
+from pawnet.images import load_pixels
+
+SMALL = {"model": "efficientnet-lite0", "image_size": 64, "batch_size": 8, "epochs": 5}
+
+
+@pytest.fixture
+def photos(tmp_path):
+    return copy_photos(tmp_path / "photos", 10)
+
+
+def test_transfer_run_saves_one_model_from_pixels_to_probabilities(photos, tmp_path):
+    run = pawnet.train(photos, out=str(tmp_path / "run"), **SMALL)
+    predictor = pawnet.load(run)
+    assert predictor.spec.model_name == "efficientnet-lite0"
+    assert predictor.model.input.shape[1:] == (64, 64, 3)
+    names = [layer.name for layer in predictor.model.layers]
+    assert any("efficientnet" in n for n in names) and "head" in names
+    provenance = json.loads((run / "bundle" / "provenance.json").read_text())
+    # the saved model reproduces, from raw pixels, the head's accuracy on cached features
+    val = [p for p in read_manifest(run / "manifest.csv") if p.split == "val"]
+    results = predictor.predict([p.path for p in val])
+    accuracy = np.mean([r.label == p.label for r, p in zip(results, val, strict=True)])
+    assert provenance["metrics"]["val_accuracy"] == pytest.approx(accuracy)
+
+
+def test_features_are_computed_once_per_photo(photos, tmp_path, monkeypatch):
+    pawnet.train(photos, out=str(tmp_path / "a"), **SMALL)
+    calls = []
+    real = transfer.extract_features
+    monkeypatch.setattr(transfer, "extract_features",
+                        lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    pawnet.train(photos, out=str(tmp_path / "b"), **SMALL)
+    assert calls == []
+    copy_photos(photos, 2, offset=10)
+    pawnet.train(photos, out=str(tmp_path / "c"), **SMALL)
+    assert sum(calls) <= 4  # only the new photos (those in train or val)
+
+
+def test_augmented_feature_views_add_rows(photos, tmp_path, monkeypatch):
+    calls = []
+    real = transfer.extract_features
+    monkeypatch.setattr(transfer, "extract_features",
+                        lambda *a, **k: calls.append(k.get("augment")) or real(*a, **k))
+    pawnet.train(photos, out=str(tmp_path / "run"), feature_views=2, **SMALL)
+    assert sum(a is not None for a in calls) == 2
+
+
+def test_fine_tuning_changes_top_block_but_not_batch_norm(photos, tmp_path):
+    import keras
+
+    run = pawnet.train(photos, out=str(tmp_path / "run"), fine_tune=1, fine_tune_epochs=1,
+                       **SMALL)
+    from pawnet.models.efficientnet_lite import load_pretrained
+
+    original = load_pretrained("lite0", image_size=64)
+    tuned = keras.models.load_model(run / "bundle" / "model.keras")
+    backbone = next(layer for layer in tuned.layers if isinstance(layer, keras.Model)
+                    and layer.name.startswith("efficientnet"))
+    changed = {layer.name for layer in backbone.layers if layer.weights and not all(
+        np.array_equal(a, b) for a, b in zip(layer.get_weights(),
+                                             original.get_layer(layer.name).get_weights(),
+                                             strict=True))}
+    assert "head_conv" in changed and "block15_project_conv" in changed
+    assert not any(name.endswith("_bn") for name in changed)
+    assert "block0_dwconv" not in changed
+    history = (run / "history.csv").read_text().strip().splitlines()
+    assert len(history) >= 3  # head epochs, then the fine-tuning epoch
+
+
+def test_resume_of_a_transfer_run_reuses_cached_features(photos, tmp_path, monkeypatch):
+    run = pawnet.train(photos, out=str(tmp_path / "run"), **SMALL)
+    calls = []
+    monkeypatch.setattr(transfer, "extract_features", lambda *a, **k: calls.append(1))
+    pawnet.train(resume=str(run))
+    assert calls == []
+    assert (run / "bundle" / "model.keras").exists()
+
+
+def test_three_classes_with_transfer(tmp_path):
+    root = copy_photos(tmp_path / "p", 6)
+    copy_photos(tmp_path / "extra", 6, classes=("cat",), split="test")
+    (tmp_path / "extra" / "cat").rename(root / "kitten")
+    run = pawnet.train(root, out=str(tmp_path / "run"), **SMALL)
+    predictor = pawnet.load(run)
+    assert predictor.classes == ["cat", "dog", "kitten"]
+    [result] = predictor.predict(real_photos("dog", 1, "test"))
+    assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_unfreeze_top_blocks_keeps_batch_norm_frozen():
+    from pawnet.models.efficientnet_lite import load_pretrained
+
+    backbone = load_pretrained("lite0", image_size=32)
+    opened = transfer.unfreeze_top_blocks(backbone, 2)
+    assert {n.split("_")[0] for n in opened} == {"block14", "block15", "head"}
+    assert not any(n.endswith("bn") for n in opened)
+    pixels = load_pixels(real_photos("cat", 1)[0], 32)[None].astype("float32")
+    a = backbone(pixels, training=True)
+    b = backbone(pixels, training=False)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)  # BN in inference
