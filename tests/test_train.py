@@ -134,3 +134,17 @@ def test_three_classes(tmp_path):
     run = pawnet.train(photos, epochs=1, out=str(tmp_path / "run"), model="pawnet-cnn",
                        image_size=32, batch_size=8)
     assert pawnet.load(run).classes == ["cat", "dog", "tabby"]
+
+
+def test_disk_cache_is_used_then_removed(tmp_path, monkeypatch):
+    from pawnet import pipeline
+
+    seen = []
+    real = pipeline.cache_location
+    monkeypatch.setattr(pipeline, "cache_location",
+                        lambda *a: seen.append(real(*a)) or seen[-1])
+    photos = copy_photos(tmp_path / "p", 6)
+    run = pawnet.train(photos, epochs=2, out=str(tmp_path / "run"), cache="disk", **TINY)
+    assert seen and all(s.startswith(str(run / ".cache")) for s in seen)
+    assert not (run / ".cache").exists()
+    assert [r["epoch"] for r in _history(run)] == ["1", "2"]
