@@ -20,7 +20,10 @@ import yaml
 from pawnet.errors import ConfigError
 from pawnet.images import MAX_PIXELS
 
-AUGMENTATIONS = ("flip", "vflip", "zoom", "shear", "rotate", "translate", "contrast", "brightness")
+AUGMENTATIONS = (
+    "flip", "vflip", "crop", "zoom", "shear", "rotate", "translate", "contrast", "brightness",
+)
+_STRENGTHS = ("crop", "zoom", "shear", "rotate", "translate", "contrast", "brightness")
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Config:
     fine_tune_lr: float = 1e-4  # (float) learning rate of fine-tuning
     # -- augmentation: which ones, then their strengths
     augment: list[str] = field(default_factory=lambda: ["flip", "zoom", "rotate", "contrast"])
+    crop: float = 0.4  # (0-0.9) random resized crop keeping 1-crop to all of the area
     zoom: float = 0.2  # (0-1) random zoom in/out by up to this fraction
     shear: float = 0.2  # (0-1) random shear intensity
     rotate: float = 0.05  # (0-0.5) random rotation, as a fraction of a full turn
@@ -62,6 +66,9 @@ class Config:
     # -- output
     out: str | None = None  # (path) run folder; default runs/train, runs/train2, ...
     resume: str | None = None  # (path) run folder to continue from its last finished epoch
+
+    def augment_strengths(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in _STRENGTHS}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -86,6 +93,7 @@ _RANGES = {
     "fine_tune_epochs": (1, 10_000),
     "fine_tune_lr": (1e-8, 1.0),
     "max_pixels": (1, 10**10),
+    "crop": (0.0, 0.9),
     "zoom": (0.0, 0.9),
     "shear": (0.0, 1.0),
     "rotate": (0.0, 0.5),
@@ -188,11 +196,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in loaded.items()}
 
 
-def resolve_config(config: str | Path | dict[str, Any] | None = None, **overrides: Any) -> Config:
+def resolve_config(
+    config: str | Path | dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Config:
     """Build a validated `Config` from a YAML file or dict plus keyword overrides.
 
     Args:
         config: path of a YAML file, or a dict of settings. Defaults to None (defaults only).
+        defaults: settings that replace the built-in defaults, below `config` (a model's
+            own recipe). Defaults to None.
         **overrides: settings that win over `config`; a value of None means "not given".
 
     Returns:
@@ -204,7 +218,8 @@ def resolve_config(config: str | Path | dict[str, Any] | None = None, **override
     >>> resolve_config(epochs=3).epochs
     3
     """
-    values = read_config_file(config) if isinstance(config, str | Path) else dict(config or {})
+    values = dict(defaults or {})
+    values.update(read_config_file(config) if isinstance(config, str | Path) else config or {})
     values.update({k: v for k, v in overrides.items() if v is not None})
     cfg = Config()
     for key, value in values.items():

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pawnet.config import resolve_config
 from pawnet.data import assign_splits, scan
 from pawnet.plots import plot_grid
 
@@ -26,21 +25,20 @@ def show_batch(photos: str | Path, out: str | Path, *, config=None, **settings) 
         The path of the PNG.
     """
     from pawnet.augment import build_augmenter
-    from pawnet.models import get_model_spec
     from pawnet.pipeline import labelled_dataset
+    from pawnet.train import resolve_training_config
 
-    cfg = resolve_config(config, data=str(photos), **settings)
-    image_size = cfg.image_size or get_model_spec(cfg.model).image_size
+    cfg = resolve_training_config(config, data=str(photos), **settings)
+    image_size = cfg.image_size
     photoset = scan(photos, max_pixels=cfg.max_pixels)
     train = [p for p in assign_splits(photoset.photos, cfg.seed, cfg.val_fraction,
                                       cfg.test_fraction) if p.split == "train"]
     rng = np.random.default_rng(cfg.seed)
     chosen = [train[i] for i in rng.permutation(len(train))[:GRID_SIZE]]
-    strengths = {k: getattr(cfg, k) for k in
-                 ("zoom", "shear", "rotate", "translate", "contrast", "brightness")}
     ds = labelled_dataset(
         [p.path for p in chosen], np.arange(len(chosen)), image_size, GRID_SIZE,
-        augment=build_augmenter(cfg.augment, strengths, cfg.seed), max_pixels=cfg.max_pixels,
+        augment=build_augmenter(cfg.augment, cfg.augment_strengths(), cfg.seed),
+        max_pixels=cfg.max_pixels,
     )
     images, order = next(iter(ds))
     captions = [chosen[int(i)].label for i in order.numpy()]

@@ -83,12 +83,23 @@ def _counts(photos: list[Photo], classes: list[str]) -> dict[str, dict[str, int]
     }
 
 
-def _plan_new(cfg: Config) -> _Plan:
+def resolve_training_config(config: str | Path | dict | None = None, **settings: Any) -> Config:
+    """Settings for a run: the flags, over the config file, over the chosen model's own
+    defaults (image size, epochs, batch size, learning rate and recipe), over pawnet's."""
     from pawnet.models import get_model_spec
 
+    spec = get_model_spec(resolve_config(config, **settings).model)
+    cfg = resolve_config(config, defaults=spec.recipe, **settings)
+    cfg.image_size = cfg.image_size or spec.image_size
+    cfg.batch_size = cfg.batch_size or spec.batch_size
+    cfg.epochs = cfg.epochs or spec.epochs
+    cfg.lr = cfg.lr or spec.lr
+    return cfg
+
+
+def _plan_new(cfg: Config) -> _Plan:
     if not cfg.data:
         raise ConfigError("no photos given. Try: pawnet train PATH/TO/PHOTOS")
-    spec = get_model_spec(cfg.model)
     photoset = scan(cfg.data, max_pixels=cfg.max_pixels)
     _log(photoset.summary())
     for skipped in photoset.skipped[:10]:
@@ -111,10 +122,10 @@ def _plan_new(cfg: Config) -> _Plan:
         run_dir=run_dir,
         classes=photoset.classes,
         photos=photos,
-        image_size=cfg.image_size or spec.image_size,
-        batch_size=cfg.batch_size or spec.batch_size,
-        epochs=cfg.epochs or spec.epochs,
-        lr=cfg.lr or spec.lr,
+        image_size=cfg.image_size,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
     )
 
 
@@ -227,7 +238,7 @@ def train(data: str | Path | None = None, *, config: str | Path | dict | None = 
     if settings.get("resume"):
         plan = _plan_resume(Path(settings["resume"]), settings)
     else:
-        plan = _plan_new(resolve_config(config, **settings))
+        plan = _plan_new(resolve_training_config(config, **settings))
     return _fit(plan)
 
 
@@ -241,7 +252,7 @@ def _datasets(plan: _Plan, binary: bool, *, augment: bool = True):
     cache_dir = plan.run_dir / ".cache"
     shutil.rmtree(cache_dir, ignore_errors=True)  # a killed run can leave a partial cache
     n_cached = len(train_photos) + len(val_photos)
-    augmenter = build_augmenter(cfg.augment, strengths(cfg), cfg.seed) if augment else None
+    augmenter = build_augmenter(cfg.augment, cfg.augment_strengths(), cfg.seed) if augment else None
     train_ds = labelled_dataset(
         [p.path for p in train_photos], _targets(train_photos, plan.classes, binary),
         plan.image_size, plan.batch_size,
@@ -255,11 +266,6 @@ def _datasets(plan: _Plan, binary: bool, *, augment: bool = True):
         max_pixels=cfg.max_pixels,
     )
     return train_ds, val_ds
-
-
-def strengths(cfg: Config) -> dict[str, float]:
-    return {k: getattr(cfg, k)
-            for k in ("zoom", "shear", "rotate", "translate", "contrast", "brightness")}
 
 
 def _fit_on_images(model, plan: _Plan, train_ds, val_ds, weights, *, epochs: int,
@@ -357,7 +363,7 @@ def _fit_transfer(plan: _Plan, spec, weights):
     val_y = _targets(val_photos, plan.classes, binary)
     views = [train_x]
     for view in range(1, cfg.feature_views + 1):
-        augment = build_augmenter(cfg.augment, strengths(cfg), cfg.seed + view)
+        augment = build_augmenter(cfg.augment, cfg.augment_strengths(), cfg.seed + view)
         views.append(extract_features(backbone, [p.path for p in train_photos],
                                       plan.image_size, plan.batch_size, augment=augment,
                                       desc=f"Features (augmented view {view})",

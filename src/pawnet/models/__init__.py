@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 
@@ -32,6 +32,7 @@ class ModelSpec:
     epochs: int = 10
     batch_size: int = 32
     backbone: str | None = None  # pretrained feature extractor: trained by transfer learning
+    recipe: dict = field(default_factory=dict)  # other Config defaults that suit this model
 
     def build(self, num_classes: int, image_size: int | None = None) -> keras.Model:
         if num_classes < 2:
