@@ -262,6 +262,36 @@ def predict(
         raise typer.Exit(1)
 
 
+@app.command("serve")
+@user_errors
+def serve(
+    model: Annotated[str, typer.Argument(help="Run folder, bundle folder or built-in name.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Most images per model call (1: off).",
+                                           min=1)] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="Longest wait for a batch to fill.",
+                                               min=0)] = 5.0,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MB.",
+                                                 min=0.001)] = 10.0,
+    api_key_env: Annotated[str | None, typer.Option(
+        help="Environment variable holding the API key that /v1/* calls must send.")] = None,
+) -> None:
+    """Serve a model: REST API, web page at /, /healthz, /metrics, /docs."""
+    import os
+
+    from pawnet.serve import run
+
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env, "")
+        if not api_key.strip():
+            raise PawnetError(f"--api-key-env names {api_key_env}, but that environment "
+                              f"variable is empty or not set. Try: export {api_key_env}=...")
+    run(model, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms,
+        max_upload_mb=max_upload_mb, api_key=api_key)
+
+
 @app.command("demo")
 @user_errors
 def demo(

@@ -1,0 +1,488 @@
+"""`pawnet serve`: every endpoint and every kind of bad input through FastAPI's TestClient,
+then the real server in a subprocess over HTTP: end to end, uploads cut off while streaming,
+a smoke load test, and a clean SIGTERM with requests in flight."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import re
+import select
+import socket
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from conftest import REPO, real_photos
+from fastapi.testclient import TestClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from pawnet.cli import app as cli_app
+from pawnet.errors import ConfigError
+from pawnet.predict import Predictor, load
+from pawnet.serve import Batcher, QueueFull, create_app
+
+CATS = real_photos("cat", 2, "test")
+DOG = real_photos("dog", 1, "test")[0]
+PHOTO = CATS[0].read_bytes()
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("serve_load", REPO / "benchmarks/serve_load.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+serve_load = _load_benchmark()
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_run) -> Predictor:
+    return load(trained_run)
+
+
+@pytest.fixture
+def client(predictor):
+    with TestClient(create_app(predictor, max_wait_ms=2)) as c:
+        yield c
+
+
+def _ok(client) -> None:
+    """The service still answers a normal request."""
+    response = client.post("/v1/predict", files={"file": ("cat.jpg", PHOTO, "image/jpeg")})
+    assert response.status_code == 200, response.text
+    assert response.json()[0]["label"]
+
+
+# --- endpoints ---------------------------------------------------------------------------
+
+
+def test_page_is_self_contained(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    html = response.text
+    assert "/v1/predict" in html and "/v1/model" in html
+    assert 'name="viewport"' in html  # phone-width screens
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # no CDN
+    assert "<script src" not in html and "stylesheet" not in html
+
+
+def test_healthz_model_docs(client, predictor):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    info = client.get("/v1/model").json()
+    assert info["classes"] == predictor.classes
+    assert info["image_size"] == predictor.image_size
+    assert info["model_name"] == predictor.spec.model_name
+    assert info["limits"]["max_batch"] == 32
+    assert client.get("/docs").status_code == 200
+    assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_model_loads_in_lifespan_from_a_run_folder(trained_run):
+    app = create_app(trained_run)
+    assert TestClient(app).get("/healthz").status_code == 503  # no lifespan: not loaded
+    with TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200
+        info = c.get("/v1/model").json()
+        assert info["provenance"]["data_fingerprint"]
+        assert sum(info["provenance"]["photos"].values()) > 0
+
+
+def test_predict_multipart_matches_the_cli(client, trained_run):
+    paths = [*CATS, DOG]
+    files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+    response = client.post("/v1/predict", files=files)
+    assert response.status_code == 200, response.text
+    served = response.json()
+    cli = CliRunner().invoke(cli_app, ["predict", str(trained_run), *map(str, paths),
+                                       "--format", "json"])
+    assert cli.exit_code == 0, cli.output
+    expected = json.loads(cli.output)
+    assert [s["path"] for s in served] == [p.name for p in paths]
+    for s, e in zip(served, expected, strict=True):
+        assert s.keys() == e.keys()
+        assert s["label"] == e["label"]
+        for name, p in e["probabilities"].items():
+            assert s["probabilities"][name] == pytest.approx(p, abs=1e-6)
+
+
+@pytest.mark.parametrize("content_type", ["image/jpeg", "application/octet-stream", None])
+def test_predict_raw_body(client, predictor, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post("/v1/predict", content=PHOTO, headers=headers)
+    assert response.status_code == 200, response.text
+    [result] = response.json()
+    assert result["path"] == "<bytes>"
+    expected = predictor.predict(PHOTO)[0]
+    assert result["label"] == expected.label
+    assert result["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
+
+
+def test_one_bad_file_among_good_ones_gets_its_own_error(client):
+    files = [("file", ("cat.jpg", PHOTO, "image/jpeg")),
+             ("file", ("notes.txt", b"not a photo\n", "text/plain"))]
+    response = client.post("/v1/predict", files=files)
+    assert response.status_code == 200
+    good, bad = response.json()
+    assert good["label"] and set(bad) == {"path", "error"}
+    assert bad["path"] == "notes.txt" and bad["error"].startswith("not an image")
+
+
+def test_metrics(client):
+    _ok(client)
+    client.post("/v1/predict", content=b"", headers={"Content-Type": "image/jpeg"})
+    text = client.get("/metrics").text
+    assert 'pawnet_requests_total{endpoint="/v1/predict",status="200"} 1.0' in text
+    assert 'pawnet_requests_total{endpoint="/v1/predict",status="400"} 1.0' in text
+    assert 'pawnet_request_duration_seconds_bucket{endpoint="/v1/predict",le="0.1"}' in text
+    assert 'pawnet_batch_size_bucket{le="1.0"} 1.0' in text
+    assert "pawnet_queue_depth 0.0" in text
+    client.get("/no/such/page")
+    assert 'endpoint="other",status="404"' in client.get("/metrics").text
+
+
+# --- bad input: a 4xx with a one-line reason, and the service keeps working -----------------
+
+
+def _bomb() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (9500, 9500)).save(buffer, "PNG")  # 90 M pixels in a few KB
+    return buffer.getvalue()
+
+
+def _tiff() -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(PHOTO)).save(buffer, "TIFF")
+    return buffer.getvalue()
+
+
+def _file(name, data, kind="image/jpeg"):
+    return {"files": [("file", (name, data, kind))]}
+
+
+BAD_INPUTS = {
+    "empty body": ({"content": b"", "headers": {"Content-Type": "image/jpeg"}}, 400,
+                   "empty request body"),
+    "zero-byte file": (_file("zero.jpg", b""), 422, "empty file"),
+    "not an image": (_file("notes.txt", b"hello\n" * 50, "text/plain"), 422, "not an image"),
+    "not an image raw": ({"content": b"hello", "headers": {"Content-Type": "image/png"}}, 422,
+                         "not an image"),
+    "truncated": (_file("half.jpg", PHOTO[: len(PHOTO) // 2]), 422, "truncated or corrupt"),
+    "unsupported format": (_file("photo.tiff", _tiff(), "image/tiff"), 422,
+                           "unsupported format TIFF"),
+    "decompression bomb": (_file("bomb.png", _bomb(), "image/png"), 422, "too many pixels"),
+    "json content type": ({"json": {"file": "cat.jpg"}}, 415, "unsupported content type"),
+    "text content type": ({"content": PHOTO, "headers": {"Content-Type": "text/plain"}}, 415,
+                          "unsupported content type"),
+    "form-urlencoded": ({"data": {"file": "/etc/passwd"}}, 415, "unsupported content type"),
+    "oversize raw": ({"content": PHOTO * 200, "headers": {"Content-Type": "image/jpeg"}}, 413,
+                     "upload too large"),
+    "oversize multipart": (_file("big.jpg", PHOTO * 200), 413, "upload too large"),
+    "too many files": ({"files": [("file", (f"{i}.jpg", b"x", "image/jpeg"))
+                                  for i in range(33)]}, 413, "too many files"),
+    "unknown text field": ({"files": [("file", ("cat.jpg", PHOTO, "image/jpeg"))],
+                            "data": {"threshold": "0.5"}}, 400, "unknown form field 'threshold'"),
+    "unknown file field": ({"files": [("image", ("cat.jpg", PHOTO, "image/jpeg"))]}, 400,
+                           "unknown form field 'image'"),
+    "text instead of a file": ({"data": {"file": "/etc/passwd"},
+                                "files": [("other", ("x", b"", "text/plain"))]}, 400,
+                               "unknown form field"),
+    "file field as text": ({"content": b'--b\r\nContent-Disposition: form-data; name="file"'
+                                       b'\r\n\r\n/etc/passwd\r\n--b--\r\n',
+                            "headers": {"Content-Type": "multipart/form-data; boundary=b"}},
+                           400, "must be a file upload"),
+    "no files": ({"content": b"--b--\r\n",
+                  "headers": {"Content-Type": "multipart/form-data; boundary=b"}}, 400,
+                 "no files"),
+    "multipart without boundary": ({"content": PHOTO,
+                                    "headers": {"Content-Type": "multipart/form-data"}}, 400,
+                                   "malformed multipart"),
+    "garbage multipart": ({"content": b"--b\r\nnonsense\r\n\r\n\x00\x01",
+                           "headers": {"Content-Type": "multipart/form-data; boundary=b"}},
+                          400, ""),
+}
+
+
+@pytest.fixture(scope="module")
+def small_client(predictor):
+    """Uploads limited to 1 MB, so oversize requests stay small in tests."""
+    with TestClient(create_app(predictor, max_wait_ms=2, max_upload_mb=1)) as c:
+        yield c
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_gets_a_4xx_with_a_reason(small_client, case):
+    kwargs, status, reason = BAD_INPUTS[case]
+    response = small_client.post("/v1/predict", **kwargs)
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and reason in detail
+    _ok(small_client)
+
+
+def test_no_server_file_is_read_by_a_client_supplied_name(client):
+    response = client.post("/v1/predict", **_file("/etc/hostname", PHOTO))
+    assert response.status_code == 200 and response.json()[0]["path"] == "hostname"
+    response = client.post("/v1/predict", **_file("../../etc/passwd", b"root:x:0:0"))
+    assert response.status_code == 422 and "root:" not in response.text
+    assert client.get("/../../etc/passwd").status_code == 404
+    assert client.get("/static/index.html").status_code == 404
+
+
+def test_wrong_method_and_path(client):
+    assert client.get("/v1/predict").status_code == 405
+    assert client.get("/v2/predict").status_code == 404
+
+
+# --- safety -----------------------------------------------------------------------------
+
+
+def test_api_key_guards_v1_only(predictor):
+    with TestClient(create_app(predictor, api_key="s3cret")) as c:
+        for path in ("/v1/model",):
+            assert c.get(path).status_code == 401
+            assert c.get(path).headers["www-authenticate"] == "Bearer"
+            assert c.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+            assert c.get(path, headers={"Authorization": "Basic s3cret"}).status_code == 401
+            assert c.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.post("/v1/predict", content=PHOTO,
+                      headers={"Content-Type": "image/jpeg"}).status_code == 401
+        assert c.post("/v1/predict", content=PHOTO, headers={
+            "Content-Type": "image/jpeg", "Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/").status_code == 200
+
+
+def test_cors_off_unless_configured(predictor):
+    origin = {"Origin": "http://elsewhere.example"}
+    with TestClient(create_app(predictor)) as c:
+        assert "access-control-allow-origin" not in c.get("/v1/model", headers=origin).headers
+    with TestClient(create_app(predictor, cors_origins=["http://elsewhere.example"])) as c:
+        response = c.get("/v1/model", headers=origin)
+        assert response.headers["access-control-allow-origin"] == "http://elsewhere.example"
+
+
+def test_settings_are_checked(predictor):
+    with pytest.raises(ConfigError, match="max_batch must be at least 1"):
+        create_app(predictor, max_batch=0)
+
+
+def test_cli_serve_refuses_a_bad_model_or_a_missing_key(tmp_path, monkeypatch):
+    result = CliRunner().invoke(cli_app, ["serve", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "error: no model at" in result.output
+    monkeypatch.delenv("PAWNET_TEST_KEY", raising=False)
+    result = CliRunner().invoke(cli_app, ["serve", "x", "--api-key-env", "PAWNET_TEST_KEY"])
+    assert result.exit_code == 2 and "PAWNET_TEST_KEY" in result.output
+
+
+# --- batching, queue bound, time limit ---------------------------------------------------
+
+
+def test_batcher_gathers_concurrent_images_up_to_max_batch():
+    calls = []
+
+    def model(pixels):
+        calls.append(len(pixels))
+        return pixels.reshape(len(pixels), -1)[:, :2].astype(float)
+
+    batcher = Batcher(model, max_batch=4, max_wait_s=0.3, queue_size=16)
+    images = [np.full((2, 2, 3), i, np.uint8) for i in range(6)]
+    futures = [f for image in images for f in batcher.submit([image])]
+    batcher.start()
+    rows = [f.result(5) for f in futures]
+    batcher.stop(5)
+    assert calls == [4, 2]
+    assert [row[0] for row in rows] == list(range(6))  # each request gets its own row
+
+
+def test_batcher_queue_is_bounded_and_all_or_nothing():
+    batcher = Batcher(lambda p: p, max_batch=1, max_wait_s=0, queue_size=3)
+    batcher.submit([np.zeros(1)] * 2)
+    with pytest.raises(QueueFull):
+        batcher.submit([np.zeros(1)] * 2)
+    assert batcher.depth == 2
+
+
+class _GatedPredictor(Predictor):
+    """The real model, held at a gate once `closed` is set, to fill the queue on purpose."""
+
+    def __init__(self, inner: Predictor):
+        super().__init__(inner.model, inner.spec)
+        self.closed = threading.Event()
+        self.gate = threading.Event()
+
+    def probabilities(self, pixels):
+        if self.closed.is_set():
+            self.gate.wait(10)
+        return super().probabilities(pixels)
+
+
+def test_full_queue_gets_503_with_retry_after_then_recovers(predictor):
+    gated = _GatedPredictor(predictor)
+    with TestClient(create_app(gated, max_batch=1, max_wait_ms=0, queue_size=1)) as c:
+        gated.closed.set()
+        answers = []
+
+        def post():
+            answers.append(c.post("/v1/predict", content=PHOTO,
+                                  headers={"Content-Type": "image/jpeg"}).status_code)
+
+        first = threading.Thread(target=post)  # held in the model call
+        first.start()
+        second = threading.Thread(target=post)  # waits in the queue
+        second.start()
+        deadline = time.monotonic() + 20
+        while ("pawnet_queue_depth 1.0" not in c.get("/metrics").text
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        response = c.post("/v1/predict", content=PHOTO, headers={"Content-Type": "image/jpeg"})
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert "busy" in response.json()["detail"]
+        gated.gate.set()
+        first.join(10)
+        second.join(10)
+        assert answers == [200, 200]
+        gated.closed.clear()
+        _ok(c)
+
+
+def test_request_time_limit(predictor):
+    gated = _GatedPredictor(predictor)
+    with TestClient(create_app(gated, timeout_s=0.5)) as c:
+        gated.closed.set()
+        response = c.post("/v1/predict", content=PHOTO, headers={"Content-Type": "image/jpeg"})
+        assert response.status_code == 503 and "within 0.5 s" in response.json()["detail"]
+        gated.gate.set()
+        gated.closed.clear()
+        _ok(c)
+
+
+# --- the real server, over HTTP ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live(trained_run):
+    """`pawnet serve RUN` in a subprocess on a free loopback port; yields its URL."""
+    port = serve_load.free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = serve_load.start_server(trained_run, port, "--max-upload-mb", "1")
+    try:
+        serve_load.wait_healthy(url, proc)
+        yield url
+    finally:
+        assert serve_load.stop_server(proc) in (0, -15)
+
+
+def _post(url, data, content_type="image/jpeg", timeout=30):
+    request = urllib.request.Request(url + "/v1/predict", data=data,
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_end_to_end_over_http(live, predictor):
+    with urllib.request.urlopen(live + "/healthz") as response:
+        assert json.loads(response.read()) == {"status": "ok"}
+    with urllib.request.urlopen(live + "/v1/model") as response:
+        assert json.loads(response.read())["classes"] == predictor.classes
+    with urllib.request.urlopen(live + "/") as response:
+        assert b"/v1/predict" in response.read()
+    boundary = "pawnetboundary"
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{p.name}"\r\n'
+        f"Content-Type: image/jpeg\r\n\r\n".encode() + p.read_bytes() + b"\r\n"
+        for p in CATS) + f"--{boundary}--\r\n".encode()
+    status, results = _post(live, body, f"multipart/form-data; boundary={boundary}")
+    assert status == 200
+    expected = predictor.predict(CATS)
+    for got, want in zip(results, expected, strict=True):
+        assert got["label"] == want.label
+        assert got["probabilities"] == pytest.approx(want.probabilities, abs=1e-6)
+    assert _post(live, b"")[0] == 400
+    assert _post(live, b"not an image")[0] == 422
+    assert _post(live, PHOTO)[0] == 200
+
+
+def _raw_http(url, head: bytes, chunks=(), timeout=10) -> tuple[bytes, int]:
+    """Send a request by hand; returns (what the server answered, body bytes sent)."""
+    host, port = url.removeprefix("http://").split(":")
+    sent = 0
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(head)
+        try:
+            for chunk in chunks:
+                if select.select([sock], [], [], 0)[0]:
+                    break  # the server has answered: stop sending, as curl does
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:  # the server answered and closed while we were still sending
+            pass
+        answer = b""
+        try:
+            while part := sock.recv(65536):
+                answer += part
+        except OSError:
+            pass
+    return answer, sent
+
+
+def test_oversize_upload_is_refused_while_streaming(live):
+    # A declared length over the limit is refused before any of the body is sent.
+    answer, _ = _raw_http(live, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                                b"image/jpeg\r\nContent-Length: 500000000\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413") and b"upload too large" in answer
+    # A chunked body with no declared length is cut off soon after it passes 1 MB.
+    chunk = b"10000\r\n" + b"\0" * 0x10000 + b"\r\n"  # 64 KB chunks; 64 MB if all were sent
+
+    def chunks():
+        for _ in range(1024):
+            time.sleep(0.002)
+            yield chunk
+
+    answer, sent = _raw_http(live, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                                   b"image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n", chunks())
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent < 8 * 1024 * 1024
+    assert _post(live, PHOTO)[0] == 200
+
+
+def test_smoke_load_has_no_5xx_and_no_dropped_connections(live):
+    bodies = [p.read_bytes() for p in real_photos("cat", 4, "test") + real_photos("dog", 4, "test")]
+    result = serve_load.measure(live, bodies, clients=8, requests=48, seconds=60)
+    assert result["requests"] == 48
+    assert result["errors_5xx"] == 0 and result["dropped"] == 0
+    assert result["statuses"] == {200: 48}
+    assert result["mean_batch"] >= 1
+
+
+def test_sigterm_lets_in_flight_requests_finish(trained_run):
+    port = serve_load.free_port()
+    url = f"http://127.0.0.1:{port}"
+    # A long batching wait keeps the requests in flight when SIGTERM arrives.
+    proc = serve_load.start_server(trained_run, port, "--max-wait-ms", "3000")
+    try:
+        serve_load.wait_healthy(url, proc)
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(_post(url, PHOTO)[0]))
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+    finally:
+        code = serve_load.stop_server(proc)
+    for t in threads:
+        t.join(30)
+    assert answers == [200, 200, 200]
+    assert code in (0, -15)  # uvicorn re-raises SIGTERM after its graceful shutdown
+    log = proc.stdout.read()
+    assert "Shutting down" in log and "Traceback" not in log

@@ -1,0 +1,118 @@
+"""The web page in a real browser: headless Chromium (Debian's `chromium` and
+`chromium-driver`, nothing downloaded) opens `pawnet serve imagenet-catdog`, uploads a real
+cat photo, and must show `cat`; a screenshot is saved in the test's temp folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import CVTRICKS, REPO
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+# imagenet-catdog says cat for this one with P(cat) 0.93 (checked with `pawnet predict`)
+CAT = CVTRICKS / "test" / "cat" / "cat.1005.jpg"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"]
+
+_spec = importlib.util.spec_from_file_location("serve_load", REPO / "benchmarks/serve_load.py")
+serve_load = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(serve_load)
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
+           "chromium-driver; .ci/run installs them)")
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = serve_load.free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = serve_load.start_server("imagenet-catdog", port)
+    try:
+        serve_load.wait_healthy(url, proc)
+        yield url
+    finally:
+        assert serve_load.stop_server(proc) in (0, -15)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.add_argument("--window-size=1000,800")
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+
+
+def _upload(browser, paths) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in paths))
+
+
+def _wait_for_results(browser, n: int) -> list:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def done(driver):
+        cards = driver.find_elements(By.CSS_SELECTOR, "#results .card")
+        finished = [c for c in cards
+                    if not c.find_elements(By.CSS_SELECTOR, ".label.pending")]
+        return cards if len(cards) >= n and len(finished) == len(cards) else False
+
+    return WebDriverWait(browser, 60).until(done)
+
+
+def test_page_labels_a_cat_photo(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/")
+    WebDriverWait(browser, 30).until(
+        lambda d: "cat, dog, neither" in d.find_element(By.ID, "model").text)
+    _upload(browser, [CAT])
+    [card] = _wait_for_results(browser, 1)
+    assert card.find_element(By.CSS_SELECTOR, ".name").text == CAT.name
+    assert card.find_element(By.CSS_SELECTOR, ".label").text == "cat"
+    bars = card.find_elements(By.CSS_SELECTOR, ".bar")
+    assert [b.get_attribute("data-class") for b in bars] == ["cat", "dog", "neither"]
+    top = card.find_element(By.CSS_SELECTOR, ".bar.top")
+    assert top.get_attribute("data-class") == "cat" and top.text.endswith("%")
+    assert browser.execute_script(
+        "return document.querySelector('.card img').naturalWidth") > 0  # the photo shows
+    shot = tmp_path / "page.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def test_bad_file_error_shows_next_to_it_at_phone_width(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo\n")
+    browser.set_window_size(390, 844)  # a phone
+    browser.get(server + "/")
+    _upload(browser, [CAT, bad])
+    cards = _wait_for_results(browser, 2)
+    by_name = {c.find_element(By.CSS_SELECTOR, ".name").text: c for c in cards}
+    assert by_name[CAT.name].find_element(By.CSS_SELECTOR, ".label").text == "cat"
+    error = by_name["notes.jpg"].find_element(By.CSS_SELECTOR, ".error").text
+    assert error.startswith("not an image")
+    width = browser.execute_script("return document.documentElement.scrollWidth")
+    assert width <= browser.execute_script("return window.innerWidth")  # no sideways scroll
+    browser.save_screenshot(str(tmp_path / "phone.png"))
