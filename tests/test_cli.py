@@ -61,6 +61,8 @@ def test_train_evaluate_predict_end_to_end(class_folders, tmp_path):
     result = invoke("evaluate", run, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
+    held_out = invoke("evaluate", run, class_folders, "--json")
+    assert json.loads(held_out.stdout)["n"] == 24  # stdout stays pure JSON
     assert {"n", "accuracy", "classes", "per_class", "confusion_matrix"} <= set(report)
     assert set(report["per_class"]["cat"]) == {"precision", "recall", "f1", "support"}
 

@@ -7,6 +7,7 @@ Writes `report.json`, `report.md`, `confusion.png` and `misclassified.png` into
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ def _select(model: str | Path, photos: str | Path | None, split: str):
                             "Try: --split val, or give PHOTOS")
         return [p.path for p in chosen], [p.label for p in chosen], f"{run_dir} {split_key} split"
     photoset = scan(photos)
-    print(photoset.summary(), flush=True)
+    print(photoset.summary(), file=sys.stderr, flush=True)  # stdout may be --json
     chosen = photoset.photos
     description = str(photos)
     if photoset.splits():
