@@ -384,6 +384,7 @@ def _fit_transfer(plan: _Plan, spec, weights):
         tf.data.Dataset.from_tensor_slices((train_x, train_y))
         .shuffle(len(train_x), seed=cfg.seed).batch(plan.batch_size).prefetch(2),
         validation_data=tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(256),
+        shuffle=False,  # the dataset shuffles, with the run's seed
         epochs=plan.epochs,
         class_weight=weights,
         callbacks=[
