@@ -113,11 +113,12 @@ def run_demo(data: Path | None = None, epochs: int | None = None) -> Path:
     print(f"Test accuracy {report['accuracy']:.4f} on {report['n']} photos")
     print(confusion_text(report))
     print("== Predicting a few held-out photos", flush=True)
-    sample = [m["path"] for m in report["misclassified"][:2]]
     from pawnet.data import read_manifest
 
-    test = [p.path for p in read_manifest(run_dir / "manifest.csv") if p.split == "test"]
-    sample = (test[:4] + sample)[:6]
+    test = [p for p in read_manifest(run_dir / "manifest.csv") if p.split == "test"]
+    sample = [p.path for c in sorted({p.label for p in test})
+              for p in [p for p in test if p.label == c][:2]]
+    sample += [m["path"] for m in report["misclassified"][:2]]
     predictor = load(run_dir)
     print(format_predictions(predictor.predict(sample), predictor.classes, Format.table))
     print(f"== Done. Report: {report['out']}/report.md  Bundle: {run_dir / 'bundle'}\n"
