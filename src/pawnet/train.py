@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pawnet.config import Config, resolve_config
+from pawnet.config import Config, read_config_file, resolve_config
 from pawnet.data import (
     Photo,
     assign_splits,
@@ -88,6 +88,8 @@ def resolve_training_config(config: str | Path | dict | None = None, **settings:
     defaults (image size, epochs, batch size, learning rate and recipe), over pawnet's."""
     from pawnet.models import get_model_spec
 
+    if isinstance(config, str | Path):
+        config = read_config_file(config)  # once: the file may be a pipe
     spec = get_model_spec(resolve_config(config, **settings).model)
     cfg = resolve_config(config, defaults=spec.recipe, **settings)
     cfg.image_size = cfg.image_size or spec.image_size
