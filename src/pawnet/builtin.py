@@ -16,6 +16,7 @@ so `neither` wins exactly when the cat+dog mass is below about THRESHOLD.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -76,6 +77,11 @@ def imagenet_catdog() -> tuple[keras.Model, BundleSpec]:
 BUILTIN_MODELS: dict[str, Callable[[], tuple[keras.Model, BundleSpec]]] = {
     "imagenet-catdog": imagenet_catdog,
 }
+
+
+def is_builtin(ref) -> bool:
+    """True when `ref` names a built-in model (and no folder of that name exists)."""
+    return str(ref) in BUILTIN_MODELS and not Path(ref).exists()
 
 
 def load_builtin(name: str) -> tuple[keras.Model, BundleSpec]:

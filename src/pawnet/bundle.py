@@ -131,9 +131,9 @@ def load_bundle(ref: str | Path):
     """
     import keras
 
-    from pawnet.builtin import BUILTIN_MODELS, load_builtin
+    from pawnet.builtin import is_builtin, load_builtin
 
-    if str(ref) in BUILTIN_MODELS and not Path(ref).exists():
+    if is_builtin(ref):
         return load_builtin(str(ref))
     bundle_dir = find_bundle(ref)
     spec = read_spec(bundle_dir)

@@ -75,9 +75,9 @@ def compute_metrics(probs: np.ndarray, truth: np.ndarray, classes: list[str]) ->
 
 
 def _run_dir_of(model: str | Path) -> Path | None:
-    from pawnet.builtin import BUILTIN_MODELS
+    from pawnet.builtin import is_builtin
 
-    if str(model) in BUILTIN_MODELS and not Path(model).exists():
+    if is_builtin(model):
         return None
     bundle_dir = find_bundle(model)
     run_dir = bundle_dir.parent if bundle_dir.name == BUNDLE_DIRNAME else None

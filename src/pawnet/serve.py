@@ -224,12 +224,12 @@ def _upload_name(name: str | None, index: int) -> str:
 
 
 def _provenance_summary(model_ref) -> dict:
-    from pawnet.builtin import BUILTIN_MODELS
+    from pawnet.builtin import is_builtin
     from pawnet.bundle import find_bundle
 
     if isinstance(model_ref, Predictor):
         return {}
-    if str(model_ref) in BUILTIN_MODELS and not Path(model_ref).exists():
+    if is_builtin(model_ref):
         return {"builtin": str(model_ref)}
     try:
         data = json.loads((find_bundle(model_ref) / "provenance.json").read_text())

@@ -146,7 +146,8 @@ def _plan_resume(run_dir: Path, overrides: dict[str, Any]) -> _Plan:
         )
     cfg = resolve_config(run_dir / "config.yaml", epochs=overrides.get("epochs"))
     state = ResumeCheckpoint.load_state(run_dir / "checkpoints")
-    transfer = get_model_spec(cfg.model).backbone is not None
+    spec = get_model_spec(cfg.model)
+    transfer = spec.backbone is not None
     if not transfer and (state is None or not (run_dir / "checkpoints" / "last.keras").exists()):
         raise DataError(
             f"cannot resume {run_dir}: no finished epoch was saved. "
@@ -157,19 +158,17 @@ def _plan_resume(run_dir: Path, overrides: dict[str, Any]) -> _Plan:
     if missing:
         raise DataError(f"cannot resume {run_dir}: {len(missing)} photos of its split are gone, "
                         f"e.g. {missing[0]}")
-    spec = get_model_spec(cfg.model)
-    classes = sorted({p.label for p in photos})
-    if spec.backbone:  # transfer runs redo phase 1 from the feature cache, in seconds
+    if transfer:  # transfer runs redo phase 1 from the feature cache, in seconds
         state = None
-    return _Plan(
+    return _Plan(  # the saved config.yaml holds the resolved image size, epochs, ...
         cfg=cfg,
         run_dir=run_dir,
-        classes=classes,
+        classes=sorted({p.label for p in photos}),
         photos=photos,
-        image_size=cfg.image_size or spec.image_size,
-        batch_size=cfg.batch_size or spec.batch_size,
-        epochs=cfg.epochs or spec.epochs,
-        lr=cfg.lr or spec.lr,
+        image_size=cfg.image_size,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
         initial_epoch=int(state["epoch"]) if state else 0,
         state=state,
     )
