@@ -292,6 +292,28 @@ def serve(
         max_upload_mb=max_upload_mb, api_key=api_key)
 
 
+@app.command("bench")
+@user_errors
+def bench(
+    photos: Photos,
+    model: Annotated[str | None, typer.Option(help="Architecture (see `pawnet models`).")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Side of the input in px.", min=8)]
+    = None,
+    batch_size: Annotated[int | None, typer.Option(help="Photos per step.", min=1)] = None,
+    augment: Annotated[str | None, typer.Option(help="e.g. flip,zoom,shear or none.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only this many photos.", min=2)] = None,
+    epochs: Annotated[int, typer.Option(help="End-to-end training epochs.", min=2)] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Where the time goes: input pipeline, compute limit, end to end, efficiency, memory."""
+    from pawnet.bench import bench as run_bench
+    from pawnet.bench import format_bench
+
+    result = run_bench(photos, model=model, image_size=image_size, batch_size=batch_size,
+                       augment=augment, limit=limit, epochs=epochs)
+    typer.echo(json.dumps(result, indent=2) if as_json else format_bench(result))
+
+
 @app.command("demo")
 @user_errors
 def demo(

@@ -44,9 +44,53 @@ def pixel_dataset(
     return ds.map(load_op, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def decoded_dataset(
+    paths: Sequence[str],
+    labels: Sequence[int] | np.ndarray,
+    image_size: int,
+    *,
+    cache: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> tf.data.Dataset:
+    """Unbatched `(uint8 image, label)` pairs, decoded once and then cached if asked.
+
+    Args:
+        cache: None for no caching, "" to cache in memory, or a file path prefix for disk.
+    """
+    images = pixel_dataset(paths, image_size, max_pixels)
+    ds = tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(np.asarray(labels)))
+    return ds if cache is None else ds.cache(cache)
+
+
+def batched(
+    decoded: tf.data.Dataset,
+    batch_size: int,
+    *,
+    shuffle: tuple[int, int] | None = None,
+    augment: Callable | None = None,
+) -> tf.data.Dataset:
+    """Batches of `(float32 images 0-255, labels)` from `decoded_dataset`.
+
+    Args:
+        shuffle: `(buffer_size, seed)` to reshuffle every epoch; None keeps the order.
+        augment: function applied to each float32 batch (training only).
+    """
+    ds = decoded
+    if shuffle is not None:
+        ds = ds.shuffle(shuffle[0], seed=shuffle[1], reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if augment is not None:
+        # Sequential on purpose: random layers share one seed state, and running them in
+        # parallel makes the draws depend on thread timing, so runs would not repeat.
+        # A batch takes milliseconds to augment, and prefetch overlaps it with training.
+        ds = ds.map(lambda x, y: (augment(x), y))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
 def labelled_dataset(
     paths: Sequence[str],
-    labels: Sequence[int],
+    labels: Sequence[int] | np.ndarray,
     image_size: int,
     batch_size: int,
     *,
@@ -66,17 +110,6 @@ def labelled_dataset(
         augment: function applied to each float32 batch (training only).
         max_pixels: decompression-bomb limit passed to the decoder.
     """
-    images = pixel_dataset(paths, image_size, max_pixels)
-    ds = tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(np.asarray(labels)))
-    if cache is not None:
-        ds = ds.cache(cache)
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-    if augment is not None:
-        # Sequential on purpose: random layers share one seed state, and running them in
-        # parallel makes the draws depend on thread timing, so runs would not repeat.
-        # A batch takes milliseconds to augment, and prefetch overlaps it with training.
-        ds = ds.map(lambda x, y: (augment(x), y))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    decoded = decoded_dataset(paths, labels, image_size, cache=cache, max_pixels=max_pixels)
+    shuffle = None if shuffle_seed is None else (len(paths), shuffle_seed)
+    return batched(decoded, batch_size, shuffle=shuffle, augment=augment)

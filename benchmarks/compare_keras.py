@@ -1,0 +1,185 @@
+"""pawnet against the plain Keras 3 route, in one run, on the same photos and architecture.
+
+    .venv/bin/python benchmarks/compare_keras.py ../shared/data/cdfiltered/train \
+        [--epochs 2] [--time-to-accuracy ../shared/data/cvtricks]
+
+(a) plain Keras: `keras.utils.image_dataset_from_directory` + augmentation layers mapped on
+    the dataset + prefetch, tutorial A's CNN (3 conv blocks, Dense 512) at 150 px, batch
+    32, flip/zoom/shear, Adam; run with TensorFlow's default settings.
+(b) pawnet: `pawnet.bench.bench` with `tutorial-a-cnn` and the same augmentation, which
+    trains through the same pipeline as `pawnet train`.
+
+Each side runs in its own fresh process, so peak memory (ru_maxrss) is its own. Printed:
+steady training photos/s (epochs after the first), inference photos/s (start-up apart),
+input pipeline photos/s, peak memory, and the ratios. With --time-to-accuracy, also the
+wall seconds of `pawnet train FOLDER` (default model) until the bundle is saved, and the
+accuracy it reaches on that folder's test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+IMAGE_SIZE, BATCH_SIZE = 150, 32
+AUGMENT = "flip,zoom,shear"
+
+
+def plain_keras(folder: str, epochs: int) -> dict:
+    """The route a Keras 3 user writes from the tutorial; runs in its own process."""
+    import resource
+
+    import keras
+    import tensorflow as tf
+    from keras import layers
+
+    def load(shuffle: bool):
+        return keras.utils.image_dataset_from_directory(
+            folder, image_size=(IMAGE_SIZE, IMAGE_SIZE), batch_size=BATCH_SIZE,
+            label_mode="binary", shuffle=shuffle, seed=1, verbose=False)
+
+    augment = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomZoom(0.2),
+                                layers.RandomShear(0.2, 0.2)])
+    train = load(True).map(lambda x, y: (augment(x, training=True), y),
+                           num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    n = sum(int(x.shape[0]) for x, _ in load(False))  # also warms the file cache
+    started = time.perf_counter()
+    for _ in load(False).prefetch(tf.data.AUTOTUNE):
+        pass
+    input_rate = n / (time.perf_counter() - started)
+
+    model = keras.Sequential([
+        keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3)),
+        layers.Rescaling(1 / 255),
+        layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2),
+        layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(2),
+        layers.Conv2D(128, 3, activation="relu"), layers.MaxPooling2D(2),
+        layers.Flatten(), layers.Dropout(0.5),
+        layers.Dense(512, activation="relu"),
+        layers.Dense(1, activation="sigmoid"),
+    ])
+    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy", ["accuracy"])
+    times: list[float] = []
+    timer = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda e, logs: times.append(time.perf_counter()),
+        on_epoch_end=lambda e, logs: times.append(time.perf_counter() - times.pop()))
+    model.fit(train, epochs=epochs, callbacks=[timer], verbose=0)
+
+    started = time.perf_counter()
+    model.predict(load(False).take(1), verbose=0)
+    startup = time.perf_counter() - started
+    started = time.perf_counter()
+    model.predict(load(False), verbose=0)
+    predict_seconds = time.perf_counter() - started
+    return {
+        "photos": n,
+        "params": model.count_params(),
+        "train": n * (len(times) - 1) / sum(times[1:]),
+        "inference": n / predict_seconds,
+        "predict_startup_seconds": startup,
+        "input_first_pass": input_rate,
+        "input_cached": input_rate,  # no cache: every epoch decodes again
+        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def pawnet_route(folder: str, epochs: int) -> dict:
+    import keras
+
+    from pawnet.bench import bench
+
+    result = bench(folder, model="tutorial-a-cnn", image_size=IMAGE_SIZE,
+                   batch_size=BATCH_SIZE, augment=AUGMENT, epochs=epochs)
+    from pawnet.models import get_model_spec
+
+    params = get_model_spec("tutorial-a-cnn").build(2, IMAGE_SIZE).count_params()
+    keras.backend.clear_session()
+    return {
+        "photos": result["photos"],
+        "params": params,
+        "train": result["end_to_end"]["train"],
+        "train_compute_limit": result["compute_limit"]["train"],
+        "efficiency": result["efficiency"],
+        "inference": result["end_to_end"]["inference"],
+        "inference_compute_limit": result["compute_limit"]["inference"],
+        "inference_efficiency": result["inference_efficiency"],
+        "predict_startup_seconds": result["end_to_end"]["predict_startup_seconds"],
+        "input_first_pass": result["input"]["first_pass"],
+        "input_cached": result["input"]["cached"],
+        "peak_memory_mb": result["peak_memory_mb"],
+    }
+
+
+def run_side(side: str, folder: str, epochs: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--side", side, "--epochs", str(epochs), folder],
+        capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        sys.exit(f"{side} route failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def time_to_accuracy(folder: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="pawnet-tta-") as tmp:
+        run_dir = Path(tmp) / "run"
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pawnet.cli", "train", folder, "--out",
+                        str(run_dir)], check=True, capture_output=True)
+        wall = time.perf_counter() - started
+        code = (f"import json, pawnet; r = pawnet.evaluate({str(run_dir)!r}, split='test', "
+                f"out={tmp + '/eval'!r}); print(json.dumps([r['n'], r['accuracy']]))")
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                             text=True)
+        n, accuracy = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"train_wall_seconds": wall, "test_photos": n, "test_accuracy": accuracy}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("photos", help="class folders (e.g. ../shared/data/cdfiltered/train)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--time-to-accuracy", metavar="FOLDER",
+                        help="also time `pawnet train FOLDER` (train/test folders)")
+    parser.add_argument("--side", choices=["plain", "pawnet"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        route = plain_keras if args.side == "plain" else pawnet_route
+        print(json.dumps(route(args.photos, args.epochs)))
+        return
+
+    print(f"{os.cpu_count()} CPUs; {args.photos}; tutorial A CNN at {IMAGE_SIZE}px, batch "
+          f"{BATCH_SIZE}, {AUGMENT}, {args.epochs} epochs; each route in its own process")
+    plain = run_side("plain", args.photos, args.epochs)
+    ours = run_side("pawnet", args.photos, args.epochs)
+    assert plain["params"] == ours["params"], (plain["params"], ours["params"])
+    rows = [
+        ("training photos/s (steady)", "train", True),
+        ("inference photos/s", "inference", True),
+        ("inference start-up s", "predict_startup_seconds", False),
+        ("input first pass photos/s", "input_first_pass", True),
+        ("input cached pass photos/s", "input_cached", True),
+        ("peak memory MB", "peak_memory_mb", False),
+    ]
+    print(f"{'':30} {'plain Keras':>12} {'pawnet':>12} {'ratio':>8}")
+    for label, key, higher_better in rows:
+        ratio = ours[key] / plain[key] if plain[key] else float("nan")
+        print(f"{label:30} {plain[key]:12.1f} {ours[key]:12.1f} {ratio:7.2f}x"
+              + ("" if higher_better else "  (lower is better)"))
+    print(f"pawnet efficiency: training {ours['efficiency']:.3f} of its compute limit "
+          f"({ours['train_compute_limit']:.1f} photos/s), inference "
+          f"{ours['inference_efficiency']:.3f} ({ours['inference_compute_limit']:.1f} photos/s)")
+    if args.time_to_accuracy:
+        tta = time_to_accuracy(args.time_to_accuracy)
+        print(f"time to accuracy: `pawnet train {args.time_to_accuracy}` saved its bundle "
+              f"after {tta['train_wall_seconds']:.1f}s wall; test accuracy "
+              f"{tta['test_accuracy']:.4f} on {tta['test_photos']} photos")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""`pawnet bench`: where the time goes when one model trains and predicts on this machine.
+
+Every figure is photos per second on the photos given, measured in this process:
+
+- input pipeline: the first pass (decode + resize, which fills the uint8 cache), then
+  cached passes without and with the model's augmentation;
+- compute limit: training and inference on batches already in memory, the best the model
+  can do here;
+- end to end: training from the second epoch on, through the same pipeline `pawnet train`
+  uses, and `predict` over the folder with the bundle's start-up shown apart;
+- efficiency = end to end / compute limit, and a verdict naming the bottleneck.
+
+Transfer models train in two steps (features, then head), so their training figure is
+feature extraction plus head training, against the backbone's in-memory inference speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pawnet.errors import DataError
+
+MEASURE_SECONDS = 8.0  # how long each in-memory compute measurement runs
+WELL_FED = 0.9  # efficiency above which the pipeline is keeping the model busy
+
+
+def _rate(photos: int, seconds: float) -> float:
+    return round(photos / seconds, 1) if seconds > 0 else float("inf")
+
+
+def _timed(func) -> float:
+    started = time.perf_counter()
+    func()
+    return time.perf_counter() - started
+
+
+def _drain(ds) -> None:
+    for _ in ds:
+        pass
+
+
+def _repeat_timed(step, photos_per_step: int) -> float:
+    """Photos/s of `step()` after a warm-up, run for about MEASURE_SECONDS."""
+    step()  # traces and warms caches
+    once = _timed(step)
+    repeats = max(2, math.ceil(MEASURE_SECONDS / max(once, 1e-3)))
+    return _rate(repeats * photos_per_step, _timed(lambda: [step() for _ in range(repeats)]))
+
+
+def _peak_memory_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _choose(photos: list, limit: int | None) -> list:
+    """All photos, or `limit` of them picked by content hash (classes stay mixed)."""
+    if limit is None or limit >= len(photos):
+        return photos
+    return sorted(photos, key=lambda p: p.sha256)[:limit]
+
+
+def bench(
+    data: str | Path,
+    *,
+    model: str | None = None,
+    image_size: int | None = None,
+    batch_size: int | None = None,
+    augment: str | list[str] | None = None,
+    limit: int | None = None,
+    epochs: int = 3,
+) -> dict[str, Any]:
+    """Measure input, compute and end-to-end speed of one model on a folder of photos.
+
+    Args:
+        data: folder of photos (any layout `pawnet train` reads); all splits are used.
+        model: registered model name; defaults to `pawnet train`'s default.
+        image_size, batch_size, augment: override the model's own (augment as for
+            `pawnet train --augment`).
+        limit: use only this many photos.
+        epochs: end-to-end training epochs (at least 2: the first fills the cache).
+
+    Returns:
+        The figures, as printed by `pawnet bench --json`.
+    """
+    import keras
+    import tensorflow as tf
+
+    from pawnet.augment import build_augmenter
+    from pawnet.data import scan
+    from pawnet.models import get_model_spec
+    from pawnet.train import _Plan, resolve_training_config
+
+    if epochs < 2:
+        raise DataError(f"--epochs must be at least 2 (the first fills the cache), "
+                        f"received: {epochs}")
+    cfg = resolve_training_config(None, data=str(data), model=model, image_size=image_size,
+                                  batch_size=batch_size, augment=augment)
+    spec = get_model_spec(cfg.model)
+    photoset = scan(data, max_pixels=cfg.max_pixels)
+    photos = _choose(photoset.photos, limit)
+    if len(photoset.classes) < 2 or not photos:
+        raise DataError(f"bench needs photos of at least 2 classes, found {photoset.classes} "
+                        f"in {data}. Try: a folder with one sub-folder per class")
+    photos = [dataclasses.replace(p, split="train") for p in photos]
+    paths = [p.path for p in photos]
+    n, size, bs = len(photos), cfg.image_size, cfg.batch_size
+    classes = photoset.classes
+    transfer = spec.backbone is not None
+    result: dict[str, Any] = {
+        "model": cfg.model, "photos": n, "classes": len(classes), "image_size": size,
+        "batch_size": bs, "cpus": os.cpu_count(),
+        "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+    }
+    keras.utils.set_random_seed(cfg.seed)
+    augmenter = build_augmenter(cfg.augment, cfg.augment_strengths(), cfg.seed)
+
+    in_memory = _bench_input(result, paths, cfg, None if transfer else augmenter)
+
+    plan = _Plan(cfg=cfg, run_dir=Path(), classes=classes, photos=photos, image_size=size,
+                 batch_size=bs, epochs=cfg.epochs, lr=cfg.lr)
+    if transfer:
+        model_obj = _bench_transfer(result, plan, spec, paths, in_memory)
+    else:
+        model_obj = _bench_scratch(result, plan, spec, augmenter, in_memory, epochs)
+
+    with tempfile.TemporaryDirectory(prefix="pawnet-bench-") as tmp:
+        _bench_predict(result, model_obj, cfg, classes, paths, Path(tmp))
+    result["efficiency"] = round(result["end_to_end"]["train"]
+                                 / result["compute_limit"]["train"], 3)
+    result["inference_efficiency"] = round(result["end_to_end"]["inference"]
+                                           / result["compute_limit"]["inference"], 3)
+    result["bound"], result["verdict"] = _verdict(result, transfer)
+    result["peak_memory_mb"] = _peak_memory_mb()
+    return result
+
+
+def _bench_input(result: dict, paths: list[str], cfg, augmenter) -> Any:
+    """Input pipeline photos/s; returns one decoded batch for the in-memory measurements."""
+    from pawnet.pipeline import batched, decoded_dataset
+
+    n, bs = len(paths), cfg.batch_size
+    decoded = decoded_dataset(paths, np.zeros(n, "int64"), cfg.image_size, cache="",
+                              max_pixels=cfg.max_pixels)
+    first = _timed(lambda: _drain(batched(decoded, bs)))  # also fills the cache
+    shuffled = batched(decoded, bs, shuffle=(n, cfg.seed))
+    cached = min(_timed(lambda: _drain(shuffled)) for _ in range(2))
+    result["input"] = {"first_pass": _rate(n, first), "cached": _rate(n, cached),
+                       "cached_augmented": None}
+    if augmenter is not None:
+        augmented = batched(decoded, bs, shuffle=(n, cfg.seed), augment=augmenter)
+        result["input"]["cached_augmented"] = _rate(n, _timed(lambda: _drain(augmented)))
+    return next(iter(batched(decoded, bs).take(1)))[0]
+
+
+def _bench_scratch(result: dict, plan, spec, augmenter, in_memory, epochs: int) -> Any:
+    import keras
+    import tensorflow as tf
+
+    from pawnet.pipeline import cache_location, labelled_dataset
+    from pawnet.train import _compile, _targets
+
+    photos, bs = plan.photos, plan.batch_size
+    model = spec.build(len(plan.classes), plan.image_size)
+    binary = model.outputs[0].shape[-1] == 1
+    steps = math.ceil(len(photos) / bs)
+    _compile(model, plan, steps)
+
+    targets = _targets(photos[: len(in_memory)], plan.classes, binary)
+    x, y = tf.constant(in_memory), tf.constant(targets)
+    limit_train = _repeat_timed(lambda: model.train_on_batch(x, y), len(in_memory))
+
+    with tempfile.TemporaryDirectory(prefix="pawnet-bench-") as tmp:
+        train_ds = labelled_dataset(
+            [p.path for p in photos], _targets(photos, plan.classes, binary),
+            plan.image_size, bs,
+            cache=cache_location(len(photos), plan.image_size, plan.cfg.cache, Path(tmp)),
+            shuffle_seed=plan.cfg.seed, augment=augmenter, max_pixels=plan.cfg.max_pixels,
+        )
+        times: list[float] = []
+        timer = keras.callbacks.LambdaCallback(
+            on_epoch_begin=lambda e, logs: times.append(time.perf_counter()),
+            on_epoch_end=lambda e, logs: times.append(time.perf_counter() - times.pop()),
+        )
+        model.fit(train_ds, epochs=epochs, callbacks=[timer], shuffle=False, verbose=0)
+    steady = float(np.mean(times[1:]))
+    result["compute_limit"] = {"train": limit_train}
+    result["end_to_end"] = {"train": _rate(len(photos), steady),
+                            "first_epoch_seconds": round(times[0], 2),
+                            "epoch_seconds": [round(t, 2) for t in times]}
+    return model
+
+
+def _bench_transfer(result: dict, plan, spec, paths: list[str], in_memory) -> Any:
+    import keras
+    import tensorflow as tf
+
+    from pawnet.models.pretrained import build_head, compose, load_backbone
+    from pawnet.train import _compile, _targets
+    from pawnet.transfer import extract_features
+
+    photos, bs = plan.photos, plan.batch_size
+    backbone = load_backbone(spec, plan.image_size)
+    x = tf.constant(keras.ops.cast(in_memory, "float32"))
+    limit = _repeat_timed(lambda: backbone.predict_on_batch(x), len(in_memory))
+
+    features = None
+
+    def extract():
+        nonlocal features
+        features = extract_features(backbone, paths, plan.image_size, bs,
+                                    max_pixels=plan.cfg.max_pixels)
+
+    extract_seconds = _timed(extract)
+    head = build_head(len(plan.classes))
+    binary = head.outputs[0].shape[-1] == 1
+    targets = _targets(photos, plan.classes, binary)
+    steps = math.ceil(len(photos) / bs)
+    _compile(head, plan, steps, steps_per_execution=steps)
+    head_ds = (tf.data.Dataset.from_tensor_slices((features, targets))
+               .shuffle(len(photos), seed=plan.cfg.seed).batch(bs).prefetch(2))
+    head_seconds = _timed(lambda: head.fit(head_ds, epochs=plan.epochs, shuffle=False,
+                                                    verbose=0))
+    result["compute_limit"] = {"train": limit}
+    result["end_to_end"] = {"train": _rate(len(photos), extract_seconds + head_seconds)}
+    result["transfer"] = {"feature_extraction": _rate(len(photos), extract_seconds),
+                          "head_seconds": round(head_seconds, 2), "head_epochs": plan.epochs}
+    return compose(backbone, head, f"{spec.name.replace('-', '_')}_transfer")
+
+
+def _bench_predict(result: dict, model, cfg, classes: list[str], paths: list[str],
+                   tmp: Path) -> None:
+    from pawnet.bundle import BundleSpec, output_kind, save_bundle
+    from pawnet.predict import load
+
+    spec = BundleSpec(model_name=cfg.model, class_names=classes, image_size=cfg.image_size,
+                      output=output_kind(model))
+    save_bundle(tmp / "bundle", model, spec, {"bench": True}, cfg.to_yaml())
+    started = time.perf_counter()
+    predictor = load(tmp / "bundle")
+    predictor.predict(paths[:1])  # what a fresh process pays before the first answer
+    startup = time.perf_counter() - started
+    predict_seconds = _timed(lambda: predictor.predict(paths))
+
+    from pawnet.images import load_pixels
+
+    pixels = np.stack([load_pixels(p, cfg.image_size) for p in paths[: predictor.batch_size]])
+    limit = _repeat_timed(lambda: predictor.model.predict_on_batch(pixels), len(pixels))
+    result["compute_limit"]["inference"] = limit
+    result["end_to_end"]["inference"] = _rate(len(paths), predict_seconds)
+    result["end_to_end"]["predict_startup_seconds"] = round(startup, 2)
+
+
+def _verdict(result: dict, transfer: bool) -> tuple[str, str]:
+    limit = result["compute_limit"]["train"]
+    inputs = result["input"]
+    if result["efficiency"] >= WELL_FED:
+        return "compute", ("compute-bound: the model itself is the limit here; a smaller "
+                           "--image-size or model is the way to go faster")
+    if transfer or inputs["first_pass"] < limit:
+        return "input", ("input-bound: decoding photos is slower than the model. Fix: store "
+                         "the photos smaller (about 2x the training size is enough), or "
+                         "train from the feature cache of an earlier run")
+    if inputs["cached_augmented"] is not None and inputs["cached_augmented"] < 2 * limit:
+        return "input", ("input-bound: augmentation is slower than the model. Fix: fewer "
+                         "or cheaper augmentations (--augment flip)")
+    return "overhead", ("neither input nor compute: per-step overhead. Fix: a larger "
+                        "--batch-size")
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    """The figures of `bench` as a short report for people."""
+    inputs, limit, e2e = result["input"], result["compute_limit"], result["end_to_end"]
+    augmented = inputs["cached_augmented"]
+    lines = [
+        f"{result['model']} at {result['image_size']}px, batch {result['batch_size']}, "
+        f"{result['photos']} photos, {result['cpus']} CPUs, {result['device']}",
+        f"input pipeline     first pass {inputs['first_pass']:.0f} photos/s, cached "
+        f"{inputs['cached']:.0f}" + (f", cached + augment {augmented:.0f}" if augmented else ""),
+        f"compute limit      train {limit['train']:.1f} photos/s, inference "
+        f"{limit['inference']:.1f}",
+        f"end to end         train {e2e['train']:.1f} photos/s, inference "
+        f"{e2e['inference']:.1f} (+{e2e['predict_startup_seconds']:.1f}s start-up)",
+    ]
+    if "transfer" in result:
+        t = result["transfer"]
+        lines.append(f"transfer           features {t['feature_extraction']:.1f} photos/s, "
+                     f"head {t['head_seconds']:.1f}s for {t['head_epochs']} epochs")
+    lines += [
+        f"efficiency         train {result['efficiency']:.2f}, inference "
+        f"{result['inference_efficiency']:.2f}",
+        f"peak memory        {result['peak_memory_mb']:.0f} MB",
+        f"verdict            {result['verdict']}",
+    ]
+    return "\n".join(lines)
