@@ -64,7 +64,8 @@ def plain_keras(folder: str, epochs: int) -> dict:
         layers.Dense(512, activation="relu"),
         layers.Dense(1, activation="sigmoid"),
     ])
-    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy", ["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
+                  metrics=["accuracy"])
     times: list[float] = []
     timer = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda e, logs: times.append(time.perf_counter()),

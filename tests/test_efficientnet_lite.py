@@ -131,6 +131,20 @@ def test_features_model_shares_the_classifier_input(lite0, cache_dir):
     np.testing.assert_allclose(feats @ kernel + bias, lite0.predict(pixels, verbose=0), atol=1e-4)
 
 
+def test_folded_batch_norm_gives_the_same_logits_and_features(lite0, cache_dir):
+    pixels = _pixels(_photos("cat", 6) + _photos("dog", 6), 224)
+    folded = el.load_pretrained("lite0", include_top=True, cache_dir=cache_dir, folded=True)
+    assert not any("bn" in layer.name for layer in folded.layers)
+    assert len(folded.layers) < len(lite0.layers)
+    np.testing.assert_allclose(folded.predict(pixels, verbose=0),
+                               lite0.predict(pixels, verbose=0), atol=1e-4)
+    features = el.load_pretrained("lite0", cache_dir=cache_dir, folded=True, image_size=160)
+    plain = el.load_pretrained("lite0", cache_dir=cache_dir, image_size=160)
+    small = _pixels(_photos("dog", 4), 160)
+    np.testing.assert_allclose(features.predict(small, verbose=0),
+                               plain.predict(small, verbose=0), atol=1e-4)
+
+
 def _cache_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("efficientnet_lite0-*.weights.h5"))
 

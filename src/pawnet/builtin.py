@@ -71,7 +71,7 @@ def imagenet_catdog() -> tuple[keras.Model, BundleSpec]:
     """cat / dog / neither from ImageNet EfficientNet-Lite2 class probabilities."""
     from pawnet.models.efficientnet_lite import image_size, load_pretrained
 
-    classifier = load_pretrained(BACKBONE, include_top=True)
+    classifier = load_pretrained(BACKBONE, include_top=True, folded=True)
     pixels = keras.Input(classifier.input.shape[1:], name="pixels")
     probs = keras.layers.Softmax(name="imagenet_probabilities")(classifier(pixels))
     model = keras.Model(pixels, CatDogVerdict(name="verdict")(probs), name="imagenet_catdog")

@@ -7,7 +7,9 @@ kind) from the bundle, never from a training config, so it cannot disagree with 
 from __future__ import annotations
 
 import glob
+import itertools
 import os
+from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ import numpy as np
 
 from pawnet.bundle import BundleSpec, load_bundle
 from pawnet.images import IMAGE_SUFFIXES, ImageError, load_pixels
+
+DECODE_AHEAD = 3  # batches decoded ahead of the model, so big folders stay in bounded memory
 
 
 @dataclass(frozen=True)
@@ -101,21 +105,46 @@ class Predictor:
             sources = [sources]
         if names is None:
             names = [s if not isinstance(s, bytes) else "<bytes>" for s in sources]
+        results: list[Prediction] = []
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            decoded = list(pool.map(self._decode, sources))
-        ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
-        probs = self.probabilities(np.stack([decoded[i] for i in ok]) if ok else np.zeros(0))
-        results: list[Prediction] = [
-            Prediction(str(name), error=d) if isinstance(d, str) else None
-            for name, d in zip(names, decoded, strict=True)
-        ]
-        for row, i in zip(probs, ok, strict=True):
-            results[i] = Prediction(
-                str(names[i]),
-                label=self.classes[int(np.argmax(row))],
-                probabilities={c: float(p) for c, p in zip(self.classes, row, strict=True)},
-            )
+            for start, decoded in self._decoded_chunks(sources, pool):
+                ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+                probs = self.probabilities(np.stack([decoded[i] for i in ok]) if ok
+                                           else np.zeros(0))
+                rows = dict(zip(ok, probs, strict=True))
+                for i, d in enumerate(decoded):
+                    name = str(names[start + i])
+                    if isinstance(d, str):
+                        results.append(Prediction(name, error=d))
+                        continue
+                    row = rows[i]
+                    results.append(Prediction(
+                        name,
+                        label=self.classes[int(np.argmax(row))],
+                        probabilities={c: float(p) for c, p in zip(self.classes, row,
+                                                                    strict=True)},
+                    ))
         return results
+
+    def _decoded_chunks(self, sources: Sequence, pool: ThreadPoolExecutor):
+        """Yield `(start, decoded)` a batch at a time, decoding the next batches in the
+        pool while the model runs on this one; at most DECODE_AHEAD batches wait in memory."""
+        size = self.batch_size
+        starts = iter(range(0, len(sources), size))
+        pending: deque = deque()
+
+        def submit(start: int) -> None:
+            chunk = sources[start : start + size]
+            pending.append((start, [pool.submit(self._decode, s) for s in chunk]))
+
+        for start in itertools.islice(starts, DECODE_AHEAD):
+            submit(start)
+        while pending:
+            start, futures = pending.popleft()
+            following = next(starts, None)
+            if following is not None:
+                submit(following)
+            yield start, [f.result() for f in futures]
 
 
 def load(ref: str | Path, batch_size: int = 32) -> Predictor:

