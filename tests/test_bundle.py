@@ -7,6 +7,7 @@ from conftest import real_photos
 
 import pawnet
 from pawnet.bundle import load_bundle
+from pawnet.callbacks import last_checkpoint
 from pawnet.errors import BundleError
 from pawnet.images import load_pixels
 
@@ -20,7 +21,7 @@ def _copy_bundle(trained_run, tmp_path):
 def test_round_trip_gives_identical_predictions(trained_run):
     import keras
 
-    original = keras.models.load_model(trained_run / "checkpoints" / "last.keras")
+    original = keras.models.load_model(last_checkpoint(trained_run / "checkpoints"))
     original.load_weights(trained_run / "checkpoints" / "best.weights.h5")
     model, spec = load_bundle(trained_run)
     pixels = np.stack([load_pixels(p, spec.image_size) for p in real_photos("cat", 6, "test")])
@@ -33,6 +34,21 @@ def test_bundle_holds_no_augmentation_layers(trained_run):
     names = " ".join(layer.__class__.__name__ for layer in model.layers)
     assert "Random" not in names
     assert model.layers[1].__class__.__name__ == "Rescaling"  # scaling lives in the model
+
+
+def test_bundle_leaves_the_optimizer_state_behind(trained_run):
+    import io
+    import zipfile
+
+    import h5py
+
+    def groups(path):
+        with zipfile.ZipFile(path) as archive:
+            return set(h5py.File(io.BytesIO(archive.read("model.weights.h5"))).keys())
+
+    checkpoint = h5py.File(last_checkpoint(trained_run / "checkpoints") / "model.weights.h5")
+    assert "optimizer" in set(checkpoint.keys())  # resume needs it
+    assert "optimizer" not in groups(trained_run / "bundle" / "model.keras")
 
 
 def test_run_folder_and_bundle_folder_both_load(trained_run):

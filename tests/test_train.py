@@ -11,6 +11,7 @@ import pytest
 from conftest import copy_photos, make_odd_files
 
 import pawnet
+from pawnet.callbacks import last_checkpoint
 from pawnet.data import Photo, read_manifest
 from pawnet.errors import ConfigError, DataError
 from pawnet.storage import next_run_dir
@@ -91,13 +92,13 @@ def test_resume_after_a_kill_continues_from_the_last_finished_epoch(tmp_path):
 
     import keras
 
-    saved = keras.models.load_model(run / "checkpoints" / "last.keras")
+    saved = keras.models.load_model(last_checkpoint(run / "checkpoints"))
     iterations = int(saved.optimizer.iterations.numpy())
     assert iterations > 0  # optimizer state is part of the checkpoint
     pawnet.train(resume=str(run), epochs=done + 1)
     rows = _history(run)
     assert [int(r["epoch"]) for r in rows] == list(range(1, done + 2))
-    resumed = keras.models.load_model(run / "checkpoints" / "last.keras")
+    resumed = keras.models.load_model(last_checkpoint(run / "checkpoints"))
     steps_per_epoch = iterations // done
     assert int(resumed.optimizer.iterations.numpy()) == iterations + steps_per_epoch
     assert (run / "bundle" / "model.keras").exists()

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -76,6 +77,16 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
             self.wait = self._resume_state["wait"]
 
 
+def last_checkpoint(folder: Path) -> Path | None:
+    """The model saved after the last finished epoch, or None. It is a folder in Keras'
+    unzipped format, which writes weights straight to disk: the zipped `.keras` format
+    builds the whole file in memory first, +300 MB at every epoch for tutorial A."""
+    for name in ("last", ".last-old"):  # .last-old: killed between the two renames
+        if (folder / name / "config.json").is_file():
+            return folder / name
+    return None
+
+
 class ResumeCheckpoint(keras.callbacks.Callback):
     """After every epoch, saves the full model (weights and optimizer state) and the
     early-stopping state, so `--resume` continues exactly after the last finished epoch,
@@ -95,9 +106,14 @@ class ResumeCheckpoint(keras.callbacks.Callback):
             return None
 
     def on_epoch_end(self, epoch, logs=None):
-        tmp = self.folder / ".last-partial.keras"
-        self.model.save(tmp)
-        os.replace(tmp, self.folder / "last.keras")
+        tmp, last, old = (self.folder / n for n in (".last-partial", "last", ".last-old"))
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save(tmp, zipped=False)
+        if last.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(last, old)
+        os.replace(tmp, last)
+        shutil.rmtree(old, ignore_errors=True)
         state = {
             "epoch": epoch + 1,
             "best": float(self.early_stopping.best),

@@ -4,7 +4,7 @@
 runs/train/
   config.yaml      the resolved settings        manifest.csv   path, label, split, sha256
   data.json        skipped files, duplicates    history.csv    one row per epoch
-  curves.png       loss and accuracy curves     checkpoints/   last.keras, best.weights.h5
+  curves.png       loss and accuracy curves     checkpoints/   last/, best.weights.h5
   bundle/          the model bundle (see pawnet.bundle)
 ```
 """
@@ -132,7 +132,7 @@ def _plan_new(cfg: Config) -> _Plan:
 
 
 def _plan_resume(run_dir: Path, overrides: dict[str, Any]) -> _Plan:
-    from pawnet.callbacks import ResumeCheckpoint
+    from pawnet.callbacks import ResumeCheckpoint, last_checkpoint
     from pawnet.models import get_model_spec
 
     if not (run_dir / "config.yaml").exists():
@@ -148,7 +148,7 @@ def _plan_resume(run_dir: Path, overrides: dict[str, Any]) -> _Plan:
     state = ResumeCheckpoint.load_state(run_dir / "checkpoints")
     spec = get_model_spec(cfg.model)
     transfer = spec.backbone is not None
-    if not transfer and (state is None or not (run_dir / "checkpoints" / "last.keras").exists()):
+    if not transfer and (state is None or last_checkpoint(run_dir / "checkpoints") is None):
         raise DataError(
             f"cannot resume {run_dir}: no finished epoch was saved. "
             f"Try: start again with pawnet train {cfg.data}"
@@ -315,9 +315,11 @@ def _fit_on_images(model, plan: _Plan, train_ds, val_ds, weights, *, epochs: int
 def _fit_scratch(plan: _Plan, spec, weights):
     import keras
 
+    from pawnet.callbacks import last_checkpoint
+
     cfg = plan.cfg
     if plan.initial_epoch:
-        model = keras.models.load_model(plan.run_dir / "checkpoints" / "last.keras")
+        model = keras.models.load_model(last_checkpoint(plan.run_dir / "checkpoints"))
         _log(f"Resuming {plan.run_dir} after epoch {plan.initial_epoch} of {plan.epochs}")
     else:
         model = spec.build(len(plan.classes), plan.image_size)
