@@ -26,6 +26,7 @@ def test_bench_measures_a_scratch_model_end_to_end(photos):
         assert all(v is None or v > 0 for v in result[section].values()
                    if not isinstance(v, list)), section
     assert result["input"]["cached_augmented"] > 0
+    assert result["input"]["first_pass_augmented"] > 0
     assert result["input"]["cached"] > result["input"]["first_pass"]  # the cache works
     assert result["efficiency"] == pytest.approx(
         result["end_to_end"]["train"] / result["compute_limit"]["train"], abs=1e-3)

@@ -48,5 +48,5 @@ def test_evaluate_builtin_on_a_folder(tmp_path):
     report = pawnet.evaluate("imagenet-catdog", CVTRICKS, out=tmp_path / "report")
     assert report["classes"] == ["cat", "dog", "neither"]
     assert report["n"] == 400
-    assert report["accuracy"] >= 0.97  # measured 0.995 (neither counted wrong)
+    assert report["accuracy"] >= 0.97  # measured 0.990 (neither counted wrong)
     assert 0 < THRESHOLD < 0.5
