@@ -13,7 +13,8 @@ Each side runs in its own fresh process, so peak memory (ru_maxrss) is its own. 
 steady training photos/s (epochs after the first), inference photos/s (start-up apart),
 input pipeline photos/s, peak memory, and the ratios. With --time-to-accuracy, also the
 wall seconds of `pawnet train FOLDER` (default model) until the bundle is saved, and the
-accuracy it reaches on that folder's test split.
+accuracy it reaches on that folder's test split, starting from an empty cache (no stored
+features or converted weights).
 """
 
 from __future__ import annotations
@@ -137,9 +138,10 @@ def run_side(side: str, folder: str, epochs: int) -> dict:
 def time_to_accuracy(folder: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="pawnet-tta-") as tmp:
         run_dir = Path(tmp) / "run"
+        cold = {**os.environ, "PAWNET_CACHE_DIR": str(Path(tmp) / "cache")}  # no features yet
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "pawnet.cli", "train", folder, "--out",
-                        str(run_dir)], check=True, capture_output=True)
+                        str(run_dir)], check=True, capture_output=True, env=cold)
         wall = time.perf_counter() - started
         code = (f"import json, pawnet; r = pawnet.evaluate({str(run_dir)!r}, split='test', "
                 f"out={tmp + '/eval'!r}); print(json.dumps([r['n'], r['accuracy']]))")

@@ -7,9 +7,7 @@ kind) from the bundle, never from a training config, so it cannot disagree with 
 from __future__ import annotations
 
 import glob
-import itertools
 import os
-from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,8 +17,7 @@ import numpy as np
 
 from pawnet.bundle import BundleSpec, load_bundle
 from pawnet.images import IMAGE_SUFFIXES, ImageError, load_pixels
-
-DECODE_AHEAD = 3  # batches decoded ahead of the model, so big folders stay in bounded memory
+from pawnet.pipeline import decode_ahead
 
 
 @dataclass(frozen=True)
@@ -107,7 +104,7 @@ class Predictor:
             names = [s if not isinstance(s, bytes) else "<bytes>" for s in sources]
         results: list[Prediction] = []
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            for start, decoded in self._decoded_chunks(sources, pool):
+            for start, decoded in decode_ahead(sources, self._decode, self.batch_size, pool):
                 ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
                 probs = self.probabilities(np.stack([decoded[i] for i in ok]) if ok
                                            else np.zeros(0))
@@ -125,26 +122,6 @@ class Predictor:
                                                                     strict=True)},
                     ))
         return results
-
-    def _decoded_chunks(self, sources: Sequence, pool: ThreadPoolExecutor):
-        """Yield `(start, decoded)` a batch at a time, decoding the next batches in the
-        pool while the model runs on this one; at most DECODE_AHEAD batches wait in memory."""
-        size = self.batch_size
-        starts = iter(range(0, len(sources), size))
-        pending: deque = deque()
-
-        def submit(start: int) -> None:
-            chunk = sources[start : start + size]
-            pending.append((start, [pool.submit(self._decode, s) for s in chunk]))
-
-        for start in itertools.islice(starts, DECODE_AHEAD):
-            submit(start)
-        while pending:
-            start, futures = pending.popleft()
-            following = next(starts, None)
-            if following is not None:
-                submit(following)
-            yield start, [f.result() for f in futures]
 
 
 def load(ref: str | Path, batch_size: int = 32) -> Predictor:

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
 
-from pawnet.pipeline import pixel_dataset
+from pawnet.images import MAX_PIXELS, load_pixels
+from pawnet.pipeline import decode_ahead
 from pawnet.storage import atomic_write_bytes, cache_dir
 
 _SAVE_EVERY = 20  # batches between writes of the feature cache, so a kill loses little
@@ -69,15 +72,15 @@ def extract_features(
     max_pixels: int | None = None,
 ) -> np.ndarray:
     """Pooled backbone features `(len(paths), dim)` of photos, optionally augmented first."""
-    kwargs = {"max_pixels": max_pixels} if max_pixels else {}
-    ds = pixel_dataset(paths, image_size, **kwargs).batch(batch_size)
-    ds = ds.map(lambda x: keras.ops.cast(x, "float32"))
-    if augment is not None:
-        ds = ds.map(augment)
-    ds = ds.prefetch(2)
+    def decode(path: str) -> np.ndarray:
+        return load_pixels(path, image_size, max_pixels or MAX_PIXELS)
+
     out = []
-    with _progress(len(paths), desc) as bar:
-        for i, batch in enumerate(ds):
+    with _progress(len(paths), desc) as bar, ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        for i, (_, pixels) in enumerate(decode_ahead(list(paths), decode, batch_size, pool)):
+            batch = keras.ops.cast(np.stack(pixels), "float32")
+            if augment is not None:
+                batch = augment(batch)
             feats = np.asarray(backbone.predict_on_batch(batch))
             out.append(feats)
             if on_batch:
