@@ -316,10 +316,12 @@ class _GatedPredictor(Predictor):
         super().__init__(inner.model, inner.spec)
         self.closed = threading.Event()
         self.gate = threading.Event()
+        self.held = threading.Event()  # a model call is waiting at the gate
 
     def probabilities(self, pixels):
         if self.closed.is_set():
-            self.gate.wait(10)
+            self.held.set()
+            self.gate.wait(30)
         return super().probabilities(pixels)
 
 
@@ -335,6 +337,7 @@ def test_full_queue_gets_503_with_retry_after_then_recovers(predictor):
 
         first = threading.Thread(target=post)  # held in the model call
         first.start()
+        assert gated.held.wait(20)  # else the second could find the first still queued
         second = threading.Thread(target=post)  # waits in the queue
         second.start()
         deadline = time.monotonic() + 20
