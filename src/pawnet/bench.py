@@ -129,7 +129,7 @@ def bench(
     if transfer:
         model_obj = _bench_transfer(result, plan, spec, paths, in_memory)
     else:
-        model_obj = _bench_scratch(result, plan, spec, augmenter, in_memory, epochs)
+        model_obj = _bench_scratch(result, plan, spec, in_memory, epochs)
 
     with tempfile.TemporaryDirectory(prefix="pawnet-bench-") as tmp:
         _bench_predict(result, model_obj, cfg, classes, paths, Path(tmp))
@@ -164,30 +164,24 @@ def _bench_input(result: dict, paths: list[str], cfg, augmenter) -> Any:
     return next(iter(batched(decoded, bs).take(1)))[0]
 
 
-def _bench_scratch(result: dict, plan, spec, augmenter, in_memory, epochs: int) -> Any:
+def _bench_scratch(result: dict, plan, spec, in_memory, epochs: int) -> Any:
     import keras
     import tensorflow as tf
 
-    from pawnet.pipeline import cache_location, labelled_dataset
-    from pawnet.train import _compile, _targets
+    from pawnet.train import _compile, _datasets, _targets
 
-    photos, bs = plan.photos, plan.batch_size
+    photos = plan.photos
     model = spec.build(len(plan.classes), plan.image_size)
     binary = model.outputs[0].shape[-1] == 1
-    steps = math.ceil(len(photos) / bs)
-    _compile(model, plan, steps)
+    _compile(model, plan, math.ceil(len(photos) / plan.batch_size))
 
     targets = _targets(photos[: len(in_memory)], plan.classes, binary)
     x, y = tf.constant(in_memory), tf.constant(targets)
     limit_train = _repeat_timed(lambda: model.train_on_batch(x, y), len(in_memory))
 
     with tempfile.TemporaryDirectory(prefix="pawnet-bench-") as tmp:
-        train_ds = labelled_dataset(
-            [p.path for p in photos], _targets(photos, plan.classes, binary),
-            plan.image_size, bs,
-            cache=cache_location(len(photos), plan.image_size, plan.cfg.cache, Path(tmp)),
-            shuffle_seed=plan.cfg.seed, augment=augmenter, max_pixels=plan.cfg.max_pixels,
-        )
+        # the pipeline `pawnet train` uses; every photo is in the train split here
+        train_ds, _ = _datasets(dataclasses.replace(plan, run_dir=Path(tmp)), binary)
         times: list[float] = []
         timer = keras.callbacks.LambdaCallback(
             on_epoch_begin=lambda e, logs: times.append(time.perf_counter()),
@@ -207,31 +201,23 @@ def _bench_transfer(result: dict, plan, spec, paths: list[str], in_memory) -> An
     import tensorflow as tf
 
     from pawnet.models.pretrained import build_head, compose, load_backbone
-    from pawnet.train import _compile, _targets
+    from pawnet.train import _targets, head_training_set
     from pawnet.transfer import extract_features
 
-    photos, bs = plan.photos, plan.batch_size
+    photos = plan.photos
     backbone = load_backbone(spec, plan.image_size)
     x = tf.constant(keras.ops.cast(in_memory, "float32"))
     limit = _repeat_timed(lambda: backbone.predict_on_batch(x), len(in_memory))
 
-    features = None
-
-    def extract():
-        nonlocal features
-        features = extract_features(backbone, paths, plan.image_size, bs,
-                                    max_pixels=plan.cfg.max_pixels)
-
-    extract_seconds = _timed(extract)
+    started = time.perf_counter()
+    features = extract_features(backbone, paths, plan.image_size, plan.batch_size,
+                                max_pixels=plan.cfg.max_pixels)
+    extract_seconds = time.perf_counter() - started
     head = build_head(len(plan.classes))
-    binary = head.outputs[0].shape[-1] == 1
-    targets = _targets(photos, plan.classes, binary)
-    steps = math.ceil(len(photos) / bs)
-    _compile(head, plan, steps, steps_per_execution=steps)
-    head_ds = (tf.data.Dataset.from_tensor_slices((features, targets))
-               .shuffle(len(photos), seed=plan.cfg.seed).batch(bs).prefetch(2))
-    head_seconds = _timed(lambda: head.fit(head_ds, epochs=plan.epochs, shuffle=False,
-                                                    verbose=0))
+    targets = _targets(photos, plan.classes, binary=head.outputs[0].shape[-1] == 1)
+    batches = head_training_set(head, plan, features, targets)
+    head_seconds = _timed(lambda: head.fit(batches, epochs=plan.epochs, shuffle=False,
+                                           verbose=0))
     result["compute_limit"] = {"train": limit}
     result["end_to_end"] = {"train": _rate(len(photos), extract_seconds + head_seconds)}
     result["transfer"] = {"feature_extraction": _rate(len(photos), extract_seconds),

@@ -9,6 +9,7 @@ decoding entirely. Augmentation runs on training batches after the cache.
 from __future__ import annotations
 
 import itertools
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,10 +49,10 @@ def pixel_dataset(
 
 
 def decode_ahead(
-    items: Sequence, work: Callable, batch_size: int, pool: ThreadPoolExecutor, ahead: int = 3
+    items: Sequence, work: Callable, batch_size: int, ahead: int = 3
 ) -> Iterator[tuple[int, list]]:
     """Yield `(start, [work(item) for item in batch])` a batch at a time, in order, while
-    the pool already works on the next `ahead - 1` batches.
+    a thread pool (one thread per CPU) already works on the next `ahead - 1` batches.
 
     For inference loops (predict, feature extraction): decoding overlaps the model, and
     only `ahead` batches wait in memory however many items there are. Measured against a
@@ -59,19 +60,20 @@ def decode_ahead(
     """
     starts = iter(range(0, len(items), batch_size))
     pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
 
-    def submit(start: int) -> None:
-        chunk = items[start : start + batch_size]
-        pending.append((start, [pool.submit(work, item) for item in chunk]))
+        def submit(start: int) -> None:
+            chunk = items[start : start + batch_size]
+            pending.append((start, [pool.submit(work, item) for item in chunk]))
 
-    for start in itertools.islice(starts, ahead):
-        submit(start)
-    while pending:
-        start, futures = pending.popleft()
-        following = next(starts, None)
-        if following is not None:
-            submit(following)
-        yield start, [f.result() for f in futures]
+        for start in itertools.islice(starts, ahead):
+            submit(start)
+        while pending:
+            start, futures = pending.popleft()
+            following = next(starts, None)
+            if following is not None:
+                submit(following)
+            yield start, [f.result() for f in futures]
 
 
 def decoded_dataset(

@@ -7,9 +7,7 @@ kind) from the bundle, never from a training config, so it cannot disagree with 
 from __future__ import annotations
 
 import glob
-import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +71,11 @@ class Predictor:
             out = np.concatenate([1.0 - out, out], axis=1)
         return out
 
+    def _labelled(self, name: str, row: np.ndarray) -> Prediction:
+        return Prediction(name, label=self.classes[int(np.argmax(row))],
+                          probabilities={c: float(p) for c, p in zip(self.classes, row,
+                                                                      strict=True)})
+
     def _decode(self, source: str | Path | bytes) -> np.ndarray | str:
         try:
             return load_pixels(source, self.image_size)
@@ -103,24 +106,12 @@ class Predictor:
         if names is None:
             names = [s if not isinstance(s, bytes) else "<bytes>" for s in sources]
         results: list[Prediction] = []
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            for start, decoded in decode_ahead(sources, self._decode, self.batch_size, pool):
-                ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
-                probs = self.probabilities(np.stack([decoded[i] for i in ok]) if ok
-                                           else np.zeros(0))
-                rows = dict(zip(ok, probs, strict=True))
-                for i, d in enumerate(decoded):
-                    name = str(names[start + i])
-                    if isinstance(d, str):
-                        results.append(Prediction(name, error=d))
-                        continue
-                    row = rows[i]
-                    results.append(Prediction(
-                        name,
-                        label=self.classes[int(np.argmax(row))],
-                        probabilities={c: float(p) for c, p in zip(self.classes, row,
-                                                                    strict=True)},
-                    ))
+        for start, decoded in decode_ahead(sources, self._decode, self.batch_size):
+            ok = [d for d in decoded if not isinstance(d, str)]
+            rows = iter(self.probabilities(np.stack(ok) if ok else np.zeros(0)))
+            for name, d in zip(names[start:], decoded, strict=False):
+                results.append(Prediction(str(name), error=d) if isinstance(d, str)
+                               else self._labelled(str(name), next(rows)))
         return results
 
 

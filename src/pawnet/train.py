@@ -269,6 +269,20 @@ def _datasets(plan: _Plan, binary: bool, *, augment: bool = True):
     return train_ds, val_ds
 
 
+def head_training_set(head, plan: _Plan, x: np.ndarray, y: np.ndarray):
+    """Compile `head` to train on in-memory features `x`, `y`; return their batches.
+
+    Head epochs last milliseconds: an in-memory dataset built once and all of an epoch's
+    steps in one call keep Keras' per-epoch overhead from dominating.
+    """
+    import tensorflow as tf
+
+    steps = math.ceil(len(x) / plan.batch_size)
+    _compile(head, plan, steps, steps_per_execution=steps)
+    return (tf.data.Dataset.from_tensor_slices((x, y))
+            .shuffle(len(x), seed=plan.cfg.seed).batch(plan.batch_size).prefetch(2))
+
+
 def _fit_on_images(model, plan: _Plan, train_ds, val_ds, weights, *, epochs: int,
                    initial_epoch: int):
     """Keras fit with best checkpoint, early stopping, history/curves and resume state;
@@ -379,13 +393,8 @@ def _fit_transfer(plan: _Plan, spec, weights):
          f"({len(store.features)} cached for {spec.name})")
 
     started = time.monotonic()
-    steps = math.ceil(len(train_x) / plan.batch_size)
-    # Head epochs last milliseconds: in-memory datasets built once and all of an epoch's
-    # steps in one call keep Keras' per-epoch overhead from dominating.
-    _compile(head, plan, steps, steps_per_execution=steps)
     head.fit(
-        tf.data.Dataset.from_tensor_slices((train_x, train_y))
-        .shuffle(len(train_x), seed=cfg.seed).batch(plan.batch_size).prefetch(2),
+        head_training_set(head, plan, train_x, train_y),
         validation_data=tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(256),
         shuffle=False,  # the dataset shuffles, with the run's seed
         epochs=plan.epochs,
@@ -405,18 +414,18 @@ def _fit_transfer(plan: _Plan, spec, weights):
     if not cfg.fine_tune:
         _check_composed(model, head, val_photos, val_x, plan)
         return model, [float(head_loss), float(head_accuracy)]
-    else:
-        opened = unfreeze_top_blocks(backbone, cfg.fine_tune)
-        _log(f"Fine-tuning the top {cfg.fine_tune} blocks ({len(opened)} layers, batch norm "
-             f"frozen) at lr {cfg.fine_tune_lr:g} for up to {cfg.fine_tune_epochs} epochs")
-        fine_plan = _Plan(**{**plan.__dict__, "lr": cfg.fine_tune_lr})
-        train_ds, val_ds = _datasets(plan, binary)
-        _compile(model, fine_plan, math.ceil(len(train_photos) / plan.batch_size),
-                 epochs=cfg.fine_tune_epochs)
-        model = _fit_on_images(model, plan, train_ds, val_ds, weights,
-                               epochs=epochs_done + cfg.fine_tune_epochs,
-                               initial_epoch=epochs_done)
-        return model, [float(v) for v in model.evaluate(val_ds, verbose=0)]
+
+    opened = unfreeze_top_blocks(backbone, cfg.fine_tune)
+    _log(f"Fine-tuning the top {cfg.fine_tune} blocks ({len(opened)} layers, batch norm "
+         f"frozen) at lr {cfg.fine_tune_lr:g} for up to {cfg.fine_tune_epochs} epochs")
+    fine_plan = _Plan(**{**plan.__dict__, "lr": cfg.fine_tune_lr})
+    train_ds, val_ds = _datasets(plan, binary)
+    _compile(model, fine_plan, math.ceil(len(train_photos) / plan.batch_size),
+             epochs=cfg.fine_tune_epochs)
+    model = _fit_on_images(model, plan, train_ds, val_ds, weights,
+                           epochs=epochs_done + cfg.fine_tune_epochs,
+                           initial_epoch=epochs_done)
+    return model, [float(v) for v in model.evaluate(val_ds, verbose=0)]
 
 
 CHECK_PHOTOS = 16  # validation photos run through the saved model to check it

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -76,8 +74,8 @@ def extract_features(
         return load_pixels(path, image_size, max_pixels or MAX_PIXELS)
 
     out = []
-    with _progress(len(paths), desc) as bar, ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-        for i, (_, pixels) in enumerate(decode_ahead(list(paths), decode, batch_size, pool)):
+    with _progress(len(paths), desc) as bar:
+        for i, (_, pixels) in enumerate(decode_ahead(paths, decode, batch_size)):
             batch = keras.ops.cast(np.stack(pixels), "float32")
             if augment is not None:
                 batch = augment(batch)

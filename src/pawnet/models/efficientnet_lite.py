@@ -241,10 +241,9 @@ def fold_batch_norm(model: keras.Model, variant: str) -> keras.Model:
     for layer in folded.layers:
         if not layer.weights:
             continue
-        if isinstance(layer, layers.Dense):
-            source = model.get_layer(layer.name) if include_top else None
-            if source is not None:
-                layer.set_weights(source.get_weights())
+        if isinstance(layer, layers.Dense):  # the classifier, copied when there is one
+            if include_top:
+                layer.set_weights(model.get_layer(layer.name).get_weights())
             continue
         kernel = model.get_layer(layer.name).get_weights()[0]
         bn = model.get_layer(_batch_norm_of(layer.name))
