@@ -14,6 +14,7 @@ request count and a time limit; only loopback addresses are accepted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import re
@@ -24,6 +25,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -77,6 +80,31 @@ def stop_server(proc, timeout: float = 60.0) -> int:
         proc.kill()
         proc.wait()
         return -9
+
+
+CLEAN_EXIT = (0, -15)  # uvicorn re-raises SIGTERM after its graceful shutdown
+
+
+@dataclass
+class Served:
+    """A `pawnet serve` started by `served`: its URL, process and, once stopped, exit code."""
+
+    url: str
+    proc: subprocess.Popen
+    exit_code: int | None = None
+
+
+@contextlib.contextmanager
+def served(model: str, *args: str) -> Iterator[Served]:
+    """`pawnet serve MODEL ARGS` on a free loopback port, healthy inside the block, stopped
+    with SIGTERM after it (also when the block fails)."""
+    port = free_port()
+    server = Served(f"http://127.0.0.1:{port}", start_server(model, port, *args))
+    try:
+        wait_healthy(server.url, server.proc)
+        yield server
+    finally:
+        server.exit_code = stop_server(server.proc)
 
 
 def batch_histogram(url: str) -> dict[str, float]:
@@ -205,16 +233,11 @@ def main(argv=None) -> int:
     failures = 0
     settings = [None] if args.url else args.max_batch
     for max_batch in settings:
-        proc = None
-        url = args.url
-        if url is None:
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            proc = start_server(args.model, port, "--max-batch", str(max_batch))
-            wait_healthy(url, proc)
         label = "given" if max_batch is None else ("off" if max_batch == 1 else
                                                    f"on({max_batch})")
-        try:
+        server = None if args.url else served(args.model, "--max-batch", str(max_batch))
+        with server or contextlib.nullcontext() as running:
+            url = running.url if running else args.url
             run_load(url, bodies, max(args.clients), requests=2 * max(args.clients),
                      seconds=30)  # warm-up
             print(header)
@@ -223,12 +246,9 @@ def main(argv=None) -> int:
                                  seconds=args.seconds)
                 print_row(label, clients, result)
                 failures += result["errors_5xx"] + result["dropped"]
-        finally:
-            if proc is not None:
-                code = stop_server(proc)
-                if code != 0:
-                    print(f"server exited with code {code}")
-                    failures += 1
+        if running is not None and running.exit_code != 0:
+            print(f"server exited with code {running.exit_code}")
+            failures += 1
     return 1 if failures else 0
 
 

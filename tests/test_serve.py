@@ -10,6 +10,7 @@ import json
 import re
 import select
 import socket
+import sys
 import threading
 import time
 import urllib.request
@@ -34,6 +35,7 @@ PHOTO = CATS[0].read_bytes()
 def _load_benchmark():
     spec = importlib.util.spec_from_file_location("serve_load", REPO / "benchmarks/serve_load.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["serve_load"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -373,14 +375,9 @@ def test_request_time_limit(predictor):
 @pytest.fixture(scope="module")
 def live(trained_run):
     """`pawnet serve RUN` in a subprocess on a free loopback port; yields its URL."""
-    port = serve_load.free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = serve_load.start_server(trained_run, port, "--max-upload-mb", "1")
-    try:
-        serve_load.wait_healthy(url, proc)
-        yield url
-    finally:
-        assert serve_load.stop_server(proc) in (0, -15)
+    with serve_load.served(trained_run, "--max-upload-mb", "1") as server:
+        yield server.url
+    assert server.exit_code in serve_load.CLEAN_EXIT
 
 
 def _post(url, data, content_type="image/jpeg", timeout=30):
@@ -469,23 +466,17 @@ def test_smoke_load_has_no_5xx_and_no_dropped_connections(live):
 
 
 def test_sigterm_lets_in_flight_requests_finish(trained_run):
-    port = serve_load.free_port()
-    url = f"http://127.0.0.1:{port}"
     # A long batching wait keeps the requests in flight when SIGTERM arrives.
-    proc = serve_load.start_server(trained_run, port, "--max-wait-ms", "3000")
-    try:
-        serve_load.wait_healthy(url, proc)
+    with serve_load.served(trained_run, "--max-wait-ms", "3000") as server:
         answers = []
-        threads = [threading.Thread(target=lambda: answers.append(_post(url, PHOTO)[0]))
+        threads = [threading.Thread(target=lambda: answers.append(_post(server.url, PHOTO)[0]))
                    for _ in range(3)]
         for t in threads:
             t.start()
         time.sleep(1.0)
-    finally:
-        code = serve_load.stop_server(proc)
     for t in threads:
         t.join(30)
     assert answers == [200, 200, 200]
-    assert code in (0, -15)  # uvicorn re-raises SIGTERM after its graceful shutdown
-    log = proc.stdout.read()
+    assert server.exit_code in serve_load.CLEAN_EXIT
+    log = server.proc.stdout.read()
     assert "Shutting down" in log and "Traceback" not in log

@@ -4,12 +4,12 @@ cat photo, and must show `cat`; a screenshot is saved in the test's temp folder.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CVTRICKS, REPO
+from conftest import CVTRICKS
+from test_serve import serve_load
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -19,9 +19,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync"]
 
-_spec = importlib.util.spec_from_file_location("serve_load", REPO / "benchmarks/serve_load.py")
-serve_load = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(serve_load)
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
@@ -31,14 +28,9 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def server():
-    port = serve_load.free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = serve_load.start_server("imagenet-catdog", port)
-    try:
-        serve_load.wait_healthy(url, proc)
-        yield url
-    finally:
-        assert serve_load.stop_server(proc) in (0, -15)
+    with serve_load.served("imagenet-catdog") as running:
+        yield running.url
+    assert running.exit_code in serve_load.CLEAN_EXIT
 
 
 @pytest.fixture
