@@ -115,3 +115,15 @@ def test_unknown_flag_is_a_usage_error(class_folders):
     result = invoke("train", class_folders, "--epoch", "3")
     assert result.exit_code == 2
     assert "No such option" in result.stderr
+
+
+def test_import_and_help_do_not_load_tensorflow():
+    # TensorFlow takes seconds to import; `pawnet --help` and `import pawnet` must not pay it
+    import subprocess
+    import sys
+
+    code = ("import sys, pawnet, pawnet.cli; "
+            "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

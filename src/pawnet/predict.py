@@ -15,7 +15,6 @@ import numpy as np
 
 from pawnet.bundle import BundleSpec, load_bundle
 from pawnet.images import IMAGE_SUFFIXES, ImageError, load_pixels
-from pawnet.pipeline import decode_ahead
 
 
 @dataclass(frozen=True)
@@ -101,6 +100,8 @@ class Predictor:
         Returns:
             One `Prediction` per source, in order.
         """
+        from pawnet.pipeline import decode_ahead  # imports TensorFlow: not at `import pawnet`
+
         if isinstance(sources, str | Path | bytes):
             sources = [sources]
         if names is None:
