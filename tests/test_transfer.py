@@ -107,3 +107,25 @@ def test_unfreeze_top_blocks_keeps_batch_norm_frozen():
     a = backbone(pixels, training=True)
     b = backbone(pixels, training=False)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)  # BN in inference
+
+
+def test_two_backbones_side_by_side_train_one_head_on_both(photos, tmp_path):
+    run = pawnet.train(photos, out=str(tmp_path / "run"),
+                       **{**SMALL, "model": "efficientnet-lite0+lite2"})
+    predictor = pawnet.load(run)
+    backbone = next(layer for layer in predictor.model.layers if layer.name != "head"
+                    and hasattr(layer, "layers"))
+    assert {layer.name for layer in backbone.layers} >= {"efficientnet_lite0",
+                                                         "efficientnet_lite2"}
+    assert predictor.model.get_layer("head").input.shape[-1] == 2 * 1280
+    provenance = json.loads((run / "bundle" / "provenance.json").read_text())
+    val = [p for p in read_manifest(run / "manifest.csv") if p.split == "val"]
+    results = predictor.predict([p.path for p in val])
+    accuracy = np.mean([r.label == p.label for r, p in zip(results, val, strict=True)])
+    assert provenance["metrics"]["val_accuracy"] == pytest.approx(accuracy)
+
+
+def test_two_backbones_cannot_be_fine_tuned(photos, tmp_path):
+    with pytest.raises(pawnet.ConfigError, match=r"cannot be fine-tuned.*--fine-tune 0"):
+        pawnet.train(photos, out=str(tmp_path / "run"),
+                     **{**SMALL, "model": "efficientnet-lite0+lite2"}, fine_tune=1)

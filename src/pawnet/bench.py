@@ -213,7 +213,7 @@ def _bench_transfer(result: dict, plan, spec, paths: list[str], in_memory) -> An
     features = extract_features(backbone, paths, plan.image_size, plan.batch_size,
                                 max_pixels=plan.cfg.max_pixels)
     extract_seconds = time.perf_counter() - started
-    head = build_head(len(plan.classes))
+    head = build_head(len(plan.classes), backbone.output.shape[-1])
     targets = _targets(photos, plan.classes, binary=head.outputs[0].shape[-1] == 1)
     batches = head_training_set(head, plan, features, targets)
     head_seconds = _timed(lambda: head.fit(batches, epochs=plan.epochs, shuffle=False,
@@ -222,7 +222,7 @@ def _bench_transfer(result: dict, plan, spec, paths: list[str], in_memory) -> An
     result["end_to_end"] = {"train": _rate(len(photos), extract_seconds + head_seconds)}
     result["transfer"] = {"feature_extraction": _rate(len(photos), extract_seconds),
                           "head_seconds": round(head_seconds, 2), "head_epochs": plan.epochs}
-    return compose(backbone, head, f"{spec.name.replace('-', '_')}_transfer")
+    return compose(backbone, head, spec.name)
 
 
 def _bench_predict(result: dict, model, cfg, classes: list[str], paths: list[str],

@@ -374,7 +374,7 @@ def _fit_transfer(plan: _Plan, spec, weights):
                               "Features (train)", cfg.max_pixels)
     val_x = cached_features(backbone, store, val_photos, plan.image_size, plan.batch_size,
                             "Features (val)", cfg.max_pixels)
-    head = build_head(len(plan.classes))
+    head = build_head(len(plan.classes), backbone.output.shape[-1])
     binary = head.outputs[0].shape[-1] == 1
     train_y = _targets(train_photos, plan.classes, binary)
     val_y = _targets(val_photos, plan.classes, binary)
@@ -410,7 +410,7 @@ def _fit_transfer(plan: _Plan, spec, weights):
     head_loss, head_accuracy = head.evaluate(val_x, val_y, verbose=0)
     _log(f"Head trained in {time.monotonic() - started:.1f}s ({epochs_done} epochs): "
          f"val_loss {head_loss:.4f}, val_accuracy {head_accuracy:.4f}")
-    model = compose(backbone, head, f"{spec.name.replace('-', '_')}_transfer")
+    model = compose(backbone, head, spec.name)
     if not cfg.fine_tune:
         _check_composed(model, head, val_photos, val_x, plan)
         return model, [float(head_loss), float(head_accuracy)]
