@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -35,15 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import keras
 import numpy as np
 
-from pawnet.images import load_pixels
+from pawnet.bench import repeat_rate
+from pawnet.images import IMAGE_SUFFIXES, load_pixels
 
 MEASURE_SECONDS = 3.0
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def _photos(folder: str) -> list[str]:
-    suffixes = {".jpg", ".jpeg", ".png"}
-    return sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in suffixes)
+    return sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def decode_rate(paths: list[str], size: int) -> float:
@@ -53,19 +52,6 @@ def decode_rate(paths: list[str], size: int) -> float:
         started = time.perf_counter()
         list(pool.map(lambda p: load_pixels(p, size), paths))
     return len(paths) / (time.perf_counter() - started)
-
-
-def _rate(step, photos_per_step: int) -> float:
-    step()  # compiles
-    step()
-    started = time.perf_counter()
-    step()
-    once = time.perf_counter() - started
-    repeats = max(3, math.ceil(MEASURE_SECONDS / max(once, 1e-4)))
-    started = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return photos_per_step * repeats / (time.perf_counter() - started)
 
 
 def _build(name: str, num_classes: int) -> tuple[keras.Model, int, bool]:
@@ -95,7 +81,8 @@ def measure(name: str, precision: str, batch_size: int, pixels: np.ndarray) -> d
     batch = np.resize(pixels[:, :size, :size], (batch_size, size, size, 3))
     x = keras.ops.convert_to_tensor(batch.astype("float32"))
     row = {"model": name, "precision": precision, "batch_size": batch_size, "image_size": size}
-    row["inference"] = round(_rate(lambda: model.predict_on_batch(x), batch_size), 1)
+    row["inference"] = repeat_rate(lambda: model.predict_on_batch(x), batch_size,
+                                   MEASURE_SECONDS)
     if trainable:
         binary = model.outputs[0].shape[-1] == 1
         y = keras.ops.convert_to_tensor(
@@ -106,7 +93,8 @@ def measure(name: str, precision: str, batch_size: int, pixels: np.ndarray) -> d
             optimizer=keras.optimizers.Adam(1e-4),
             loss="binary_crossentropy" if binary else "categorical_crossentropy",
         )
-        row["train"] = round(_rate(lambda: model.train_on_batch(x, y), batch_size), 1)
+        row["train"] = repeat_rate(lambda: model.train_on_batch(x, y), batch_size,
+                                   MEASURE_SECONDS)
     return row
 
 

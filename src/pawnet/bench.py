@@ -48,11 +48,12 @@ def _drain(ds) -> None:
         pass
 
 
-def _repeat_timed(step, photos_per_step: int) -> float:
-    """Photos/s of `step()` after a warm-up, run for about MEASURE_SECONDS."""
+def repeat_rate(step, photos_per_step: int, seconds: float | None = None) -> float:
+    """Photos/s of `step()` after a warm-up, run for about `seconds` (MEASURE_SECONDS)."""
     step()  # traces and warms caches
     once = _timed(step)
-    repeats = max(2, math.ceil(MEASURE_SECONDS / max(once, 1e-3)))
+    seconds = MEASURE_SECONDS if seconds is None else seconds
+    repeats = max(2, math.ceil(seconds / max(once, 1e-3)))
     return _rate(repeats * photos_per_step, _timed(lambda: [step() for _ in range(repeats)]))
 
 
@@ -177,7 +178,7 @@ def _bench_scratch(result: dict, plan, spec, in_memory, epochs: int) -> Any:
 
     targets = _targets(photos[: len(in_memory)], plan.classes, binary)
     x, y = tf.constant(in_memory), tf.constant(targets)
-    limit_train = _repeat_timed(lambda: model.train_on_batch(x, y), len(in_memory))
+    limit_train = repeat_rate(lambda: model.train_on_batch(x, y), len(in_memory))
 
     with tempfile.TemporaryDirectory(prefix="pawnet-bench-") as tmp:
         # the pipeline `pawnet train` uses; every photo is in the train split here
@@ -207,7 +208,7 @@ def _bench_transfer(result: dict, plan, spec, paths: list[str], in_memory) -> An
     photos = plan.photos
     backbone = load_backbone(spec, plan.image_size)
     x = tf.constant(keras.ops.cast(in_memory, "float32"))
-    limit = _repeat_timed(lambda: backbone.predict_on_batch(x), len(in_memory))
+    limit = repeat_rate(lambda: backbone.predict_on_batch(x), len(in_memory))
 
     started = time.perf_counter()
     features = extract_features(backbone, paths, plan.image_size, plan.batch_size,
@@ -242,7 +243,7 @@ def _bench_predict(result: dict, model, cfg, classes: list[str], paths: list[str
     from pawnet.images import load_pixels
 
     pixels = np.stack([load_pixels(p, cfg.image_size) for p in paths[: predictor.batch_size]])
-    limit = _repeat_timed(lambda: predictor.model.predict_on_batch(pixels), len(pixels))
+    limit = repeat_rate(lambda: predictor.model.predict_on_batch(pixels), len(pixels))
     result["compute_limit"]["inference"] = limit
     result["end_to_end"]["inference"] = _rate(len(paths), predict_seconds)
     result["end_to_end"]["predict_startup_seconds"] = round(startup, 2)
