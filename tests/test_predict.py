@@ -6,6 +6,7 @@ from conftest import real_photos
 
 import pawnet
 from pawnet.data import read_manifest
+from pawnet.images import load_pixels
 from pawnet.predict import expand_paths
 
 
@@ -49,6 +50,21 @@ def test_prediction_is_the_same_from_predict_evaluate_and_python(trained_run):
     correct = np.mean([r.label == p.label for r, p in zip(together, [
         p for p in read_manifest(trained_run / "manifest.csv") if p.split == "val"], strict=True)])
     assert report["accuracy"] == pytest.approx(correct)
+
+
+def test_every_batch_size_runs_one_compiled_function_with_keras_own_outputs(trained_run):
+    predictor = pawnet.load(trained_run, batch_size=8)
+    photos = real_photos("cat", 6, "test") + real_photos("dog", 5, "test")
+    results = predictor.predict(photos)  # a full batch of 8, then a partial one of 3
+    predictor.predict(photos[:1])
+    predictor.probabilities(np.zeros((5, 32, 32, 3), np.uint8))
+    assert predictor._forward.experimental_get_tracing_count() == 1
+    pixels = np.stack([load_pixels(p, 32) for p in photos])
+    expected = np.asarray(predictor.model.predict(pixels.astype("float32"), verbose=0))
+    got = np.array([[r.probabilities[c] for c in predictor.classes] for r in results])
+    if expected.shape[1] == 1:
+        expected = np.concatenate([1 - expected, expected], axis=1)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_expand_paths_folders_globs_and_awkward_names(tmp_path):

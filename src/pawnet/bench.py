@@ -246,7 +246,7 @@ def _bench_predict(result: dict, model, cfg, classes: list[str], paths: list[str
     from pawnet.images import load_pixels
 
     pixels = np.stack([load_pixels(p, cfg.image_size) for p in paths[: predictor.batch_size]])
-    limit = repeat_rate(lambda: predictor.model.predict_on_batch(pixels), len(pixels))
+    limit = repeat_rate(lambda: predictor.probabilities(pixels), len(pixels))
     result["compute_limit"]["inference"] = limit
     result["end_to_end"]["inference"] = _rate(len(paths), predict_seconds)
     result["end_to_end"]["predict_startup_seconds"] = round(startup, 2)

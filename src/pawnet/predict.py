@@ -45,9 +45,20 @@ class Predictor:
     """
 
     def __init__(self, model, spec: BundleSpec, batch_size: int = 32):
+        import tensorflow as tf
+
         self.model = model
         self.spec = spec
         self.batch_size = batch_size
+        side = spec.image_size
+        # One compiled function for every batch size, traced on first use. Keras'
+        # predict_on_batch traced once per new batch size (a partial last batch, the
+        # server's 1-image warm-up), and across several loaded models TensorFlow then
+        # printed its retracing warning.
+        self._forward = tf.function(
+            lambda pixels: model(tf.cast(pixels, tf.float32), training=False),
+            input_signature=[tf.TensorSpec((None, side, side, 3), tf.uint8)],
+        )
 
     @property
     def classes(self) -> list[str]:
@@ -62,7 +73,7 @@ class Predictor:
         if len(pixels) == 0:
             return np.zeros((0, len(self.classes)))
         outputs = [
-            np.asarray(self.model.predict_on_batch(pixels[i : i + self.batch_size]))
+            self._forward(pixels[i : i + self.batch_size]).numpy()
             for i in range(0, len(pixels), self.batch_size)
         ]
         out = np.concatenate(outputs).astype(np.float64)

@@ -301,9 +301,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         predictor = (model_ref if isinstance(model_ref, Predictor)
                      else await anyio.to_thread.run_sync(load, model_ref))
-        blank = np.zeros((2, predictor.image_size, predictor.image_size, 3), np.uint8)
-        # Warm up with 1 and 2 images: the model's compiled function then takes any batch size.
-        await anyio.to_thread.run_sync(predictor.probabilities, blank[:1])
+        blank = np.zeros((1, predictor.image_size, predictor.image_size, 3), np.uint8)
+        # Compiles the model's one function, which then takes any batch size.
         await anyio.to_thread.run_sync(predictor.probabilities, blank)
         batcher = Batcher(predictor.probabilities, max_batch, max_wait_ms / 1000, queue_size)
         metrics = _Metrics(lambda: batcher.depth)
