@@ -1,8 +1,13 @@
+import gc
+import weakref
+
 import numpy as np
+import tensorflow as tf
 from conftest import real_photos
 
 from pawnet.images import load_pixels
-from pawnet.pipeline import decode_ahead, labelled_dataset
+from pawnet.models import get_model_spec
+from pawnet.pipeline import batch_function, decode_ahead, labelled_dataset
 
 
 def _photos(n_per_class: int = 3) -> tuple[list[str], np.ndarray]:
@@ -44,3 +49,18 @@ def test_decode_ahead_yields_batches_in_order_with_their_start():
     items = list(range(10))
     got = list(decode_ahead(items, lambda i: i * i, batch_size=3))
     assert got == [(0, [0, 1, 4]), (3, [9, 16, 25]), (6, [36, 49, 64]), (9, [81])]
+
+
+def test_batch_function_compiles_once_for_any_batch_size_and_keeps_the_model_free():
+    model = get_model_spec("pawnet-cnn").build(2, 32)
+    forward = batch_function(model, tf.uint8)
+    pixels = np.stack([load_pixels(p, 32) for p in _photos()[0]])
+    np.testing.assert_allclose(forward(pixels).numpy(),
+                               model.predict(pixels.astype("float32"), verbose=0), atol=1e-5)
+    assert forward(pixels[:1]).shape[0] == 1
+    assert batch_function(model, tf.uint8) is forward  # later loops reuse it
+    assert forward.experimental_get_tracing_count() == 1
+    held = weakref.ref(model)
+    del model, forward
+    gc.collect()
+    assert held() is None

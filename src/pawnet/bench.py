@@ -203,13 +203,15 @@ def _bench_transfer(result: dict, plan, spec, paths: list[str], in_memory) -> An
     import tensorflow as tf
 
     from pawnet.models.pretrained import build_head, compose, load_backbone
+    from pawnet.pipeline import batch_function
     from pawnet.train import _targets, head_training_set
     from pawnet.transfer import extract_features
 
     photos = plan.photos
     backbone = load_backbone(spec, plan.image_size)
     x = tf.constant(keras.ops.cast(in_memory, "float32"))
-    limit = repeat_rate(lambda: backbone.predict_on_batch(x), len(in_memory))
+    forward = batch_function(backbone)  # what feature extraction runs
+    limit = repeat_rate(lambda: forward(x).numpy(), len(in_memory))
 
     started = time.perf_counter()
     features = extract_features(backbone, paths, plan.image_size, plan.batch_size,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,31 @@ def decode_ahead(
             if following is not None:
                 submit(following)
             yield start, [f.result() for f in futures]
+
+
+_BATCH_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def batch_function(model, dtype: tf.DType = tf.float32) -> Callable:
+    """`model(images, training=False)` compiled once for batches of any size.
+
+    Keras' `predict_on_batch` compiles again for each new batch size, so the last, partial
+    batch of a loop paid a second compilation (EfficientNet-Lite0: 0.73 s, 4% of extracting
+    1,000 photos' features), and TensorFlow warned about retracing. The function is kept
+    with the model, so later loops over the same model do not compile again.
+
+    Args:
+        dtype: the images' dtype (uint8 pixels, or float32 after augmentation); they are
+            cast to float32 inside.
+    """
+    functions = _BATCH_FUNCTIONS.setdefault(model, {})
+    if dtype not in functions:
+        held = weakref.ref(model)  # the function must not keep its model alive
+        spec = tf.TensorSpec((None, *model.input.shape[1:]), dtype)
+        functions[dtype] = tf.function(
+            lambda images: held()(tf.cast(images, tf.float32), training=False),
+            input_signature=[spec])
+    return functions[dtype]
 
 
 def decoded_dataset(

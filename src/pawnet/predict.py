@@ -47,18 +47,12 @@ class Predictor:
     def __init__(self, model, spec: BundleSpec, batch_size: int = 32):
         import tensorflow as tf
 
+        from pawnet.pipeline import batch_function  # imports TensorFlow: not at `import pawnet`
+
         self.model = model
         self.spec = spec
         self.batch_size = batch_size
-        side = spec.image_size
-        # One compiled function for every batch size, traced on first use. Keras'
-        # predict_on_batch traced once per new batch size (a partial last batch, the
-        # server's 1-image warm-up), and across several loaded models TensorFlow then
-        # printed its retracing warning.
-        self._forward = tf.function(
-            lambda pixels: model(tf.cast(pixels, tf.float32), training=False),
-            input_signature=[tf.TensorSpec((None, side, side, 3), tf.uint8)],
-        )
+        self._forward = batch_function(model, tf.uint8)
 
     @property
     def classes(self) -> list[str]:

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from pawnet.images import MAX_PIXELS, load_pixels
-from pawnet.pipeline import decode_ahead
+from pawnet.pipeline import batch_function, decode_ahead
 from pawnet.storage import atomic_write_bytes, cache_dir
 
 _SAVE_EVERY = 20  # batches between writes of the feature cache, so a kill loses little
@@ -73,13 +73,14 @@ def extract_features(
     def decode(path: str) -> np.ndarray:
         return load_pixels(path, image_size, max_pixels or MAX_PIXELS)
 
+    forward = batch_function(backbone)
     out = []
     with _progress(len(paths), desc) as bar:
         for i, (_, pixels) in enumerate(decode_ahead(paths, decode, batch_size)):
             batch = keras.ops.cast(np.stack(pixels), "float32")
             if augment is not None:
                 batch = augment(batch)
-            feats = np.asarray(backbone.predict_on_batch(batch))
+            feats = forward(batch).numpy()
             out.append(feats)
             if on_batch:
                 on_batch(i, feats)
