@@ -70,7 +70,9 @@ def compute_metrics(probs: np.ndarray, truth: np.ndarray, classes: list[str]) ->
     if len(classes) == 2:
         both_present = len(set(truth.tolist())) == 2
         report["roc_auc"] = float(roc_auc_score(truth, probs[:, 1])) if both_present else None
-        report["log_loss"] = float(log_loss(truth, probs, labels=labels))
+        # float32 softmax rows sum to 1 only within ~1e-7, which sklearn warns about
+        rows = probs / probs.sum(axis=1, keepdims=True)
+        report["log_loss"] = float(log_loss(truth, rows, labels=labels))
     return report
 
 
