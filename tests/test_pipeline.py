@@ -2,7 +2,6 @@ import gc
 import weakref
 
 import numpy as np
-import tensorflow as tf
 from conftest import real_photos
 
 from pawnet.images import load_pixels
@@ -53,12 +52,12 @@ def test_decode_ahead_yields_batches_in_order_with_their_start():
 
 def test_batch_function_compiles_once_for_any_batch_size_and_keeps_the_model_free():
     model = get_model_spec("pawnet-cnn").build(2, 32)
-    forward = batch_function(model, tf.uint8)
+    forward = batch_function(model, "uint8")
     pixels = np.stack([load_pixels(p, 32) for p in _photos()[0]])
     np.testing.assert_allclose(forward(pixels).numpy(),
                                model.predict(pixels.astype("float32"), verbose=0), atol=1e-5)
     assert forward(pixels[:1]).shape[0] == 1
-    assert batch_function(model, tf.uint8) is forward  # later loops reuse it
+    assert batch_function(model, "uint8") is forward  # later loops reuse it
     assert forward.experimental_get_tracing_count() == 1
     held = weakref.ref(model)
     del model, forward

@@ -80,7 +80,7 @@ def decode_ahead(
 _BATCH_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def batch_function(model, dtype: tf.DType = tf.float32) -> Callable:
+def batch_function(model, dtype: str = "float32") -> Callable:
     """`model(images, training=False)` compiled once for batches of any size.
 
     Keras' `predict_on_batch` compiles again for each new batch size, so the last, partial
@@ -89,8 +89,8 @@ def batch_function(model, dtype: tf.DType = tf.float32) -> Callable:
     with the model, so later loops over the same model do not compile again.
 
     Args:
-        dtype: the images' dtype (uint8 pixels, or float32 after augmentation); they are
-            cast to float32 inside.
+        dtype: the images' dtype: "uint8" pixels, or "float32" after augmentation; they
+            are cast to float32 inside.
     """
     functions = _BATCH_FUNCTIONS.setdefault(model, {})
     if dtype not in functions:

@@ -45,14 +45,12 @@ class Predictor:
     """
 
     def __init__(self, model, spec: BundleSpec, batch_size: int = 32):
-        import tensorflow as tf
-
         from pawnet.pipeline import batch_function  # imports TensorFlow: not at `import pawnet`
 
         self.model = model
         self.spec = spec
         self.batch_size = batch_size
-        self._forward = batch_function(model, tf.uint8)
+        self._forward = batch_function(model, "uint8")
 
     @property
     def classes(self) -> list[str]:
