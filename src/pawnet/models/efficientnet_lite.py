@@ -52,7 +52,6 @@ __all__ = [
 IMAGENET_CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 IMAGENET_DOG_CLASSES = range(151, 269)  # Chihuahua ... Mexican hairless
 NUM_IMAGENET_CLASSES = 1000
-FEATURE_DIM = 1280
 
 _BN_EPSILON = 1e-3
 _BN_MOMENTUM = 0.99
