@@ -105,7 +105,7 @@ def pawnet_route(folder: str, epochs: int) -> dict:
     # only works before TensorFlow is imported (importing keras first had measured pawnet
     # at plain Keras' speed).
     from pawnet.bench import bench
-    from pawnet.models import get_model_spec
+    from pawnet.models.registry import get_model_spec
 
     result = bench(folder, model="tutorial-a-cnn", image_size=IMAGE_SIZE,
                    batch_size=BATCH_SIZE, augment=AUGMENT, epochs=epochs)

@@ -8,7 +8,7 @@ lent to this project have JAX but no TensorFlow, and none can be installed there
 internet, and the wheel is far larger than what may be carried). pawnet's models are plain
 Keras 3, so this script builds them under whatever backend `KERAS_BACKEND` names and times
 training steps and inference on batches already on the device. It also times pawnet's
-Pillow decoder (`pawnet.images.load_pixels`) on every CPU core: the input side that would
+Pillow decoder (`pawnet.data.images.load_pixels`) on every CPU core: the input side that would
 have to keep the accelerator busy.
 
 Models, built exactly as pawnet builds them (the EfficientNet weights are random here:
@@ -35,7 +35,7 @@ import keras
 import numpy as np
 
 from pawnet.bench import repeat_rate
-from pawnet.images import IMAGE_SUFFIXES, load_pixels
+from pawnet.data.images import IMAGE_SUFFIXES, load_pixels
 
 MEASURE_SECONDS = 3.0
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -56,9 +56,9 @@ def decode_rate(paths: list[str], size: int) -> float:
 
 def _build(name: str, num_classes: int) -> tuple[keras.Model, int, bool]:
     """(model, image size, trainable) as pawnet builds it."""
-    from pawnet.models import get_model_spec
     from pawnet.models.efficientnet_lite import build_backbone
     from pawnet.models.pretrained import build_head, compose
+    from pawnet.models.registry import get_model_spec
 
     if name == "lite0-features":
         backbone = build_backbone("lite0", folded=True)

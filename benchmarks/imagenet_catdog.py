@@ -15,15 +15,15 @@ import time
 import keras
 import numpy as np
 
-from pawnet.builtin import BACKBONE, THRESHOLD, CatDogVerdict
-from pawnet.data import scan
+from pawnet.data.pipeline import pixel_dataset
+from pawnet.data.scan import scan
+from pawnet.models.builtin import BACKBONE, THRESHOLD, CatDogVerdict
 from pawnet.models.efficientnet_lite import (
     IMAGENET_CAT_CLASSES,
     IMAGENET_DOG_CLASSES,
     image_size,
-    load_pretrained,
 )
-from pawnet.pipeline import pixel_dataset
+from pawnet.models.efficientnet_lite_weights import load_pretrained
 
 
 def imagenet_probabilities(model, paths):

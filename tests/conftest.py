@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import pawnet  # sets TensorFlow's environment, so it goes before any test imports TensorFlow
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PAWNET_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -23,6 +23,15 @@ TONGPYTHON = SHARED_DATA / "tongpython"
 
 if not CVTRICKS.is_dir():
     raise RuntimeError(f"the shared photos are missing: {SHARED_DATA} (expected ../shared/data)")
+
+
+def invoke(*args):
+    """Run the `pawnet` command in this process; returns click's Result."""
+    from typer.testing import CliRunner
+
+    from pawnet.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def real_photos(label: str, n: int, split: str = "train", dataset: Path = CVTRICKS) -> list[Path]:
@@ -127,8 +136,6 @@ def odd_files(tmp_path) -> tuple[Path, dict[str, str | None]]:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A tiny real training run (1 epoch, 32 px) on real photos, shared by read-only tests."""
-    import pawnet
-
     base = tmp_path_factory.mktemp("trained")
     photos = copy_photos(base / "photos", 16)
     os.environ.setdefault("PAWNET_CACHE_DIR", str(base / "cache"))

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from conftest import real_photos
 
-from pawnet.augment import RandomAffine, build_augmenter
-from pawnet.images import load_pixels
+from pawnet.data.augment import RandomAffine, build_augmenter
+from pawnet.data.images import load_pixels
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,7 @@
 import json
 
 import pytest
-from conftest import copy_photos
-from test_cli import invoke
+from conftest import copy_photos, invoke
 
 from pawnet.bench import bench, format_bench
 from pawnet.errors import DataError

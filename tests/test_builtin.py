@@ -3,7 +3,7 @@ import pytest
 from conftest import CVTRICKS, real_photos
 
 import pawnet
-from pawnet.builtin import THRESHOLD, CatDogVerdict
+from pawnet.models.builtin import CatDogVerdict
 
 
 def test_verdict_compares_class_means_and_gates_on_mass():
@@ -49,4 +49,4 @@ def test_evaluate_builtin_on_a_folder(tmp_path):
     assert report["classes"] == ["cat", "dog", "neither"]
     assert report["n"] == 400
     assert report["accuracy"] >= 0.97  # measured 0.990 (neither counted wrong)
-    assert 0 < THRESHOLD < 0.5
+    assert np.array(report["confusion_matrix"])[:, 2].sum() <= 4  # few called neither

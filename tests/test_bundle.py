@@ -6,10 +6,10 @@ import pytest
 from conftest import real_photos
 
 import pawnet
-from pawnet.bundle import load_bundle
-from pawnet.callbacks import last_checkpoint
+from pawnet.bundle import resolve
+from pawnet.data.images import load_pixels
 from pawnet.errors import BundleError
-from pawnet.images import load_pixels
+from pawnet.training.callbacks import last_checkpoint
 
 
 def _copy_bundle(trained_run, tmp_path):
@@ -23,14 +23,15 @@ def test_round_trip_gives_identical_predictions(trained_run):
 
     original = keras.models.load_model(last_checkpoint(trained_run / "checkpoints"))
     original.load_weights(trained_run / "checkpoints" / "best.weights.h5")
-    model, spec = load_bundle(trained_run)
-    pixels = np.stack([load_pixels(p, spec.image_size) for p in real_photos("cat", 6, "test")])
-    np.testing.assert_array_equal(model.predict_on_batch(pixels),
+    bundle = resolve(trained_run)
+    pixels = np.stack([load_pixels(p, bundle.spec.image_size)
+                       for p in real_photos("cat", 6, "test")])
+    np.testing.assert_array_equal(bundle.model.predict_on_batch(pixels),
                                   original.predict_on_batch(pixels))
 
 
 def test_bundle_holds_no_augmentation_layers(trained_run):
-    model, _ = load_bundle(trained_run)
+    model = resolve(trained_run).model
     names = " ".join(layer.__class__.__name__ for layer in model.layers)
     assert "Random" not in names
     assert model.layers[1].__class__.__name__ == "Rescaling"  # scaling lives in the model
@@ -55,6 +56,41 @@ def test_run_folder_and_bundle_folder_both_load(trained_run):
     assert pawnet.load(trained_run).classes == pawnet.load(trained_run / "bundle").classes
 
 
+def test_resolve_knows_the_run_and_its_provenance(trained_run, tmp_path):
+    bundle = resolve(trained_run / "bundle")
+    assert bundle.path == trained_run / "bundle"
+    assert bundle.run_dir == trained_run  # its split manifest is there
+    counts = bundle.provenance["data"]["counts"]
+    assert sum(sum(per_class.values()) for per_class in counts.values()) == 32  # 16 a class
+    alone = _copy_bundle(trained_run, tmp_path)
+    assert resolve(alone).run_dir is None
+
+
+def _edit(bundle, **changes):
+    data = json.loads((bundle / "bundle.json").read_text())
+    (bundle / "bundle.json").write_text(json.dumps({**data, **changes}))
+
+
+@pytest.mark.parametrize(("key", "value"), [("resize_method", "lanczos"),
+                                            ("aspect", "crop"), ("input_range", [-1, 1]),
+                                            ("channels", "BGR")])
+def test_preprocessing_this_pawnet_cannot_do_is_refused(trained_run, tmp_path, key, value):
+    bundle = _copy_bundle(trained_run, tmp_path)
+    _edit(bundle, **{key: value})
+    with pytest.raises(BundleError, match=f"asks for {key} .*cannot do.*upgrade pawnet"):
+        resolve(bundle)
+
+
+def test_the_predictor_decodes_with_the_bundles_resize_method(trained_run, monkeypatch):
+    from pawnet.data import images
+
+    predictor = pawnet.load(trained_run)
+    photo = real_photos("dog", 1, "test")[0]
+    plain = predictor.decode(photo)
+    monkeypatch.setitem(images.RESIZE_METHODS, "bilinear", images.Image.Resampling.NEAREST)
+    assert np.abs(predictor.decode(photo).astype(int) - plain).max() > 0
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -73,11 +109,11 @@ def test_damaged_bundle_is_a_clear_error(trained_run, tmp_path, damage, message)
     bundle = _copy_bundle(trained_run, tmp_path)
     damage(bundle)
     with pytest.raises(BundleError, match=message):
-        load_bundle(bundle)
+        resolve(bundle)
 
 
 def test_not_a_bundle(tmp_path):
     with pytest.raises(BundleError, match="no model at"):
-        load_bundle(tmp_path / "nothing")
+        resolve(tmp_path / "nothing")
     with pytest.raises(BundleError, match="not a pawnet run or bundle"):
-        load_bundle(tmp_path)
+        resolve(tmp_path)

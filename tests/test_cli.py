@@ -6,17 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TONGPYTHON, real_photos
+from conftest import TONGPYTHON, invoke, real_photos
 from PIL import Image
-from typer.testing import CliRunner
-
-from pawnet.cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def test_data_check_json_on_real_dataset():
@@ -48,10 +39,12 @@ def test_data_show_draws_an_augmented_grid(class_folders, tmp_path):
 
 
 def test_models_lists_one_line_each():
+    from pawnet.models.registry import list_builtins, list_models
+
     result = invoke("models")
-    lines = result.stdout.strip().splitlines()
-    assert any(line.startswith("tutorial-a-cnn") and "Tutorial A" in line for line in lines)
-    assert len(lines) >= 7
+    names = [line.split()[0] for line in result.stdout.strip().splitlines()]
+    assert names == [s.name for s in list_models()] + [b.name for b in list_builtins()]
+    assert "Tutorial A" in result.stdout and "built-in, no training" in result.stdout
 
 
 def test_train_evaluate_predict_end_to_end(class_folders, tmp_path):
@@ -107,7 +100,7 @@ def test_train_evaluate_predict_end_to_end(class_folders, tmp_path):
 )
 def test_bad_input_is_one_line_and_exit_code_2(class_folders, tmp_path, args, message):
     args = [a.format(photos=class_folders, tmp=tmp_path) for a in args]
-    result = runner.invoke(app, args)
+    result = invoke(*args)
     assert result.exit_code == 2, result.output
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and message in error_lines[0], result.stderr
@@ -140,3 +133,27 @@ def test_importing_tensorflow_first_warns_that_onednn_may_be_off():
     chosen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"})
     assert "imported before pawnet" not in chosen.stderr
+
+
+def test_json_is_spelled_one_way_and_the_old_spelling_still_works(trained_run):
+    photo = real_photos("cat", 1, "test")[0]
+    new = invoke("predict", trained_run, photo, "--json")
+    old = invoke("predict", trained_run, photo, "--format", "json")
+    assert new.exit_code == old.exit_code == 0
+    assert json.loads(new.stdout) == json.loads(old.stdout)
+    assert "json" not in invoke("predict", "--help").stdout.split("--format")[1].split("\n")[0]
+
+
+def _pawnet(*args, **env):
+    return subprocess.run([sys.executable, "-m", "pawnet.cli", *map(str, args)],
+                          capture_output=True, text=True, env={**os.environ, **env})
+
+
+def test_tensorflow_log_lines_only_with_verbose(tmp_path):
+    quiet = _pawnet("evaluate", tmp_path / "nowhere", TF_CPP_MIN_LOG_LEVEL="0")
+    assert quiet.returncode == 2
+    assert quiet.stderr.splitlines() == [f"error: no model at {tmp_path / 'nowhere'}. Try: a run "
+                                         "folder from `pawnet train` (e.g. runs/train), its "
+                                         "bundle/ folder, or imagenet-catdog"]
+    loud = _pawnet("--verbose", "evaluate", tmp_path / "nowhere", TF_CPP_MIN_LOG_LEVEL="0")
+    assert "oneDNN" in loud.stderr and loud.stderr.rstrip().endswith("or imagenet-catdog")

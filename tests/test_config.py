@@ -1,6 +1,8 @@
+import dataclasses
+
 import pytest
 
-from pawnet.config import Config, resolve_config
+from pawnet.config import FIELDS, Config, resolve_config
 from pawnet.errors import ConfigError
 
 
@@ -49,3 +51,24 @@ def test_bad_config_files(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="must hold 'key: value' lines"):
         resolve_config(bad)
+
+
+def test_the_models_own_defaults_are_folded_in():
+    cfg = resolve_config(model="pawnet-cnn")
+    assert (cfg.image_size, cfg.epochs, cfg.batch_size, cfg.lr) == (96, 40, 64, 2e-3)
+    assert (cfg.weight_decay, cfg.augment) == (0.05, ["crop", "flip"])  # its recipe
+    assert resolve_config(model="pawnet-cnn", image_size=64, augment="flip").image_size == 64
+    with pytest.raises(ConfigError, match="unknown model 'vgg'"):
+        resolve_config(model="vgg")
+
+
+def test_old_data_key_still_means_photos(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("data: /some/photos\nepochs: 2\n")
+    assert resolve_config(path).photos == "/some/photos"
+
+
+def test_every_setting_documents_itself():
+    for f in dataclasses.fields(Config):
+        assert f.metadata["help"].strip(), f.name
+    assert set(FIELDS) == {f.name for f in dataclasses.fields(Config)}

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from conftest import real_photos
 
-from pawnet.images import ImageError, inspect_image, load_pixels
+from pawnet.data.images import ImageError, inspect_image, load_pixels
 
 
 def test_real_photo_becomes_square_uint8_rgb():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pawnet.errors import ConfigError
-from pawnet.models import get_model_spec, list_models
+from pawnet.models.registry import get_model_spec, list_models
 
 SPECS = list_models()
 

@@ -4,9 +4,9 @@ import weakref
 import numpy as np
 from conftest import real_photos
 
-from pawnet.images import load_pixels
-from pawnet.models import get_model_spec
-from pawnet.pipeline import batch_function, decode_ahead, labelled_dataset
+from pawnet.data.images import load_pixels
+from pawnet.data.pipeline import batch_function, decode_ahead, labelled_dataset
+from pawnet.models.registry import get_model_spec
 
 
 def _photos(n_per_class: int = 3) -> tuple[list[str], np.ndarray]:

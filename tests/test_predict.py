@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import numpy as np
@@ -5,9 +6,10 @@ import pytest
 from conftest import real_photos
 
 import pawnet
-from pawnet.data import read_manifest
-from pawnet.images import load_pixels
-from pawnet.predict import expand_paths
+from pawnet.data.images import load_pixels
+from pawnet.data.splits import read_manifest
+from pawnet.errors import ConfigError
+from pawnet.predict import Prediction, expand_paths, format_predictions
 
 
 def test_predicts_label_and_every_class_probability(trained_run):
@@ -80,3 +82,40 @@ def test_expand_paths_folders_globs_and_awkward_names(tmp_path):
     assert expand_paths([str(tmp_path / "**" / "*.jpg")]) == sorted(
         [str(tmp_path / "b.jpg"), str(tmp_path / "sub" / "cat.4142(1).jpg")])
     assert expand_paths([str(tmp_path / "*.png")]) == [str(tmp_path / "*.png")]
+
+
+RESULTS = [Prediction.from_row("/p/cat.12.jpg", ["cat", "dog"], np.array([0.75, 0.25])),
+           Prediction("/p/broken.jpg", error="truncated or corrupt image"),
+           Prediction.from_row("/p/dog.3.jpg", ["cat", "dog"], np.array([0.1, 0.9]))]
+
+
+def test_prediction_from_a_row_of_probabilities():
+    first = RESULTS[0]
+    assert (first.label, first.confidence) == ("cat", 0.75)
+    assert first.to_dict() == {"path": "/p/cat.12.jpg", "label": "cat",
+                               "probabilities": {"cat": 0.75, "dog": 0.25}}
+    assert RESULTS[1].to_dict() == {"path": "/p/broken.jpg",
+                                    "error": "truncated or corrupt image"}
+
+
+def test_every_output_format():
+    classes = ["cat", "dog"]
+    table = format_predictions(RESULTS, classes).splitlines()
+    assert table[0].split() == ["path", "label", "cat", "dog"]
+    assert table[2].endswith("error: truncated or corrupt image")
+    assert [r["path"] for r in json.loads(format_predictions(RESULTS, classes, "json"))] == [
+        r.path for r in RESULTS]
+    csv_lines = format_predictions(RESULTS, classes, "csv").splitlines()
+    assert csv_lines[0] == "path,label,cat,dog,error"
+    assert csv_lines[1] == "/p/cat.12.jpg,cat,0.750000,0.250000,"
+    assert csv_lines[2] == "/p/broken.jpg,,,,truncated or corrupt image"
+    kaggle = format_predictions(RESULTS, classes, "kaggle").splitlines()
+    assert kaggle == ["id,label", "3,0.900000", "12,0.250000"]  # by id, unreadable left out
+
+
+def test_kaggle_format_needs_a_dog_class_and_numbered_files():
+    with pytest.raises(ConfigError, match=r"needs a 'dog' class.*Try: --format csv"):
+        format_predictions(RESULTS[:1], ["cat", "fox"], "kaggle")
+    unnumbered = [Prediction.from_row("/p/rex.jpg", ["cat", "dog"], np.array([0.2, 0.8]))]
+    with pytest.raises(ConfigError, match=r"number in each file name.*rex.jpg"):
+        format_predictions(unnumbered, ["cat", "dog"], "kaggle")

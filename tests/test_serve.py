@@ -4,20 +4,19 @@ a smoke load test, and a clean SIGTERM with requests in flight."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
 import select
 import socket
-import sys
 import threading
 import time
 import urllib.request
 
 import numpy as np
 import pytest
-from conftest import REPO, real_photos
+import serve_load
+from conftest import real_photos
 from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
@@ -25,22 +24,13 @@ from typer.testing import CliRunner
 from pawnet.cli import app as cli_app
 from pawnet.errors import ConfigError
 from pawnet.predict import Predictor, load
-from pawnet.serve import Batcher, QueueFull, create_app
+from pawnet.serve.app import create_app
+from pawnet.serve.batcher import Batcher, QueueFull
+from pawnet.serve.settings import ServeSettings
 
 CATS = real_photos("cat", 2, "test")
 DOG = real_photos("dog", 1, "test")[0]
 PHOTO = CATS[0].read_bytes()
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("serve_load", REPO / "benchmarks/serve_load.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["serve_load"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-serve_load = _load_benchmark()
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +40,7 @@ def predictor(trained_run) -> Predictor:
 
 @pytest.fixture
 def client(predictor):
-    with TestClient(create_app(predictor, max_wait_ms=2)) as c:
+    with TestClient(create_app(predictor, ServeSettings(max_wait_ms=2))) as c:
         yield c
 
 
@@ -103,7 +93,7 @@ def test_predict_multipart_matches_the_cli(client, trained_run):
     assert response.status_code == 200, response.text
     served = response.json()
     cli = CliRunner().invoke(cli_app, ["predict", str(trained_run), *map(str, paths),
-                                       "--format", "json"])
+                                       "--json"])
     assert cli.exit_code == 0, cli.output
     expected = json.loads(cli.output)
     assert [s["path"] for s in served] == [p.name for p in paths]
@@ -214,7 +204,7 @@ BAD_INPUTS = {
 @pytest.fixture(scope="module")
 def small_client(predictor):
     """Uploads limited to 1 MB, so oversize requests stay small in tests."""
-    with TestClient(create_app(predictor, max_wait_ms=2, max_upload_mb=1)) as c:
+    with TestClient(create_app(predictor, ServeSettings(max_wait_ms=2, max_upload_mb=1))) as c:
         yield c
 
 
@@ -245,8 +235,9 @@ def test_wrong_method_and_path(client):
 # --- safety -----------------------------------------------------------------------------
 
 
-def test_api_key_guards_v1_only(predictor):
-    with TestClient(create_app(predictor, api_key="s3cret")) as c:
+def test_api_key_guards_v1_only(predictor, monkeypatch):
+    monkeypatch.setenv("PAWNET_TEST_KEY", "s3cret")
+    with TestClient(create_app(predictor, ServeSettings(api_key_env="PAWNET_TEST_KEY"))) as c:
         for path in ("/v1/model",):
             assert c.get(path).status_code == 401
             assert c.get(path).headers["www-authenticate"] == "Bearer"
@@ -265,14 +256,26 @@ def test_cors_off_unless_configured(predictor):
     origin = {"Origin": "http://elsewhere.example"}
     with TestClient(create_app(predictor)) as c:
         assert "access-control-allow-origin" not in c.get("/v1/model", headers=origin).headers
-    with TestClient(create_app(predictor, cors_origins=["http://elsewhere.example"])) as c:
+    settings = ServeSettings(cors_origins=["http://elsewhere.example"])
+    with TestClient(create_app(predictor, settings)) as c:
         response = c.get("/v1/model", headers=origin)
         assert response.headers["access-control-allow-origin"] == "http://elsewhere.example"
 
 
-def test_settings_are_checked(predictor):
-    with pytest.raises(ConfigError, match="max_batch must be at least 1"):
-        create_app(predictor, max_batch=0)
+def test_settings_are_checked(monkeypatch):
+    with pytest.raises(ConfigError, match="max_batch must be between 1 and"):
+        ServeSettings(max_batch=0)
+    with pytest.raises(ConfigError, match="log_level must be one of"):
+        ServeSettings(log_level="loud")
+    monkeypatch.delenv("PAWNET_TEST_KEY", raising=False)
+    with pytest.raises(ConfigError, match="--api-key-env names PAWNET_TEST_KEY"):
+        ServeSettings(api_key_env="PAWNET_TEST_KEY")
+
+
+def test_every_setting_is_a_serve_flag(trained_run):
+    result = CliRunner().invoke(cli_app, ["serve", str(trained_run), "--max-batch", "0"])
+    assert result.exit_code == 2
+    assert "error: max_batch must be between 1 and 4096, received: 0" in result.output
 
 
 def test_cli_serve_refuses_a_bad_model_or_a_missing_key(tmp_path, monkeypatch):
@@ -315,7 +318,7 @@ class _GatedPredictor(Predictor):
     """The real model, held at a gate once `closed` is set, to fill the queue on purpose."""
 
     def __init__(self, inner: Predictor):
-        super().__init__(inner.model, inner.spec)
+        super().__init__(inner.bundle)
         self.closed = threading.Event()
         self.gate = threading.Event()
         self.held = threading.Event()  # a model call is waiting at the gate
@@ -329,7 +332,8 @@ class _GatedPredictor(Predictor):
 
 def test_full_queue_gets_503_with_retry_after_then_recovers(predictor):
     gated = _GatedPredictor(predictor)
-    with TestClient(create_app(gated, max_batch=1, max_wait_ms=0, queue_size=1)) as c:
+    settings = ServeSettings(max_batch=1, max_wait_ms=0, queue_size=1)
+    with TestClient(create_app(gated, settings)) as c:
         gated.closed.set()
         answers = []
 
@@ -360,7 +364,7 @@ def test_full_queue_gets_503_with_retry_after_then_recovers(predictor):
 
 def test_request_time_limit(predictor):
     gated = _GatedPredictor(predictor)
-    with TestClient(create_app(gated, timeout_s=0.5)) as c:
+    with TestClient(create_app(gated, ServeSettings(timeout_s=0.5))) as c:
         gated.closed.set()
         response = c.post("/v1/predict", content=PHOTO, headers={"Content-Type": "image/jpeg"})
         assert response.status_code == 503 and "within 0.5 s" in response.json()["detail"]

@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from pawnet.torch_checkpoint import (
+from pawnet.models.torch_checkpoint import (
     LEGACY_MAGIC_NUMBER,
     LEGACY_PROTOCOL_VERSION,
     CheckpointError,

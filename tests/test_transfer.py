@@ -5,9 +5,9 @@ import pytest
 from conftest import copy_photos, real_photos
 
 import pawnet
-from pawnet import transfer
-from pawnet.data import read_manifest
-from pawnet.images import load_pixels
+from pawnet.data.images import load_pixels
+from pawnet.data.splits import read_manifest
+from pawnet.training import transfer
 
 SMALL = {"model": "efficientnet-lite0", "image_size": 64, "batch_size": 8, "epochs": 5}
 
@@ -59,7 +59,7 @@ def test_fine_tuning_changes_top_block_but_not_batch_norm(photos, tmp_path):
 
     run = pawnet.train(photos, out=str(tmp_path / "run"), fine_tune=1, fine_tune_epochs=1,
                        **SMALL)
-    from pawnet.models.efficientnet_lite import load_pretrained
+    from pawnet.models.efficientnet_lite_weights import load_pretrained
 
     original = load_pretrained("lite0", image_size=64)
     tuned = keras.models.load_model(run / "bundle" / "model.keras")
@@ -97,7 +97,7 @@ def test_three_classes_with_transfer(tmp_path):
 
 
 def test_unfreeze_top_blocks_keeps_batch_norm_frozen():
-    from pawnet.models.efficientnet_lite import load_pretrained
+    from pawnet.models.efficientnet_lite_weights import load_pretrained
 
     backbone = load_pretrained("lite0", image_size=32)
     opened = transfer.unfreeze_top_blocks(backbone, 2)

@@ -4,17 +4,19 @@
 >>> run = pawnet.train("photos/", epochs=5)
 >>> pawnet.evaluate(run)["accuracy"]
 >>> pawnet.load(run).predict(["new.jpg"])[0].label
+
+Everything in `__all__` is the public API; the rest is internal. Names load on first use,
+so `import pawnet` (and `pawnet --help`) does not pay for TensorFlow.
 """
 
+import importlib
 import os
 import sys
 import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter quiet
-# TensorFlow turns its oneDNN kernels on by default only on some Intel CPUs; on the AVX2
-# machines pawnet is built on they make tutorial A's CNN at 150 px train 1.46x and predict
-# 1.52x faster (26.0 -> 37.9 and 100.8 -> 153.6 photos/s, measured). TensorFlow reads the
-# setting when it is imported, so it only takes effect if pawnet is imported first.
+# TensorFlow reads this when it is imported, and leaves its oneDNN kernels off on CPUs
+# without AVX-512, where they are faster (docs/decisions.md).
 if "TF_ENABLE_ONEDNN_OPTS" not in os.environ and "tensorflow" in sys.modules:
     warnings.warn(
         "TensorFlow was imported before pawnet, so its oneDNN kernels may be off and "
@@ -24,42 +26,35 @@ if "TF_ENABLE_ONEDNN_OPTS" not in os.environ and "tensorflow" in sys.modules:
     )
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place; pyproject.toml reads it
 
-from pawnet.config import Config, resolve_config
-from pawnet.errors import BundleError, ConfigError, DataError, PawnetError
-from pawnet.evaluate import evaluate  # rebinds pawnet.evaluate from the module to the function
-from pawnet.train import train  # likewise; neither module imports TensorFlow at import time
-
-__all__ = [
-    "BundleError",
-    "Config",
-    "ConfigError",
-    "DataError",
-    "PawnetError",
-    "Prediction",
-    "Predictor",
-    "__version__",
-    "evaluate",
-    "list_models",
-    "load",
-    "resolve_config",
-    "scan",
-    "train",
-]
-
-_LAZY = {  # heavy modules (TensorFlow) load on first use, so `pawnet --help` stays fast
-    "load": "pawnet.predict",
-    "Predictor": "pawnet.predict",
+_PUBLIC = {  # name -> module that defines it
+    "BundleError": "pawnet.errors",
+    "Config": "pawnet.config",
+    "ConfigError": "pawnet.errors",
+    "DataError": "pawnet.errors",
+    "ImageError": "pawnet.errors",
+    "PawnetError": "pawnet.errors",
     "Prediction": "pawnet.predict",
-    "list_models": "pawnet.models",
-    "scan": "pawnet.data",
+    "Predictor": "pawnet.predict",
+    "ServeSettings": "pawnet.serve.settings",
+    "WeightsError": "pawnet.errors",
+    "create_app": "pawnet.serve.app",
+    "evaluate": "pawnet.evaluation",
+    "list_models": "pawnet.models.registry",
+    "load": "pawnet.predict",
+    "resolve_config": "pawnet.config",
+    "scan": "pawnet.data.scan",
+    "train": "pawnet.training",
 }
+__all__ = ["__version__", *_PUBLIC]
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'pawnet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

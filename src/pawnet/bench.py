@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pawnet.errors import DataError
+from pawnet.errors import ConfigError, DataError
 
 MEASURE_SECONDS = 8.0  # how long each in-memory compute measurement runs
 WELL_FED = 0.9  # efficiency above which the pipeline is keeping the model busy
@@ -62,15 +62,23 @@ def _peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _choose(photos: list, limit: int | None) -> list:
-    """All photos, or `limit` of them picked by content hash (classes stay mixed)."""
-    if limit is None or limit >= len(photos):
-        return photos
-    return sorted(photos, key=lambda p: p.sha256)[:limit]
+def _photos(folder: str | Path, max_pixels: int, limit: int | None) -> tuple[list[str], list]:
+    """(classes, photos): all photos of the folder, or `limit` of them picked by content
+    hash (classes stay mixed), all in the train split."""
+    from pawnet.data.scan import scan
+
+    photoset = scan(folder, max_pixels=max_pixels)
+    chosen = photoset.photos
+    if limit is not None and limit < len(chosen):
+        chosen = sorted(chosen, key=lambda p: p.sha256)[:limit]
+    if len(photoset.classes) < 2 or not chosen:
+        raise DataError(f"bench needs photos of at least 2 classes, found {photoset.classes} "
+                        f"in {folder}. Try: a folder with one sub-folder per class")
+    return photoset.classes, [dataclasses.replace(p, split="train") for p in chosen]
 
 
 def bench(
-    data: str | Path,
+    photos: str | Path,
     *,
     model: str | None = None,
     image_size: int | None = None,
@@ -82,7 +90,7 @@ def bench(
     """Measure input, compute and end-to-end speed of one model on a folder of photos.
 
     Args:
-        data: folder of photos (any layout `pawnet train` reads); all splits are used.
+        photos: folder of photos (any layout `pawnet train` reads); all splits are used.
         model: registered model name; defaults to `pawnet train`'s default.
         image_size, batch_size, augment: override the model's own (augment as for
             `pawnet train --augment`).
@@ -95,27 +103,21 @@ def bench(
     import keras
     import tensorflow as tf
 
-    from pawnet.augment import build_augmenter
-    from pawnet.data import scan
-    from pawnet.models import get_model_spec
-    from pawnet.train import _Plan, resolve_training_config
+    from pawnet.config import resolve_config
+    from pawnet.data.augment import build_augmenter
+    from pawnet.models.registry import get_model_spec
+    from pawnet.training.plan import Plan
 
     if epochs < 2:
-        raise DataError(f"--epochs must be at least 2 (the first fills the cache), "
-                        f"received: {epochs}")
-    cfg = resolve_training_config(None, data=str(data), model=model, image_size=image_size,
-                                  batch_size=batch_size, augment=augment)
+        raise ConfigError(f"--epochs must be at least 2 (the first fills the cache), "
+                          f"received: {epochs}")
+    cfg = resolve_config(photos=str(photos), model=model, image_size=image_size,
+                         batch_size=batch_size, augment=augment)
     spec = get_model_spec(cfg.model)
-    photoset = scan(data, max_pixels=cfg.max_pixels)
-    photos = _choose(photoset.photos, limit)
-    if len(photoset.classes) < 2 or not photos:
-        raise DataError(f"bench needs photos of at least 2 classes, found {photoset.classes} "
-                        f"in {data}. Try: a folder with one sub-folder per class")
-    photos = [dataclasses.replace(p, split="train") for p in photos]
-    paths = [p.path for p in photos]
-    n, size, bs = len(photos), cfg.image_size, cfg.batch_size
-    classes = photoset.classes
-    transfer = spec.backbone is not None
+    classes, chosen = _photos(photos, cfg.max_pixels, limit)
+    paths = [p.path for p in chosen]
+    n, size, bs = len(chosen), cfg.image_size, cfg.batch_size
+    transfer = spec.pretrained
     result: dict[str, Any] = {
         "model": cfg.model, "photos": n, "classes": len(classes), "image_size": size,
         "batch_size": bs, "cpus": os.cpu_count(),
@@ -126,8 +128,7 @@ def bench(
 
     in_memory = _bench_input(result, paths, cfg, None if transfer else augmenter)
 
-    plan = _Plan(cfg=cfg, run_dir=Path(), classes=classes, photos=photos, image_size=size,
-                 batch_size=bs, epochs=cfg.epochs, lr=cfg.lr)
+    plan = Plan(cfg=cfg, run_dir=Path(), classes=classes, photos=chosen)
     if transfer:
         model_obj = _bench_transfer(result, plan, spec, paths, in_memory)
     else:
@@ -135,6 +136,11 @@ def bench(
 
     with tempfile.TemporaryDirectory(prefix="pawnet-bench-") as tmp:
         _bench_predict(result, model_obj, cfg, classes, paths, Path(tmp))
+    return _conclude(result, transfer)
+
+
+def _conclude(result: dict, transfer: bool) -> dict:
+    """Efficiencies (end to end / compute limit), the verdict and peak memory."""
     result["efficiency"] = round(result["end_to_end"]["train"]
                                  / result["compute_limit"]["train"], 3)
     result["inference_efficiency"] = round(result["end_to_end"]["inference"]
@@ -146,10 +152,10 @@ def bench(
 
 def _bench_input(result: dict, paths: list[str], cfg, augmenter) -> Any:
     """Input pipeline photos/s; returns one decoded batch for the in-memory measurements."""
-    from pawnet.pipeline import batched, decoded_dataset
+    from pawnet.data.pipeline import batched, decoded_dataset
 
     n, bs = len(paths), cfg.batch_size
-    decoded = decoded_dataset(paths, np.zeros(n, "int64"), cfg.image_size, cache="",
+    decoded = decoded_dataset(paths, np.zeros(n, "int64"), cfg.image_size, cache="memory",
                               max_pixels=cfg.max_pixels)
     first = _timed(lambda: _drain(batched(decoded, bs)))  # also fills the cache
     shuffled = batched(decoded, bs, shuffle=(n, cfg.seed))
@@ -170,20 +176,21 @@ def _bench_scratch(result: dict, plan, spec, in_memory, epochs: int) -> Any:
     import keras
     import tensorflow as tf
 
-    from pawnet.train import _compile, _datasets, _targets
+    from pawnet.models.spec import output_kind
+    from pawnet.training.recipe import compile_model, image_datasets, steps_per_epoch, targets
 
-    photos = plan.photos
-    model = spec.build(len(plan.classes), plan.image_size)
-    binary = model.outputs[0].shape[-1] == 1
-    _compile(model, plan, math.ceil(len(photos) / plan.batch_size))
+    photos, cfg = plan.photos, plan.cfg
+    model = spec.build(len(plan.classes), cfg.image_size)
+    binary = output_kind(model) == "sigmoid"
+    compile_model(model, cfg, steps_per_epoch(len(photos), cfg))
 
-    targets = _targets(photos[: len(in_memory)], plan.classes, binary)
-    x, y = tf.constant(in_memory), tf.constant(targets)
+    y = targets(photos[: len(in_memory)], plan.classes, binary)
+    x, y = tf.constant(in_memory), tf.constant(y)
     limit_train = repeat_rate(lambda: model.train_on_batch(x, y), len(in_memory))
 
     with tempfile.TemporaryDirectory(prefix="pawnet-bench-") as tmp:
         # the pipeline `pawnet train` uses; every photo is in the train split here
-        train_ds, _ = _datasets(dataclasses.replace(plan, run_dir=Path(tmp)), binary)
+        train_ds, _ = image_datasets(dataclasses.replace(plan, run_dir=Path(tmp)), binary)
         times: list[float] = []
         timer = keras.callbacks.LambdaCallback(
             on_epoch_begin=lambda e, logs: times.append(time.perf_counter()),
@@ -202,38 +209,40 @@ def _bench_transfer(result: dict, plan, spec, paths: list[str], in_memory) -> An
     import keras
     import tensorflow as tf
 
+    from pawnet.data.pipeline import batch_function
     from pawnet.models.pretrained import build_head, compose, load_backbone
-    from pawnet.pipeline import batch_function
-    from pawnet.train import _targets, head_training_set
-    from pawnet.transfer import extract_features
+    from pawnet.models.spec import output_kind
+    from pawnet.training.recipe import head_training_set, targets
+    from pawnet.training.transfer import extract_features
 
-    photos = plan.photos
-    backbone = load_backbone(spec, plan.image_size)
+    photos, cfg = plan.photos, plan.cfg
+    backbone = load_backbone(spec, cfg.image_size)
     x = tf.constant(keras.ops.cast(in_memory, "float32"))
     forward = batch_function(backbone)  # what feature extraction runs
     limit = repeat_rate(lambda: forward(x).numpy(), len(in_memory))
 
     started = time.perf_counter()
-    features = extract_features(backbone, paths, plan.image_size, plan.batch_size,
-                                max_pixels=plan.cfg.max_pixels)
+    features = extract_features(backbone, paths, cfg.image_size, cfg.batch_size,
+                                max_pixels=cfg.max_pixels)
     extract_seconds = time.perf_counter() - started
     head = build_head(len(plan.classes), backbone)
-    targets = _targets(photos, plan.classes, binary=head.outputs[0].shape[-1] == 1)
-    batches = head_training_set(head, plan, features, targets)
-    head_seconds = _timed(lambda: head.fit(batches, epochs=plan.epochs, shuffle=False,
+    y = targets(photos, plan.classes, binary=output_kind(head) == "sigmoid")
+    batches = head_training_set(head, cfg, features, y)
+    head_seconds = _timed(lambda: head.fit(batches, epochs=cfg.epochs, shuffle=False,
                                            verbose=0))
     n = len(photos)
     result["compute_limit"] = {"train": _rate(n, n / limit + head_seconds)}
     result["end_to_end"] = {"train": _rate(n, extract_seconds + head_seconds)}
     result["transfer"] = {"feature_extraction": _rate(n, extract_seconds),
                           "backbone_limit": limit, "head_seconds": round(head_seconds, 2),
-                          "head_epochs": plan.epochs}
+                          "head_epochs": cfg.epochs}
     return compose(backbone, head, spec.name)
 
 
 def _bench_predict(result: dict, model, cfg, classes: list[str], paths: list[str],
                    tmp: Path) -> None:
-    from pawnet.bundle import BundleSpec, output_kind, save_bundle
+    from pawnet.bundle import BundleSpec, save_bundle
+    from pawnet.models.spec import output_kind
     from pawnet.predict import load
 
     spec = BundleSpec(model_name=cfg.model, class_names=classes, image_size=cfg.image_size,
@@ -245,9 +254,7 @@ def _bench_predict(result: dict, model, cfg, classes: list[str], paths: list[str
     startup = time.perf_counter() - started
     predict_seconds = _timed(lambda: predictor.predict(paths))
 
-    from pawnet.images import load_pixels
-
-    pixels = np.stack([load_pixels(p, cfg.image_size) for p in paths[: predictor.batch_size]])
+    pixels = np.stack([predictor.decode(p) for p in paths[: predictor.batch_size]])
     limit = repeat_rate(lambda: predictor.probabilities(pixels), len(pixels))
     result["compute_limit"]["inference"] = limit
     result["end_to_end"]["inference"] = _rate(len(paths), predict_seconds)

@@ -1,4 +1,5 @@
-"""The model bundle: the one folder that predict, evaluate, serve and export read.
+"""The model bundle: the one folder that predict, evaluate and serve read, and `resolve`, the
+one answer to "which model does this name or folder mean?".
 
 ```
 bundle/
@@ -12,16 +13,19 @@ bundle/
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pawnet.data.images import RESIZE_METHOD, RESIZE_METHODS
 from pawnet.errors import BundleError
-from pawnet.images import RESIZE_METHOD
 from pawnet.storage import atomic_path
 
 FORMAT_VERSION = 1
 BUNDLE_DIRNAME = "bundle"
+ASPECTS = ("stretch",)  # how a photo becomes a square: stretched, never cropped or padded
+INPUT_RANGES = ((0, 255),)
+CHANNELS = ("RGB",)
 
 
 @dataclass(frozen=True)
@@ -43,14 +47,46 @@ class BundleSpec:
         data["input_range"] = list(self.input_range)
         return data
 
+    def check(self, where: Path | str) -> None:
+        """Refuse what this pawnet cannot honour: an unknown output kind, or preprocessing
+        that its decoder does not do."""
+        if self.output not in ("sigmoid", "softmax") or len(self.class_names) < 2:
+            raise BundleError(f"{where} is damaged (output {self.output!r}, "
+                              f"{len(self.class_names)} classes)")
+        for key, value, allowed in (("resize_method", self.resize_method, tuple(RESIZE_METHODS)),
+                                    ("aspect", self.aspect, ASPECTS),
+                                    ("input_range", self.input_range, INPUT_RANGES),
+                                    ("channels", self.channels, CHANNELS)):
+            if value not in allowed:
+                raise BundleError(
+                    f"{where} asks for {key} {value!r}, which this pawnet cannot do; it does "
+                    f"{', '.join(map(str, allowed))}. Try: upgrade pawnet, or retrain the model"
+                )
 
-def output_kind(model) -> str:
-    return "sigmoid" if model.outputs[0].shape[-1] == 1 else "softmax"
+
+@dataclass
+class Bundle:
+    """A loaded model with everything needed to use it.
+
+    `path` is the bundle folder (None for a built-in model), and `run_dir` the training run
+    that wrote it, when there is one with its split manifest.
+    """
+
+    model: Any  # keras.Model
+    spec: BundleSpec
+    provenance: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def run_dir(self) -> Path | None:
+        if self.path is None or self.path.name != BUNDLE_DIRNAME:
+            return None
+        run_dir = self.path.parent
+        return run_dir if (run_dir / "manifest.csv").exists() else None
 
 
 def _without_training_state(model):
-    """The model alone, without its optimizer: Adam's two slots per weight would triple
-    the file (tutorial A: 228 MB -> 76 MB) and predict never uses them."""
+    """The model alone, without its optimizer, whose slots would triple the file."""
     if getattr(model, "optimizer", None) is None:
         return model
     copy = model.__class__.from_config(model.get_config())  # clone_model would compile it
@@ -58,13 +94,8 @@ def _without_training_state(model):
     return copy
 
 
-def save_bundle(
-    folder: str | Path,
-    model,
-    spec: BundleSpec,
-    provenance: dict[str, Any],
-    config_yaml: str = "",
-) -> Path:
+def save_bundle(folder: str | Path, model, spec: BundleSpec, provenance: dict[str, Any],
+                config_yaml: str = "") -> Path:
     """Write a bundle atomically: everything goes to a temporary folder that is then renamed.
 
     Returns:
@@ -81,9 +112,8 @@ def save_bundle(
     return folder
 
 
-def find_bundle(ref: str | Path) -> Path:
-    """Accept a run folder (holding `bundle/`) or a bundle folder; return the bundle folder."""
-    path = Path(ref)
+def _bundle_dir(path: Path) -> Path:
+    """The bundle folder meant by a run folder (holding `bundle/`) or a bundle folder."""
     if (path / BUNDLE_DIRNAME / "bundle.json").exists():
         return path / BUNDLE_DIRNAME
     if (path / "bundle.json").exists():
@@ -101,12 +131,22 @@ def find_bundle(ref: str | Path) -> Path:
     raise BundleError(f"{path} is not a pawnet run or bundle folder (no bundle.json in it)")
 
 
-def read_spec(bundle_dir: Path) -> BundleSpec:
-    path = bundle_dir / "bundle.json"
+def _read_json(path: Path) -> Any:
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path} is damaged ({exc}). Try: retrain, or restore it") from None
+
+
+def read_spec(bundle_dir: Path) -> BundleSpec:
+    """The bundle's `bundle.json`, checked.
+
+    Raises:
+        BundleError: damaged, from another format version, or asking for preprocessing
+            this pawnet cannot do.
+    """
+    path = bundle_dir / "bundle.json"
+    data = _read_json(path)
     if not isinstance(data, dict):
         raise BundleError(f"{path} is damaged (expected a JSON object)")
     version = data.get("format_version")
@@ -121,31 +161,13 @@ def read_spec(bundle_dir: Path) -> BundleSpec:
         spec = BundleSpec(**{**data, "input_range": tuple(data["input_range"])})
     except (TypeError, KeyError) as exc:
         raise BundleError(f"{path} is damaged ({exc})") from None
-    if spec.output not in ("sigmoid", "softmax") or len(spec.class_names) < 2:
-        raise BundleError(f"{path} is damaged (output {spec.output!r}, "
-                          f"{len(spec.class_names)} classes)")
+    spec.check(path)
     return spec
 
 
-def load_bundle(ref: str | Path):
-    """Load a bundle's model and spec, checking that they fit together.
-
-    `ref` is a run folder, a bundle folder, or the name of a built-in model
-    (`imagenet-catdog`).
-
-    Returns:
-        `(keras.Model, BundleSpec)`.
-
-    Raises:
-        BundleError: missing, damaged, from another format version, or inconsistent.
-    """
+def _load_folder(bundle_dir: Path) -> Bundle:
     import keras
 
-    from pawnet.builtin import is_builtin, load_builtin
-
-    if is_builtin(ref):
-        return load_builtin(str(ref))
-    bundle_dir = find_bundle(ref)
     spec = read_spec(bundle_dir)
     model_path = bundle_dir / "model.keras"
     if not model_path.exists():
@@ -162,4 +184,24 @@ def load_bundle(ref: str | Path):
             f"{bundle_dir} is inconsistent: the model has {units} outputs but bundle.json "
             f"lists {len(spec.class_names)} classes with {spec.output} output"
         )
-    return model, spec
+    provenance_path = bundle_dir / "provenance.json"
+    provenance = _read_json(provenance_path) if provenance_path.exists() else {}
+    return Bundle(model, spec, provenance if isinstance(provenance, dict) else {}, bundle_dir)
+
+
+def resolve(model: str | Path) -> Bundle:
+    """Load the model that `model` names: a run folder, a bundle folder, or a built-in
+    model (`imagenet-catdog`; a folder of that name wins).
+
+    Raises:
+        BundleError: nothing there, a damaged bundle, one from another format version, or
+            a model and bundle.json that do not fit together.
+    """
+    from pawnet.models.registry import find_builtin
+
+    builtin = None if Path(model).exists() else find_builtin(str(model))
+    if builtin is not None:
+        spec = BundleSpec(model_name=builtin.name, class_names=list(builtin.classes),
+                          image_size=builtin.image_size, output="softmax")
+        return Bundle(builtin.build(), spec, {"builtin": builtin.name})
+    return _load_folder(_bundle_dir(Path(model)))

@@ -1,20 +1,28 @@
-"""The `pawnet` command: one verb per job, the same words as the Python API and config keys."""
+"""The `pawnet` command: one verb per job, the same words as the Python API and config keys.
+
+`pawnet train` has one flag per `Config` field and `pawnet serve` one per `ServeSettings`
+field, generated from their declarations, so a flag, a YAML key and a Python keyword can
+never drift apart. This module is Typer only: it parses, calls the library, prints.
+"""
 
 from __future__ import annotations
 
-import csv
+import contextlib
+import dataclasses
 import functools
-import io
+import inspect
 import json
-import re
+import os
 import sys
-from enum import StrEnum
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from pawnet.config import Config, coerce_field
 from pawnet.errors import PawnetError
+from pawnet.serve.settings import ServeSettings
 
 app = typer.Typer(
     help="pawnet: turn a folder of labelled photos into an image classifier, and use it.",
@@ -24,129 +32,163 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Look at a folder of photos before training.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+_verbose = False
 
 
-def user_errors(func):
-    """Print a PawnetError as one line on stderr and exit with code 2; Ctrl-C exits 130."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except PawnetError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("\ninterrupted", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper
+@app.callback()
+def main_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show TensorFlow's "
+                                          "own log lines.")] = False,
+) -> None:
+    global _verbose
+    _verbose = verbose
 
 
-Photos = Annotated[Path, typer.Argument(help="Folder of photos (any supported layout).")]
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null: TensorFlow's C++ start-up lines ignore
+    TF_CPP_MIN_LOG_LEVEL and would come before pawnet's own output."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "wb") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
-@data_app.command("check")
-@user_errors
+def _import_tensorflow() -> None:
+    if "tensorflow" in sys.modules or _verbose:
+        return
+    with _native_stderr_silenced():
+        import tensorflow  # noqa: F401
+
+
+def command(typer_app: typer.Typer, name: str, *, tensorflow: bool = True):
+    """Register a command that prints a PawnetError as one `error:` line (exit code 2), exits
+    130 on Ctrl-C, and imports TensorFlow quietly first when it needs it."""
+
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            try:
+                if tensorflow:
+                    _import_tensorflow()
+                return func(*args, **kwargs)
+            except PawnetError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt:
+                typer.echo("\ninterrupted", err=True)
+                raise typer.Exit(130) from None
+
+        return typer_app.command(name)(wrapper)
+
+    return decorate
+
+
+def _cli_type(hint: Any) -> type:
+    """The type a flag parses: lists are given comma-separated."""
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    return str if typing.get_origin(base) is list else base
+
+
+def with_fields(cls: type, *, skip: tuple[str, ...] = ()):
+    """Give a command taking `**values` one option per field of dataclass `cls`, with the
+    field's help; a flag not given is absent from `values`."""
+    hints = typing.get_type_hints(cls)
+
+    def decorate(func):
+        signature = inspect.signature(func, eval_str=True)
+        params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        for f in dataclasses.fields(cls):
+            if f.name not in skip:
+                option = typer.Option(help=f.metadata["help"], show_default=False)
+                params.append(inspect.Parameter(
+                    f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                    annotation=Annotated[_cli_type(hints[f.name]) | None, option]))
+        func.__signature__ = signature.replace(parameters=params)
+        return func
+
+    return decorate
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+Photos = Annotated[Path, typer.Argument(metavar="PHOTOS",
+                                        help="Folder of photos (any supported layout).")]
+Model = Annotated[str, typer.Argument(
+    metavar="MODEL", help="Trained model: a run folder, its bundle/ folder, or a built-in name.")]
+
+
+@command(data_app, "check", tensorflow=False)
 def data_check(
     photos: Photos,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+    json_out: JsonFlag = False,
     max_pixels: Annotated[int | None, typer.Option(help="Skip larger images (bombs).")] = None,
 ) -> None:
     """What is there, and what is wrong with it: layout, classes, bad files, duplicates."""
-    from pawnet.data import scan
-    from pawnet.images import MAX_PIXELS
+    from pawnet.data.images import MAX_PIXELS
+    from pawnet.data.scan import scan
 
     photoset = scan(photos, max_pixels=max_pixels or MAX_PIXELS)
-    if as_json:
-        typer.echo(json.dumps(photoset.to_json(), indent=2))
-        return
-    typer.echo(photoset.summary())
-    typer.echo(f"Layout: {photoset.layout}")
-    for split in photoset.splits() or [None]:
-        counts = photoset.counts(split)
-        label = f"{split}: " if split else ""
-        typer.echo(f"  {label}" + ", ".join(f"{c} {n}" for c, n in counts.items()))
-    if photoset.converted:
-        typer.echo("Converted to RGB when read: "
-                   + ", ".join(f"{n} {kind}" for kind, n in photoset.converted.items()))
-    if photoset.skipped:
-        typer.echo(f"Skipped {len(photoset.skipped)} files (left untouched):")
-        for s in photoset.skipped:
-            typer.echo(f"  {s.path}: {s.reason}")
-    if photoset.duplicates:
-        typer.echo(f"{len(photoset.duplicates)} groups of identical files (one copy is used):")
-        for group in photoset.duplicates:
-            typer.echo("  " + "  =  ".join(group))
+    typer.echo(json.dumps(photoset.to_json(), indent=2) if json_out else photoset.report())
 
 
-@data_app.command("show")
-@user_errors
+@command(data_app, "show")
 def data_show(
     photos: Photos,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("grid.png"),
+    model: Annotated[str | None, typer.Option(help="Architecture (see `pawnet models`).")]
+    = None,
     augment: Annotated[str | None, typer.Option(help="Augmentations, e.g. flip,zoom.")] = None,
     image_size: Annotated[int | None, typer.Option(help="Side of the images in px.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the batch and augmentation.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML settings file.")] = None,
 ) -> None:
-    """Draw an 8x8 grid of one (optionally augmented) training batch, labelled."""
-    from pawnet.preview import show_batch
+    """Draw an 8x8 grid of one training batch, augmented as training will, labelled."""
+    from pawnet.data.preview import show_batch
 
-    path = show_batch(photos, out, config=config, augment=augment, image_size=image_size,
-                      seed=seed)
-    typer.echo(f"Wrote {path}")
+    settings = _given({"model": model, "augment": augment, "image_size": image_size,
+                       "seed": seed})
+    typer.echo(f"Wrote {show_batch(photos, out, config=config, **settings)}")
 
 
-@app.command("models")
+@command(app, "models")
 def models() -> None:
-    """List the registered architectures, one line each."""
-    from pawnet.builtin import BUILTIN_MODELS
-    from pawnet.models import list_models
+    """List the architectures to train, and the built-in models, one line each."""
+    from pawnet.models.registry import list_builtins, list_models
 
     specs = list_models()
     width = max(len(s.name) for s in specs)
     for spec in specs:
         typer.echo(f"{spec.name.ljust(width)}  {spec.image_size}px  {spec.description}")
-    for name, factory in BUILTIN_MODELS.items():
-        summary = (factory.__doc__ or "").strip().splitlines()[0]
-        typer.echo(f"{name.ljust(width)}  built-in, no training: {summary}")
+    for builtin in list_builtins():
+        typer.echo(f"{builtin.name.ljust(width)}  built-in, no training: {builtin.description}")
 
 
-@app.command("train")
-@user_errors
+@command(app, "train")
+@with_fields(Config, skip=("photos",))
 def train(
-    photos: Annotated[Path | None, typer.Argument(help="Folder of photos.")] = None,
-    model: Annotated[str | None, typer.Option(help="Architecture (see `pawnet models`).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Side of the input in px.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Photos per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for split, shuffle, weights.")] = None,
-    val_fraction: Annotated[float | None, typer.Option(help="Validation share.")] = None,
-    test_fraction: Annotated[float | None, typer.Option(help="Test share.")] = None,
-    augment: Annotated[str | None, typer.Option(help="e.g. flip,zoom,shear,rotate or none.")]
+    photos: Annotated[Path | None, typer.Argument(metavar="PHOTOS", help="Folder of photos.")]
     = None,
-    patience: Annotated[int | None, typer.Option(help="Early-stopping patience.")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML settings file.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/train).")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue this run folder.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML settings file; flags win over it.")]
+    = None,
+    **settings: Any,
 ) -> None:
     """Train a model; the run folder gets the bundle, curves, history and split manifest."""
-    from pawnet.train import train as run_training
+    from pawnet.training import train as run_training
 
-    if photos is None and resume is None:
+    settings = _given(settings)
+    if photos is None and "resume" not in settings:
         raise typer.BadParameter("give PHOTOS, or --resume RUN_DIR", param_hint="PHOTOS")
-    settings = {
-        "model": model, "epochs": epochs, "image_size": image_size, "batch_size": batch_size,
-        "lr": lr, "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-        "augment": augment, "patience": patience,
-        "out": str(out) if out else None, "resume": str(resume) if resume else None,
-    }
-    if resume is not None and photos is not None:
-        settings["data"] = str(photos)
     try:
-        run_dir = run_training(photos if resume is None else None, config=config, **settings)
+        run_dir = run_training(photos, config=config, **settings)
     except KeyboardInterrupt:
         typer.echo("\ninterrupted; finished epochs are saved. Continue with: "
                    "pawnet train --resume RUN_DIR (the run folder printed above)", err=True)
@@ -155,106 +197,54 @@ def train(
                f"pawnet predict {run_dir} PHOTO.jpg")
 
 
-@app.command("evaluate")
-@user_errors
+@command(app, "evaluate")
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder or bundle folder.")],
-    photos: Annotated[Path | None, typer.Argument(help="Photos (default: run's split).")]
+    model: Model,
+    photos: Annotated[Path | None, typer.Argument(metavar="PHOTOS",
+                                                  help="Photos (default: the run's split).")]
     = None,
     split: Annotated[str, typer.Option(help="Split to use: test, val or train.")] = "test",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    json_out: JsonFlag = False,
     out: Annotated[Path | None, typer.Option(help="Report folder (default RUN_DIR/eval).")]
     = None,
 ) -> None:
     """Per-class metrics, confusion matrix and misclassified photos on held-out photos."""
-    from pawnet.evaluate import confusion_text
-    from pawnet.evaluate import evaluate as run_evaluation
+    from pawnet.evaluation import evaluate as run_evaluation
+    from pawnet.evaluation import format_report
 
-    report = run_evaluation(run_dir, photos, split=split, out=out)
-    if as_json:
+    report = run_evaluation(model, photos, split=split, out=out)
+    if json_out:
         typer.echo(json.dumps(report, indent=2))
         return
-    typer.echo(f"Evaluated {report['n']} photos from {report['source']}")
-    typer.echo(f"accuracy {report['accuracy']:.4f}"
-               + (f"  ROC-AUC {report['roc_auc']:.4f}" if report.get("roc_auc") else "")
-               + (f"  log loss {report['log_loss']:.4f}" if "log_loss" in report else "")
-               + f"  ECE {report['expected_calibration_error']:.4f}")
-    typer.echo(f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
-    for name, m in report["per_class"].items():
-        typer.echo(f"{name:<12}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}"
-                   f"{m['support']:>10}")
-    typer.echo(confusion_text(report))
-    if report["failed"]:
-        typer.echo(f"{len(report['failed'])} photos could not be read (listed in report.json)")
+    typer.echo(format_report(report))
     typer.echo(f"Report: {report['out']}/report.md")
 
 
-class Format(StrEnum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-    kaggle = "kaggle"
+def _format(value: str) -> str:
+    allowed = ("table", "csv", "kaggle", "json")  # json: the old spelling of --json
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of table, csv, kaggle")
+    return value
 
 
-def _kaggle_id(path: str) -> int | None:
-    numbers = re.findall(r"\d+", Path(path).stem)
-    return int(numbers[-1]) if numbers else None
-
-
-def format_predictions(results, classes: list[str], fmt: Format) -> str:
-    """Render predictions as a table, JSON, CSV, or a Kaggle Dogs vs Cats submission."""
-    if fmt is Format.json:
-        return json.dumps([r.to_dict() for r in results], indent=2)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    if fmt is Format.csv:
-        writer.writerow(["path", "label", *classes, "error"])
-        for r in results:
-            probs = ([f"{r.probabilities[c]:.6f}" for c in classes] if r.probabilities
-                     else [""] * len(classes))
-            writer.writerow([r.path, r.label or "", *probs, r.error or ""])
-        return buffer.getvalue().rstrip("\n")
-    if fmt is Format.kaggle:
-        lowered = [c.lower() for c in classes]
-        if "dog" not in lowered:
-            raise PawnetError(f"--format kaggle needs a 'dog' class; the model has "
-                              f"{', '.join(classes)}. Try: --format csv")
-        dog = classes[lowered.index("dog")]
-        rows = [(_kaggle_id(r.path), r) for r in results if r.probabilities]
-        missing = [r.path for i, r in rows if i is None]
-        if missing:
-            raise PawnetError(f"--format kaggle needs a number in each file name, e.g. 1.jpg; "
-                              f"received: {missing[0]}")
-        writer.writerow(["id", "label"])
-        for i, r in sorted(rows, key=lambda t: t[0]):
-            writer.writerow([i, f"{r.probabilities[dog]:.6f}"])
-        return buffer.getvalue().rstrip("\n")
-    width = max([len(r.path) for r in results] + [4])
-    lines = [f"{'path'.ljust(width)}  {'label':<10}" + "".join(f"{c:>10}" for c in classes)]
-    for r in results:
-        if r.error:
-            lines.append(f"{r.path.ljust(width)}  error: {r.error}")
-        else:
-            lines.append(f"{r.path.ljust(width)}  {r.label:<10}"
-                         + "".join(f"{r.probabilities[c]:>10.4f}" for c in classes))
-    return "\n".join(lines)
-
-
-@app.command("predict")
-@user_errors
+@command(app, "predict")
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder or bundle folder.")],
+    model: Model,
     paths: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.")],
-    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    json_out: JsonFlag = False,
+    fmt: Annotated[str, typer.Option("--format", callback=_format,
+                                     help="table, csv, or kaggle (id,label: P(dog)).")]
+    = "table",
 ) -> None:
     """Label photos: a label and every class's probability per photo."""
-    from pawnet.predict import expand_paths, load
+    from pawnet.predict import expand_paths, format_predictions, load
 
-    predictor = load(run_dir)
+    fmt = "json" if json_out else fmt
+    predictor = load(model)
     results = predictor.predict(expand_paths(paths))
     typer.echo(format_predictions(results, predictor.classes, fmt))
     failed = [r for r in results if r.error]
-    if failed and fmt in (Format.kaggle,):
+    if fmt == "kaggle":
         for r in failed:
             typer.echo(f"skipped {r.path}: {r.error}", err=True)
     if len(failed) == len(results):
@@ -262,38 +252,17 @@ def predict(
         raise typer.Exit(1)
 
 
-@app.command("serve")
-@user_errors
-def serve(
-    model: Annotated[str, typer.Argument(help="Run folder, bundle folder or built-in name.")],
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
-    max_batch: Annotated[int, typer.Option(help="Most images per model call (1: off).",
-                                           min=1)] = 32,
-    max_wait_ms: Annotated[float, typer.Option(help="Longest wait for a batch to fill.",
-                                               min=0)] = 5.0,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MB.",
-                                                 min=0.001)] = 10.0,
-    api_key_env: Annotated[str | None, typer.Option(
-        help="Environment variable holding the API key that /v1/* calls must send.")] = None,
-) -> None:
+@command(app, "serve")
+@with_fields(ServeSettings)
+def serve(model: Model, **values: Any) -> None:
     """Serve a model: REST API, web page at /, /healthz, /metrics, /docs."""
-    import os
+    from pawnet.serve.app import run
 
-    from pawnet.serve import run
-
-    api_key = None
-    if api_key_env is not None:
-        api_key = os.environ.get(api_key_env, "")
-        if not api_key.strip():
-            raise PawnetError(f"--api-key-env names {api_key_env}, but that environment "
-                              f"variable is empty or not set. Try: export {api_key_env}=...")
-    run(model, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms,
-        max_upload_mb=max_upload_mb, api_key=api_key)
+    values = {k: coerce_field(ServeSettings, k, v) for k, v in _given(values).items()}
+    run(model, ServeSettings(**values))
 
 
-@app.command("bench")
-@user_errors
+@command(app, "bench")
 def bench(
     photos: Photos,
     model: Annotated[str | None, typer.Option(help="Architecture (see `pawnet models`).")] = None,
@@ -303,7 +272,7 @@ def bench(
     augment: Annotated[str | None, typer.Option(help="e.g. flip,zoom,shear or none.")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only this many photos.", min=2)] = None,
     epochs: Annotated[int, typer.Option(help="End-to-end training epochs.", min=2)] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    json_out: JsonFlag = False,
 ) -> None:
     """Where the time goes: input pipeline, compute limit, end to end, efficiency, memory."""
     from pawnet.bench import bench as run_bench
@@ -311,20 +280,20 @@ def bench(
 
     result = run_bench(photos, model=model, image_size=image_size, batch_size=batch_size,
                        augment=augment, limit=limit, epochs=epochs)
-    typer.echo(json.dumps(result, indent=2) if as_json else format_bench(result))
+    typer.echo(json.dumps(result, indent=2) if json_out else format_bench(result))
 
 
-@app.command("demo")
-@user_errors
+@command(app, "demo")
 def demo(
-    data: Annotated[Path | None, typer.Option(help="Photos to use instead of the search.")]
+    photos: Annotated[Path | None, typer.Option("--photos", "--data",
+                                                help="Photos to use instead of the search.")]
     = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
 ) -> None:
     """Find cats-vs-dogs photos, train the default model, evaluate it and predict a few."""
     from pawnet.demo import run_demo
 
-    run_demo(data, epochs=epochs)
+    run_demo(photos, epochs=epochs)
 
 
 def main() -> None:

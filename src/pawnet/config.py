@@ -1,8 +1,10 @@
 """Training settings: one flat, commented `Config`; the same words on the CLI, in YAML, in Python.
 
-`resolve_config` merges, in order of priority: keyword arguments (CLI flags), a YAML file
-(`--config FILE`), then the defaults below. Unknown keys fail with a did-you-mean hint; types
-and ranges are checked once, here.
+Every field is a `pawnet train` flag (`image_size` is `--image-size`), a YAML key of
+`--config FILE` and a keyword of `pawnet.train`. `resolve_config` merges, in order of
+priority: keyword arguments (CLI flags), a YAML file, the chosen model's own defaults, then
+the defaults below. Unknown keys fail with a did-you-mean hint; types, ranges and choices
+are checked once, here, from each field's declaration.
 """
 
 from __future__ import annotations
@@ -17,55 +19,87 @@ from typing import Any
 
 import yaml
 
+from pawnet.data.images import MAX_PIXELS
 from pawnet.errors import ConfigError
-from pawnet.images import MAX_PIXELS
 
 AUGMENTATIONS = (
     "flip", "vflip", "crop", "zoom", "shear", "rotate", "translate", "contrast", "brightness",
 )
 _STRENGTHS = ("crop", "zoom", "shear", "rotate", "translate", "contrast", "brightness")
+ALIASES = {"data": "photos"}  # old spelling -> setting; run folders before 0.1 say `data:`
+
+
+def setting(default: Any, help: str, *, range: tuple | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field that documents itself: its help text, and the range or choices
+    that `check_fields` enforces. Lists are copied per instance."""
+    metadata = {"help": help, "range": range, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class Config:
-    """Every setting of a training run. A value of None means "the model's own default"."""
+    """Every setting of a training run. None means "the model's own default"."""
 
     # -- data
-    data: str | None = None  # (path) folder of photos, in any supported layout
-    val_fraction: float = 0.2  # (0-1) share of photos held out for validation, when not given
-    test_fraction: float = 0.1  # (0-1) share held out for the final test, when not given
-    seed: int = 42  # (int) seeds the split, the shuffling, augmentation and initial weights
-    max_pixels: int = MAX_PIXELS  # (int) larger images are skipped as possible bombs
-    cache: str = "auto"  # (auto|memory|disk) where decoded images are kept after epoch 1
+    photos: str | None = setting(None, "Folder of photos, in any supported layout.")
+    val_fraction: float = setting(0.2, "Share of photos held out for validation, when no "
+                                  "validation folder is given.", range=(0.0, 0.9))
+    test_fraction: float = setting(0.1, "Share of photos held out for the final test, when "
+                                   "no test folder is given.", range=(0.0, 0.9))
+    seed: int = setting(42, "Seeds the split, the shuffling, augmentation and initial "
+                        "weights.")
+    max_pixels: int = setting(MAX_PIXELS, "Larger images are skipped as possible "
+                              "decompression bombs.", range=(1, 10**10))
+    cache: str = setting("auto", "Where decoded images are kept after epoch 1.",
+                         choices=("auto", "memory", "disk"))
     # -- model
-    model: str = "efficientnet-lite0"  # (name) architecture, see `pawnet models`
-    image_size: int | None = None  # (px) side of the square input; None = model's default
+    model: str = setting("efficientnet-lite0", "Architecture to train (see `pawnet models`).")
+    image_size: int | None = setting(None, "Side of the square input in px; default: the "
+                                     "model's.", range=(16, 1024))
     # -- training
-    epochs: int | None = None  # (int) maximum epochs; None = model's default
-    batch_size: int | None = None  # (int) photos per step; None = model's default
-    lr: float | None = None  # (float) peak learning rate; None = model's default
-    lr_schedule: str = "cosine"  # (cosine|constant) cosine decay after a one-epoch warm-up
-    weight_decay: float = 0.0  # (float) AdamW decoupled weight decay; 0 = plain Adam
-    label_smoothing: float = 0.0  # (0-1) soften the one-hot targets
-    patience: int = 10  # (epochs) early stopping: epochs without val_loss improvement
-    class_weight: str = "auto"  # (auto|none) weight classes when their counts are imbalanced
+    epochs: int | None = setting(None, "Maximum epochs; default: the model's.",
+                                 range=(1, 10_000))
+    batch_size: int | None = setting(None, "Photos per step; default: the model's.",
+                                     range=(1, 4096))
+    lr: float | None = setting(None, "Peak learning rate; default: the model's.",
+                               range=(1e-8, 10.0))
+    lr_schedule: str = setting("cosine", "Cosine decay after a one-epoch warm-up, or "
+                               "constant.", choices=("cosine", "constant"))
+    weight_decay: float = setting(0.0, "AdamW decoupled weight decay; 0 = plain Adam.",
+                                  range=(0.0, 1.0))
+    label_smoothing: float = setting(0.0, "Soften the one-hot targets.", range=(0.0, 0.5))
+    patience: int = setting(10, "Early stopping: epochs without a val_loss improvement.",
+                            range=(1, 10_000))
+    class_weight: str = setting("auto", "Weight classes when their counts are imbalanced.",
+                                choices=("auto", "none"))
     # -- transfer learning (pretrained models only)
-    feature_views: int = 0  # (int) augmented views per training photo added as feature rows
-    fine_tune: int = 0  # (blocks) unfreeze this many top backbone blocks after the head; 0 = off
-    fine_tune_epochs: int = 5  # (int) maximum epochs of fine-tuning
-    fine_tune_lr: float = 1e-4  # (float) learning rate of fine-tuning
+    feature_views: int = setting(0, "Augmented views per training photo added as feature "
+                                 "rows.", range=(0, 20))
+    fine_tune: int = setting(0, "Unfreeze this many top backbone blocks after the head; "
+                             "0 = off.", range=(0, 100))
+    fine_tune_epochs: int = setting(5, "Maximum epochs of fine-tuning.", range=(1, 10_000))
+    fine_tune_lr: float = setting(1e-4, "Learning rate of fine-tuning.", range=(1e-8, 1.0))
     # -- augmentation: which ones, then their strengths
-    augment: list[str] = field(default_factory=lambda: ["flip", "zoom", "rotate", "contrast"])
-    crop: float = 0.4  # (0-0.9) random resized crop keeping 1-crop to all of the area
-    zoom: float = 0.2  # (0-1) random zoom in/out by up to this fraction
-    shear: float = 0.2  # (0-1) random shear intensity
-    rotate: float = 0.05  # (0-0.5) random rotation, as a fraction of a full turn
-    translate: float = 0.1  # (0-1) random shift, as a fraction of the image side
-    contrast: float = 0.2  # (0-1) random contrast change
-    brightness: float = 0.2  # (0-1) random brightness change
+    augment: list[str] = setting(["flip", "zoom", "rotate", "contrast"],
+                                 "Augmentations, e.g. flip,zoom,shear, or none: "
+                                 + ", ".join(AUGMENTATIONS) + ".")
+    crop: float = setting(0.4, "Random resized crop keeping 1-crop to all of the area.",
+                          range=(0.0, 0.9))
+    zoom: float = setting(0.2, "Random zoom in/out by up to this fraction.", range=(0.0, 0.9))
+    shear: float = setting(0.2, "Random shear intensity.", range=(0.0, 1.0))
+    rotate: float = setting(0.05, "Random rotation, as a fraction of a full turn.",
+                            range=(0.0, 0.5))
+    translate: float = setting(0.1, "Random shift, as a fraction of the image side.",
+                               range=(0.0, 0.9))
+    contrast: float = setting(0.2, "Random contrast change.", range=(0.0, 1.0))
+    brightness: float = setting(0.2, "Random brightness change.", range=(0.0, 1.0))
     # -- output
-    out: str | None = None  # (path) run folder; default runs/train, runs/train2, ...
-    resume: str | None = None  # (path) run folder to continue from its last finished epoch
+    out: str | None = setting(None, "Run folder; default runs/train, runs/train2, ...")
+    resume: str | None = setting(None, "Run folder to continue after its last finished "
+                                 "epoch.")
 
     def augment_strengths(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in _STRENGTHS}
@@ -78,45 +112,19 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-_RANGES = {
-    "val_fraction": (0.0, 0.9),
-    "test_fraction": (0.0, 0.9),
-    "image_size": (16, 1024),
-    "epochs": (1, 10_000),
-    "batch_size": (1, 4096),
-    "lr": (1e-8, 10.0),
-    "weight_decay": (0.0, 1.0),
-    "label_smoothing": (0.0, 0.5),
-    "patience": (1, 10_000),
-    "feature_views": (0, 20),
-    "fine_tune": (0, 100),
-    "fine_tune_epochs": (1, 10_000),
-    "fine_tune_lr": (1e-8, 1.0),
-    "max_pixels": (1, 10**10),
-    "crop": (0.0, 0.9),
-    "zoom": (0.0, 0.9),
-    "shear": (0.0, 1.0),
-    "rotate": (0.0, 0.5),
-    "translate": (0.0, 0.9),
-    "contrast": (0.0, 1.0),
-    "brightness": (0.0, 1.0),
-}
-_CHOICES = {
-    "cache": ("auto", "memory", "disk"),
-    "lr_schedule": ("cosine", "constant"),
-    "class_weight": ("auto", "none"),
-}
 
 
-def _unknown_key(key: str) -> ConfigError:
-    close = difflib.get_close_matches(key, FIELDS, n=3)
-    hint = f" Similar: {', '.join(close)}." if close else f" Allowed: {', '.join(FIELDS)}."
-    return ConfigError(f"'{key}' is not a pawnet setting.{hint}")
+def unknown_key(key: str, allowed: typing.Iterable[str], what: str = "pawnet setting"
+                ) -> ConfigError:
+    allowed = list(allowed)
+    close = difflib.get_close_matches(key, allowed, n=3)
+    hint = f" Similar: {', '.join(close)}." if close else f" Allowed: {', '.join(allowed)}."
+    return ConfigError(f"'{key}' is not a {what}.{hint}")
 
 
-def _coerce(key: str, value: Any) -> Any:
-    """Parse `value` into the type declared for `key` (no eval, explicit conversions only)."""
-    hint = typing.get_type_hints(Config)[key]
+def coerce_field(cls: type, key: str, value: Any) -> Any:
+    """Parse `value` into the type declared for `cls.key` (no eval, explicit conversions)."""
+    hint = typing.get_type_hints(cls)[key]
     args = typing.get_args(hint)
     optional = isinstance(hint, types.UnionType) and type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if optional else hint
@@ -126,6 +134,8 @@ def _coerce(key: str, value: Any) -> Any:
         raise ConfigError(f"{key} needs a value, received: None")
     try:
         if base is bool:
+            if isinstance(value, bool):
+                return value
             raise TypeError
         if base is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -139,30 +149,34 @@ def _coerce(key: str, value: Any) -> Any:
             return str(value)
         if typing.get_origin(base) is list:
             items = value.split(",") if isinstance(value, str) else list(value)
-            return [str(i).strip().lower() for i in items if str(i).strip()]
+            return [str(i).strip() for i in items if str(i).strip()]
     except (TypeError, ValueError):
         pass
-    raise ConfigError(
-        f"{key} must be {getattr(base, '__name__', base)}, received: {value!r}"
-    )
+    raise ConfigError(f"{key} must be {getattr(base, '__name__', base)}, received: {value!r}")
 
 
-def _validate(cfg: Config) -> None:
-    for key, (low, high) in _RANGES.items():
-        value = getattr(cfg, key)
-        if value is not None and not low <= value <= high:
-            raise ConfigError(f"{key} must be between {low} and {high}, received: {value}")
-    for key, allowed in _CHOICES.items():
-        if getattr(cfg, key) not in allowed:
-            raise ConfigError(
-                f"{key} must be one of {', '.join(allowed)}, received: {getattr(cfg, key)!r}"
-            )
+def check_fields(obj: Any) -> None:
+    """Enforce the `range` and `choices` that each `setting` declares."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        low_high, choices = f.metadata.get("range"), f.metadata.get("choices")
+        if low_high and value is not None and not low_high[0] <= value <= low_high[1]:
+            raise ConfigError(f"{f.name} must be between {low_high[0]} and {low_high[1]}, "
+                              f"received: {value}")
+        if choices and value not in choices:
+            raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, "
+                              f"received: {value!r}")
+
+
+def _check(cfg: Config) -> None:
+    check_fields(cfg)
     if cfg.val_fraction + cfg.test_fraction >= 0.95:
         raise ConfigError(
             "val_fraction + test_fraction leaves almost nothing to train on, received: "
             f"{cfg.val_fraction} + {cfg.test_fraction}. Try: keep their sum below 0.5"
         )
-    augment = [] if cfg.augment == ["none"] else cfg.augment
+    augment = [name.lower() for name in cfg.augment]
+    augment = [] if augment == ["none"] else augment
     for name in augment:
         if name not in AUGMENTATIONS:
             close = difflib.get_close_matches(name, AUGMENTATIONS, n=1)
@@ -196,35 +210,39 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in loaded.items()}
 
 
-def resolve_config(
-    config: str | Path | dict[str, Any] | None = None,
-    defaults: dict[str, Any] | None = None,
-    **overrides: Any,
-) -> Config:
-    """Build a validated `Config` from a YAML file or dict plus keyword overrides.
-
-    Args:
-        config: path of a YAML file, or a dict of settings. Defaults to None (defaults only).
-        defaults: settings that replace the built-in defaults, below `config` (a model's
-            own recipe). Defaults to None.
-        **overrides: settings that win over `config`; a value of None means "not given".
-
-    Returns:
-        A validated `Config`.
-
-    Raises:
-        ConfigError: unknown key, wrong type, value out of range.
-
-    >>> resolve_config(epochs=3).epochs
-    3
-    """
-    values = dict(defaults or {})
-    values.update(read_config_file(config) if isinstance(config, str | Path) else config or {})
-    values.update({k: v for k, v in overrides.items() if v is not None})
+def _build(values: dict[str, Any]) -> Config:
     cfg = Config()
     for key, value in values.items():
-        if key not in FIELDS:
-            raise _unknown_key(key)
-        setattr(cfg, key, _coerce(key, value))
-    _validate(cfg)
+        setattr(cfg, key, coerce_field(Config, key, value))
+    _check(cfg)
     return cfg
+
+
+def resolve_config(config: str | Path | dict[str, Any] | None = None,
+                   **settings: Any) -> Config:
+    """Build the validated settings of a run, with the chosen model's own defaults filled in.
+
+    Args:
+        config: path of a YAML file, or a dict of settings. Defaults to None (no file).
+        **settings: any `Config` field; they win over `config`. A value of None means
+            "not given".
+
+    Returns:
+        A validated `Config` whose image_size, epochs, batch_size and lr are set.
+
+    Raises:
+        ConfigError: unknown key, wrong type, value out of range, unknown model.
+
+    >>> resolve_config(model="tutorial-a-cnn", epochs=3).image_size
+    150
+    """
+    from pawnet.models.registry import get_model_spec
+
+    values = read_config_file(config) if isinstance(config, str | Path) else dict(config or {})
+    values.update({k: v for k, v in settings.items() if v is not None})
+    values = {ALIASES.get(k, k): v for k, v in values.items()}
+    for key in values:
+        if key not in FIELDS:
+            raise unknown_key(key, FIELDS)
+    given = _build(values)
+    return _build({**get_model_spec(given.model).defaults(), **values})

@@ -98,14 +98,14 @@ def find_photos() -> Path:
     return download_dataset()
 
 
-def run_demo(data: Path | None = None, epochs: int | None = None) -> Path:
+def run_demo(photos: Path | None = None, epochs: int | None = None) -> Path:
     """Train the default model on cats vs dogs, evaluate on held-out photos, predict a few."""
-    from pawnet.cli import Format, format_predictions
-    from pawnet.evaluate import confusion_text, evaluate
-    from pawnet.predict import load
-    from pawnet.train import train
+    from pawnet.data.splits import read_manifest
+    from pawnet.evaluation import confusion_text, evaluate
+    from pawnet.predict import format_predictions, load
+    from pawnet.training import train
 
-    photos = data or find_photos()
+    photos = photos or find_photos()
     print(f"== pawnet demo: photos from {photos}", flush=True)
     run_dir = train(photos, epochs=epochs, out="runs/demo")
     print("== Evaluating on the held-out test split", flush=True)
@@ -113,14 +113,12 @@ def run_demo(data: Path | None = None, epochs: int | None = None) -> Path:
     print(f"Test accuracy {report['accuracy']:.4f} on {report['n']} photos")
     print(confusion_text(report))
     print("== Predicting a few held-out photos", flush=True)
-    from pawnet.data import read_manifest
-
     test = [p for p in read_manifest(run_dir / "manifest.csv") if p.split == "test"]
     sample = [p.path for c in sorted({p.label for p in test})
               for p in [p for p in test if p.label == c][:2]]
     sample += [m["path"] for m in report["misclassified"][:2]]
     predictor = load(run_dir)
-    print(format_predictions(predictor.predict(sample), predictor.classes, Format.table))
+    print(format_predictions(predictor.predict(sample), predictor.classes))
     print(f"== Done. Report: {report['out']}/report.md  Bundle: {run_dir / 'bundle'}\n"
           f"   Try: .venv/bin/pawnet predict {run_dir} YOUR_PHOTO.jpg")
     return run_dir

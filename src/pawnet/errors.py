@@ -1,7 +1,17 @@
 """Errors meant for people: what was wrong, what is allowed, what was received, what to try.
 
-The CLI prints a `PawnetError` as one line and exits with code 2; the server maps it to a 4xx
-status. Any other exception is a bug and keeps its traceback.
+```
+PawnetError
+  ConfigError      a setting: unknown key, wrong type, out of range, bad config file
+  DataError        the photos: missing folder, no usable image, unknown class, bad download
+  ImageError       one file that is not a usable photo (the message is the reason)
+  BundleError      a saved model that is missing, damaged or from an incompatible version
+  WeightsError     pretrained weights that are not installed or cannot be read
+    CheckpointError  a PyTorch checkpoint that cannot be read safely
+```
+
+The CLI prints a `PawnetError` as one `error:` line and exits with code 2; the server maps it
+to a 4xx status. Any other exception is a bug and keeps its traceback.
 """
 
 
@@ -9,13 +19,25 @@ class PawnetError(Exception):
     """Base class of every error caused by the user's input rather than by a bug."""
 
 
-class DataError(PawnetError):
-    """The photos: a missing folder, no usable images, an unknown class, a bad download."""
-
-
 class ConfigError(PawnetError):
     """A setting: an unknown key, a value of the wrong type or out of range, a bad config file."""
 
 
+class DataError(PawnetError):
+    """The photos: a missing folder, no usable images, an unknown class, a bad download."""
+
+
+class ImageError(PawnetError):
+    """A file that is not a usable photo; the message is the reason, for people."""
+
+
 class BundleError(PawnetError):
     """A saved model bundle that is missing, damaged, or from an incompatible version."""
+
+
+class WeightsError(PawnetError):
+    """Pretrained weights that are not installed, or whose files are damaged."""
+
+
+class CheckpointError(WeightsError):
+    """A checkpoint that cannot be read safely; the message says why, in one line."""

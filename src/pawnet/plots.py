@@ -38,7 +38,8 @@ def plot_curves(rows: Sequence[dict[str, float]], path: str | Path) -> Path:
         ax.set_title(metric)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     return _save(fig, path)
 
 

@@ -1,4 +1,5 @@
-"""Labelling photos with a saved model: one `Predictor` for the CLI, Python and the server.
+"""Labelling photos with a saved model: one `Predictor` and one `Prediction` for the CLI,
+Python, evaluation and the server.
 
 The predictor reads everything it needs (class names, image size, resize method, output
 kind) from the bundle, never from a training config, so it cannot disagree with training.
@@ -6,15 +7,22 @@ kind) from the bundle, never from a training config, so it cannot disagree with 
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
+import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pawnet.bundle import BundleSpec, load_bundle
-from pawnet.images import IMAGE_SUFFIXES, ImageError, load_pixels
+from pawnet.bundle import Bundle, resolve
+from pawnet.data.images import IMAGE_SUFFIXES, MAX_PIXELS, load_pixels
+from pawnet.errors import ConfigError, ImageError
+
+FORMATS = ("table", "json", "csv", "kaggle")
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,12 @@ class Prediction:
     label: str | None = None
     probabilities: dict[str, float] | None = None
     error: str | None = None
+
+    @classmethod
+    def from_row(cls, path: str, classes: Sequence[str], row: np.ndarray) -> Prediction:
+        """The prediction for one row of class probabilities (in `classes` order)."""
+        return cls(path, label=classes[int(np.argmax(row))],
+                   probabilities={c: float(p) for c, p in zip(classes, row, strict=True)})
 
     @property
     def confidence(self) -> float | None:
@@ -39,18 +53,32 @@ class Prediction:
 class Predictor:
     """A loaded model plus its preprocessing.
 
+    Args:
+        bundle: the model and its spec, from `pawnet.bundle.resolve`.
+        batch_size: photos per model call. Defaults to 32.
+        max_pixels: larger images are refused as possible decompression bombs. Defaults
+            to 89,478,485.
+
     >>> predictor = pawnet.load("runs/train")
     >>> predictor.predict(["cat.jpg"])[0].label
     'cat'
     """
 
-    def __init__(self, model, spec: BundleSpec, batch_size: int = 32):
-        from pawnet.pipeline import batch_function  # imports TensorFlow: not at `import pawnet`
+    def __init__(self, bundle: Bundle, batch_size: int = 32, max_pixels: int = MAX_PIXELS):
+        from pawnet.data.pipeline import batch_function  # TensorFlow: not at `import pawnet`
 
-        self.model = model
-        self.spec = spec
+        self.bundle = bundle
         self.batch_size = batch_size
-        self._forward = batch_function(model, "uint8")
+        self.max_pixels = max_pixels
+        self._forward = batch_function(bundle.model, "uint8")
+
+    @property
+    def model(self):
+        return self.bundle.model
+
+    @property
+    def spec(self):
+        return self.bundle.spec
 
     @property
     def classes(self) -> list[str]:
@@ -73,14 +101,11 @@ class Predictor:
             out = np.concatenate([1.0 - out, out], axis=1)
         return out
 
-    def _labelled(self, name: str, row: np.ndarray) -> Prediction:
-        return Prediction(name, label=self.classes[int(np.argmax(row))],
-                          probabilities={c: float(p) for c, p in zip(self.classes, row,
-                                                                      strict=True)})
-
-    def _decode(self, source: str | Path | bytes) -> np.ndarray | str:
+    def decode(self, source: str | Path | bytes) -> np.ndarray | str:
+        """The pixels the model sees for one photo, or the reason it cannot be read."""
         try:
-            return load_pixels(source, self.image_size)
+            return load_pixels(source, self.image_size, self.max_pixels,
+                               self.spec.resize_method)
         except ImageError as exc:
             return str(exc)
         except FileNotFoundError:
@@ -103,30 +128,29 @@ class Predictor:
         Returns:
             One `Prediction` per source, in order.
         """
-        from pawnet.pipeline import decode_ahead  # imports TensorFlow: not at `import pawnet`
+        from pawnet.data.pipeline import decode_ahead  # TensorFlow: not at `import pawnet`
 
         if isinstance(sources, str | Path | bytes):
             sources = [sources]
         if names is None:
             names = [s if not isinstance(s, bytes) else "<bytes>" for s in sources]
         results: list[Prediction] = []
-        for start, decoded in decode_ahead(sources, self._decode, self.batch_size):
+        for start, decoded in decode_ahead(sources, self.decode, self.batch_size):
             ok = [d for d in decoded if not isinstance(d, str)]
             rows = iter(self.probabilities(np.stack(ok) if ok else np.zeros(0)))
             for name, d in zip(names[start:], decoded, strict=False):
                 results.append(Prediction(str(name), error=d) if isinstance(d, str)
-                               else self._labelled(str(name), next(rows)))
+                               else Prediction.from_row(str(name), self.classes, next(rows)))
         return results
 
 
-def load(ref: str | Path, batch_size: int = 32) -> Predictor:
-    """Load a model for prediction from a run folder or a bundle folder.
+def load(model: str | Path, batch_size: int = 32) -> Predictor:
+    """Load a model for prediction: a run folder, a bundle folder or a built-in name.
 
     Raises:
         BundleError: the bundle is missing, damaged or from an incompatible version.
     """
-    model, spec = load_bundle(ref)
-    return Predictor(model, spec, batch_size=batch_size)
+    return Predictor(resolve(model), batch_size=batch_size)
 
 
 def expand_paths(args: Iterable[str | Path]) -> list[str]:
@@ -150,3 +174,59 @@ def expand_paths(args: Iterable[str | Path]) -> list[str]:
             matched = sorted(p for p in glob.glob(str(arg), recursive=True) if Path(p).is_file())
             out += matched or [str(arg)]  # so does a pattern that matches nothing
     return out
+
+
+def _kaggle(results: Sequence[Prediction], classes: list[str]) -> list[list]:
+    """`id,label` rows of a Kaggle Dogs vs. Cats submission: the probability of dog."""
+    lowered = [c.lower() for c in classes]
+    if "dog" not in lowered:
+        raise ConfigError(f"--format kaggle needs a 'dog' class; the model has "
+                          f"{', '.join(classes)}. Try: --format csv")
+    dog = classes[lowered.index("dog")]
+    rows = []
+    for r in results:
+        if r.probabilities:
+            numbers = re.findall(r"\d+", Path(r.path).stem)
+            if not numbers:
+                raise ConfigError(f"--format kaggle needs a number in each file name, e.g. "
+                                  f"1.jpg; received: {r.path}")
+            rows.append([int(numbers[-1]), f"{r.probabilities[dog]:.6f}"])
+    return [["id", "label"], *sorted(rows, key=lambda row: row[0])]
+
+
+def _table(results: Sequence[Prediction], classes: list[str]) -> str:
+    width = max([len(r.path) for r in results] + [4])
+    lines = [f"{'path'.ljust(width)}  {'label':<10}" + "".join(f"{c:>10}" for c in classes)]
+    for r in results:
+        if r.error:
+            lines.append(f"{r.path.ljust(width)}  error: {r.error}")
+        else:
+            lines.append(f"{r.path.ljust(width)}  {r.label:<10}"
+                         + "".join(f"{r.probabilities[c]:>10.4f}" for c in classes))
+    return "\n".join(lines)
+
+
+def format_predictions(results: Sequence[Prediction], classes: list[str],
+                       fmt: str = "table") -> str:
+    """Render predictions as a table, JSON, CSV, or a Kaggle Dogs vs. Cats submission.
+
+    Raises:
+        ConfigError: kaggle asked of a model without a dog class or of unnumbered files.
+    """
+    if fmt == "json":
+        return json.dumps([r.to_dict() for r in results], indent=2)
+    if fmt == "table":
+        return _table(results, classes)
+    if fmt == "csv":
+        rows = [["path", "label", *classes, "error"]]
+        for r in results:
+            probs = ([f"{r.probabilities[c]:.6f}" for c in classes] if r.probabilities
+                     else [""] * len(classes))
+            rows.append([r.path, r.label or "", *probs, r.error or ""])
+    elif fmt == "kaggle":
+        rows = _kaggle(results, classes)
+    else:
+        raise ConfigError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue().rstrip("\n")

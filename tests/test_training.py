@@ -11,11 +11,9 @@ import pytest
 from conftest import copy_photos, make_odd_files
 
 import pawnet
-from pawnet.callbacks import last_checkpoint
-from pawnet.data import Photo, read_manifest
+from pawnet.data.splits import read_manifest
 from pawnet.errors import ConfigError, DataError
-from pawnet.storage import next_run_dir
-from pawnet.train import class_weights
+from pawnet.training.callbacks import last_checkpoint
 
 TINY = {"model": "tutorial-d-conv16", "image_size": 32, "batch_size": 8, "augment": "flip,zoom"}
 
@@ -64,12 +62,6 @@ def test_same_seed_repeats_the_run(tmp_path):
         assert float(row_a["val_loss"]) == pytest.approx(float(row_b["val_loss"]), rel=1e-4)
 
 
-def test_run_folders_are_never_overwritten(tmp_path):
-    first = next_run_dir(tmp_path / "train")
-    second = next_run_dir(tmp_path / "train")
-    assert (first.name, second.name) == ("train", "train2")
-
-
 def test_resume_after_a_kill_continues_from_the_last_finished_epoch(tmp_path):
     photos = copy_photos(tmp_path / "p", 10)
     run = tmp_path / "run"
@@ -105,20 +97,25 @@ def test_resume_after_a_kill_continues_from_the_last_finished_epoch(tmp_path):
 
 
 def test_resume_refuses_changed_settings_and_runs_without_checkpoints(tmp_path, trained_run):
-    with pytest.raises(ConfigError, match="only --epochs may change"):
+    with pytest.raises(ConfigError, match=r"only --epochs may change, received: --lr$"):
         pawnet.train(resume=str(trained_run), lr=0.1)
+    config = tmp_path / "more.yaml"
+    config.write_text("epochs: 3\n")
+    with pytest.raises(ConfigError, match="received: --config, --model"):
+        pawnet.train(resume=str(trained_run), config=config, model="pawnet-cnn")
+    with pytest.raises(ConfigError, match="received: PHOTOS"):
+        pawnet.train(tmp_path, resume=str(trained_run))
     with pytest.raises(ConfigError, match=r"no config\.yaml"):
         pawnet.train(resume=str(tmp_path))
 
 
-def test_class_weights_only_when_imbalanced():
-    def photos(n_cat, n_dog):
-        return ([Photo(f"c{i}", "cat", "train", f"c{i}") for i in range(n_cat)]
-                + [Photo(f"d{i}", "dog", "train", f"d{i}") for i in range(n_dog)])
-
-    assert class_weights(photos(50, 55), ["cat", "dog"]) is None
-    weights = class_weights(photos(20, 80), ["cat", "dog"])
-    assert weights == pytest.approx({0: 2.5, 1: 0.625})
+def test_resume_before_any_finished_epoch_says_to_start_again(tmp_path, trained_run):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "manifest.csv"):
+        (run / name).write_bytes((trained_run / name).read_bytes())
+    with pytest.raises(DataError, match=r"no finished epoch was saved. Try: start again"):
+        pawnet.train(resume=str(run))
 
 
 def test_training_needs_two_classes(tmp_path):
@@ -138,7 +135,7 @@ def test_three_classes(tmp_path):
 
 
 def test_disk_cache_is_used_then_removed(tmp_path, monkeypatch):
-    from pawnet import pipeline
+    from pawnet.data import pipeline
 
     seen = []
     real = pipeline.cache_location
@@ -146,6 +143,6 @@ def test_disk_cache_is_used_then_removed(tmp_path, monkeypatch):
                         lambda *a: seen.append(real(*a)) or seen[-1])
     photos = copy_photos(tmp_path / "p", 6)
     run = pawnet.train(photos, epochs=2, out=str(tmp_path / "run"), cache="disk", **TINY)
-    assert seen and all(s.startswith(str(run / ".cache")) for s in seen)
+    assert seen and all(str(s).startswith(str(run / ".cache")) for s in seen)
     assert not (run / ".cache").exists()
     assert [r["epoch"] for r in _history(run)] == ["1", "2"]

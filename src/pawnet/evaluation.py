@@ -1,7 +1,8 @@
 """`evaluate`: per-class metrics of a saved model on held-out photos, with plots.
 
 Writes `report.json`, `report.md`, `confusion.png` and `misclassified.png` into
-`RUN_DIR/eval` (then `eval2`, ...), and returns the report as a dict.
+`RUN_DIR/eval` (then `eval2`, ...), and returns the report as a dict; `format_report` is
+its text for terminals.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from pawnet.bundle import BUNDLE_DIRNAME, find_bundle
-from pawnet.data import SPLIT_FOLDER_NAMES, read_manifest, scan
+from pawnet.bundle import resolve
+from pawnet.data.scan import SPLIT_FOLDER_NAMES, scan
+from pawnet.data.splits import read_manifest
 from pawnet.errors import DataError
-from pawnet.images import load_pixels
 from pawnet.plots import plot_confusion, plot_grid
-from pawnet.predict import Predictor, load
+from pawnet.predict import Predictor
 from pawnet.storage import atomic_write_text, next_run_dir
 
 CALIBRATION_BINS = 15
@@ -76,23 +77,12 @@ def compute_metrics(probs: np.ndarray, truth: np.ndarray, classes: list[str]) ->
     return report
 
 
-def _run_dir_of(model: str | Path) -> Path | None:
-    from pawnet.builtin import is_builtin
-
-    if is_builtin(model):
-        return None
-    bundle_dir = find_bundle(model)
-    run_dir = bundle_dir.parent if bundle_dir.name == BUNDLE_DIRNAME else None
-    return run_dir if run_dir and (run_dir / "manifest.csv").exists() else None
-
-
-def _select(model: str | Path, photos: str | Path | None, split: str):
+def _select(model: str | Path, run_dir: Path | None, photos: str | Path | None, split: str):
     """(paths, labels, description) of the photos to evaluate on."""
     split_key = SPLIT_FOLDER_NAMES.get(split.lower())
     if split_key is None:
         raise DataError(f"unknown split '{split}'; allowed: train, val, test")
     if photos is None:
-        run_dir = _run_dir_of(model)
         if run_dir is None:
             raise DataError(f"{model} has no split manifest. Try: pawnet evaluate {model} PHOTOS")
         chosen = [p for p in read_manifest(run_dir / "manifest.csv") if p.split == split_key]
@@ -163,6 +153,43 @@ def confusion_text(report: dict[str, Any]) -> str:
     return "\n".join([head, *rows])
 
 
+def _report(predictor: Predictor, paths: list[str], labels: list[str], source: str
+            ) -> dict[str, Any]:
+    """Predict every photo and measure: metrics, unreadable photos, misclassified ones
+    (most confident first)."""
+    predictions = predictor.predict(paths)
+    failed = [{"path": p.path, "error": p.error} for p in predictions if p.error]
+    kept = [(p, label) for p, label in zip(predictions, labels, strict=True) if not p.error]
+    if not kept:
+        raise DataError(f"none of the {len(paths)} photos in {source} could be read")
+    classes = predictor.classes
+    probs = np.array([[p.probabilities[c] for c in classes] for p, _ in kept])
+    truth = np.array([classes.index(label) for _, label in kept])
+    report = {"source": source, **compute_metrics(probs, truth, classes), "failed": failed}
+    wrong = [i for i in range(len(kept)) if probs[i].argmax() != truth[i]]
+    wrong.sort(key=lambda i: -probs[i].max())
+    report["misclassified"] = [
+        {"path": kept[i][0].path, "true": classes[truth[i]],
+         "predicted": classes[int(probs[i].argmax())], "confidence": float(probs[i].max())}
+        for i in wrong
+    ]
+    return report
+
+
+def _write(report: dict[str, Any], out_dir: Path, predictor: Predictor) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_confusion(np.array(report["confusion_matrix"]), report["classes"],
+                   out_dir / "confusion.png")
+    shown = report["misclassified"][:MAX_MISCLASSIFIED_SHOWN]
+    if shown:
+        images = np.stack([predictor.decode(m["path"]) for m in shown])
+        captions = [f"{m['true']}→{m['predicted']} {m['confidence']:.2f}" for m in shown]
+        plot_grid(images, captions, out_dir / "misclassified.png",
+                  title="misclassified (true→predicted, confidence)")
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out_dir / "report.md", _markdown(report))
+
+
 def evaluate(
     model: str | Path,
     photos: str | Path | None = None,
@@ -173,7 +200,7 @@ def evaluate(
     """Evaluate a saved model on held-out photos.
 
     Args:
-        model: a run folder or bundle folder.
+        model: a run folder, a bundle folder or a built-in name.
         photos: a folder of photos with the model's class names. Defaults to None: the
             run's own held-out split from its manifest.
         split: which split to use when the photos (or the run) have splits. Defaults to
@@ -182,46 +209,40 @@ def evaluate(
             `runs/evaluate` for a bare bundle.
 
     Returns:
-        The report: n, accuracy, classes, per_class, confusion_matrix, roc_auc and
-        log_loss (two classes), expected_calibration_error, misclassified, out.
+        The report: model, source, n, accuracy, classes, per_class, confusion_matrix,
+        roc_auc and log_loss (two classes), expected_calibration_error, failed,
+        misclassified, out.
 
     Raises:
         DataError: no photos, or classes the model does not know.
         BundleError: the model cannot be loaded.
     """
-    predictor = load(model)
-    paths, labels, source = _select(model, photos, split)
+    predictor = Predictor(resolve(model))
+    run_dir = predictor.bundle.run_dir
+    paths, labels, source = _select(model, run_dir, photos, split)
     _check_classes(labels, predictor, source)
-    predictions = predictor.predict(paths)
-    failed = [{"path": p.path, "error": p.error} for p in predictions if p.error]
-    kept = [(p, label) for p, label in zip(predictions, labels, strict=True) if not p.error]
-    if not kept:
-        raise DataError(f"none of the {len(paths)} photos in {source} could be read")
-    classes = predictor.classes
-    probs = np.array([[p.probabilities[c] for c in classes] for p, _ in kept])
-    truth = np.array([classes.index(label) for _, label in kept])
-    report = {"model": str(model), "source": source,
-              **compute_metrics(probs, truth, classes), "failed": failed}
-
-    wrong = [i for i in range(len(kept)) if probs[i].argmax() != truth[i]]
-    wrong.sort(key=lambda i: -probs[i].max())
-    report["misclassified"] = [
-        {"path": kept[i][0].path, "true": classes[truth[i]],
-         "predicted": classes[int(probs[i].argmax())], "confidence": float(probs[i].max())}
-        for i in wrong
-    ]
-    run_dir = _run_dir_of(model)
+    report = {"model": str(model), **_report(predictor, paths, labels, source)}
     out_dir = Path(out) if out else next_run_dir(
         run_dir / "eval" if run_dir else Path("runs") / "evaluate")
-    out_dir.mkdir(parents=True, exist_ok=True)
     report["out"] = str(out_dir)
-    plot_confusion(np.array(report["confusion_matrix"]), classes, out_dir / "confusion.png")
-    shown = report["misclassified"][:MAX_MISCLASSIFIED_SHOWN]
-    if shown:
-        images = np.stack([load_pixels(m["path"], predictor.image_size) for m in shown])
-        captions = [f"{m['true']}→{m['predicted']} {m['confidence']:.2f}" for m in shown]
-        plot_grid(images, captions, out_dir / "misclassified.png",
-                  title="misclassified (true→predicted, confidence)")
-    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out_dir / "report.md", _markdown(report))
+    _write(report, out_dir, predictor)
     return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as text for a terminal: accuracy, per-class table, confusion matrix."""
+    lines = [
+        f"Evaluated {report['n']} photos from {report['source']}",
+        f"accuracy {report['accuracy']:.4f}"
+        + (f"  ROC-AUC {report['roc_auc']:.4f}" if report.get("roc_auc") else "")
+        + (f"  log loss {report['log_loss']:.4f}" if "log_loss" in report else "")
+        + f"  ECE {report['expected_calibration_error']:.4f}",
+        f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
+    ]
+    for name, m in report["per_class"].items():
+        lines.append(f"{name:<12}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}"
+                     f"{m['support']:>10}")
+    lines.append(confusion_text(report))
+    if report["failed"]:
+        lines.append(f"{len(report['failed'])} photos could not be read (listed in report.json)")
+    return "\n".join(lines)

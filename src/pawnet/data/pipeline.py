@@ -15,22 +15,26 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tensorflow as tf
 
-from pawnet.images import MAX_PIXELS, load_pixels
+from pawnet.data.images import MAX_PIXELS, load_pixels
 
 MEMORY_CACHE_LIMIT = 3 * 1024**3  # bytes of decoded pixels kept in RAM before using disk
 
+Cache = Literal["memory"] | Path | None  # where decoded pixels are kept: RAM, files, nowhere
 
-def cache_location(n_images: int, image_size: int, mode: str, disk_dir: Path) -> str:
-    """Where tf.data caches decoded pixels: "" (memory) or a file path under `disk_dir`."""
+
+def cache_location(n_images: int, image_size: int, mode: str, disk_dir: Path) -> Cache:
+    """Where to cache decoded pixels for `mode` (auto, memory or disk): "memory", or a file
+    prefix under `disk_dir` when they would not fit in `MEMORY_CACHE_LIMIT`."""
     fits = n_images * image_size * image_size * 3 <= MEMORY_CACHE_LIMIT
     if mode == "memory" or (mode == "auto" and fits):
-        return ""
+        return "memory"
     disk_dir.mkdir(parents=True, exist_ok=True)
-    return str(disk_dir / "pixels")
+    return disk_dir / "pixels"
 
 
 def pixel_dataset(
@@ -56,8 +60,8 @@ def decode_ahead(
     a thread pool (one thread per CPU) already works on the next `ahead - 1` batches.
 
     For inference loops (predict, feature extraction): decoding overlaps the model, and
-    only `ahead` batches wait in memory however many items there are. Measured against a
-    tf.data pipeline of the same decoder on 2 cores, Lite0 features: 48.7 -> 59.1 photos/s.
+    only `ahead` batches wait in memory however many items there are (faster than tf.data
+    here, see docs/decisions.md).
     """
     starts = iter(range(0, len(items), batch_size))
     pending: deque = deque()
@@ -83,10 +87,9 @@ _BATCH_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def batch_function(model, dtype: str = "float32") -> Callable:
     """`model(images, training=False)` compiled once for batches of any size.
 
-    Keras' `predict_on_batch` compiles again for each new batch size, so the last, partial
-    batch of a loop paid a second compilation (EfficientNet-Lite0: 0.73 s, 4% of extracting
-    1,000 photos' features), and TensorFlow warned about retracing. The function is kept
-    with the model, so later loops over the same model do not compile again.
+    Keras' `predict_on_batch` compiles again for each new batch size, so a loop's last,
+    partial batch would pay a second compilation. The function is kept with the model, so
+    later loops over the same model do not compile again.
 
     Args:
         dtype: the images' dtype: "uint8" pixels, or "float32" after augmentation; they
@@ -107,17 +110,19 @@ def decoded_dataset(
     labels: Sequence[int] | np.ndarray,
     image_size: int,
     *,
-    cache: str | None = None,
+    cache: Cache = None,
     max_pixels: int = MAX_PIXELS,
 ) -> tf.data.Dataset:
     """Unbatched `(uint8 image, label)` pairs, decoded once and then cached if asked.
 
     Args:
-        cache: None for no caching, "" to cache in memory, or a file path prefix for disk.
+        cache: "memory", a file path prefix on disk, or None (decode every pass).
     """
     images = pixel_dataset(paths, image_size, max_pixels)
     ds = tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(np.asarray(labels)))
-    return ds if cache is None else ds.cache(cache)
+    if cache is None:
+        return ds
+    return ds.cache("" if cache == "memory" else str(cache))
 
 
 def batched(
@@ -139,17 +144,11 @@ def batched(
     ds = ds.batch(batch_size)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
-    # tf.data's autotuner stalled whole training epochs: with oneDNN on 2 cores, tutorial
-    # A's CNN ran some epochs at ~19.5 photos/s instead of ~36 (one core idle a third of
-    # the time), at random. Off (parallel maps then use one thread per core), 11 of 11
-    # epochs ran at 36.0-37.3 photos/s, and input passes were no slower.
-    options.autotune.enabled = False
+    options.autotune.enabled = False  # it stalled whole epochs at random (docs/decisions.md)
     if augment is not None:
-        # Sequential on purpose: random layers share one seed state, and running them in
-        # parallel makes the draws depend on thread timing, so runs would not repeat.
-        # Each op may still use every core: tf.data runs map functions single-threaded
-        # unless told otherwise, which halved the warp's speed on 2 cores (flip, zoom and
-        # shear at 150 px, cached pass: 609 -> 1,004 photos/s).
+        # Sequential: random layers share one seed state, and parallel calls would make the
+        # draws depend on thread timing, so runs would not repeat. Each op may still use
+        # every core, which tf.data does not allow map functions by default.
         ds = ds.map(lambda x, y: (augment(x), y))
         options.threading.max_intra_op_parallelism = os.cpu_count() or 1
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
@@ -161,7 +160,7 @@ def labelled_dataset(
     image_size: int,
     batch_size: int,
     *,
-    cache: str | None = None,
+    cache: Cache = None,
     shuffle_seed: int | None = None,
     augment: Callable | None = None,
     max_pixels: int = MAX_PIXELS,
@@ -172,7 +171,7 @@ def labelled_dataset(
         paths, labels: photos and their class indices.
         image_size: side of the square images.
         batch_size: photos per batch.
-        cache: None for no caching, "" to cache in memory, or a file path prefix for disk.
+        cache: "memory", a file path prefix on disk, or None (decode every pass).
         shuffle_seed: shuffle every epoch with this seed; None keeps the order.
         augment: function applied to each float32 batch (training only).
         max_pixels: decompression-bomb limit passed to the decoder.

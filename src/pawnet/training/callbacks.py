@@ -6,15 +6,13 @@ import csv
 import io
 import json
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 
 import keras
 
 from pawnet.plots import plot_curves
-from pawnet.storage import atomic_write_text
+from pawnet.storage import atomic_path, atomic_write_text, committed
 
 
 def read_history(path: Path, upto_epoch: int | None = None) -> list[dict[str, float]]:
@@ -79,12 +77,10 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
 def last_checkpoint(folder: Path) -> Path | None:
     """The model saved after the last finished epoch, or None. It is a folder in Keras'
-    unzipped format, which writes weights straight to disk: the zipped `.keras` format
-    builds the whole file in memory first, +300 MB at every epoch for tutorial A."""
-    for name in ("last", ".last-old"):  # .last-old: killed between the two renames
-        if (folder / name / "config.json").is_file():
-            return folder / name
-    return None
+    unzipped format, which writes weights straight to disk (the zipped format builds the
+    whole file in memory first, at every epoch)."""
+    last = committed(folder / "last")
+    return last if last is not None and (last / "config.json").is_file() else None
 
 
 class ResumeCheckpoint(keras.callbacks.Callback):
@@ -106,14 +102,8 @@ class ResumeCheckpoint(keras.callbacks.Callback):
             return None
 
     def on_epoch_end(self, epoch, logs=None):
-        tmp, last, old = (self.folder / n for n in (".last-partial", "last", ".last-old"))
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save(tmp, zipped=False)
-        if last.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(last, old)
-        os.replace(tmp, last)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_path(self.folder / "last") as tmp:
+            self.model.save(tmp, zipped=False)
         state = {
             "epoch": epoch + 1,
             "best": float(self.early_stopping.best),

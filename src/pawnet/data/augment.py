@@ -3,9 +3,8 @@
 It is never part of a saved model: predict, evaluate and serve see plain photos.
 
 The geometric ones (flip, vflip, zoom, shear, rotate, translate) are fused into one random
-affine warp per image, one resampling pass instead of one per Keras layer: measured on
-2 cores at 150 px, flip+zoom+shear as three Keras layers ran at 185 photos/s, fused at
-361 photos/s (both measured under load); that CPU is taken from training.
+affine warp per image: one resampling pass instead of one per Keras layer, about half the
+CPU (docs/decisions.md), and that CPU is taken from training.
 """
 
 from __future__ import annotations

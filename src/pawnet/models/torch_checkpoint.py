@@ -27,15 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from pawnet.errors import CheckpointError
+
 __all__ = ["CheckpointError", "load_state_dict"]
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read safely; the message says why, in one line."""
-
 
 # Storage class name -> NumPy dtype ("bfloat16" has no NumPy dtype and is widened by hand).
 _STORAGE_DTYPES: dict[str, str] = {

@@ -18,32 +18,24 @@ are reported, so a photo can never sit in two splits.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import re
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pawnet.errors import DataError
-from pawnet.images import MAX_PIXELS, ImageError, inspect_image
-from pawnet.storage import atomic_write_text, cache_dir
+from pawnet.data.images import MAX_PIXELS, inspect_image
+from pawnet.errors import DataError, ImageError
+from pawnet.storage import atomic_write_text, cache_dir, progress
 
 SPLITS = ("train", "val", "test")
-SPLIT_FOLDER_NAMES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-    "testing": "test",
+SPLIT_FOLDER_NAMES = {  # folder name (any case) -> split
+    "train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+    "test": "test", "testing": "test",
 }
 _IGNORED_DIRS = {"__MACOSX"}
 _FLAT_LABEL = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)\.")
@@ -66,6 +58,13 @@ class Skipped:
     reason: str
 
 
+def count_classes(photos: Iterable[Photo], classes: list[str], split: str | None = None
+                  ) -> dict[str, int]:
+    """Photos per class (in class order), optionally of one split only."""
+    counter = Counter(p.label for p in photos if split is None or p.split == split)
+    return {c: counter.get(c, 0) for c in classes}
+
+
 @dataclass
 class PhotoSet:
     """What was found under one folder: usable photos, skipped files and duplicates."""
@@ -80,8 +79,7 @@ class PhotoSet:
 
     def counts(self, split: str | None = None) -> dict[str, int]:
         """Usable photos per class (in class order), optionally for one split only."""
-        counter = Counter(p.label for p in self.photos if split is None or p.split == split)
-        return {c: counter.get(c, 0) for c in self.classes}
+        return count_classes(self.photos, self.classes, split)
 
     def splits(self) -> list[str]:
         """The split folders that were given, in train/val/test order."""
@@ -105,6 +103,24 @@ class PhotoSet:
             extra = sum(len(g) - 1 for g in self.duplicates)
             text += f"; {extra} exact duplicates not used twice"
         return text + "."
+
+    def report(self) -> str:
+        """What `pawnet data check` prints: counts per split and class, conversions, every
+        skipped file with its reason, every group of duplicates."""
+        lines = [self.summary(), f"Layout: {self.layout}"]
+        for split in self.splits() or [None]:
+            counts = ", ".join(f"{c} {n}" for c, n in self.counts(split).items())
+            lines.append(f"  {split}: {counts}" if split else f"  {counts}")
+        if self.converted:
+            lines.append("Converted to RGB when read: "
+                         + ", ".join(f"{n} {kind}" for kind, n in self.converted.items()))
+        if self.skipped:
+            lines.append(f"Skipped {len(self.skipped)} files (left untouched):")
+            lines += [f"  {s.path}: {s.reason}" for s in self.skipped]
+        if self.duplicates:
+            lines.append(f"{len(self.duplicates)} groups of identical files (one copy is used):")
+            lines += ["  " + "  =  ".join(group) for group in self.duplicates]
+        return "\n".join(lines)
 
     def to_json(self) -> dict:
         return {
@@ -234,18 +250,54 @@ class _ScanCache:
         )
 
 
-def _progress(total: int, desc: str):
-    from tqdm import tqdm
+def _check_all(items: Labelled, cache: _ScanCache, max_pixels: int, workers: int | None
+               ) -> None:
+    """Check the files the cache does not know yet, in parallel, and save the cache."""
+    todo = [p for p, _, _ in items if cache.get(p) is None]
+    if not todo:
+        return
+    with progress(len(todo), "Checking photos", "file") as bar, ThreadPoolExecutor(
+        max_workers=workers or os.cpu_count() or 2
+    ) as pool:
+        for path, record in zip(todo, pool.map(lambda p: _check_file(p, max_pixels), todo),
+                                strict=True):
+            cache.put(path, record)
+            bar.update()
+    cache.save(p for p, _, _ in items)
 
-    return tqdm(total=total, desc=desc, unit="file", disable=not sys.stderr.isatty(),
-                leave=False)
+
+_SPLIT_RANK = {None: 0, "train": 0, "val": 1, "test": 2}
 
 
-def scan(root: str | Path, max_pixels: int = MAX_PIXELS, workers: int | None = None) -> PhotoSet:
-    """Find, label and check every file under `root`.
+def _one_copy_each(by_hash: dict[str, list[tuple[Path, str, str | None]]]
+                   ) -> tuple[list[Photo], list[list[str]], list[Skipped]]:
+    """(photos, duplicate groups, skipped): one photo per content; a content found under
+    two classes is skipped altogether."""
+    photos: list[Photo] = []
+    duplicates: list[list[str]] = []
+    skipped: list[Skipped] = []
+    for digest, copies in by_hash.items():
+        labels = sorted({label for _, label, _ in copies})
+        if len(labels) > 1:
+            skipped += [
+                Skipped(str(p), f"the same photo is in several classes ({', '.join(labels)})")
+                for p, _, _ in copies
+            ]
+            continue
+        # Keep the copy in the most held-out split, so given test sets stay as given.
+        kept = max(copies, key=lambda c: (_SPLIT_RANK[c[2]], -copies.index(c)))
+        photos.append(Photo(str(kept[0]), kept[1], kept[2], digest))
+        if len(copies) > 1:
+            duplicates.append(sorted(str(p) for p, _, _ in copies))
+    return photos, duplicates, skipped
+
+
+def scan(photos: str | Path, max_pixels: int = MAX_PIXELS, workers: int | None = None
+         ) -> PhotoSet:
+    """Find, label and check every file under a folder of photos.
 
     Args:
-        root: folder of photos in any supported layout.
+        photos: folder of photos in any supported layout.
         max_pixels: images with more pixels are skipped as possible decompression bombs.
             Defaults to 89,478,485.
         workers: threads used to check files. Defaults to the number of CPUs.
@@ -257,19 +309,10 @@ def scan(root: str | Path, max_pixels: int = MAX_PIXELS, workers: int | None = N
     Raises:
         DataError: the folder is missing or holds no usable photo.
     """
-    root = Path(root).resolve()
+    root = Path(photos).resolve()
     layout, items = find_files(root)
     cache = _ScanCache(root, max_pixels)
-    todo = [p for p, _, _ in items if cache.get(p) is None]
-    if todo:
-        with _progress(len(todo), "Checking photos") as bar, ThreadPoolExecutor(
-            max_workers=workers or os.cpu_count() or 2
-        ) as pool:
-            for path, record in zip(todo, pool.map(lambda p: _check_file(p, max_pixels), todo),
-                                    strict=True):
-                cache.put(path, record)
-                bar.update()
-        cache.save(p for p, _, _ in items)
+    _check_all(items, cache, max_pixels, workers)
 
     skipped: list[Skipped] = []
     by_hash: dict[str, list[tuple[Path, str, str | None]]] = defaultdict(list)
@@ -287,23 +330,8 @@ def scan(root: str | Path, max_pixels: int = MAX_PIXELS, workers: int | None = N
             by_hash[record["sha256"]].append((path, label, split))
             if record.get("kind", "RGB JPEG") != "RGB JPEG":
                 converted[record["kind"]] += 1
-
-    photos: list[Photo] = []
-    duplicates: list[list[str]] = []
-    split_rank = {None: 0, "train": 0, "val": 1, "test": 2}
-    for digest, copies in by_hash.items():
-        labels = sorted({label for _, label, _ in copies})
-        if len(labels) > 1:
-            skipped += [
-                Skipped(str(p), f"the same photo is in several classes ({', '.join(labels)})")
-                for p, _, _ in copies
-            ]
-            continue
-        # Keep the copy in the most held-out split, so given test sets stay as given.
-        kept = max(copies, key=lambda c: (split_rank[c[2]], -copies.index(c)))
-        photos.append(Photo(str(kept[0]), kept[1], kept[2], digest))
-        if len(copies) > 1:
-            duplicates.append(sorted(str(p) for p, _, _ in copies))
+    photos, duplicates, in_two_classes = _one_copy_each(by_hash)
+    skipped += in_two_classes
 
     if not photos:
         reasons = Counter(s.reason.split(" (")[0] for s in skipped).most_common(3)
@@ -313,80 +341,12 @@ def scan(root: str | Path, max_pixels: int = MAX_PIXELS, workers: int | None = N
             "PHOTOS/train/<class>/*.jpg or Kaggle-style cat.1.jpg files"
         )
     photos.sort(key=lambda p: p.path)
-    classes = sorted({p.label for p in photos})
     return PhotoSet(
         root=str(root),
         layout=layout,
-        classes=classes,
+        classes=sorted({p.label for p in photos}),
         photos=photos,
         skipped=sorted(skipped, key=lambda s: s.path),
         duplicates=sorted(duplicates),
         converted=dict(converted),
     )
-
-
-# -- splitting ----------------------------------------------------------------------------
-
-
-def _unit_interval(sha256: str, seed: int) -> float:
-    digest = hashlib.blake2b(f"{seed}:{sha256}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
-
-
-def assign_splits(
-    photos: list[Photo], seed: int, val_fraction: float, test_fraction: float
-) -> list[Photo]:
-    """Give every photo a split: folders given by the user stay as given, the rest by hash.
-
-    A photo's split depends only on its content hash and the seed, so a split never changes
-    between runs, adding photos never moves the old ones, and copies of a photo (same hash)
-    always land together. Within every class the expected shares are exactly the fractions
-    (a stratified split); missing val or test splits are carved out of train.
-    """
-    given = {p.split for p in photos}
-    want_val = "val" not in given
-    want_test = "test" not in given
-    out = []
-    for photo in photos:
-        split = photo.split or "train"
-        if split == "train":
-            u = _unit_interval(photo.sha256, seed)
-            test_cut = test_fraction if want_test else 0.0
-            val_cut = test_cut + (val_fraction if want_val else 0.0)
-            if u < test_cut:
-                split = "test"
-            elif u < val_cut:
-                split = "val"
-        out.append(replace(photo, split=split))
-    return out
-
-
-MANIFEST_FIELDS = ("path", "label", "split", "sha256")
-
-
-def write_manifest(path: str | Path, photos: list[Photo]) -> None:
-    """Write the split as CSV with columns path, label, split, sha256."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MANIFEST_FIELDS)
-    writer.writerows((p.path, p.label, p.split, p.sha256) for p in photos)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def read_manifest(path: str | Path) -> list[Photo]:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        return [Photo(r["path"], r["label"], r["split"], r["sha256"]) for r in rows]
-    except FileNotFoundError:
-        raise DataError(f"split manifest not found: {path}") from None
-    except (KeyError, csv.Error) as exc:
-        raise DataError(f"split manifest {path} is damaged ({exc})") from None
-
-
-def fingerprint(photos: Iterable[Photo]) -> str:
-    """One hash naming exactly which photos (content and label) a run used."""
-    h = hashlib.sha256()
-    for p in sorted(photos, key=lambda p: (p.sha256, p.label)):
-        h.update(f"{p.sha256} {p.label} {p.split}\n".encode())
-    return h.hexdigest()

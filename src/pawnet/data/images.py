@@ -16,17 +16,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pawnet.errors import ImageError
+
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp"})
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (~ 9459 x 9459).
-RESIZE_METHOD = "bilinear"  # Pillow BILINEAR with antialiasing; recorded in every bundle.
+# Resize filters by the name a bundle records; Pillow's filters antialias when shrinking.
+RESIZE_METHODS = {"bilinear": Image.Resampling.BILINEAR}
+RESIZE_METHOD = "bilinear"  # what training uses
 
 Source = str | Path | bytes
-
-
-class ImageError(ValueError):
-    """A file that is not a usable photo; the message is the reason, for people."""
-
 
 @dataclass(frozen=True)
 class ImageInfo:
@@ -93,19 +92,21 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_pixels(
-    source: Source, image_size: int, max_pixels: int = MAX_PIXELS
+    source: Source, image_size: int, max_pixels: int = MAX_PIXELS,
+    resize_method: str = RESIZE_METHOD,
 ) -> np.ndarray:
     """Decode a photo to a `(image_size, image_size, 3)` uint8 RGB array.
 
     JPEGs are decoded at reduced size when the target is at most half the source (libjpeg's
-    DCT scaling via Pillow's draft mode), then every image is resized with antialiased
-    bilinear filtering, stretching to a square. EXIF orientation is applied first.
+    DCT scaling via Pillow's draft mode), then every image is resized, stretching to a
+    square. EXIF orientation is applied first.
 
     Args:
         source: a path, or the file's bytes.
         image_size: side of the square output in pixels.
         max_pixels: images with more pixels are refused as possible decompression bombs.
             Defaults to Pillow's threshold, 89,478,485.
+        resize_method: a key of `RESIZE_METHODS`. Defaults to "bilinear".
 
     Returns:
         A uint8 array of shape `(image_size, image_size, 3)`, values 0-255.
@@ -122,7 +123,7 @@ def load_pixels(
             img.load()
             img = ImageOps.exif_transpose(img)
             img = _to_rgb(img)
-            img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            img = img.resize((image_size, image_size), RESIZE_METHODS[resize_method])
             return np.asarray(img, dtype=np.uint8)
     except ImageError:
         raise

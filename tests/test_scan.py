@@ -1,4 +1,3 @@
-import dataclasses
 import hashlib
 import re
 import shutil
@@ -7,8 +6,9 @@ from pathlib import Path
 import pytest
 from conftest import TONGPYTHON, copy_photos, make_odd_files
 
-from pawnet import data
-from pawnet.data import assign_splits, read_manifest, scan, write_manifest
+from pawnet.data import scan as scan_module
+from pawnet.data.scan import scan
+from pawnet.data.splits import assign_splits
 from pawnet.errors import DataError
 
 
@@ -101,8 +101,8 @@ def test_duplicate_across_given_splits_is_used_once_in_held_out_split(split_fold
 def test_scan_results_are_cached_by_path_size_and_mtime(class_folders, monkeypatch):
     scan(class_folders)
     calls = []
-    real = data._check_file
-    monkeypatch.setattr(data, "_check_file", lambda p, m: calls.append(p) or real(p, m))
+    real = scan_module._check_file
+    monkeypatch.setattr(scan_module, "_check_file", lambda p, m: calls.append(p) or real(p, m))
     scan(class_folders)
     assert calls == []
     touched = next((class_folders / "dog").iterdir())
@@ -113,51 +113,9 @@ def test_scan_results_are_cached_by_path_size_and_mtime(class_folders, monkeypat
 
 def test_damaged_scan_cache_is_ignored(class_folders):
     scan(class_folders)
-    for cache_file in (Path(data.cache_dir()) / "scan").glob("*.json"):
+    for cache_file in (Path(scan_module.cache_dir()) / "scan").glob("*.json"):
         cache_file.write_text("{not json")
     assert scan(class_folders).counts() == {"cat": 12, "dog": 12}
-
-
-def _unsplit_photos() -> list[data.Photo]:
-    return [dataclasses.replace(p, split=None) for p in scan(TONGPYTHON).photos]
-
-
-def test_split_is_deterministic_stratified_and_seeded():
-    photos = _unsplit_photos()
-    a = assign_splits(photos, 7, 0.2, 0.1)
-    assert a == assign_splits(photos, 7, 0.2, 0.1)
-    assert a != assign_splits(photos, 8, 0.2, 0.1)
-    for label in ("cat", "dog"):
-        of_class = [p for p in a if p.label == label]
-        share = {s: sum(p.split == s for p in of_class) / len(of_class)
-                 for s in ("train", "val", "test")}
-        assert share["val"] == pytest.approx(0.2, abs=0.04)
-        assert share["test"] == pytest.approx(0.1, abs=0.03)
-
-
-def test_adding_photos_never_moves_old_ones(class_folders):
-    before = {p.path: p.split for p in assign_splits(scan(class_folders).photos, 3, 0.3, 0.2)}
-    copy_photos(class_folders, 8, offset=12)
-    after = {p.path: p.split for p in assign_splits(scan(class_folders).photos, 3, 0.3, 0.2)}
-    assert len(after) == len(before) + 16
-    assert all(after[path] == split for path, split in before.items())
-
-
-def test_copies_always_share_a_split():
-    photos = _unsplit_photos()
-    twin = [data.Photo("other/" + p.path, p.label, None, p.sha256) for p in photos[:200]]
-    assigned = assign_splits(photos[:200] + twin, 5, 0.3, 0.3)
-    by_hash = {}
-    for p in assigned:
-        by_hash.setdefault(p.sha256, set()).add(p.split)
-    assert all(len(s) == 1 for s in by_hash.values())
-
-
-def test_manifest_round_trip_with_awkward_names(tmp_path):
-    photos = [data.Photo("/x/cat.4142(1).jpg", "cat", "train", "ab"),
-              data.Photo("/x/a,b \"c\".jpg", "dog", "test", "cd")]
-    write_manifest(tmp_path / "m.csv", photos)
-    assert read_manifest(tmp_path / "m.csv") == photos
 
 
 def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
@@ -166,3 +124,16 @@ def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no usable photos"):
         scan(tmp_path / "empty")
+
+
+def test_report_names_every_bad_file_and_duplicate(class_folders, odd_files):
+    folder, expected = odd_files
+    folder.rename(class_folders / "dog" / "odd")
+    shutil.copy(next((class_folders / "cat").iterdir()), class_folders / "cat" / "again.jpg")
+    report = scan(class_folders).report()
+    for name, reason in expected.items():
+        if reason is not None:
+            assert f"odd/{name}: " in report, name
+    assert "zero.jpg: empty file" in report
+    assert "Converted to RGB when read:" in report and "L JPEG" in report
+    assert "1 groups of identical files" in report and "again.jpg" in report

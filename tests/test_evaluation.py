@@ -7,7 +7,7 @@ from conftest import copy_photos
 
 import pawnet
 from pawnet.errors import DataError
-from pawnet.evaluate import compute_metrics, expected_calibration_error
+from pawnet.evaluation import compute_metrics, expected_calibration_error, format_report
 
 
 def test_metrics_on_known_predictions():
@@ -49,8 +49,11 @@ def test_evaluate_folder_of_photos_and_unknown_class(trained_run, tmp_path):
     photos = copy_photos(tmp_path / "held", 5, split="test")
     report = pawnet.evaluate(trained_run, photos, out=tmp_path / "out")
     assert report["n"] == 10
-    if report["misclassified"]:
-        assert (tmp_path / "out" / "misclassified.png").is_file()
+    wrong = report["misclassified"]
+    assert len(wrong) == round((1 - report["accuracy"]) * report["n"])
+    assert [m["confidence"] for m in wrong] == sorted((m["confidence"] for m in wrong),
+                                                      reverse=True)
+    assert (tmp_path / "out" / "misclassified.png").is_file() == bool(wrong)
     shutil.copytree(photos / "cat", photos / "horse")
     (photos / "horse" / "x.jpg").write_bytes((photos / "cat").iterdir().__next__().read_bytes()
                                              + b"\0")
@@ -62,3 +65,20 @@ def test_missing_split_is_a_clear_error(trained_run, tmp_path):
     copy_photos(tmp_path / "p" / "train", 3)
     with pytest.raises(DataError, match="has no test folder; it has train"):
         pawnet.evaluate(trained_run, tmp_path / "p")
+
+
+def test_a_bare_bundle_needs_photos(trained_run, tmp_path):
+    shutil.copytree(trained_run / "bundle", tmp_path / "bundle")
+    with pytest.raises(DataError, match=r"has no split manifest. Try: pawnet evaluate"):
+        pawnet.evaluate(tmp_path / "bundle")
+
+
+def test_reports_for_people(trained_run, tmp_path):
+    report = pawnet.evaluate(trained_run, split="val", out=tmp_path / "out")
+    text = format_report(report)
+    assert text.startswith(f"Evaluated {report['n']} photos from {trained_run} val split")
+    assert f"accuracy {report['accuracy']:.4f}" in text
+    assert "true \\ pred" in text and "precision" in text
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert markdown.startswith(f"# Evaluation of {trained_run}")
+    assert "| cat |" in markdown and "![confusion matrix](confusion.png)" in markdown

@@ -1,0 +1,53 @@
+"""The model registry: every architecture `pawnet train --model NAME` knows, and the
+built-in models that need no training.
+
+It is built from explicit tables: each zoo module lists its models in `MODELS`. A new
+architecture is one builder function plus one row there; `pawnet models` and the tests
+walk the registry, so nothing else needs an edit.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from pawnet.errors import ConfigError
+from pawnet.models import builtin, pretrained, scratch
+from pawnet.models.builtin import BuiltinModel
+from pawnet.models.spec import ModelSpec
+
+_ARCHITECTURES: dict[str, ModelSpec] = {
+    spec.name: spec for spec in (*scratch.MODELS, *pretrained.MODELS)
+}
+_BUILTINS: dict[str, BuiltinModel] = {model.name: model for model in builtin.MODELS}
+
+
+def list_models() -> list[ModelSpec]:
+    """All trainable architectures, from-scratch ones first."""
+    return list(_ARCHITECTURES.values())
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """Look up an architecture by name.
+
+    Raises:
+        ConfigError: unknown name; the message lists similar and available names.
+    """
+    try:
+        return _ARCHITECTURES[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _ARCHITECTURES, n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"unknown model '{name}'.{hint} Available: {', '.join(_ARCHITECTURES)} "
+            "(see `pawnet models`)"
+        ) from None
+
+
+def list_builtins() -> list[BuiltinModel]:
+    """The models that work with no training (`pawnet predict imagenet-catdog ...`)."""
+    return list(_BUILTINS.values())
+
+
+def find_builtin(name: str) -> BuiltinModel | None:
+    """The built-in model of that name, or None."""
+    return _BUILTINS.get(name)

@@ -1,0 +1,267 @@
+"""`pawnet serve`: a REST service and a web page for one model, with dynamic batching.
+
+```
+GET  /            the web page: pick or drop photos, see each label and a bar per class
+POST /v1/predict  multipart fields named `file` (repeatable), or one raw image as the body
+GET  /v1/model    class names, image size, model name, provenance summary
+GET  /healthz     200 once the model is loaded and a warm-up prediction has run
+GET  /metrics     Prometheus text: requests, latency, batch sizes, queue depth
+GET  /docs        the OpenAPI page
+```
+
+Requests decode their photos in a thread pool with the `Predictor`'s own decoder (the one
+training and `pawnet predict` use), then hand the pixels to one `Batcher` thread that
+gathers images from concurrent requests into one model call. The queue is bounded, so a
+flood gets 503 with Retry-After instead of unbounded memory; every request has a time limit.
+Anything a client can send gets a 4xx with a one-line reason, never a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
+
+from pawnet.bundle import Bundle, resolve
+from pawnet.predict import Prediction, Predictor
+from pawnet.serve.batcher import Batcher, QueueFull
+from pawnet.serve.metrics import Metrics, MetricsMiddleware
+from pawnet.serve.settings import ServeSettings
+from pawnet.serve.uploads import TooLarge, fail, read_uploads
+
+STATIC = Path(__file__).parent / "static"
+PREDICT_DOC = {
+    "summary": "Label one or more photos",
+    "description": "Multipart fields named `file` (repeatable), or one raw image as the body. "
+                   "Answers a list like `pawnet predict --json`. A photo that cannot be read "
+                   "gets an `error` entry; when none can, the answer is 422.",
+    "openapi_extra": {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    }}},
+}
+
+
+@dataclass
+class _State:
+    """What the app holds once its lifespan has started."""
+
+    predictor: Predictor | None = None
+    batcher: Batcher | None = None
+    metrics: Metrics | None = None
+    ready: bool = False
+
+
+def provenance_summary(bundle: Bundle) -> dict:
+    """What `/v1/model` tells about where the model came from."""
+    data = bundle.provenance
+    if "builtin" in data or not data:
+        return dict(data)
+    counts = data.get("data", {}).get("counts", {})
+    return {
+        "created": data.get("created"),
+        "versions": data.get("versions"),
+        "data_fingerprint": data.get("data", {}).get("fingerprint"),
+        "photos": {split: sum(c.values()) for split, c in counts.items()
+                   if isinstance(c, dict)},
+        "metrics": data.get("metrics"),
+    }
+
+
+def _load(model: str | Path, settings: ServeSettings) -> Predictor:
+    return Predictor(resolve(model), max_pixels=settings.max_pixels)
+
+
+def _lifespan(model: str | Path | Predictor, settings: ServeSettings, state: _State):
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        predictor = (model if isinstance(model, Predictor)
+                     else await anyio.to_thread.run_sync(_load, model, settings))
+        blank = np.zeros((1, predictor.image_size, predictor.image_size, 3), np.uint8)
+        # Compiles the model's one function, which then takes any batch size.
+        await anyio.to_thread.run_sync(predictor.probabilities, blank)
+        batcher = Batcher(predictor.probabilities, settings.max_batch,
+                          settings.max_wait_ms / 1000, settings.queue_size)
+        state.metrics = Metrics(lambda: batcher.depth)
+        batcher.on_batch = state.metrics.batch_size.observe
+        batcher.start()
+        state.predictor, state.batcher, state.ready = predictor, batcher, True
+        try:
+            yield
+        finally:  # uvicorn has let in-flight requests finish; finish their queued images
+            state.ready = False
+            await anyio.to_thread.run_sync(batcher.stop, settings.timeout_s)
+
+    return lifespan
+
+
+def create_app(model: str | Path | Predictor, settings: ServeSettings | None = None
+               ) -> FastAPI:
+    """The FastAPI app serving one model; the model is loaded when the app starts.
+
+    Args:
+        model: a run folder, a bundle folder, a built-in name (`imagenet-catdog`), or an
+            already loaded `Predictor` (used as it is, with its own `max_pixels`).
+        settings: limits, batching and the API key. Defaults to `ServeSettings()`.
+
+    Returns:
+        A FastAPI app; run it with uvicorn, or `run(...)`.
+    """
+    settings = settings or ServeSettings()
+    state = _State()
+    app = FastAPI(title="pawnet", summary="Label photos with a pawnet model.",
+                  lifespan=_lifespan(model, settings, state))
+    app.add_middleware(MetricsMiddleware, metrics=lambda: state.metrics)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization"])
+    _add_pages(app, state)
+    _add_api(app, settings, state)
+    return app
+
+
+def _add_pages(app: FastAPI, state: _State) -> None:
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/healthz", summary="200 once the model is loaded and warmed up")
+    def healthz() -> JSONResponse:
+        if not state.ready:
+            return JSONResponse({"status": "loading"}, status_code=503,
+                                headers={"Retry-After": "1"})
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
+    def metrics_page() -> Response:
+        if state.metrics is None:
+            return Response(b"", media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
+    api_key = settings.api_key()
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 api_key.encode()):
+            raise fail(401, "missing or wrong API key. Try: the header "
+                            "'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
+
+    def ready() -> Predictor:
+        if not state.ready:
+            raise fail(503, "the model is not loaded yet", {"Retry-After": "1"})
+        return state.predictor
+
+    @app.get("/v1/model", dependencies=[Depends(check_key)],
+             summary="Class names, image size, model name, provenance")
+    def model_info() -> dict:
+        predictor = ready()
+        spec = predictor.spec
+        return {
+            "model_name": spec.model_name,
+            "classes": predictor.classes,
+            "image_size": predictor.image_size,
+            "output": spec.output,
+            "resize_method": spec.resize_method,
+            "provenance": provenance_summary(predictor.bundle),
+            "limits": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
+                       "max_upload_mb": settings.max_upload_mb,
+                       "max_files": settings.max_files, "timeout_s": settings.timeout_s},
+        }
+
+    @app.post("/v1/predict", dependencies=[Depends(check_key)], **PREDICT_DOC)
+    async def predict(request: Request) -> list[dict]:
+        predictor = ready()
+        uploads = await _uploads(request, settings)
+        decoded = await asyncio.gather(
+            *(anyio.to_thread.run_sync(predictor.decode, data) for _, data in uploads))
+        rows = await _run_model(state, settings, [name for name, _ in uploads], decoded)
+        classes = predictor.classes
+        return [(Prediction(name, error=d) if isinstance(d, str)
+                 else Prediction.from_row(name, classes, next(rows))).to_dict()
+                for (name, _), d in zip(uploads, decoded, strict=True)]
+
+
+async def _uploads(request: Request, settings: ServeSettings) -> list[tuple[str, bytes]]:
+    """The request's photos, within the size and time limits."""
+    max_bytes = int(settings.max_upload_mb * 1024 * 1024)
+    try:
+        with anyio.fail_after(settings.timeout_s):
+            return await read_uploads(request, max_bytes, settings.max_files)
+    except TooLarge:  # close the connection, so the rest of the upload is not read
+        raise fail(413, f"upload too large; allowed: {settings.max_upload_mb:g} MB per "
+                        "request. Try: smaller photos, or fewer per request",
+                   {"Connection": "close"}) from None
+    except TimeoutError:
+        raise fail(408, f"the upload took longer than {settings.timeout_s:g} s",
+                   {"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise fail(400, "the client disconnected during the upload") from None
+
+
+async def _run_model(state: _State, settings: ServeSettings, names: list[str],
+                     decoded: list[np.ndarray | str]):
+    """Probabilities of the readable photos, in order, from the batcher."""
+    ok = [d for d in decoded if not isinstance(d, str)]
+    state.metrics.images.labels("unreadable").inc(len(decoded) - len(ok))
+    if not ok:
+        reasons = "; ".join(f"{n}: {d}" for n, d in zip(names, decoded, strict=True))
+        raise fail(422, reasons if len(decoded) > 1 else str(decoded[0]))
+    try:
+        futures = state.batcher.submit(ok)
+    except QueueFull as exc:
+        raise fail(503, f"busy: {exc}. Try: again in a second", {"Retry-After": "1"}) from None
+    try:
+        rows = await asyncio.wait_for(
+            asyncio.gather(*(asyncio.wrap_future(f) for f in futures)), settings.timeout_s)
+    except TimeoutError:
+        raise fail(503, f"busy: no answer from the model within {settings.timeout_s:g} s",
+                   {"Retry-After": "1"}) from None
+    state.metrics.images.labels("predicted").inc(len(ok))
+    return iter(rows)
+
+
+def run(model: str | Path, settings: ServeSettings | None = None) -> None:
+    """Load the model, then serve it with uvicorn until Ctrl-C or SIGTERM.
+
+    The model is loaded before the server starts, so a bad MODEL stops with one `error:`
+    line. On SIGTERM the server stops accepting connections, lets in-flight requests finish,
+    then exits.
+
+    Raises:
+        BundleError: the model cannot be loaded.
+        ConfigError: a setting out of range, or an API key variable that is not set.
+    """
+    import uvicorn
+
+    from pawnet.serve.settings import LOOPBACK
+
+    settings = settings or ServeSettings()
+    predictor = _load(model, settings)
+    app = create_app(predictor, settings)
+    host = settings.host
+    shown = f"[{host}]" if ":" in host else host
+    print(f"Serving {predictor.spec.model_name} ({', '.join(predictor.classes)}) at "
+          f"http://{shown}:{settings.port}/  (API docs at /docs)", flush=True)
+    if settings.api_key_env is None and host not in LOOPBACK:
+        print(f"warning: listening on {host} without an API key; anyone who can reach this "
+              "port can use the model. Try: --api-key-env NAME", flush=True)
+    uvicorn.run(app, host=host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=int(settings.timeout_s) + 5)

@@ -1,0 +1,113 @@
+"""Dynamic batching: one thread runs the model on images gathered from concurrent requests."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class QueueFull(Exception):
+    """The batcher has no room for the images of one more request."""
+
+
+@dataclass
+class _Job:
+    pixels: np.ndarray  # (size, size, 3) uint8
+    future: Future
+    enqueued: float
+
+
+class Batcher:
+    """One thread that runs the model on images gathered from concurrent requests.
+
+    A batch starts when `max_batch` images are waiting, or when the oldest waiting image has
+    waited `max_wait_s` (under load the model call itself is the wait, so no time is added).
+    Images whose request gave up (timed out, disconnected) are dropped before the model call.
+
+    Args:
+        predict_fn: uint8 images `(N, size, size, 3)` -> probabilities `(N, classes)`.
+        max_batch: most images per model call.
+        max_wait_s: longest an image waits for others to join its batch.
+        queue_size: most images waiting; `submit` raises `QueueFull` beyond it.
+        on_batch: called with each batch's size, after the model call.
+    """
+
+    def __init__(self, predict_fn: Callable[[np.ndarray], np.ndarray], max_batch: int,
+                 max_wait_s: float, queue_size: int,
+                 on_batch: Callable[[int], None] = lambda n: None):
+        self.predict_fn = predict_fn
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.queue_size = queue_size
+        self.on_batch = on_batch
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="pawnet-batcher", daemon=True)
+
+    @property
+    def depth(self) -> int:
+        return len(self._jobs)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the images already queued, then end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def submit(self, images: Sequence[np.ndarray]) -> list[Future]:
+        """Queue all of a request's images, or none of them.
+
+        Raises:
+            QueueFull: there is no room for all of them.
+        """
+        now = time.monotonic()
+        jobs = [_Job(pixels, Future(), now) for pixels in images]
+        with self._cond:
+            if self._stopping:
+                raise QueueFull("the service is shutting down")
+            if len(self._jobs) + len(jobs) > self.queue_size:
+                raise QueueFull(f"{len(self._jobs)} images already wait for the model "
+                                f"(limit {self.queue_size})")
+            self._jobs.extend(jobs)
+            self._cond.notify_all()
+        return [job.future for job in jobs]
+
+    def _next_batch(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._jobs:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            deadline = self._jobs[0].enqueued + self.max_wait_s
+            while len(self._jobs) < self.max_batch and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return [self._jobs.popleft() for _ in range(min(self.max_batch, len(self._jobs)))]
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            try:
+                probs = self.predict_fn(np.stack([job.pixels for job in batch]))
+            except Exception as exc:  # a bug or a broken model: fail these requests, keep going
+                for job in batch:
+                    job.future.set_exception(exc)
+                continue
+            for job, row in zip(batch, probs, strict=True):
+                job.future.set_result(row)
+            self.on_batch(len(batch))

@@ -1,0 +1,59 @@
+"""The service's settings: one validated dataclass that `create_app`, `run` and the
+`pawnet serve` flags share (`max_batch` is `--max-batch`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from pawnet.config import check_fields, setting
+from pawnet.data.images import MAX_PIXELS
+from pawnet.errors import ConfigError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How `pawnet serve` listens, batches, and limits what clients may send."""
+
+    host: str = setting("127.0.0.1", "Address to listen on.")
+    port: int = setting(8000, "Port to listen on.", range=(0, 65535))
+    max_batch: int = setting(32, "Most images per model call; 1 turns batching off.",
+                             range=(1, 4096))
+    max_wait_ms: float = setting(5.0, "Longest an image waits for others to join its batch.",
+                                 range=(0.0, 60_000.0))
+    max_upload_mb: float = setting(10.0, "Largest request body in MB; larger ones get 413 "
+                                   "while still arriving.", range=(0.001, 10_000.0))
+    max_files: int = setting(32, "Most images per request.", range=(1, 10_000))
+    max_pixels: int = setting(MAX_PIXELS, "Larger images are refused as possible "
+                              "decompression bombs.", range=(1, 10**10))
+    queue_size: int = setting(256, "Most images waiting for the model; beyond it requests "
+                              "get 503 with Retry-After.", range=(1, 1_000_000))
+    timeout_s: float = setting(30.0, "Time limit per request, for the upload and for the "
+                               "model.", range=(0.001, 3600.0))
+    api_key_env: str | None = setting(None, "Environment variable holding the API key that "
+                                      "every /v1/* call must send as a Bearer token.")
+    cors_origins: list[str] = setting([], "Origins whose pages may call the API, e.g. "
+                                      "https://example.com; default: none (CORS off).")
+    log_level: str = setting("info", "Uvicorn's log level.",
+                             choices=("critical", "error", "warning", "info", "debug", "trace"))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        self.api_key()
+
+    def api_key(self) -> str | None:
+        """The key clients must send, read from `api_key_env`; None when not asked for.
+
+        Raises:
+            ConfigError: the variable is named but empty or not set.
+        """
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env, "")
+        if not key.strip():
+            raise ConfigError(f"--api-key-env names {self.api_key_env}, but that environment "
+                              f"variable is empty or not set. Try: export {self.api_key_env}=...")
+        return key
+

@@ -1,0 +1,89 @@
+"""`train`: from a folder of photos to a run folder holding a model bundle.
+
+```
+runs/train/
+  config.yaml      the resolved settings        manifest.csv   path, label, split, sha256
+  data.json        skipped files, duplicates    history.csv    one row per epoch
+  curves.png       loss and accuracy curves     checkpoints/   last/, best.weights.h5
+  bundle/          the model bundle (see pawnet.bundle)
+```
+
+`plan` settles what the run does (new or resumed), `recipe` holds what every way of training
+shares, `scratch` and `transfer` fit, `callbacks` record and checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from pawnet.bundle import BundleSpec, save_bundle
+from pawnet.config import resolve_config
+from pawnet.models.registry import get_model_spec
+from pawnet.models.spec import output_kind
+from pawnet.training import scratch, transfer
+from pawnet.training.callbacks import read_history
+from pawnet.training.plan import Plan, log, new_plan, provenance, resume_plan
+from pawnet.training.recipe import class_weights
+
+
+def train(photos: str | Path | None = None, *, config: str | Path | dict | None = None,
+          **settings: Any) -> Path:
+    """Train a model on a folder of photos and save a bundle in a new run folder.
+
+    Args:
+        photos: folder of photos (class folders, train/val/test folders, or Kaggle-style
+            `cat.1.jpg` files). Defaults to None: the `photos` of `config`.
+        config: a YAML file or dict of settings; keyword arguments win over it.
+        **settings: any `Config` field, e.g. `model="tutorial-a-cnn"`, `epochs=10`,
+            `image_size=150`, `augment=["flip", "zoom"]`, `resume="runs/train"`.
+
+    Returns:
+        The run folder; its `bundle/` holds the trained model.
+
+    Raises:
+        ConfigError, DataError: bad settings or unusable photos.
+
+    >>> run = pawnet.train("photos/", epochs=5)
+    """
+    photos = str(photos) if photos is not None else None
+    if settings.get("resume"):
+        plan = resume_plan(Path(settings["resume"]), photos=photos, config=config, **settings)
+    else:
+        plan = new_plan(resolve_config(config, photos=photos, **settings))
+    return _fit(plan)
+
+
+def _fit(plan: Plan) -> Path:
+    import keras
+
+    cfg, run_dir = plan.cfg, plan.run_dir
+    keras.utils.set_random_seed(cfg.seed)
+    log("Using " + "; ".join(
+        f"{split} {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in c.items())})"
+        for split, c in plan.counts().items()
+    ))
+    weights = (class_weights(plan.split("train"), plan.classes)
+               if cfg.class_weight == "auto" else None)
+    if weights:
+        log("Classes are imbalanced; class weights: "
+            + ", ".join(f"{plan.classes[i]} {w:.2f}" for i, w in weights.items()))
+
+    spec = get_model_spec(cfg.model)
+    started = time.monotonic()
+    model, (val_loss, val_accuracy) = (transfer if spec.pretrained else scratch).fit(
+        plan, spec, weights)
+    fit_seconds = time.monotonic() - started
+    log(f"Saved model on validation photos: val_loss {val_loss:.4f}, "
+        f"val_accuracy {val_accuracy:.4f}")
+
+    bundle_spec = BundleSpec(model_name=cfg.model, class_names=plan.classes,
+                             image_size=cfg.image_size, output=output_kind(model))
+    metrics = {"val_loss": val_loss, "val_accuracy": val_accuracy}
+    record = provenance(plan, read_history(run_dir / "history.csv"), metrics, fit_seconds)
+    bundle_dir = save_bundle(run_dir / "bundle", model, bundle_spec, record, cfg.to_yaml())
+    shutil.rmtree(plan.pixel_cache, ignore_errors=True)
+    log(f"Saved bundle to {bundle_dir}")
+    return run_dir

@@ -1,0 +1,159 @@
+"""What a training run will do, settled before any fitting: its settings, run folder,
+classes and split photos (a new run, or one resumed after its last finished epoch), and
+what the bundle will record about it."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pawnet.config import Config, resolve_config
+from pawnet.data.scan import Photo, count_classes, scan
+from pawnet.data.splits import assign_splits, fingerprint, read_manifest, write_manifest
+from pawnet.errors import ConfigError, DataError
+from pawnet.storage import atomic_write_text, next_run_dir
+from pawnet.training.callbacks import ResumeCheckpoint
+
+SPLIT_NAMES = ("train", "val", "test")
+SHOWN_SKIPPED = 10  # bad files listed on the terminal; data.json has them all
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+@dataclass
+class Plan:
+    """Everything resolved before fitting. `cfg` is fully resolved (the model's defaults
+    filled in); `state` is the resume state saved after the last finished epoch."""
+
+    cfg: Config
+    run_dir: Path
+    classes: list[str]
+    photos: list[Photo]
+    resumed: bool = False
+    state: dict | None = None
+
+    @property
+    def initial_epoch(self) -> int:
+        return int(self.state["epoch"]) if self.state else 0
+
+    @property
+    def pixel_cache(self) -> Path:
+        """Where decoded pixels go when they do not fit in memory; removed after training."""
+        return self.run_dir / ".cache"
+
+    def split(self, name: str) -> list[Photo]:
+        return [p for p in self.photos if p.split == name]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Photos per class in each split."""
+        return {split: count_classes(self.photos, self.classes, split) for split in SPLIT_NAMES}
+
+
+def new_plan(cfg: Config) -> Plan:
+    """Scan and split the photos, then create the run folder and record the split in it.
+
+    Raises:
+        ConfigError: no photos given.
+        DataError: fewer than 2 classes, or an empty training or validation split.
+    """
+    if not cfg.photos:
+        raise ConfigError("no photos given. Try: pawnet train PATH/TO/PHOTOS")
+    photoset = scan(cfg.photos, max_pixels=cfg.max_pixels)
+    log(photoset.summary())
+    for skipped in photoset.skipped[:SHOWN_SKIPPED]:
+        log(f"  skipped {skipped.path}: {skipped.reason}")
+    if len(photoset.skipped) > SHOWN_SKIPPED:
+        log(f"  ... and {len(photoset.skipped) - SHOWN_SKIPPED} more (see data.json in the "
+            "run folder)")
+    if len(photoset.classes) < 2:
+        raise DataError(
+            f"training needs at least 2 classes, found {photoset.classes} in {cfg.photos}. "
+            "Try: one sub-folder per class"
+        )
+    photos = assign_splits(photoset.photos, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+    _check_splits(photos)
+    run_dir = next_run_dir(cfg.out or "runs/train")
+    cfg.out = str(run_dir)
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    write_manifest(run_dir / "manifest.csv", photos)
+    atomic_write_text(run_dir / "data.json", json.dumps(photoset.to_json(), indent=2) + "\n")
+    return Plan(cfg, run_dir, photoset.classes, photos)
+
+
+def _check_splits(photos: list[Photo]) -> None:
+    n_train = sum(p.split == "train" for p in photos)
+    n_val = sum(p.split == "val" for p in photos)
+    if not n_train or not n_val:
+        raise DataError(
+            f"need photos for both training and validation, got {n_train} and {n_val}. "
+            "Try: add photos, or raise --val-fraction"
+        )
+
+
+def _flag(key: str) -> str:
+    return "PHOTOS" if key == "photos" else "--" + key.replace("_", "-")
+
+
+def resume_plan(run_dir: Path, **given: Any) -> Plan:
+    """The plan of a run to continue with its saved settings; only `epochs` may change.
+
+    Raises:
+        ConfigError: not a run folder, or settings other than epochs given.
+        DataError: photos of its split are gone.
+    """
+    if not (run_dir / "config.yaml").exists():
+        raise ConfigError(f"cannot resume {run_dir}: no config.yaml there (not a pawnet run)")
+    extra = sorted(k for k, v in given.items() if v is not None and k not in ("epochs", "resume"))
+    if extra:
+        raise ConfigError(
+            "--resume continues a run with its saved settings; only --epochs may change, "
+            f"received: {', '.join(_flag(k) for k in extra)}"
+        )
+    cfg = resolve_config(run_dir / "config.yaml", epochs=given.get("epochs"))
+    photos = read_manifest(run_dir / "manifest.csv")
+    missing = [p.path for p in photos if not Path(p.path).exists()]
+    if missing:
+        raise DataError(f"cannot resume {run_dir}: {len(missing)} photos of its split are gone, "
+                        f"e.g. {missing[0]}")
+    shutil.rmtree(run_dir / ".cache", ignore_errors=True)  # a killed run's partial pixels
+    return Plan(cfg, run_dir, sorted({p.label for p in photos}), photos, resumed=True,
+                state=ResumeCheckpoint.load_state(run_dir / "checkpoints"))
+
+
+def _versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    from pawnet import __version__
+
+    return {"pawnet": __version__, "keras": keras.__version__,
+            "tensorflow": tf.__version__, "python": platform.python_version()}
+
+
+def provenance(plan: Plan, history: list[dict[str, float]], metrics: dict[str, float],
+               fit_seconds: float) -> dict[str, Any]:
+    """What `provenance.json` records: versions, which photos, how training went."""
+    import tensorflow as tf
+
+    cfg = plan.cfg
+    best = min(history, key=lambda r: r.get("val_loss", math.inf)) if history else None
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "data": {"root": cfg.photos, "fingerprint": fingerprint(plan.photos),
+                 "counts": plan.counts(), "split_seed": cfg.seed,
+                 "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction},
+        "training": {"epochs_run": len(history),
+                     "best_epoch": int(best["epoch"]) if best else None,
+                     "fit_seconds_this_session": round(fit_seconds, 1),
+                     "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU"},
+        "metrics": metrics,
+    }

@@ -1,0 +1,117 @@
+"""The ingredients every way of training shares: targets, class weights, the compiled
+optimizer and loss, and the image pipelines. `pawnet bench` uses them too, so it measures
+exactly what `pawnet train` runs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pawnet.config import Config
+from pawnet.data.scan import Photo
+from pawnet.training.plan import Plan
+
+IMBALANCE_RATIO = 1.5  # class weights turn on when the largest class is this much bigger
+
+
+def targets(photos: list[Photo], classes: list[str], binary: bool) -> np.ndarray:
+    """Training targets: `(N, 1)` 0/1 floats for a sigmoid output, else one-hot rows."""
+    index = np.array([classes.index(p.label) for p in photos], dtype=np.int64)
+    if binary:
+        return index.astype(np.float32).reshape(-1, 1)
+    return np.eye(len(classes), dtype=np.float32)[index]
+
+
+def class_weights(photos: list[Photo], classes: list[str]) -> dict[int, float] | None:
+    """Inverse-frequency weights when classes are imbalanced, else None."""
+    counts = np.array([sum(1 for p in photos if p.label == c) for c in classes], dtype=float)
+    if counts.min() == 0 or counts.max() / counts.min() < IMBALANCE_RATIO:
+        return None
+    weights = counts.sum() / (len(classes) * counts)
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def augmentation_used(cfg: Config) -> list[str]:
+    """The augmentations training really applies. A pretrained model trains its head on
+    features of plain photos, unless `feature_views` or `fine_tune` asks for more."""
+    from pawnet.models.registry import get_model_spec
+
+    pretrained = get_model_spec(cfg.model).pretrained
+    return list(cfg.augment) if not pretrained or cfg.feature_views or cfg.fine_tune else []
+
+
+def compile_model(model, cfg: Config, steps_per_epoch: int, *, lr: float | None = None,
+                  epochs: int | None = None, steps_per_execution: int = 1) -> None:
+    """Compile with Adam (AdamW when weight decay is set), the loss that fits the model's
+    output, accuracy, and the configured learning-rate schedule.
+
+    Args:
+        lr: peak learning rate. Defaults to `cfg.lr`.
+        epochs: length of the schedule. Defaults to `cfg.epochs`.
+    """
+    import keras
+
+    from pawnet.models.spec import output_kind
+
+    peak = cfg.lr if lr is None else lr
+    if cfg.lr_schedule == "cosine":
+        total = max(1, (epochs or cfg.epochs) * steps_per_epoch)
+        warmup = min(steps_per_epoch, total // 2)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=max(1, total - warmup), alpha=0.01,
+            warmup_target=peak, warmup_steps=warmup,
+        )
+    else:
+        schedule = peak
+    if cfg.weight_decay > 0:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(schedule)
+    if output_kind(model) == "sigmoid":
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing)
+    else:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"],
+                  steps_per_execution=steps_per_execution)
+
+
+def steps_per_epoch(n_photos: int, cfg: Config) -> int:
+    return math.ceil(n_photos / cfg.batch_size)
+
+
+def image_datasets(plan: Plan, binary: bool, *, augment: bool = True):
+    """(train, val) image pipelines: train shuffled and augmented, both cached after the
+    first epoch (in memory, or under `plan.pixel_cache` when they would not fit)."""
+    from pawnet.data.augment import build_augmenter
+    from pawnet.data.pipeline import cache_location, labelled_dataset
+
+    cfg = plan.cfg
+    train_photos, val_photos = plan.split("train"), plan.split("val")
+    n_cached = len(train_photos) + len(val_photos)
+    augmenter = build_augmenter(cfg.augment, cfg.augment_strengths(), cfg.seed) if augment else None
+
+    def pipeline(photos: list[Photo], split: str, **kwargs):
+        return labelled_dataset(
+            [p.path for p in photos], targets(photos, plan.classes, binary), cfg.image_size,
+            cfg.batch_size, max_pixels=cfg.max_pixels,
+            cache=cache_location(n_cached, cfg.image_size, cfg.cache, plan.pixel_cache / split),
+            **kwargs,
+        )
+
+    return (pipeline(train_photos, "train", shuffle_seed=cfg.seed, augment=augmenter),
+            pipeline(val_photos, "val"))
+
+
+def head_training_set(head, cfg: Config, x: np.ndarray, y: np.ndarray):
+    """Compile `head` to train on in-memory features `x`, `y`; return their batches.
+
+    Head epochs last milliseconds, so the batches are built once in memory and all of an
+    epoch's steps run in one call, which keeps Keras' per-epoch overhead from dominating.
+    """
+    import tensorflow as tf
+
+    steps = steps_per_epoch(len(x), cfg)
+    compile_model(head, cfg, steps, steps_per_execution=steps)
+    return (tf.data.Dataset.from_tensor_slices((x, y))
+            .shuffle(len(x), seed=cfg.seed).batch(cfg.batch_size).prefetch(2))

@@ -1,0 +1,91 @@
+"""Training end to end on images: from scratch, and the loop that transfer learning's
+fine-tuning reuses. Keras `fit` on the tf.data pipeline, with the best weights kept by
+validation loss, early stopping, curves, and a resume checkpoint after every epoch."""
+
+from __future__ import annotations
+
+import sys
+
+from pawnet.errors import DataError
+from pawnet.models.spec import ModelSpec, output_kind
+from pawnet.training.callbacks import (
+    HistoryRecorder,
+    ResumableEarlyStopping,
+    ResumeCheckpoint,
+    last_checkpoint,
+    read_history,
+)
+from pawnet.training.plan import Plan, log
+from pawnet.training.recipe import compile_model, image_datasets, steps_per_epoch
+
+
+def fit_on_images(model, plan: Plan, train_ds, val_ds, weights, *, epochs: int,
+                  initial_epoch: int, state: dict | None = None):
+    """Keras fit with best checkpoint, early stopping, history/curves and resume state;
+    returns the model with its best weights."""
+    import keras
+
+    run_dir, cfg = plan.run_dir, plan.cfg
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    state = state or {}
+    early = ResumableEarlyStopping(monitor="val_loss", patience=cfg.patience, state=state)
+    best_path = ckpt_dir / "best.weights.h5"
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(
+            best_path, monitor="val_loss", save_best_only=True, save_weights_only=True,
+            initial_value_threshold=state.get("best"),
+        ),
+        early,
+        HistoryRecorder(run_dir, read_history(run_dir / "history.csv", initial_epoch)),
+        ResumeCheckpoint(ckpt_dir, early),
+    ]
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        class_weight=weights,
+        shuffle=False,  # the tf.data pipeline shuffles, with the run's seed
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    if best_path.exists():
+        model.load_weights(best_path)
+    return model
+
+
+def _start_or_resume(plan: Plan, spec: ModelSpec):
+    import keras
+
+    cfg = plan.cfg
+    if not plan.resumed:
+        model = spec.build(len(plan.classes), cfg.image_size)
+        compile_model(model, cfg, steps_per_epoch(len(plan.split("train")), cfg))
+        return model
+    checkpoint = last_checkpoint(plan.run_dir / "checkpoints")
+    if plan.state is None or checkpoint is None:
+        raise DataError(
+            f"cannot resume {plan.run_dir}: no finished epoch was saved. "
+            f"Try: start again with pawnet train {cfg.photos}"
+        )
+    log(f"Resuming {plan.run_dir} after epoch {plan.initial_epoch} of {cfg.epochs}")
+    return keras.models.load_model(checkpoint)
+
+
+def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
+        ) -> tuple[object, list[float]]:
+    """Train `spec` from scratch (or on from the resume checkpoint).
+
+    Returns:
+        The model with its best weights, and its [val_loss, val_accuracy].
+    """
+    cfg = plan.cfg
+    model = _start_or_resume(plan, spec)
+    train_ds, val_ds = image_datasets(plan, binary=output_kind(model) == "sigmoid")
+    log(f"Training {cfg.model} at {cfg.image_size}px, batch {cfg.batch_size}, "
+        f"up to {cfg.epochs} epochs, lr {cfg.lr:g} ({cfg.lr_schedule}), "
+        f"augment: {', '.join(cfg.augment) or 'none'}; run folder {plan.run_dir}")
+    model = fit_on_images(model, plan, train_ds, val_ds, weights, epochs=cfg.epochs,
+                          initial_epoch=plan.initial_epoch, state=plan.state)
+    return model, [float(v) for v in model.evaluate(val_ds, verbose=0)]

@@ -1,0 +1,240 @@
+"""Transfer learning: a frozen pretrained backbone, features computed once, a new head.
+
+Phase 1 runs every photo through the frozen backbone once (the slow part on a CPU), caches
+the pooled features per user by photo content, and trains only the small head on them, so
+head epochs take well under a second. `feature_views` adds augmented views of each training
+photo as extra feature rows. Phase 2 (`fine_tune` > 0) unfreezes the top blocks and trains
+end to end on the image pipeline at a low learning rate, with batch norm kept in inference
+mode. The bundle saves one model from raw pixels to probabilities.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+
+from pawnet.data.augment import build_augmenter
+from pawnet.data.images import MAX_PIXELS, load_pixels
+from pawnet.data.pipeline import batch_function, decode_ahead, pixel_dataset
+from pawnet.models.pretrained import build_head, compose, load_backbone
+from pawnet.models.spec import ModelSpec, output_kind
+from pawnet.storage import atomic_write_bytes, cache_dir, progress
+from pawnet.training.callbacks import HistoryRecorder
+from pawnet.training.plan import Plan, log
+from pawnet.training.recipe import (
+    compile_model,
+    head_training_set,
+    image_datasets,
+    steps_per_epoch,
+    targets,
+)
+from pawnet.training.scratch import fit_on_images
+
+_SAVE_EVERY = 20  # batches between writes of the feature cache, so a kill loses little
+
+
+class FeatureStore:
+    """Plain-view backbone features per photo content hash, cached per user."""
+
+    def __init__(self, backbone_id: str):
+        self.path = cache_dir() / "features" / f"{backbone_id}.npz"
+        self.features: dict[str, np.ndarray] = {}
+        try:
+            with np.load(self.path) as stored:
+                self.features = {k: stored[k] for k in stored.files}
+        except (OSError, ValueError, EOFError):
+            self.features = {}  # missing or damaged: recompute
+
+    def save(self) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **self.features)
+        atomic_write_bytes(self.path, buffer.getvalue())
+
+
+def backbone_id(backbone: keras.Model, variant: str, image_size: int) -> str:
+    """Names a backbone's exact weights and input size, to key cached features."""
+    digest = hashlib.sha256()
+    for w in backbone.weights[:4] + backbone.weights[-4:]:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
+    return f"{variant}-{image_size}px-{digest.hexdigest()[:12]}"
+
+
+def extract_features(
+    backbone: keras.Model,
+    paths: Sequence[str],
+    image_size: int,
+    batch_size: int,
+    *,
+    augment: Callable | None = None,
+    desc: str = "Extracting features",
+    on_batch: Callable[[int, np.ndarray], None] | None = None,
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """Pooled backbone features `(len(paths), dim)` of photos, optionally augmented first."""
+    def decode(path: str) -> np.ndarray:
+        return load_pixels(path, image_size, max_pixels or MAX_PIXELS)
+
+    forward = batch_function(backbone)
+    out = []
+    with progress(len(paths), desc) as bar:
+        for i, (_, pixels) in enumerate(decode_ahead(paths, decode, batch_size)):
+            batch = keras.ops.cast(np.stack(pixels), "float32")
+            if augment is not None:
+                batch = augment(batch)
+            feats = forward(batch).numpy()
+            out.append(feats)
+            if on_batch:
+                on_batch(i, feats)
+            bar.update(len(feats))
+    return np.concatenate(out) if out else np.zeros((0, backbone.output.shape[-1]), "float32")
+
+
+def cached_features(
+    backbone: keras.Model,
+    store: FeatureStore,
+    photos: Sequence,
+    image_size: int,
+    batch_size: int,
+    desc: str,
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """Plain-view features of photos, computing only those not in the store yet."""
+    todo = list({p.sha256: p for p in photos if p.sha256 not in store.features}.values())
+    if todo:
+        def keep(i: int, feats: np.ndarray) -> None:
+            for photo, f in zip(todo[i * batch_size:], feats, strict=False):
+                store.features[photo.sha256] = f
+            if (i + 1) % _SAVE_EVERY == 0:
+                store.save()
+
+        extract_features(backbone, [p.path for p in todo], image_size, batch_size,
+                         desc=desc, on_batch=keep, max_pixels=max_pixels)
+        store.save()
+    return np.stack([store.features[p.sha256] for p in photos])
+
+
+def unfreeze_top_blocks(backbone: keras.Model, blocks: int) -> list[str]:
+    """Make the top `blocks` blocks (and the head conv) trainable; batch norm stays frozen,
+    so it keeps running in inference mode with its ImageNet statistics.
+
+    Returns:
+        Names of the layers made trainable.
+    """
+    numbers = sorted({int(layer.name.split("_")[0][5:]) for layer in backbone.layers
+                      if layer.name.startswith("block")})
+    chosen = {f"block{n}_" for n in numbers[-blocks:]} if blocks > 0 else set()
+    backbone.trainable = True
+    opened = []
+    for layer in backbone.layers:
+        top = layer.name.startswith(tuple(chosen)) or layer.name == "head_conv"
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = bool(top and not is_bn and layer.weights)
+        if layer.trainable:
+            opened.append(layer.name)
+    return opened
+
+
+def _features(plan: Plan, spec: ModelSpec, backbone: keras.Model):
+    """(train_x, val_x): cached plain-view features, plus `feature_views` augmented views of
+    each training photo stacked under the plain ones."""
+    cfg = plan.cfg
+    train_photos, val_photos = plan.split("train"), plan.split("val")
+    store = FeatureStore(backbone_id(backbone, "+".join(spec.backbones), cfg.image_size))
+    started = time.monotonic()
+    train_x = cached_features(backbone, store, train_photos, cfg.image_size, cfg.batch_size,
+                              "Features (train)", cfg.max_pixels)
+    val_x = cached_features(backbone, store, val_photos, cfg.image_size, cfg.batch_size,
+                            "Features (val)", cfg.max_pixels)
+    views = [train_x]
+    for view in range(1, cfg.feature_views + 1):
+        augment = build_augmenter(cfg.augment, cfg.augment_strengths(), cfg.seed + view)
+        views.append(extract_features(backbone, [p.path for p in train_photos],
+                                      cfg.image_size, cfg.batch_size, augment=augment,
+                                      desc=f"Features (augmented view {view})",
+                                      max_pixels=cfg.max_pixels))
+    n_photos = len(train_photos) * len(views) + len(val_photos)
+    log(f"Features of {n_photos} photo views ready in {time.monotonic() - started:.1f}s "
+        f"({len(store.features)} cached for {spec.name})")
+    return np.concatenate(views), val_x
+
+
+def _fit_head(plan: Plan, head: keras.Model, x: np.ndarray, y: np.ndarray, val_x: np.ndarray,
+              val_y: np.ndarray, weights) -> tuple[int, float, float]:
+    """Train the head on features; returns (epochs run, val_loss, val_accuracy)."""
+    import tensorflow as tf
+
+    cfg = plan.cfg
+    started = time.monotonic()
+    head.fit(
+        head_training_set(head, cfg, x, y),
+        validation_data=tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(256),
+        shuffle=False,  # the dataset shuffles, with the run's seed
+        epochs=cfg.epochs,
+        class_weight=weights,
+        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                                 restore_best_weights=True),
+                   HistoryRecorder(plan.run_dir)],
+        verbose=0 if sys.stdout.isatty() else 2,
+    )
+    epochs_done = len(head.history.epoch)
+    loss, accuracy = head.evaluate(val_x, val_y, verbose=0)
+    log(f"Head trained in {time.monotonic() - started:.1f}s ({epochs_done} epochs): "
+        f"val_loss {loss:.4f}, val_accuracy {accuracy:.4f}")
+    return epochs_done, float(loss), float(accuracy)
+
+
+CHECK_PHOTOS = 16  # validation photos run through the saved model to check it
+
+
+def _check_composed(model, head, plan: Plan, val_x: np.ndarray) -> None:
+    """The saved model, from pixels, must give what the head gave on cached features, so
+    the validation figures measured on features are the saved model's own."""
+    val_photos = plan.split("val")
+    n = min(CHECK_PHOTOS, len(val_photos))
+    pixels = next(iter(pixel_dataset([p.path for p in val_photos[:n]], plan.cfg.image_size,
+                                     plan.cfg.max_pixels).batch(n)))
+    got = np.asarray(model.predict_on_batch(pixels))
+    want = np.asarray(head.predict_on_batch(val_x[:n]))
+    if not np.allclose(got, want, atol=1e-4):
+        raise RuntimeError(f"saved model and trained head disagree by "
+                           f"{np.abs(got - want).max():.2g} on validation photos")
+
+
+def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
+        ) -> tuple[keras.Model, list[float]]:
+    """Phase 1: the head on cached backbone features; phase 2 (optional): fine-tune the top
+    blocks. A resumed run redoes phase 1 from the feature cache, in seconds.
+
+    Returns:
+        The composed model (pixels to probabilities), and its [val_loss, val_accuracy].
+    """
+    cfg = plan.cfg
+    backbone = load_backbone(spec, cfg.image_size, trainable_later=cfg.fine_tune > 0)
+    log(f"Transfer learning from {spec.name} at {cfg.image_size}px; run folder {plan.run_dir}")
+    train_x, val_x = _features(plan, spec, backbone)
+    head = build_head(len(plan.classes), backbone)
+    binary = output_kind(head) == "sigmoid"
+    train_y = targets(plan.split("train"), plan.classes, binary)
+    val_y = targets(plan.split("val"), plan.classes, binary)
+    train_y = np.concatenate([train_y] * (len(train_x) // len(train_y)))
+    epochs_done, loss, accuracy = _fit_head(plan, head, train_x, train_y, val_x, val_y, weights)
+    model = compose(backbone, head, spec.name)
+    if not cfg.fine_tune:
+        _check_composed(model, head, plan, val_x)
+        return model, [loss, accuracy]
+
+    opened = unfreeze_top_blocks(backbone, cfg.fine_tune)
+    log(f"Fine-tuning the top {cfg.fine_tune} blocks ({len(opened)} layers, batch norm "
+        f"frozen) at lr {cfg.fine_tune_lr:g} for up to {cfg.fine_tune_epochs} epochs")
+    train_ds, val_ds = image_datasets(plan, binary)
+    compile_model(model, cfg, steps_per_epoch(len(plan.split("train")), cfg),
+                  lr=cfg.fine_tune_lr, epochs=cfg.fine_tune_epochs)
+    model = fit_on_images(model, plan, train_ds, val_ds, weights,
+                          epochs=epochs_done + cfg.fine_tune_epochs, initial_epoch=epochs_done)
+    return model, [float(v) for v in model.evaluate(val_ds, verbose=0)]
