@@ -103,6 +103,9 @@ def test_the_predictor_decodes_with_the_bundles_resize_method(trained_run, monke
         (lambda b: (b / "bundle.json").write_text(json.dumps(
             {**json.loads((b / "bundle.json").read_text()), "class_names": ["a", "b", "c"],
              "output": "softmax"})), "inconsistent"),
+        (lambda b: (b / "bundle.json").write_text(json.dumps(
+            {**json.loads((b / "bundle.json").read_text()), "image_size": 64})),
+         "model takes .* but bundle.json says image_size 64"),
     ],
 )
 def test_damaged_bundle_is_a_clear_error(trained_run, tmp_path, damage, message):

@@ -96,6 +96,8 @@ def test_train_evaluate_predict_end_to_end(class_folders, tmp_path):
         (["evaluate", "{tmp}/nowhere"], "no model at"),
         (["predict", "{tmp}/nowhere", "x.jpg"], "no model at"),
         (["data", "check", "{tmp}/nowhere"], "photo folder not found"),
+        (["train"], "no photos given. Try: pawnet train PATH/TO/PHOTOS"),
+        (["serve", "{tmp}/nowhere", "--log-level", "loud"], "log_level must be one of"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(class_folders, tmp_path, args, message):

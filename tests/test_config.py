@@ -72,3 +72,11 @@ def test_every_setting_documents_itself():
     for f in dataclasses.fields(Config):
         assert f.metadata["help"].strip(), f.name
     assert set(FIELDS) == {f.name for f in dataclasses.fields(Config)}
+
+
+def test_a_null_in_a_file_means_the_models_default(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: tutorial-a-cnn\nimage_size: null\nepochs: none\n")
+    cfg = resolve_config(path)
+    assert (cfg.image_size, cfg.epochs) == (150, 10)
+    assert resolve_config({"image_size": None}) == resolve_config(image_size=None)

@@ -272,6 +272,20 @@ def test_settings_are_checked(monkeypatch):
         ServeSettings(api_key_env="PAWNET_TEST_KEY")
 
 
+def test_settings_parse_like_the_flags():
+    settings = ServeSettings(port="8080", cors_origins="https://a.example, https://b.example")
+    assert settings.port == 8080
+    assert settings.cors_origins == ("https://a.example", "https://b.example")
+    with pytest.raises(ConfigError, match="port must be int, received: 'eighty'"):
+        ServeSettings(port="eighty")
+
+
+def test_the_servers_pixel_limit_holds_for_a_given_predictor(predictor):
+    with TestClient(create_app(predictor, ServeSettings(max_pixels=1000))) as c:
+        response = c.post("/v1/predict", content=PHOTO, headers={"Content-Type": "image/jpeg"})
+    assert response.status_code == 422 and "too many pixels" in response.json()["detail"]
+
+
 def test_every_setting_is_a_serve_flag(trained_run):
     result = CliRunner().invoke(cli_app, ["serve", str(trained_run), "--max-batch", "0"])
     assert result.exit_code == 2

@@ -6,6 +6,7 @@ import pytest
 
 from pawnet.errors import ConfigError
 from pawnet.storage import (
+    _HOST,
     atomic_path,
     atomic_write_text,
     cache_dir,
@@ -53,16 +54,17 @@ def test_committed_recovers_a_folder_set_aside_by_a_killed_replace(tmp_path):
     assert committed(tmp_path / "last") == tmp_path / "last"
 
 
-def test_leftovers_of_dead_processes_are_removed(tmp_path):
+def test_leftovers_of_dead_processes_of_this_host_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    stale = tmp_path / f".last-partial-{dead}-ab12cd34"
-    stale.mkdir()
-    mine = tmp_path / f".last-partial-{os.getpid()}-ab12cd34"  # a write in progress
-    mine.mkdir()
+    stale = tmp_path / f".last-partial-{_HOST}-{dead}-ab12cd34"
+    mine = tmp_path / f".last-partial-{_HOST}-{os.getpid()}-ab12cd34"  # a write in progress
+    elsewhere = tmp_path / f".last-partial-otherhost-{dead}-ab12cd34"  # cannot be checked
+    for folder in (stale, mine, elsewhere):
+        folder.mkdir()
     with atomic_path(tmp_path / "last") as tmp:
         tmp.mkdir()
-    assert not stale.exists() and mine.exists()
+    assert not stale.exists() and mine.exists() and elsewhere.exists()
 
 
 def test_run_folders_are_numbered_and_never_reused(tmp_path):

@@ -146,3 +146,11 @@ def test_disk_cache_is_used_then_removed(tmp_path, monkeypatch):
     assert seen and all(str(s).startswith(str(run / ".cache")) for s in seen)
     assert not (run / ".cache").exists()
     assert [r["epoch"] for r in _history(run)] == ["1", "2"]
+
+
+def test_resume_is_refused_from_a_config_file(tmp_path, trained_run):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"resume: {trained_run}\n")
+    with pytest.raises(ConfigError, match=f"Try: pawnet train --resume {trained_run}"):
+        pawnet.train(config=config)
+    assert not (tmp_path / "runs").exists()

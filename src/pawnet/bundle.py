@@ -184,6 +184,10 @@ def _load_folder(bundle_dir: Path) -> Bundle:
             f"{bundle_dir} is inconsistent: the model has {units} outputs but bundle.json "
             f"lists {len(spec.class_names)} classes with {spec.output} output"
         )
+    side = tuple(model.inputs[0].shape[1:3])
+    if side != (spec.image_size, spec.image_size):
+        raise BundleError(f"{bundle_dir} is inconsistent: the model takes {side} pixels but "
+                          f"bundle.json says image_size {spec.image_size}")
     provenance_path = bundle_dir / "provenance.json"
     provenance = _read_json(provenance_path) if provenance_path.exists() else {}
     return Bundle(model, spec, provenance if isinstance(provenance, dict) else {}, bundle_dir)

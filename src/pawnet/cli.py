@@ -14,13 +14,14 @@ import inspect
 import json
 import os
 import sys
+import tempfile
 import typing
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from pawnet.config import Config, coerce_field
+from pawnet.config import Config
 from pawnet.errors import PawnetError
 from pawnet.serve.settings import ServeSettings
 
@@ -45,24 +46,29 @@ def main_options(
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced():
-    """Send file descriptor 2 to /dev/null: TensorFlow's C++ start-up lines ignore
-    TF_CPP_MIN_LOG_LEVEL and would come before pawnet's own output."""
+def _native_stderr_held():
+    """Hold back what is written to file descriptor 2: TensorFlow's C++ start-up lines
+    ignore TF_CPP_MIN_LOG_LEVEL and would come before pawnet's own output. When the block
+    fails, what was held back is shown after all."""
     sys.stderr.flush()
     saved = os.dup(2)
-    with open(os.devnull, "wb") as devnull:
-        os.dup2(devnull.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            held.seek(0)
+            os.write(saved, held.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _import_tensorflow() -> None:
     if "tensorflow" in sys.modules or _verbose:
         return
-    with _native_stderr_silenced():
+    with _native_stderr_held():
         import tensorflow  # noqa: F401
 
 
@@ -95,9 +101,21 @@ def _cli_type(hint: Any) -> type:
     return str if typing.get_origin(base) is list else base
 
 
+def _help(field: dataclasses.Field) -> str:
+    """A field's help, with its choices and its default."""
+    text = field.metadata["help"]
+    if field.metadata.get("choices"):
+        text += f" One of: {', '.join(field.metadata['choices'])}."
+    default = field.default_factory() if callable(field.default_factory) else field.default
+    if default not in (None, (), []):
+        shown = ",".join(default) if isinstance(default, list) else default
+        text += f" Default: {shown}."
+    return text
+
+
 def with_fields(cls: type, *, skip: tuple[str, ...] = ()):
     """Give a command taking `**values` one option per field of dataclass `cls`, with the
-    field's help; a flag not given is absent from `values`."""
+    field's help; a flag not given is None in `values`."""
     hints = typing.get_type_hints(cls)
 
     def decorate(func):
@@ -105,7 +123,7 @@ def with_fields(cls: type, *, skip: tuple[str, ...] = ()):
         params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
         for f in dataclasses.fields(cls):
             if f.name not in skip:
-                option = typer.Option(help=f.metadata["help"], show_default=False)
+                option = typer.Option(help=_help(f), show_default=False)
                 params.append(inspect.Parameter(
                     f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                     annotation=Annotated[_cli_type(hints[f.name]) | None, option]))
@@ -185,8 +203,6 @@ def train(
     from pawnet.training import train as run_training
 
     settings = _given(settings)
-    if photos is None and "resume" not in settings:
-        raise typer.BadParameter("give PHOTOS, or --resume RUN_DIR", param_hint="PHOTOS")
     try:
         run_dir = run_training(photos, config=config, **settings)
     except KeyboardInterrupt:
@@ -258,17 +274,15 @@ def serve(model: Model, **values: Any) -> None:
     """Serve a model: REST API, web page at /, /healthz, /metrics, /docs."""
     from pawnet.serve.app import run
 
-    values = {k: coerce_field(ServeSettings, k, v) for k, v in _given(values).items()}
-    run(model, ServeSettings(**values))
+    run(model, ServeSettings(**_given(values)))
 
 
 @command(app, "bench")
 def bench(
     photos: Photos,
     model: Annotated[str | None, typer.Option(help="Architecture (see `pawnet models`).")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Side of the input in px.", min=8)]
-    = None,
-    batch_size: Annotated[int | None, typer.Option(help="Photos per step.", min=1)] = None,
+    image_size: Annotated[int | None, typer.Option(help="Side of the input in px.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Photos per step.")] = None,
     augment: Annotated[str | None, typer.Option(help="e.g. flip,zoom,shear or none.")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only this many photos.", min=2)] = None,
     epochs: Annotated[int, typer.Option(help="End-to-end training epochs.", min=2)] = 3,

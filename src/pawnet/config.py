@@ -26,7 +26,7 @@ AUGMENTATIONS = (
     "flip", "vflip", "crop", "zoom", "shear", "rotate", "translate", "contrast", "brightness",
 )
 _STRENGTHS = ("crop", "zoom", "shear", "rotate", "translate", "contrast", "brightness")
-ALIASES = {"data": "photos"}  # old spelling -> setting; run folders before 0.1 say `data:`
+ALIASES = {"data": "photos"}  # the old spelling of a setting, still read from YAML files
 
 
 def setting(default: Any, help: str, *, range: tuple | None = None,
@@ -114,12 +114,10 @@ class Config:
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
-def unknown_key(key: str, allowed: typing.Iterable[str], what: str = "pawnet setting"
-                ) -> ConfigError:
-    allowed = list(allowed)
-    close = difflib.get_close_matches(key, allowed, n=3)
-    hint = f" Similar: {', '.join(close)}." if close else f" Allowed: {', '.join(allowed)}."
-    return ConfigError(f"'{key}' is not a {what}.{hint}")
+def _unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, FIELDS, n=3)
+    hint = f" Similar: {', '.join(close)}." if close else f" Allowed: {', '.join(FIELDS)}."
+    return ConfigError(f"'{key}' is not a pawnet setting.{hint}")
 
 
 def coerce_field(cls: type, key: str, value: Any) -> Any:
@@ -133,10 +131,6 @@ def coerce_field(cls: type, key: str, value: Any) -> Any:
             return None
         raise ConfigError(f"{key} needs a value, received: None")
     try:
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            raise TypeError
         if base is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
@@ -147,9 +141,9 @@ def coerce_field(cls: type, key: str, value: Any) -> Any:
             return float(value)
         if base is str:
             return str(value)
-        if typing.get_origin(base) is list:
+        if typing.get_origin(base) in (list, tuple):
             items = value.split(",") if isinstance(value, str) else list(value)
-            return [str(i).strip() for i in items if str(i).strip()]
+            return typing.get_origin(base)(str(i).strip() for i in items if str(i).strip())
     except (TypeError, ValueError):
         pass
     raise ConfigError(f"{key} must be {getattr(base, '__name__', base)}, received: {value!r}")
@@ -243,6 +237,7 @@ def resolve_config(config: str | Path | dict[str, Any] | None = None,
     values = {ALIASES.get(k, k): v for k, v in values.items()}
     for key in values:
         if key not in FIELDS:
-            raise unknown_key(key, FIELDS)
+            raise _unknown_key(key)
     given = _build(values)
-    return _build({**get_model_spec(given.model).defaults(), **values})
+    chosen = {key: getattr(given, key) for key in values if getattr(given, key) is not None}
+    return _build({**get_model_spec(given.model).defaults(), **chosen})

@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 from pawnet.errors import DataError
-from pawnet.storage import cache_dir
+from pawnet.storage import cache_dir, progress
 
 FILTERED_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
 # SHA-256 over the sorted SHA-256s of the set's 3,000 JPEGs, computed from an unchanged copy
@@ -45,8 +45,6 @@ def download_dataset(
     Raises:
         DataError: no network, a bad archive, or content that does not match.
     """
-    from tqdm import tqdm
-
     dest = dest or cache_dir() / "datasets"
     target = dest / dirname
     if target.is_dir():
@@ -57,7 +55,7 @@ def download_dataset(
         try:
             with urllib.request.urlopen(url, timeout=30) as response, open(archive, "wb") as f:
                 total = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc="Downloading") as bar:
+                with progress(total, "Downloading", "B", unit_scale=True) as bar:
                     while chunk := response.read(1 << 20):
                         f.write(chunk)
                         bar.update(len(chunk))

@@ -10,8 +10,9 @@ PawnetError
     CheckpointError  a PyTorch checkpoint that cannot be read safely
 ```
 
-The CLI prints a `PawnetError` as one `error:` line and exits with code 2; the server maps it
-to a 4xx status. Any other exception is a bug and keeps its traceback.
+The CLI prints a `PawnetError` as one `error:` line and exits with code 2; the server answers
+a client's bad input with a 4xx status and a one-line reason. Any other exception is a bug
+and keeps its traceback.
 """
 
 

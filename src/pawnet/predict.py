@@ -101,10 +101,15 @@ class Predictor:
             out = np.concatenate([1.0 - out, out], axis=1)
         return out
 
-    def decode(self, source: str | Path | bytes) -> np.ndarray | str:
-        """The pixels the model sees for one photo, or the reason it cannot be read."""
+    def decode(self, source: str | Path | bytes, max_pixels: int | None = None
+               ) -> np.ndarray | str:
+        """The pixels the model sees for one photo, or the reason it cannot be read.
+
+        Args:
+            max_pixels: a limit for this call instead of the predictor's own.
+        """
         try:
-            return load_pixels(source, self.image_size, self.max_pixels,
+            return load_pixels(source, self.image_size, max_pixels or self.max_pixels,
                                self.spec.resize_method)
         except ImageError as exc:
             return str(exc)
@@ -144,13 +149,13 @@ class Predictor:
         return results
 
 
-def load(model: str | Path, batch_size: int = 32) -> Predictor:
+def load(model: str | Path, batch_size: int = 32, max_pixels: int = MAX_PIXELS) -> Predictor:
     """Load a model for prediction: a run folder, a bundle folder or a built-in name.
 
     Raises:
         BundleError: the bundle is missing, damaged or from an incompatible version.
     """
-    return Predictor(resolve(model), batch_size=batch_size)
+    return Predictor(resolve(model), batch_size=batch_size, max_pixels=max_pixels)
 
 
 def expand_paths(args: Iterable[str | Path]) -> list[str]:

@@ -1,7 +1,7 @@
 """Files pawnet writes: atomic replacement, the per-user cache, numbered run folders, and
 progress bars.
 
-Everything pawnet writes goes to a temporary name beside its target and is renamed into
+What pawnet writes itself goes to a temporary name beside its target and is renamed into
 place, so a reader (or a run killed half-way) sees the old file or folder or the new one,
 never half of one.
 """
@@ -14,13 +14,15 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from pawnet.errors import ConfigError
 
-_PARTIAL = re.compile(r"-partial-(\d+)-[0-9a-f]+")
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
+_PARTIAL = re.compile(r"-partial-([A-Za-z0-9]+)-(\d+)-[0-9a-f]+")
 
 
 def cache_dir() -> Path:
@@ -57,12 +59,13 @@ def _alive(pid: int) -> bool:
 
 
 def _remove_stale_partials(path: Path) -> None:
-    """Delete what killed processes left half-written beside `path` (checkpoints can be
-    hundreds of MB)."""
+    """Delete what killed processes of this host left half-written beside `path`
+    (checkpoints can be hundreds of MB). Another host's processes cannot be checked, so
+    what they write is left alone."""
     head = path.name.partition(".")[0]
     for leftover in path.parent.glob(f".{glob.escape(head)}-partial-*"):
         match = _PARTIAL.search(leftover.name)
-        if match and not _alive(int(match.group(1))):
+        if match and match.group(1) == _HOST and not _alive(int(match.group(2))):
             _remove(leftover)
 
 
@@ -78,7 +81,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(path)
-    tmp = _sibling(path, f"partial-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = _sibling(path, f"partial-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         yield tmp
         if tmp.is_dir() and path.is_dir():
@@ -131,9 +134,10 @@ def next_run_dir(path: str | Path) -> Path:
     raise ConfigError(f"no free run folder next to {path}. Try: --out OTHER/FOLDER")
 
 
-def progress(total: int, desc: str, unit: str = "photo"):
-    """A progress bar on stderr, shown only when stderr is a terminal (stdout may be JSON)."""
+def progress(total: int | None, desc: str, unit: str = "photo", **options):
+    """A progress bar on stderr, shown only when stderr is a terminal (stdout may be JSON).
+    `options` go to tqdm, e.g. `unit_scale=True` for bytes."""
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
-                disable=not sys.stderr.isatty(), leave=False)
+                disable=not sys.stderr.isatty(), leave=False, **options)

@@ -15,10 +15,16 @@ from pawnet.models import builtin, pretrained, scratch
 from pawnet.models.builtin import BuiltinModel
 from pawnet.models.spec import ModelSpec
 
-_ARCHITECTURES: dict[str, ModelSpec] = {
-    spec.name: spec for spec in (*scratch.MODELS, *pretrained.MODELS)
-}
-_BUILTINS: dict[str, BuiltinModel] = {model.name: model for model in builtin.MODELS}
+
+def _by_name(models: tuple) -> dict:
+    table = {model.name: model for model in models}
+    if len(table) != len(models):
+        raise ValueError(f"a model name is registered twice: {[m.name for m in models]}")
+    return table
+
+
+_ARCHITECTURES: dict[str, ModelSpec] = _by_name((*scratch.MODELS, *pretrained.MODELS))
+_BUILTINS: dict[str, BuiltinModel] = _by_name(builtin.MODELS)
 
 
 def list_models() -> list[ModelSpec]:

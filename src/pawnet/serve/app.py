@@ -32,11 +32,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
-from pawnet.bundle import Bundle, resolve
-from pawnet.predict import Prediction, Predictor
+from pawnet.bundle import Bundle
+from pawnet.predict import Prediction, Predictor, load
 from pawnet.serve.batcher import Batcher, QueueFull
 from pawnet.serve.metrics import Metrics, MetricsMiddleware
-from pawnet.serve.settings import ServeSettings
+from pawnet.serve.settings import LOOPBACK, ServeSettings
 from pawnet.serve.uploads import TooLarge, fail, read_uploads
 
 STATIC = Path(__file__).parent / "static"
@@ -79,15 +79,11 @@ def provenance_summary(bundle: Bundle) -> dict:
     }
 
 
-def _load(model: str | Path, settings: ServeSettings) -> Predictor:
-    return Predictor(resolve(model), max_pixels=settings.max_pixels)
-
-
 def _lifespan(model: str | Path | Predictor, settings: ServeSettings, state: _State):
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         predictor = (model if isinstance(model, Predictor)
-                     else await anyio.to_thread.run_sync(_load, model, settings))
+                     else await anyio.to_thread.run_sync(load, model))
         blank = np.zeros((1, predictor.image_size, predictor.image_size, 3), np.uint8)
         # Compiles the model's one function, which then takes any batch size.
         await anyio.to_thread.run_sync(predictor.probabilities, blank)
@@ -112,7 +108,7 @@ def create_app(model: str | Path | Predictor, settings: ServeSettings | None = N
 
     Args:
         model: a run folder, a bundle folder, a built-in name (`imagenet-catdog`), or an
-            already loaded `Predictor` (used as it is, with its own `max_pixels`).
+            already loaded `Predictor`.
         settings: limits, batching and the API key. Defaults to `ServeSettings()`.
 
     Returns:
@@ -190,8 +186,9 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
     async def predict(request: Request) -> list[dict]:
         predictor = ready()
         uploads = await _uploads(request, settings)
-        decoded = await asyncio.gather(
-            *(anyio.to_thread.run_sync(predictor.decode, data) for _, data in uploads))
+        decoded = await asyncio.gather(*(
+            anyio.to_thread.run_sync(predictor.decode, data, settings.max_pixels)
+            for _, data in uploads))
         rows = await _run_model(state, settings, [name for name, _ in uploads], decoded)
         classes = predictor.classes
         return [(Prediction(name, error=d) if isinstance(d, str)
@@ -251,10 +248,8 @@ def run(model: str | Path, settings: ServeSettings | None = None) -> None:
     """
     import uvicorn
 
-    from pawnet.serve.settings import LOOPBACK
-
     settings = settings or ServeSettings()
-    predictor = _load(model, settings)
+    predictor = load(model)
     app = create_app(predictor, settings)
     host = settings.host
     shown = f"[{host}]" if ":" in host else host

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
-from pawnet.config import check_fields, setting
+from pawnet.config import check_fields, coerce_field, setting
 from pawnet.data.images import MAX_PIXELS
 from pawnet.errors import ConfigError
 
@@ -34,12 +35,16 @@ class ServeSettings:
                                "model.", range=(0.001, 3600.0))
     api_key_env: str | None = setting(None, "Environment variable holding the API key that "
                                       "every /v1/* call must send as a Bearer token.")
-    cors_origins: list[str] = setting([], "Origins whose pages may call the API, e.g. "
-                                      "https://example.com; default: none (CORS off).")
+    cors_origins: tuple[str, ...] = setting((), "Origins whose pages may call the API, "
+                                            "comma-separated, e.g. https://example.com; "
+                                            "default: none (CORS off).")
     log_level: str = setting("info", "Uvicorn's log level.",
                              choices=("critical", "error", "warning", "info", "debug", "trace"))
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # the same parsing as the flags: "80" is 80
+            object.__setattr__(self, f.name, coerce_field(type(self), f.name,
+                                                          getattr(self, f.name)))
         check_fields(self)
         self.api_key()
 

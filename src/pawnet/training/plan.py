@@ -61,11 +61,15 @@ def new_plan(cfg: Config) -> Plan:
     """Scan and split the photos, then create the run folder and record the split in it.
 
     Raises:
-        ConfigError: no photos given.
+        ConfigError: no photos given, or a resume asked for in a config file.
         DataError: fewer than 2 classes, or an empty training or validation split.
     """
+    if cfg.resume:
+        raise ConfigError(f"resume cannot come from a config file, received: {cfg.resume}. "
+                          f"Try: pawnet train --resume {cfg.resume}")
     if not cfg.photos:
-        raise ConfigError("no photos given. Try: pawnet train PATH/TO/PHOTOS")
+        raise ConfigError("no photos given. Try: pawnet train PATH/TO/PHOTOS, or "
+                          "pawnet train --resume RUN_DIR")
     photoset = scan(cfg.photos, max_pixels=cfg.max_pixels)
     log(photoset.summary())
     for skipped in photoset.skipped[:SHOWN_SKIPPED]:
@@ -123,9 +127,10 @@ def resume_plan(run_dir: Path, **given: Any) -> Plan:
     if missing:
         raise DataError(f"cannot resume {run_dir}: {len(missing)} photos of its split are gone, "
                         f"e.g. {missing[0]}")
-    shutil.rmtree(run_dir / ".cache", ignore_errors=True)  # a killed run's partial pixels
-    return Plan(cfg, run_dir, sorted({p.label for p in photos}), photos, resumed=True,
+    plan = Plan(cfg, run_dir, sorted({p.label for p in photos}), photos, resumed=True,
                 state=ResumeCheckpoint.load_state(run_dir / "checkpoints"))
+    shutil.rmtree(plan.pixel_cache, ignore_errors=True)  # a killed run's partial pixels
+    return plan
 
 
 def _versions() -> dict[str, str]:

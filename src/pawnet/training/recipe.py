@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from pawnet.config import Config
-from pawnet.data.scan import Photo
+from pawnet.data.scan import Photo, count_classes
 from pawnet.training.plan import Plan
 
 IMBALANCE_RATIO = 1.5  # class weights turn on when the largest class is this much bigger
@@ -25,7 +25,7 @@ def targets(photos: list[Photo], classes: list[str], binary: bool) -> np.ndarray
 
 def class_weights(photos: list[Photo], classes: list[str]) -> dict[int, float] | None:
     """Inverse-frequency weights when classes are imbalanced, else None."""
-    counts = np.array([sum(1 for p in photos if p.label == c) for c in classes], dtype=float)
+    counts = np.array(list(count_classes(photos, classes).values()), dtype=float)
     if counts.min() == 0 or counts.max() / counts.min() < IMBALANCE_RATIO:
         return None
     weights = counts.sum() / (len(classes) * counts)

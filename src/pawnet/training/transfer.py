@@ -141,8 +141,8 @@ def unfreeze_top_blocks(backbone: keras.Model, blocks: int) -> list[str]:
 
 
 def _features(plan: Plan, spec: ModelSpec, backbone: keras.Model):
-    """(train_x, val_x): cached plain-view features, plus `feature_views` augmented views of
-    each training photo stacked under the plain ones."""
+    """(train_x, val_x, views): cached plain-view features, with `feature_views` augmented
+    views of each training photo stacked under the plain ones (views in all)."""
     cfg = plan.cfg
     train_photos, val_photos = plan.split("train"), plan.split("val")
     store = FeatureStore(backbone_id(backbone, "+".join(spec.backbones), cfg.image_size))
@@ -161,7 +161,7 @@ def _features(plan: Plan, spec: ModelSpec, backbone: keras.Model):
     n_photos = len(train_photos) * len(views) + len(val_photos)
     log(f"Features of {n_photos} photo views ready in {time.monotonic() - started:.1f}s "
         f"({len(store.features)} cached for {spec.name})")
-    return np.concatenate(views), val_x
+    return np.concatenate(views), val_x, len(views)
 
 
 def _fit_head(plan: Plan, head: keras.Model, x: np.ndarray, y: np.ndarray, val_x: np.ndarray,
@@ -217,12 +217,12 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
     cfg = plan.cfg
     backbone = load_backbone(spec, cfg.image_size, trainable_later=cfg.fine_tune > 0)
     log(f"Transfer learning from {spec.name} at {cfg.image_size}px; run folder {plan.run_dir}")
-    train_x, val_x = _features(plan, spec, backbone)
+    train_x, val_x, views = _features(plan, spec, backbone)
     head = build_head(len(plan.classes), backbone)
     binary = output_kind(head) == "sigmoid"
     train_y = targets(plan.split("train"), plan.classes, binary)
     val_y = targets(plan.split("val"), plan.classes, binary)
-    train_y = np.concatenate([train_y] * (len(train_x) // len(train_y)))
+    train_y = np.concatenate([train_y] * views)
     epochs_done, loss, accuracy = _fit_head(plan, head, train_x, train_y, val_x, val_y, weights)
     model = compose(backbone, head, spec.name)
     if not cfg.fine_tune:
