@@ -9,6 +9,8 @@ import pytest
 from conftest import TONGPYTHON, invoke, real_photos
 from PIL import Image
 
+from pawnet import cli
+
 
 def test_data_check_json_on_real_dataset():
     result = invoke("data", "check", TONGPYTHON, "--json")
@@ -151,11 +153,24 @@ def _pawnet(*args, **env):
                           capture_output=True, text=True, env={**os.environ, **env})
 
 
-def test_tensorflow_log_lines_only_with_verbose(tmp_path):
+def test_tensorflow_start_up_lines_are_hidden(tmp_path):
     quiet = _pawnet("evaluate", tmp_path / "nowhere", TF_CPP_MIN_LOG_LEVEL="0")
     assert quiet.returncode == 2
     assert quiet.stderr.splitlines() == [f"error: no model at {tmp_path / 'nowhere'}. Try: a run "
                                          "folder from `pawnet train` (e.g. runs/train), its "
                                          "bundle/ folder, or imagenet-catdog"]
-    loud = _pawnet("--verbose", "evaluate", tmp_path / "nowhere", TF_CPP_MIN_LOG_LEVEL="0")
-    assert "oneDNN" in loud.stderr and loud.stderr.rstrip().endswith("or imagenet-catdog")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_start_up_lines_show_with_verbose_or_when_the_import_fails(tmp_path, monkeypatch,
+                                                                   capfd, verbose):
+    noisy, broken = f"noisy_{verbose}", f"broken_{verbose}"  # a module imports once
+    (tmp_path / f"{noisy}.py").write_text("import os\nos.write(2, b'I0000 chatter\\n')\n")
+    (tmp_path / f"{broken}.py").write_text("import os\nos.write(2, b'I0000 why\\n')\n1 / 0\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.setattr(cli, "_verbose", verbose)
+    cli._import_quietly(noisy)
+    assert capfd.readouterr().err == ("I0000 chatter\n" if verbose else "")
+    with pytest.raises(ZeroDivisionError):
+        cli._import_quietly(broken)
+    assert capfd.readouterr().err == "I0000 why\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib
 import inspect
 import json
 import os
@@ -65,11 +66,12 @@ def _native_stderr_held():
             os.close(saved)
 
 
-def _import_tensorflow() -> None:
-    if "tensorflow" in sys.modules or _verbose:
+def _import_quietly(module: str = "tensorflow") -> None:
+    """Import `module`, holding back what it writes to stderr unless --verbose."""
+    if module in sys.modules:
         return
-    with _native_stderr_held():
-        import tensorflow  # noqa: F401
+    with contextlib.nullcontext() if _verbose else _native_stderr_held():
+        importlib.import_module(module)
 
 
 def command(typer_app: typer.Typer, name: str, *, tensorflow: bool = True):
@@ -81,7 +83,7 @@ def command(typer_app: typer.Typer, name: str, *, tensorflow: bool = True):
         def wrapper(*args, **kwargs):
             try:
                 if tensorflow:
-                    _import_tensorflow()
+                    _import_quietly()
                 return func(*args, **kwargs)
             except PawnetError as exc:
                 typer.echo(f"error: {exc}", err=True)
