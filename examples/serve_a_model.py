@@ -31,7 +31,8 @@ with socket.socket() as sock:  # a free port on this machine
 # Settings are one validated object; `pawnet serve --max-batch 8` is the same setting.
 app = pawnet.create_app(args.model, pawnet.ServeSettings(max_batch=8, max_wait_ms=5))
 server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-threading.Thread(target=server.run, daemon=True).start()
+thread = threading.Thread(target=server.run)
+thread.start()
 
 url = f"http://127.0.0.1:{port}"
 for _ in range(600):  # the model loads and warms up before /healthz says ok
@@ -48,4 +49,5 @@ with open(args.photo, "rb") as f:
 with urllib.request.urlopen(request) as response:
     print(json.dumps(json.loads(response.read()), indent=2))
 print(f"the web page was at {url}/ and the API docs at {url}/docs")
-server.should_exit = True
+server.should_exit = True  # finishes the requests in flight, then stops
+thread.join()
