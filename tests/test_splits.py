@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 
 import pytest
 from conftest import TONGPYTHON, copy_photos
@@ -8,8 +9,9 @@ from pawnet.data.splits import assign_splits, fingerprint, read_manifest, write_
 from pawnet.errors import DataError
 
 
-def _unsplit_photos() -> list[Photo]:
-    return [dataclasses.replace(p, split=None) for p in scan(TONGPYTHON).photos]
+@functools.cache
+def _unsplit_photos() -> tuple[Photo, ...]:
+    return tuple(dataclasses.replace(p, split=None) for p in scan(TONGPYTHON).photos)
 
 
 def test_split_is_deterministic_stratified_and_seeded():
@@ -36,7 +38,7 @@ def test_adding_photos_never_moves_old_ones(class_folders):
 def test_copies_always_share_a_split():
     photos = _unsplit_photos()
     twin = [Photo("other/" + p.path, p.label, None, p.sha256) for p in photos[:200]]
-    assigned = assign_splits(photos[:200] + twin, 5, 0.3, 0.3)
+    assigned = assign_splits([*photos[:200], *twin], 5, 0.3, 0.3)
     by_hash = {}
     for p in assigned:
         by_hash.setdefault(p.sha256, set()).add(p.split)
