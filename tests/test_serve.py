@@ -286,6 +286,19 @@ def test_the_servers_pixel_limit_holds_for_a_given_predictor(predictor):
     assert response.status_code == 422 and "too many pixels" in response.json()["detail"]
 
 
+def test_serve_flags_become_the_settings(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("pawnet.serve.app.run", lambda model, settings: seen.update(
+        model=model, settings=settings))
+    result = CliRunner().invoke(cli_app, ["serve", "imagenet-catdog", "--max-batch", "4",
+                                          "--cors-origins", "https://a.example,https://b.example",
+                                          "--timeout-s", "2.5", "--log-level", "warning"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"model": "imagenet-catdog", "settings": ServeSettings(
+        max_batch=4, cors_origins=("https://a.example", "https://b.example"), timeout_s=2.5,
+        log_level="warning")}
+
+
 def test_every_setting_is_a_serve_flag(trained_run):
     result = CliRunner().invoke(cli_app, ["serve", str(trained_run), "--max-batch", "0"])
     assert result.exit_code == 2

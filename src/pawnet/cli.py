@@ -100,7 +100,7 @@ def command(typer_app: typer.Typer, name: str, *, tensorflow: bool = True):
 def _cli_type(hint: Any) -> type:
     """The type a flag parses: lists are given comma-separated."""
     base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
-    return str if typing.get_origin(base) is list else base
+    return str if typing.get_origin(base) in (list, tuple) else base
 
 
 def _help(field: dataclasses.Field) -> str:
