@@ -9,8 +9,6 @@ import pytest
 from conftest import TONGPYTHON, invoke, real_photos
 from PIL import Image
 
-from pawnet import cli
-
 
 def test_data_check_json_on_real_dataset():
     result = invoke("data", "check", TONGPYTHON, "--json")
@@ -161,16 +159,3 @@ def test_tensorflow_start_up_lines_are_hidden(tmp_path):
                                          "bundle/ folder, or imagenet-catdog"]
 
 
-@pytest.mark.parametrize("verbose", [False, True])
-def test_start_up_lines_show_with_verbose_or_when_the_import_fails(tmp_path, monkeypatch,
-                                                                   capfd, verbose):
-    noisy, broken = f"noisy_{verbose}", f"broken_{verbose}"  # a module imports once
-    (tmp_path / f"{noisy}.py").write_text("import os\nos.write(2, b'I0000 chatter\\n')\n")
-    (tmp_path / f"{broken}.py").write_text("import os\nos.write(2, b'I0000 why\\n')\n1 / 0\n")
-    monkeypatch.syspath_prepend(tmp_path)
-    monkeypatch.setattr(cli, "_verbose", verbose)
-    cli._import_quietly(noisy)
-    assert capfd.readouterr().err == ("I0000 chatter\n" if verbose else "")
-    with pytest.raises(ZeroDivisionError):
-        cli._import_quietly(broken)
-    assert capfd.readouterr().err == "I0000 why\n"

@@ -4,8 +4,8 @@ import weakref
 import numpy as np
 from conftest import real_photos
 
-from pawnet.data.images import load_pixels
-from pawnet.data.pipeline import batch_function, decode_ahead, labelled_dataset
+from pawnet.data.images import decode_ahead, load_pixels
+from pawnet.data.pipeline import batch_function, labelled_dataset
 from pawnet.models.registry import get_model_spec
 
 

@@ -12,8 +12,10 @@ bundle/
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,18 +66,31 @@ class BundleSpec:
                 )
 
 
-@dataclass
 class Bundle:
-    """A loaded model with everything needed to use it.
+    """A model with everything needed to use it; the Keras model loads on first use, so a
+    runtime with a converted file cached never needs TensorFlow.
 
     `path` is the bundle folder (None for a built-in model), and `run_dir` the training run
     that wrote it, when there is one with its split manifest.
     """
 
-    model: Any  # keras.Model
-    spec: BundleSpec
-    provenance: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None
+    def __init__(self, spec: BundleSpec, provenance: dict[str, Any] | None = None,
+                 path: Path | None = None, *, model: Any = None,
+                 build: Callable[[], Any] | None = None, fingerprint: str = ""):
+        self.spec = spec
+        self.provenance = provenance or {}
+        self.path = path
+        self._model = model
+        self._build = build
+        self.fingerprint = fingerprint or _digest(json.dumps(spec.to_json()).encode())
+
+    @property
+    def model(self):  # keras.Model
+        if self._model is None:
+            if self._build is None:
+                raise BundleError("this bundle has no model to load")
+            self._model = self._build()
+        return self._model
 
     @property
     def run_dir(self) -> Path | None:
@@ -83,6 +98,13 @@ class Bundle:
             return None
         run_dir = self.path.parent
         return run_dir if (run_dir / "manifest.csv").exists() else None
+
+
+def _digest(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()[:20]
 
 
 def _without_training_state(model):
@@ -165,32 +187,48 @@ def read_spec(bundle_dir: Path) -> BundleSpec:
     return spec
 
 
-def _load_folder(bundle_dir: Path) -> Bundle:
+def _load_keras(bundle_dir: Path, spec: BundleSpec):
+    from pawnet.quiet import import_quietly
+
+    import_quietly()
     import keras
 
-    spec = read_spec(bundle_dir)
     model_path = bundle_dir / "model.keras"
-    if not model_path.exists():
-        raise BundleError(f"{model_path} is missing. Try: retrain, or restore the bundle")
     try:
         model = keras.models.load_model(model_path, compile=False)
     except Exception as exc:  # Keras raises many types for a damaged zip/h5
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise BundleError(f"{model_path} is damaged and cannot be loaded ({first})") from None
-    units = model.outputs[0].shape[-1]
+    check_io(bundle_dir, spec, model.outputs[0].shape[-1], tuple(model.inputs[0].shape[1:3]))
+    return model
+
+
+def check_io(where: Path | str, spec: BundleSpec, units: int, side: tuple) -> None:
+    """Refuse a model whose output units or input side do not fit its `bundle.json`."""
     expected = 1 if spec.output == "sigmoid" else len(spec.class_names)
     if units != expected:
         raise BundleError(
-            f"{bundle_dir} is inconsistent: the model has {units} outputs but bundle.json "
+            f"{where} is inconsistent: the model has {units} outputs but bundle.json "
             f"lists {len(spec.class_names)} classes with {spec.output} output"
         )
-    side = tuple(model.inputs[0].shape[1:3])
-    if side != (spec.image_size, spec.image_size):
-        raise BundleError(f"{bundle_dir} is inconsistent: the model takes {side} pixels but "
+    if tuple(side) != (spec.image_size, spec.image_size):
+        raise BundleError(f"{where} is inconsistent: the model takes {side} pixels but "
                           f"bundle.json says image_size {spec.image_size}")
+
+
+def _load_folder(bundle_dir: Path) -> Bundle:
+    spec = read_spec(bundle_dir)
+    model_path = bundle_dir / "model.keras"
+    if not model_path.exists():
+        raise BundleError(f"{model_path} is missing. Try: retrain, or restore the bundle")
     provenance_path = bundle_dir / "provenance.json"
     provenance = _read_json(provenance_path) if provenance_path.exists() else {}
-    return Bundle(model, spec, provenance if isinstance(provenance, dict) else {}, bundle_dir)
+    try:
+        fingerprint = _digest(model_path.read_bytes(), (bundle_dir / "bundle.json").read_bytes())
+    except OSError as exc:
+        raise BundleError(f"{model_path} cannot be read ({exc.strerror})") from None
+    return Bundle(spec, provenance if isinstance(provenance, dict) else {}, bundle_dir,
+                  build=lambda: _load_keras(bundle_dir, spec), fingerprint=fingerprint)
 
 
 def resolve(model: str | Path) -> Bundle:
@@ -201,11 +239,17 @@ def resolve(model: str | Path) -> Bundle:
         BundleError: nothing there, a damaged bundle, one from another format version, or
             a model and bundle.json that do not fit together.
     """
+    if Path(model).exists():
+        return _load_folder(_bundle_dir(Path(model)))
+    from pawnet.quiet import import_quietly
+
+    import_quietly()
     from pawnet.models.registry import find_builtin
 
-    builtin = None if Path(model).exists() else find_builtin(str(model))
-    if builtin is not None:
-        spec = BundleSpec(model_name=builtin.name, class_names=list(builtin.classes),
-                          image_size=builtin.image_size, output="softmax")
-        return Bundle(builtin.build(), spec, {"builtin": builtin.name})
-    return _load_folder(_bundle_dir(Path(model)))
+    builtin = find_builtin(str(model))
+    if builtin is None:
+        return _load_folder(_bundle_dir(Path(model)))
+    spec = BundleSpec(model_name=builtin.name, class_names=list(builtin.classes),
+                      image_size=builtin.image_size, output="softmax")
+    return Bundle(spec, {"builtin": builtin.name}, build=builtin.build,
+                  fingerprint=_digest(f"{builtin.name} {builtin.version}".encode()))

@@ -7,21 +7,18 @@ never drift apart. This module is Typer only: it parses, calls the library, prin
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import importlib
 import inspect
 import json
-import os
 import sys
-import tempfile
 import typing
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from pawnet import quiet
 from pawnet.config import Config
 from pawnet.errors import PawnetError
 from pawnet.serve.settings import ServeSettings
@@ -34,7 +31,6 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Look at a folder of photos before training.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-_verbose = False
 
 
 @app.callback()
@@ -42,36 +38,7 @@ def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show TensorFlow's "
                                           "own log lines.")] = False,
 ) -> None:
-    global _verbose
-    _verbose = verbose
-
-
-@contextlib.contextmanager
-def _native_stderr_held():
-    """Hold back what is written to file descriptor 2: TensorFlow's C++ start-up lines
-    ignore TF_CPP_MIN_LOG_LEVEL and would come before pawnet's own output. When the block
-    fails, what was held back is shown after all."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            held.seek(0)
-            os.write(saved, held.read())
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-def _import_quietly(module: str = "tensorflow") -> None:
-    """Import `module`, holding back what it writes to stderr unless --verbose."""
-    if module in sys.modules:
-        return
-    with contextlib.nullcontext() if _verbose else _native_stderr_held():
-        importlib.import_module(module)
+    quiet.VERBOSE = verbose
 
 
 def command(typer_app: typer.Typer, name: str, *, tensorflow: bool = True):
@@ -83,7 +50,7 @@ def command(typer_app: typer.Typer, name: str, *, tensorflow: bool = True):
         def wrapper(*args, **kwargs):
             try:
                 if tensorflow:
-                    _import_quietly()
+                    quiet.import_quietly()
                 return func(*args, **kwargs)
             except PawnetError as exc:
                 typer.echo(f"error: {exc}", err=True)
@@ -215,7 +182,12 @@ def train(
                f"pawnet predict {run_dir} PHOTO.jpg")
 
 
-@command(app, "evaluate")
+Runtime = Annotated[str, typer.Option(help="Where the model runs: auto (the fastest "
+                                      "installed runtime that agrees with Keras), keras, onnx "
+                                      "or litert.")]
+
+
+@command(app, "evaluate", tensorflow=False)
 def evaluate(
     model: Model,
     photos: Annotated[Path | None, typer.Argument(metavar="PHOTOS",
@@ -225,12 +197,13 @@ def evaluate(
     json_out: JsonFlag = False,
     out: Annotated[Path | None, typer.Option(help="Report folder (default RUN_DIR/eval).")]
     = None,
+    runtime: Runtime = "auto",
 ) -> None:
     """Per-class metrics, confusion matrix and misclassified photos on held-out photos."""
     from pawnet.evaluation import evaluate as run_evaluation
     from pawnet.evaluation import format_report
 
-    report = run_evaluation(model, photos, split=split, out=out)
+    report = run_evaluation(model, photos, split=split, out=out, runtime=runtime)
     if json_out:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -245,7 +218,7 @@ def _format(value: str) -> str:
     return value
 
 
-@command(app, "predict")
+@command(app, "predict", tensorflow=False)
 def predict(
     model: Model,
     paths: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.")],
@@ -253,12 +226,13 @@ def predict(
     fmt: Annotated[str, typer.Option("--format", callback=_format,
                                      help="table, csv, or kaggle (id,label: P(dog)).")]
     = "table",
+    runtime: Runtime = "auto",
 ) -> None:
     """Label photos: a label and every class's probability per photo."""
     from pawnet.predict import expand_paths, format_predictions, load
 
     fmt = "json" if json_out else fmt
-    predictor = load(model)
+    predictor = load(model, runtime=runtime)
     results = predictor.predict(expand_paths(paths))
     typer.echo(format_predictions(results, predictor.classes, fmt))
     failed = [r for r in results if r.error]
@@ -270,7 +244,29 @@ def predict(
         raise typer.Exit(1)
 
 
-@command(app, "serve")
+@command(app, "export", tensorflow=False)
+def export(
+    model: Model,
+    fmt: Annotated[str, typer.Option("--format", help="saved_model, litert or onnx.")] = "onnx",
+    int8: Annotated[bool, typer.Option("--int8", help="LiteRT only: integer weights and "
+                                       "activations, calibrated on the run's training photos.")]
+    = False,
+    out: Annotated[Path | None, typer.Option(help="Folder to write (default "
+                                             "RUN_DIR/export/FORMAT).")] = None,
+    photos: Annotated[Path | None, typer.Option(help="Photos to check the export on "
+                                                "(default: the run's test split).")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Export a model (SavedModel, LiteRT, ONNX) with a JSON describing how to feed it, and
+    check it against the bundle on real photos."""
+    from pawnet.export import export as run_export
+    from pawnet.export import format_export
+
+    report = run_export(model, fmt, out=out, int8=int8, photos=photos)
+    typer.echo(json.dumps(report, indent=2) if json_out else format_export(report))
+
+
+@command(app, "serve", tensorflow=False)
 @with_fields(ServeSettings)
 def serve(model: Model, **values: Any) -> None:
     """Serve a model: REST API, web page at /, /healthz, /metrics, /docs."""

@@ -77,7 +77,7 @@ def compute_metrics(probs: np.ndarray, truth: np.ndarray, classes: list[str]) ->
     return report
 
 
-def _select(model: str | Path, run_dir: Path | None, photos: str | Path | None, split: str):
+def select_photos(model: str | Path, run_dir: Path | None, photos: str | Path | None, split: str):
     """(paths, labels, description) of the photos to evaluate on."""
     split_key = SPLIT_FOLDER_NAMES.get(split.lower())
     if split_key is None:
@@ -196,6 +196,7 @@ def evaluate(
     *,
     split: str = "test",
     out: str | Path | None = None,
+    runtime: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a saved model on held-out photos.
 
@@ -207,6 +208,7 @@ def evaluate(
             "test".
         out: folder for the report. Defaults to `RUN_DIR/eval` (then `eval2`, ...), or
             `runs/evaluate` for a bare bundle.
+        runtime: where the model runs (see `pawnet.Predictor`). Defaults to "auto".
 
     Returns:
         The report: model, source, n, accuracy, classes, per_class, confusion_matrix,
@@ -217,9 +219,9 @@ def evaluate(
         DataError: no photos, or classes the model does not know.
         BundleError: the model cannot be loaded.
     """
-    predictor = Predictor(resolve(model))
+    predictor = Predictor(resolve(model), runtime=runtime)
     run_dir = predictor.bundle.run_dir
-    paths, labels, source = _select(model, run_dir, photos, split)
+    paths, labels, source = select_photos(model, run_dir, photos, split)
     _check_classes(labels, predictor, source)
     report = {"model": str(model), **_report(predictor, paths, labels, source)}
     out_dir = Path(out) if out else next_run_dir(

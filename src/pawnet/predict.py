@@ -13,14 +13,17 @@ import io
 import json
 import re
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pawnet.bundle import Bundle, resolve
-from pawnet.data.images import IMAGE_SUFFIXES, MAX_PIXELS, load_pixels
+from pawnet.bundle import Bundle, check_io, resolve
+from pawnet.data.images import IMAGE_SUFFIXES, MAX_PIXELS, decode_ahead, load_pixels
+from pawnet.data.splits import read_manifest
 from pawnet.errors import ConfigError, ImageError
+from pawnet.runtimes import choose, threads
 
 FORMATS = ("table", "json", "csv", "kaggle")
 
@@ -58,19 +61,24 @@ class Predictor:
         batch_size: photos per model call. Defaults to 32.
         max_pixels: larger images are refused as possible decompression bombs. Defaults
             to 89,478,485.
+        runtime: "auto" (the fastest installed runtime that agrees with Keras), "keras",
+            "onnx" or "litert". Defaults to "auto".
 
     >>> predictor = pawnet.load("runs/train")
     >>> predictor.predict(["cat.jpg"])[0].label
     'cat'
     """
 
-    def __init__(self, bundle: Bundle, batch_size: int = 32, max_pixels: int = MAX_PIXELS):
-        from pawnet.data.pipeline import batch_function  # TensorFlow: not at `import pawnet`
-
+    def __init__(self, bundle: Bundle, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
+                 runtime: str = "auto"):
         self.bundle = bundle
         self.batch_size = batch_size
         self.max_pixels = max_pixels
-        self._forward = batch_function(bundle.model, "uint8")
+        self.runtime = choose(runtime, bundle.fingerprint, lambda: bundle.model,
+                              lambda: probe_images(bundle))
+        units, side = _io_shape(self.runtime)
+        if units is not None:
+            check_io(bundle.path or bundle.spec.model_name, bundle.spec, units, side)
 
     @property
     def model(self):
@@ -92,11 +100,12 @@ class Predictor:
         """Class probabilities `(N, num_classes)` for uint8 images `(N, size, size, 3)`."""
         if len(pixels) == 0:
             return np.zeros((0, len(self.classes)))
-        outputs = [
-            self._forward(pixels[i : i + self.batch_size]).numpy()
-            for i in range(0, len(pixels), self.batch_size)
-        ]
-        out = np.concatenate(outputs).astype(np.float64)
+        outputs = [self.runtime(pixels[i : i + self.batch_size])
+                   for i in range(0, len(pixels), self.batch_size)]
+        return self._as_probabilities(np.concatenate(outputs))
+
+    def _as_probabilities(self, out: np.ndarray) -> np.ndarray:
+        out = out.astype(np.float64)
         if self.spec.output == "sigmoid":
             out = np.concatenate([1.0 - out, out], axis=1)
         return out
@@ -133,12 +142,13 @@ class Predictor:
         Returns:
             One `Prediction` per source, in order.
         """
-        from pawnet.data.pipeline import decode_ahead  # TensorFlow: not at `import pawnet`
-
         if isinstance(sources, str | Path | bytes):
             sources = [sources]
         if names is None:
             names = [s if not isinstance(s, bytes) else "<bytes>" for s in sources]
+        single = getattr(self.runtime, "single_threaded", None)
+        if single is not None:
+            return self._predict_each(single(), sources, names)
         results: list[Prediction] = []
         for start, decoded in decode_ahead(sources, self.decode, self.batch_size):
             ok = [d for d in decoded if not isinstance(d, str)]
@@ -148,14 +158,61 @@ class Predictor:
                                else Prediction.from_row(str(name), self.classes, next(rows)))
         return results
 
+    def _predict_each(self, runtime, sources: Sequence, names: Sequence) -> list[Prediction]:
+        """One photo at a time on each core, decoding and running the model in the same
+        thread: faster than batches on a runtime whose calls can overlap
+        (docs/decisions.md)."""
+        def label(name, source) -> Prediction:
+            decoded = self.decode(source)
+            if isinstance(decoded, str):
+                return Prediction(str(name), error=decoded)
+            row = self._as_probabilities(runtime(decoded[None]))[0]
+            return Prediction.from_row(str(name), self.classes, row)
 
-def load(model: str | Path, batch_size: int = 32, max_pixels: int = MAX_PIXELS) -> Predictor:
-    """Load a model for prediction: a run folder, a bundle folder or a built-in name.
+        with ThreadPoolExecutor(max_workers=threads()) as pool:
+            return list(pool.map(label, names, sources))
+
+
+def load(model: str | Path, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
+         runtime: str = "auto") -> Predictor:
+    """Load a model for prediction: a run folder, a bundle folder or a built-in name, on
+    `runtime` (see `Predictor`).
 
     Raises:
         BundleError: the bundle is missing, damaged or from an incompatible version.
+        ConfigError: an unknown runtime, or one that is not installed.
     """
-    return Predictor(resolve(model), batch_size=batch_size, max_pixels=max_pixels)
+    return Predictor(resolve(model), batch_size=batch_size, max_pixels=max_pixels,
+                     runtime=runtime)
+
+
+PROBE_PHOTOS = 16  # validation photos a converted model is checked on against Keras
+
+
+def probe_images(bundle: Bundle) -> np.ndarray:
+    """Images to check a converted model against Keras on: the run's validation photos
+    when there is a run, else fixed synthetic images (gradients and noise)."""
+    size = bundle.spec.image_size
+    if bundle.run_dir is not None:
+        photos = [p for p in read_manifest(bundle.run_dir / "manifest.csv") if p.split == "val"]
+        decoded = [load_pixels(p.path, size) for p in photos[:PROBE_PHOTOS]
+                   if Path(p.path).is_file()]
+        if decoded:
+            return np.stack(decoded)
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, size)
+    smooth = [np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 255 - ramp[:, None]),
+                       axis=-1)]
+    noise = list(rng.integers(0, 256, (7, size, size, 3)))
+    return np.stack(smooth + noise).astype(np.uint8)
+
+
+def _io_shape(runtime) -> tuple[int | None, tuple]:
+    """(output units, input side) of a converted file, to check against bundle.json."""
+    shape = getattr(runtime, "input_shape", None)
+    if shape is None:
+        return None, ()
+    return int(runtime.units), tuple(int(v) for v in shape[1:3])
 
 
 def expand_paths(args: Iterable[str | Path]) -> list[str]:

@@ -8,12 +8,9 @@ decoding entirely. Augmentation runs on training batches after the cache.
 
 from __future__ import annotations
 
-import itertools
 import os
 import weakref
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -51,34 +48,6 @@ def pixel_dataset(
 
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), dtype=tf.string))
     return ds.map(load_op, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
-def decode_ahead(
-    items: Sequence, work: Callable, batch_size: int, ahead: int = 3
-) -> Iterator[tuple[int, list]]:
-    """Yield `(start, [work(item) for item in batch])` a batch at a time, in order, while
-    a thread pool (one thread per CPU) already works on the next `ahead - 1` batches.
-
-    For inference loops (predict, feature extraction): decoding overlaps the model, and
-    only `ahead` batches wait in memory however many items there are (faster than tf.data
-    here, see docs/decisions.md).
-    """
-    starts = iter(range(0, len(items), batch_size))
-    pending: deque = deque()
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-
-        def submit(start: int) -> None:
-            chunk = items[start : start + batch_size]
-            pending.append((start, [pool.submit(work, item) for item in chunk]))
-
-        for start in itertools.islice(starts, ahead):
-            submit(start)
-        while pending:
-            start, futures = pending.popleft()
-            following = next(starts, None)
-            if following is not None:
-                submit(following)
-            yield start, [f.result() for f in futures]
 
 
 _BATCH_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -81,6 +81,7 @@ class BuiltinModel:
     classes: tuple[str, ...]
     image_size: int
     description: str
+    version: int = 1  # raise when the model changes, so converted files are remade
 
 
 MODELS = (

@@ -82,8 +82,8 @@ def provenance_summary(bundle: Bundle) -> dict:
 def _lifespan(model: str | Path | Predictor, settings: ServeSettings, state: _State):
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        predictor = (model if isinstance(model, Predictor)
-                     else await anyio.to_thread.run_sync(load, model))
+        predictor = (model if isinstance(model, Predictor) else await anyio.to_thread.run_sync(
+            lambda: load(model, max_pixels=settings.max_pixels, runtime=settings.runtime)))
         blank = np.zeros((1, predictor.image_size, predictor.image_size, 3), np.uint8)
         # Compiles the model's one function, which then takes any batch size.
         await anyio.to_thread.run_sync(predictor.probabilities, blank)
@@ -176,6 +176,7 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
             "image_size": predictor.image_size,
             "output": spec.output,
             "resize_method": spec.resize_method,
+            "runtime": predictor.runtime.name,
             "provenance": provenance_summary(predictor.bundle),
             "limits": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
                        "max_upload_mb": settings.max_upload_mb,
@@ -249,7 +250,7 @@ def run(model: str | Path, settings: ServeSettings | None = None) -> None:
     import uvicorn
 
     settings = settings or ServeSettings()
-    predictor = load(model)
+    predictor = load(model, max_pixels=settings.max_pixels, runtime=settings.runtime)
     app = create_app(predictor, settings)
     host = settings.host
     shown = f"[{host}]" if ":" in host else host

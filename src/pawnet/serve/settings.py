@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pawnet.config import check_fields, coerce_field, setting
 from pawnet.data.images import MAX_PIXELS
 from pawnet.errors import ConfigError
+from pawnet.runtimes import RUNTIMES
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -38,6 +39,9 @@ class ServeSettings:
     cors_origins: tuple[str, ...] = setting((), "Origins whose pages may call the API, "
                                             "comma-separated, e.g. https://example.com; "
                                             "default: none (CORS off).")
+    runtime: str = setting("auto", "Where the model runs: auto (the fastest installed "
+                           "runtime that agrees with Keras), keras, onnx or litert.",
+                           choices=RUNTIMES)
     log_level: str = setting("info", "Uvicorn's log level.",
                              choices=("critical", "error", "warning", "info", "debug", "trace"))
 

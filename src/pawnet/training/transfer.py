@@ -20,8 +20,8 @@ import keras
 import numpy as np
 
 from pawnet.data.augment import build_augmenter
-from pawnet.data.images import MAX_PIXELS, load_pixels
-from pawnet.data.pipeline import batch_function, decode_ahead, pixel_dataset
+from pawnet.data.images import MAX_PIXELS, decode_ahead, load_pixels
+from pawnet.data.pipeline import batch_function, pixel_dataset
 from pawnet.models.pretrained import build_head, compose, load_backbone
 from pawnet.models.spec import ModelSpec, output_kind
 from pawnet.storage import atomic_write_bytes, cache_dir, progress

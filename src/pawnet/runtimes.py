@@ -1,0 +1,233 @@
+"""Where a model runs: Keras (TensorFlow), ONNX Runtime or LiteRT, behind one call.
+
+A runtime takes images `(N, size, size, 3)` (uint8 pixels, or float32 after augmentation)
+and returns the model's outputs `(N, units)` as float32. ONNX and LiteRT run a file
+converted from the Keras model once and cached in the user cache, keyed by the model's
+fingerprint; the file's checksum and the result of a parity check against Keras are kept
+next to it, so a damaged or disagreeing file is remade or skipped, never trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pawnet.errors import BundleError, ConfigError
+from pawnet.storage import atomic_path, atomic_write_text, cache_dir
+
+RUNTIMES = ("auto", "keras", "onnx", "litert")
+AUTO_ORDER = ("onnx", "litert", "keras")  # fastest first, measured (docs/decisions.md)
+PACKAGES = {"onnx": "onnxruntime", "litert": "ai_edge_litert"}
+PIP_NAMES = {"onnx": "onnxruntime", "litert": "ai-edge-litert"}
+SUFFIXES = {"onnx": ".onnx", "litert": ".tflite"}
+PARITY_ATOL = 1e-4  # a converted file must give the Keras outputs to this, else it is skipped
+CACHE_VERSION = 1
+
+
+class Runtime(Protocol):
+    name: str
+
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
+
+
+def threads() -> int:
+    return os.cpu_count() or 1
+
+
+class KerasRuntime:
+    """The Keras model itself, through one compiled function for any batch size."""
+
+    name = "keras"
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        from pawnet.data.pipeline import batch_function
+
+        dtype = "uint8" if images.dtype == np.uint8 else "float32"
+        return np.asarray(batch_function(self.model, dtype)(images), dtype=np.float32)
+
+
+class OnnxRuntime:
+    """An ONNX file on ONNX Runtime's CPU provider; safe to call from several threads."""
+
+    name = "onnx"
+
+    def __init__(self, path: Path, num_threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads or threads()
+        options.log_severity_level = 3
+        self.path = path
+        self.session = ort.InferenceSession(str(path), options,
+                                            providers=["CPUExecutionProvider"])
+        self._single: OnnxRuntime | None = None
+        self._input = self.session.get_inputs()[0].name
+        self.input_shape = tuple(self.session.get_inputs()[0].shape)
+        self.units = self.session.get_outputs()[0].shape[-1]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(images, dtype=np.float32)
+        return self.session.run(None, {self._input: batch})[0]
+
+    def single_threaded(self) -> OnnxRuntime:
+        """The same model on one thread per call, for callers that run one call per core."""
+        if self._single is None:
+            self._single = self if threads() == 1 else OnnxRuntime(self.path, 1)
+        return self._single
+
+
+class LiteRTRuntime:
+    """A LiteRT (TFLite) file on its XNNPACK CPU delegate. One interpreter runs one call at
+    a time, so calls are serialised."""
+
+    name = "litert"
+
+    def __init__(self, path: Path, num_threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        from pawnet.quiet import VERBOSE, native_stderr_held
+
+        with contextlib.nullcontext() if VERBOSE else native_stderr_held():  # "INFO: ..."
+            self.interpreter = Interpreter(model_path=str(path),
+                                           num_threads=num_threads or threads())
+            self.interpreter.allocate_tensors()
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        self.input_shape = tuple(self._input["shape_signature"])
+        self.units = int(self._output["shape"][-1])
+        self._batch = -1
+        self._lock = threading.Lock()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(images, dtype=np.float32)
+        with self._lock:
+            if len(batch) != self._batch:
+                self.interpreter.resize_tensor_input(self._input["index"], batch.shape)
+                self.interpreter.allocate_tensors()
+                self._batch = len(batch)
+            self.interpreter.set_tensor(self._input["index"], batch)
+            self.interpreter.invoke()
+            return self.interpreter.get_tensor(self._output["index"]).copy()
+
+
+def open_file(path: Path, fmt: str, num_threads: int | None = None) -> Runtime:
+    """A runtime for a converted file: "onnx" or "litert"."""
+    return (OnnxRuntime if fmt == "onnx" else LiteRTRuntime)(path, num_threads)
+
+
+def installed(name: str) -> bool:
+    """Whether runtime `name` can run here (its package is installed)."""
+    return name == "keras" or importlib.util.find_spec(PACKAGES[name]) is not None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cached(model_file: Path, fmt: str) -> tuple[Runtime | None, dict | None]:
+    """The cached runtime and its record, or (None, None) when missing or damaged."""
+    record_file = model_file.with_suffix(".json")
+    try:
+        record = json.loads(record_file.read_text())
+        if record.get("version") != CACHE_VERSION or record["sha256"] != _sha256(model_file):
+            return None, None
+        return (open_file(model_file, fmt) if record["agrees"] else None), record
+    except Exception:  # missing, unreadable, damaged: remake it
+        return None, None
+
+
+def converted(key: str, fmt: str, keras_model: Callable[[], Any],
+              probe: Callable[[], np.ndarray]) -> Runtime | None:
+    """A runtime for `fmt` running the model called `key`, converted once and cached.
+
+    Args:
+        key: names the model's exact weights and input size (a fingerprint).
+        keras_model: gives the Keras model; called only when the file must be made.
+        probe: gives images to check the converted file against Keras on.
+
+    Returns:
+        The runtime, or None when the converted file disagrees with Keras beyond
+        `PARITY_ATOL` (remembered, so it is not converted again).
+    """
+    from pawnet.convert import write_model
+
+    model_file = cache_dir() / "runtimes" / f"{key}-{fmt}{SUFFIXES[fmt]}"
+    runtime, record = _cached(model_file, fmt)
+    if record is not None:
+        return runtime
+    print(f"Converting the model for {fmt} once (cached in {model_file.parent})",
+          file=sys.stderr, flush=True)
+    model = keras_model()
+    model_file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(model_file) as tmp:
+        write_model(model, fmt, tmp)
+    images = probe()
+    want = KerasRuntime(model)(images)
+    got = open_file(model_file, fmt)(images)
+    diff = float(np.abs(got - want).max()) if len(images) else 0.0
+    agrees = diff <= PARITY_ATOL and bool((got.argmax(1) == want.argmax(1)).all())
+    record = {"version": CACHE_VERSION, "format": fmt, "sha256": _sha256(model_file),
+              "max_abs_diff": diff, "checked_on": len(images), "agrees": agrees}
+    atomic_write_text(model_file.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    return open_file(model_file, fmt) if agrees else None
+
+
+
+def choose(runtime: str, key: str, keras_model: Callable[[], Any],
+           probe: Callable[[], np.ndarray]) -> Runtime:
+    """The runtime named by `runtime`; "auto" is the first of `AUTO_ORDER` that is
+    installed, converts, and agrees with Keras.
+
+    Raises:
+        ConfigError: an unknown runtime, or a named one that is not installed or whose
+            converter is missing.
+        BundleError: a named runtime whose converted file disagrees with Keras.
+    """
+    from pawnet.convert import check_format
+
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; allowed: {', '.join(RUNTIMES)}")
+    if runtime == "keras":
+        return KerasRuntime(keras_model())
+    if runtime != "auto":
+        if not installed(runtime):
+            raise ConfigError(f"--runtime {runtime} needs {PIP_NAMES[runtime]}, which is "
+                              f"not installed. Try: pip install {PIP_NAMES[runtime]}")
+        check_format(runtime)
+        found = converted(key, runtime, keras_model, probe)
+        if found is None:
+            raise BundleError(f"the {runtime} conversion of this model disagrees with Keras "
+                              f"beyond {PARITY_ATOL:g}. Try: --runtime keras")
+        return found
+    for name in AUTO_ORDER[:-1]:
+        if not installed(name):
+            continue
+        try:
+            check_format(name)
+            found = converted(key, name, keras_model, probe)
+        except ConfigError:
+            continue  # its converter is not installed
+        except Exception as exc:  # a converter bug must not stop predictions: try the next
+            print(f"warning: could not convert the model for {name} ({exc}); trying the "
+                  "next runtime", file=sys.stderr, flush=True)
+            continue
+        if found is not None:
+            return found
+    return KerasRuntime(keras_model())
