@@ -39,10 +39,19 @@ def real_photos(label: str, n: int, split: str = "train", dataset: Path = CVTRIC
     return sorted((dataset / split / label).glob("*.jpg"))[:n]
 
 
+@pytest.fixture(scope="session")
+def _shared_runtimes(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runtimes")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets a pawnet cache of its own (scan cache, weights cache, downloads)."""
-    monkeypatch.setenv("PAWNET_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+def _isolated_cache(tmp_path_factory, monkeypatch, _shared_runtimes):
+    """Every test gets a pawnet cache of its own (scan cache, weights cache, downloads),
+    except for converted models, which are keyed by their model's fingerprint and shared
+    so that each model is converted once per session."""
+    cache = tmp_path_factory.mktemp("cache")
+    (cache / "runtimes").symlink_to(_shared_runtimes, target_is_directory=True)
+    monkeypatch.setenv("PAWNET_CACHE_DIR", str(cache))
 
 
 def copy_photos(dest: Path, per_class: int = 12, classes=("cat", "dog"), split="train",

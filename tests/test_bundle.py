@@ -112,7 +112,7 @@ def test_damaged_bundle_is_a_clear_error(trained_run, tmp_path, damage, message)
     bundle = _copy_bundle(trained_run, tmp_path)
     damage(bundle)
     with pytest.raises(BundleError, match=message):
-        resolve(bundle)
+        pawnet.load(bundle)
 
 
 def test_not_a_bundle(tmp_path):

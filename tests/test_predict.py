@@ -55,12 +55,14 @@ def test_prediction_is_the_same_from_predict_evaluate_and_python(trained_run):
 
 
 def test_every_batch_size_runs_one_compiled_function_with_keras_own_outputs(trained_run):
-    predictor = pawnet.load(trained_run, batch_size=8)
+    from pawnet.data.pipeline import batch_function
+
+    predictor = pawnet.load(trained_run, batch_size=8, runtime="keras")
     photos = real_photos("cat", 6, "test") + real_photos("dog", 5, "test")
     results = predictor.predict(photos)  # a full batch of 8, then a partial one of 3
     predictor.predict(photos[:1])
     predictor.probabilities(np.zeros((5, 32, 32, 3), np.uint8))
-    assert predictor._forward.experimental_get_tracing_count() == 1
+    assert batch_function(predictor.model, "uint8").experimental_get_tracing_count() == 1
     pixels = np.stack([load_pixels(p, 32) for p in photos])
     expected = np.asarray(predictor.model.predict(pixels.astype("float32"), verbose=0))
     got = np.array([[r.probabilities[c] for c in predictor.classes] for r in results])

@@ -95,7 +95,7 @@ def test_predict_multipart_matches_the_cli(client, trained_run):
     cli = CliRunner().invoke(cli_app, ["predict", str(trained_run), *map(str, paths),
                                        "--json"])
     assert cli.exit_code == 0, cli.output
-    expected = json.loads(cli.output)
+    expected = json.loads(cli.stdout)
     assert [s["path"] for s in served] == [p.name for p in paths]
     for s, e in zip(served, expected, strict=True):
         assert s.keys() == e.keys()

@@ -206,23 +206,20 @@ def _bench_scratch(result: dict, plan, spec, in_memory, epochs: int) -> Any:
 
 
 def _bench_transfer(result: dict, plan, spec, paths: list[str], in_memory) -> Any:
-    import keras
-    import tensorflow as tf
 
-    from pawnet.data.pipeline import batch_function
     from pawnet.models.pretrained import build_head, compose, load_backbone
     from pawnet.models.spec import output_kind
     from pawnet.training.recipe import head_training_set, targets
-    from pawnet.training.transfer import extract_features
+    from pawnet.training.transfer import backbone_id, backbone_runtime, extract_features
 
     photos, cfg = plan.photos, plan.cfg
     backbone = load_backbone(spec, cfg.image_size)
-    x = tf.constant(keras.ops.cast(in_memory, "float32"))
-    forward = batch_function(backbone)  # what feature extraction runs
-    limit = repeat_rate(lambda: forward(x).numpy(), len(in_memory))
+    runtime = backbone_runtime(  # what feature extraction runs
+        backbone, backbone_id(backbone, "+".join(spec.backbones), cfg.image_size))
+    limit = repeat_rate(lambda: runtime(in_memory), len(in_memory))
 
     started = time.perf_counter()
-    features = extract_features(backbone, paths, cfg.image_size, cfg.batch_size,
+    features = extract_features(runtime, paths, cfg.image_size, cfg.batch_size,
                                 max_pixels=cfg.max_pixels)
     extract_seconds = time.perf_counter() - started
     head = build_head(len(plan.classes), backbone)
@@ -233,7 +230,8 @@ def _bench_transfer(result: dict, plan, spec, paths: list[str], in_memory) -> An
     n = len(photos)
     result["compute_limit"] = {"train": _rate(n, n / limit + head_seconds)}
     result["end_to_end"] = {"train": _rate(n, extract_seconds + head_seconds)}
-    result["transfer"] = {"feature_extraction": _rate(n, extract_seconds),
+    result["transfer"] = {"runtime": runtime.name,
+                          "feature_extraction": _rate(n, extract_seconds),
                           "backbone_limit": limit, "head_seconds": round(head_seconds, 2),
                           "head_epochs": cfg.epochs}
     return compose(backbone, head, spec.name)

@@ -23,7 +23,7 @@ from pawnet.bundle import Bundle, check_io, resolve
 from pawnet.data.images import IMAGE_SUFFIXES, MAX_PIXELS, decode_ahead, load_pixels
 from pawnet.data.splits import read_manifest
 from pawnet.errors import ConfigError, ImageError
-from pawnet.runtimes import choose, threads
+from pawnet.runtimes import choose, synthetic_images, threads
 
 FORMATS = ("table", "json", "csv", "kaggle")
 
@@ -199,12 +199,7 @@ def probe_images(bundle: Bundle) -> np.ndarray:
                    if Path(p.path).is_file()]
         if decoded:
             return np.stack(decoded)
-    rng = np.random.default_rng(0)
-    ramp = np.linspace(0, 255, size)
-    smooth = [np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 255 - ramp[:, None]),
-                       axis=-1)]
-    noise = list(rng.integers(0, 256, (7, size, size, 3)))
-    return np.stack(smooth + noise).astype(np.uint8)
+    return synthetic_images(size)
 
 
 def _io_shape(runtime) -> tuple[int | None, tuple]:

@@ -128,6 +128,17 @@ def open_file(path: Path, fmt: str, num_threads: int | None = None) -> Runtime:
     return (OnnxRuntime if fmt == "onnx" else LiteRTRuntime)(path, num_threads)
 
 
+def synthetic_images(size: int) -> np.ndarray:
+    """Fixed uint8 images (a colour ramp and noise) to compare runtimes on when no photos
+    are at hand."""
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, size)
+    smooth = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 255 - ramp[:, None]),
+                      axis=-1)
+    return np.concatenate([smooth[None], rng.integers(0, 256, (7, size, size, 3))]
+                          ).astype(np.uint8)
+
+
 def installed(name: str) -> bool:
     """Whether runtime `name` can run here (its package is installed)."""
     return name == "keras" or importlib.util.find_spec(PACKAGES[name]) is not None
@@ -224,6 +235,8 @@ def choose(runtime: str, key: str, keras_model: Callable[[], Any],
             found = converted(key, name, keras_model, probe)
         except ConfigError:
             continue  # its converter is not installed
+        except BundleError:
+            raise  # the bundle itself is damaged: no runtime will do
         except Exception as exc:  # a converter bug must not stop predictions: try the next
             print(f"warning: could not convert the model for {name} ({exc}); trying the "
                   "next runtime", file=sys.stderr, flush=True)

@@ -14,16 +14,19 @@ import hashlib
 import io
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
 
 from pawnet.data.augment import build_augmenter
 from pawnet.data.images import MAX_PIXELS, decode_ahead, load_pixels
-from pawnet.data.pipeline import batch_function, pixel_dataset
+from pawnet.data.pipeline import pixel_dataset
 from pawnet.models.pretrained import build_head, compose, load_backbone
 from pawnet.models.spec import ModelSpec, output_kind
+from pawnet.runtimes import Runtime, choose, synthetic_images, threads
 from pawnet.storage import atomic_write_bytes, cache_dir, progress
 from pawnet.training.callbacks import HistoryRecorder
 from pawnet.training.plan import Plan, log
@@ -65,8 +68,15 @@ def backbone_id(backbone: keras.Model, variant: str, image_size: int) -> str:
     return f"{variant}-{image_size}px-{digest.hexdigest()[:12]}"
 
 
+def backbone_runtime(backbone: keras.Model, key: str) -> Runtime:
+    """The frozen backbone on the fastest runtime that agrees with Keras, converted once per
+    backbone and image size and cached like the weights."""
+    size = int(backbone.input.shape[1])
+    return choose("auto", f"backbone-{key}", lambda: backbone, lambda: synthetic_images(size))
+
+
 def extract_features(
-    backbone: keras.Model,
+    backbone: Runtime,
     paths: Sequence[str],
     image_size: int,
     batch_size: int,
@@ -76,27 +86,58 @@ def extract_features(
     on_batch: Callable[[int, np.ndarray], None] | None = None,
     max_pixels: int | None = None,
 ) -> np.ndarray:
-    """Pooled backbone features `(len(paths), dim)` of photos, optionally augmented first."""
+    """Pooled backbone features `(len(paths), dim)` of photos, optionally augmented first.
+
+    `backbone` is a runtime (see `backbone_runtime`); without augmentation, a runtime whose
+    calls can overlap decodes and runs one photo per core at a time, like `predict`.
+    """
     def decode(path: str) -> np.ndarray:
         return load_pixels(path, image_size, max_pixels or MAX_PIXELS)
 
-    forward = batch_function(backbone)
+    single = getattr(backbone, "single_threaded", None)
+    if single is not None and augment is None:
+        runtime = single()
+        batches = _batched(_map_threads(lambda p: runtime(decode(p)[None])[0], paths),
+                           batch_size)
+    else:
+        batches = (backbone(np.stack(pixels) if augment is None else
+                            np.asarray(augment(keras.ops.cast(np.stack(pixels), "float32"))))
+                   for _, pixels in decode_ahead(paths, decode, batch_size))
     out = []
     with progress(len(paths), desc) as bar:
-        for i, (_, pixels) in enumerate(decode_ahead(paths, decode, batch_size)):
-            batch = keras.ops.cast(np.stack(pixels), "float32")
-            if augment is not None:
-                batch = augment(batch)
-            feats = forward(batch).numpy()
+        for i, feats in enumerate(batches):
             out.append(feats)
             if on_batch:
                 on_batch(i, feats)
             bar.update(len(feats))
-    return np.concatenate(out) if out else np.zeros((0, backbone.output.shape[-1]), "float32")
+    return np.concatenate(out) if out else np.zeros((0, 0), "float32")
+
+
+def _map_threads(func: Callable, items: Sequence) -> Iterator:
+    """`func` over items on one thread per core, results in order, a few ahead."""
+    with ThreadPoolExecutor(max_workers=threads()) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(func, item))
+            if len(pending) > 4 * threads():
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _batched(rows: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    batch: list[np.ndarray] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
 
 
 def cached_features(
-    backbone: keras.Model,
+    backbone: Runtime,
     store: FeatureStore,
     photos: Sequence,
     image_size: int,
@@ -145,16 +186,18 @@ def _features(plan: Plan, spec: ModelSpec, backbone: keras.Model):
     views of each training photo stacked under the plain ones (views in all)."""
     cfg = plan.cfg
     train_photos, val_photos = plan.split("train"), plan.split("val")
-    store = FeatureStore(backbone_id(backbone, "+".join(spec.backbones), cfg.image_size))
+    key = backbone_id(backbone, "+".join(spec.backbones), cfg.image_size)
+    store = FeatureStore(key)
+    runtime = backbone_runtime(backbone, key)
     started = time.monotonic()
-    train_x = cached_features(backbone, store, train_photos, cfg.image_size, cfg.batch_size,
+    train_x = cached_features(runtime, store, train_photos, cfg.image_size, cfg.batch_size,
                               "Features (train)", cfg.max_pixels)
-    val_x = cached_features(backbone, store, val_photos, cfg.image_size, cfg.batch_size,
+    val_x = cached_features(runtime, store, val_photos, cfg.image_size, cfg.batch_size,
                             "Features (val)", cfg.max_pixels)
     views = [train_x]
     for view in range(1, cfg.feature_views + 1):
         augment = build_augmenter(cfg.augment, cfg.augment_strengths(), cfg.seed + view)
-        views.append(extract_features(backbone, [p.path for p in train_photos],
+        views.append(extract_features(runtime, [p.path for p in train_photos],
                                       cfg.image_size, cfg.batch_size, augment=augment,
                                       desc=f"Features (augmented view {view})",
                                       max_pixels=cfg.max_pixels))

@@ -1,0 +1,30 @@
+"""Label a photo with a `pawnet export --format onnx` folder: numpy, Pillow and onnxruntime
+only (no TensorFlow, no pawnet).  python run_onnx.py EXPORT_DIR PHOTO"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+from PIL import Image, ImageOps
+
+folder, photo = Path(sys.argv[1]), sys.argv[2]
+info = json.loads((folder / "pawnet.json").read_text())
+size = info["image_size"]
+
+image = Image.open(photo)
+if image.format == "JPEG":  # decode at reduced size when the photo is 2x the input or more
+    image.draft(image.mode, (size, size))
+image = ImageOps.exif_transpose(image)
+if image.mode in ("RGBA", "LA", "P"):  # transparency goes onto white, as in training
+    image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+pixels = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+
+session = onnxruntime.InferenceSession(folder / info["file"])
+batch = pixels[None].astype(np.float32)  # raw 0-255 RGB, NHWC; scaling is inside the model
+out = session.run(None, {session.get_inputs()[0].name: batch})[0][0]
+probs = [1 - out[0], out[0]] if info["output"] == "sigmoid" else out
+label = info["class_names"][int(np.argmax(probs))]
+print(json.dumps({"label": label, "probabilities": dict(
+    zip(info["class_names"], map(float, probs), strict=True))}))
