@@ -107,6 +107,14 @@ def served(model: str, *args: str) -> Iterator[Served]:
         server.exit_code = stop_server(server.proc)
 
 
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of a running process (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def batch_histogram(url: str) -> dict[str, float]:
     """The server's batch-size histogram: {'count', 'sum', 'le=1', 'le=2', ...}."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
@@ -220,6 +228,7 @@ def main(argv=None) -> int:
     parser.add_argument("--photos", type=Path, default=PHOTOS)
     parser.add_argument("--max-batch", type=int, nargs="+", default=[32, 1],
                         help="server settings to compare (1 = batching off)")
+    parser.add_argument("--runtime", default="auto", help="the server's --runtime")
     args = parser.parse_args(argv)
     if bool(args.model) == bool(args.url):
         parser.error("give MODEL or --url, not both")
@@ -235,7 +244,8 @@ def main(argv=None) -> int:
     for max_batch in settings:
         label = "given" if max_batch is None else ("off" if max_batch == 1 else
                                                    f"on({max_batch})")
-        server = None if args.url else served(args.model, "--max-batch", str(max_batch))
+        server = None if args.url else served(args.model, "--max-batch", str(max_batch),
+                                              "--runtime", args.runtime)
         with server or contextlib.nullcontext() as running:
             url = running.url if running else args.url
             run_load(url, bodies, max(args.clients), requests=2 * max(args.clients),
@@ -246,6 +256,9 @@ def main(argv=None) -> int:
                                  seconds=args.seconds)
                 print_row(label, clients, result)
                 failures += result["errors_5xx"] + result["dropped"]
+            if running is not None:
+                print(f"server peak memory: {peak_rss_mb(running.proc.pid):.0f} MB "
+                      f"(runtime {args.runtime})")
         if running is not None and running.exit_code not in CLEAN_EXIT:
             print(f"server exited with code {running.exit_code}")
             failures += 1

@@ -425,7 +425,8 @@ def test_end_to_end_over_http(live, predictor):
     with urllib.request.urlopen(live + "/healthz") as response:
         assert json.loads(response.read()) == {"status": "ok"}
     with urllib.request.urlopen(live + "/v1/model") as response:
-        assert json.loads(response.read())["classes"] == predictor.classes
+        info = json.loads(response.read())
+    assert info["classes"] == predictor.classes and info["runtime"] == "onnx"  # auto's pick
     with urllib.request.urlopen(live + "/") as response:
         assert b"/v1/predict" in response.read()
     boundary = "pawnetboundary"
@@ -442,6 +443,18 @@ def test_end_to_end_over_http(live, predictor):
     assert _post(live, b"")[0] == 400
     assert _post(live, b"not an image")[0] == 422
     assert _post(live, PHOTO)[0] == 200
+
+
+@pytest.mark.parametrize("runtime", ["keras", "litert"])
+def test_the_server_runs_on_each_runtime(trained_run, predictor, runtime):
+    with serve_load.served(trained_run, "--runtime", runtime, "--max-batch", "4") as server:
+        with urllib.request.urlopen(server.url + "/v1/model") as response:
+            assert json.loads(response.read())["runtime"] == runtime
+        status, results = _post(server.url, PHOTO)
+    assert status == 200 and server.exit_code in serve_load.CLEAN_EXIT
+    want = predictor.predict([PHOTO])[0]
+    assert results[0]["label"] == want.label
+    assert results[0]["probabilities"] == pytest.approx(want.probabilities, abs=1e-5)
 
 
 def _raw_http(url, head: bytes, chunks=(), timeout=10) -> tuple[bytes, int]:

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 from conftest import copy_photos, real_photos
+from test_runtimes import assert_runtimes_agree
 
 import pawnet
 from pawnet.data.images import load_pixels
@@ -30,6 +31,22 @@ def test_transfer_run_saves_one_model_from_pixels_to_probabilities(photos, tmp_p
     results = predictor.predict([p.path for p in val])
     accuracy = np.mean([r.label == p.label for r, p in zip(results, val, strict=True)])
     assert provenance["metrics"]["val_accuracy"] == pytest.approx(accuracy)
+    assert_runtimes_agree(run, [p.path for p in val])
+
+
+def test_features_on_the_fast_runtime_match_keras(photos):
+    from pawnet.models.pretrained import load_backbone
+    from pawnet.models.registry import get_model_spec
+    from pawnet.runtimes import KerasRuntime
+
+    backbone = load_backbone(get_model_spec("efficientnet-lite0"), 64)
+    paths = [str(p) for p in real_photos("cat", 5) + real_photos("dog", 5)]
+    runtime = transfer.backbone_runtime(backbone, "test-lite0-64")
+    assert runtime.name == "onnx"
+    fast = transfer.extract_features(runtime, paths, 64, 4)
+    slow = transfer.extract_features(KerasRuntime(backbone), paths, 64, 4)
+    assert fast.shape == (10, 1280)
+    np.testing.assert_allclose(fast, slow, atol=1e-4)
 
 
 def test_features_are_computed_once_per_photo(photos, tmp_path, monkeypatch):
@@ -123,6 +140,7 @@ def test_two_backbones_side_by_side_train_one_head_on_both(photos, tmp_path):
     results = predictor.predict([p.path for p in val])
     accuracy = np.mean([r.label == p.label for r, p in zip(results, val, strict=True)])
     assert provenance["metrics"]["val_accuracy"] == pytest.approx(accuracy)
+    assert_runtimes_agree(run, [p.path for p in val])
 
 
 def test_two_backbones_cannot_be_fine_tuned(photos, tmp_path):

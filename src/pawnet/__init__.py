@@ -41,6 +41,7 @@ _PUBLIC = {  # name -> module that defines it
     "WeightsError": "pawnet.errors",
     "create_app": "pawnet.serve.app",
     "evaluate": "pawnet.evaluation",
+    "export": "pawnet.exporting",
     "list_models": "pawnet.models.registry",
     "load": "pawnet.predict",
     "resolve_config": "pawnet.config",

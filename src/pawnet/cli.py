@@ -259,8 +259,8 @@ def export(
 ) -> None:
     """Export a model (SavedModel, LiteRT, ONNX) with a JSON describing how to feed it, and
     check it against the bundle on real photos."""
-    from pawnet.export import export as run_export
-    from pawnet.export import format_export
+    from pawnet.exporting import export as run_export
+    from pawnet.exporting import format_export
 
     report = run_export(model, fmt, out=out, int8=int8, photos=photos)
     typer.echo(json.dumps(report, indent=2) if json_out else format_export(report))

@@ -90,37 +90,50 @@ class OnnxRuntime:
 
 
 class LiteRTRuntime:
-    """A LiteRT (TFLite) file on its XNNPACK CPU delegate. One interpreter runs one call at
-    a time, so calls are serialised."""
+    """A LiteRT (TFLite) file on its XNNPACK CPU delegate.
+
+    An interpreter has one input shape at a time and reallocates to change it, so batches
+    are padded to a power of two with one interpreter kept per size; an interpreter runs
+    one call at a time, so calls are serialised.
+    """
 
     name = "litert"
 
     def __init__(self, path: Path, num_threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
-
-        from pawnet.quiet import VERBOSE, native_stderr_held
-
-        with contextlib.nullcontext() if VERBOSE else native_stderr_held():  # "INFO: ..."
-            self.interpreter = Interpreter(model_path=str(path),
-                                           num_threads=num_threads or threads())
-            self.interpreter.allocate_tensors()
-        self._input = self.interpreter.get_input_details()[0]
-        self._output = self.interpreter.get_output_details()[0]
-        self.input_shape = tuple(self._input["shape_signature"])
-        self.units = int(self._output["shape"][-1])
-        self._batch = -1
+        self.path = path
+        self.num_threads = num_threads or threads()
+        self._interpreters: dict[int, Any] = {}
         self._lock = threading.Lock()
+        interpreter = self._interpreter(1)
+        self.input_shape = tuple(interpreter.get_input_details()[0]["shape_signature"])
+        self.units = int(interpreter.get_output_details()[0]["shape"][-1])
+
+    def _interpreter(self, batch: int):
+        if batch not in self._interpreters:
+            from ai_edge_litert.interpreter import Interpreter
+
+            from pawnet.quiet import VERBOSE, native_stderr_held
+
+            with contextlib.nullcontext() if VERBOSE else native_stderr_held():  # "INFO: ..."
+                interpreter = Interpreter(model_path=str(self.path),
+                                          num_threads=self.num_threads)
+                index = interpreter.get_input_details()[0]["index"]
+                shape = interpreter.get_input_details()[0]["shape"]
+                interpreter.resize_tensor_input(index, [batch, *shape[1:]])
+                interpreter.allocate_tensors()
+            self._interpreters[batch] = interpreter
+        return self._interpreters[batch]
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(images, dtype=np.float32)
+        n = len(images)
+        size = 1 << max(0, n - 1).bit_length()
+        batch = np.zeros((size, *images.shape[1:]), np.float32)
+        batch[:n] = images
         with self._lock:
-            if len(batch) != self._batch:
-                self.interpreter.resize_tensor_input(self._input["index"], batch.shape)
-                self.interpreter.allocate_tensors()
-                self._batch = len(batch)
-            self.interpreter.set_tensor(self._input["index"], batch)
-            self.interpreter.invoke()
-            return self.interpreter.get_tensor(self._output["index"]).copy()
+            interpreter = self._interpreter(size)
+            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
+            interpreter.invoke()
+            return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[:n].copy()
 
 
 def open_file(path: Path, fmt: str, num_threads: int | None = None) -> Runtime:

@@ -84,11 +84,10 @@ def _lifespan(model: str | Path | Predictor, settings: ServeSettings, state: _St
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         predictor = (model if isinstance(model, Predictor) else await anyio.to_thread.run_sync(
             lambda: load(model, max_pixels=settings.max_pixels, runtime=settings.runtime)))
-        blank = np.zeros((1, predictor.image_size, predictor.image_size, 3), np.uint8)
-        # Compiles the model's one function, which then takes any batch size.
-        await anyio.to_thread.run_sync(predictor.probabilities, blank)
         batcher = Batcher(predictor.probabilities, settings.max_batch,
                           settings.max_wait_ms / 1000, settings.queue_size)
+        shape = (predictor.image_size, predictor.image_size, 3)
+        await anyio.to_thread.run_sync(batcher.warm_up, shape)
         state.metrics = Metrics(lambda: batcher.depth)
         batcher.on_batch = state.metrics.batch_size.observe
         batcher.start()

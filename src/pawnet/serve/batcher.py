@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+WARM_UP_SIZES = 64  # batch sizes run once at start-up (beyond it, rare sizes warm up live)
+
 
 class QueueFull(Exception):
     """The batcher has no room for the images of one more request."""
@@ -54,6 +56,13 @@ class Batcher:
     @property
     def depth(self) -> int:
         return len(self._jobs)
+
+    def warm_up(self, image_shape: tuple[int, ...]) -> None:
+        """Run every batch size once before serving: a runtime's first call at a new size
+        sets it up (kernels, memory plans) and takes up to twice as long, which would land
+        in the latency tail of the first requests that happen to form that size."""
+        for size in range(1, min(self.max_batch, WARM_UP_SIZES) + 1):
+            self.predict_fn(np.zeros((size, *image_shape), np.uint8))
 
     def start(self) -> None:
         self._thread.start()
