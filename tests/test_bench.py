@@ -23,7 +23,7 @@ def test_bench_measures_a_scratch_model_end_to_end(photos):
     assert (result["photos"], result["image_size"], result["batch_size"]) == (48, 48, 8)
     for section in ("input", "compute_limit", "end_to_end"):
         assert all(v is None or v > 0 for v in result[section].values()
-                   if not isinstance(v, list)), section
+                   if not isinstance(v, list | str)), section
     assert result["input"]["cached_augmented"] > 0
     assert result["input"]["first_pass_augmented"] > 0
     assert result["input"]["cached"] > result["input"]["first_pass"]  # the cache works
@@ -34,6 +34,13 @@ def test_bench_measures_a_scratch_model_end_to_end(photos):
     assert result["peak_memory_mb"] > 100
     report = format_bench(result)
     assert "efficiency" in report and result["verdict"] in report
+    assert set(result["runtimes"]) == {"keras", "onnx", "litert"}
+    for name, figures in result["runtimes"].items():
+        assert figures["max_abs_diff"] < 1e-5, name
+        assert min(figures[k] for k in ("batch_1", "batch_8", "batch_32", "end_to_end")) > 0
+        assert f"runtime {name}" in report
+    assert result["end_to_end"]["inference_runtime"] == "onnx"
+    assert result["decode_ms_per_photo"] > 0
 
 
 def test_bench_of_a_transfer_model_reports_features_and_head(photos):

@@ -257,6 +257,37 @@ def _bench_predict(result: dict, model, cfg, classes: list[str], paths: list[str
     result["compute_limit"]["inference"] = limit
     result["end_to_end"]["inference"] = _rate(len(paths), predict_seconds)
     result["end_to_end"]["predict_startup_seconds"] = round(startup, 2)
+    result["end_to_end"]["inference_runtime"] = predictor.runtime.name
+    result["decode_ms_per_photo"] = round(1000 * _timed(
+        lambda: [predictor.decode(p) for p in paths[:200]]) / len(paths[:200]), 2)
+    result["runtimes"] = _bench_runtimes(tmp / "bundle", paths, pixels)
+
+
+RUNTIME_BATCHES = (1, 8, 32)
+
+
+def _bench_runtimes(bundle: Path, paths: list[str], pixels: np.ndarray) -> dict[str, Any]:
+    """Per installed runtime: in-memory photos/s at a few batch sizes, end-to-end `predict`
+    photos/s over the folder, and the largest probability difference to Keras."""
+    from pawnet.predict import load
+    from pawnet.runtimes import AUTO_ORDER, installed
+
+    out: dict[str, Any] = {}
+    reference = None
+    for name in reversed(AUTO_ORDER):  # keras first: the reference
+        if not installed(name):
+            continue
+        predictor = load(bundle, runtime=name)  # converts once, outside the timings
+        probs = predictor.probabilities(pixels)
+        reference = probs if reference is None else reference
+        run = predictor.runtime
+        figures = {f"batch_{b}": repeat_rate(lambda b=b, run=run: run(pixels[:b]),
+                                             len(pixels[:b]), MEASURE_SECONDS / 4)
+                   for b in RUNTIME_BATCHES}
+        figures["end_to_end"] = _rate(len(paths), _timed(lambda p=predictor: p.predict(paths)))
+        figures["max_abs_diff"] = float(np.abs(probs - reference).max())
+        out[name] = figures
+    return out
 
 
 def _verdict(result: dict, transfer: bool) -> tuple[str, str]:
@@ -290,13 +321,20 @@ def format_bench(result: dict[str, Any]) -> str:
         f"compute limit      train {limit['train']:.1f} photos/s, inference "
         f"{limit['inference']:.1f}",
         f"end to end         train {e2e['train']:.1f} photos/s, inference "
-        f"{e2e['inference']:.1f} (+{e2e['predict_startup_seconds']:.1f}s start-up)",
+        f"{e2e['inference']:.1f} on {e2e['inference_runtime']} "
+        f"(+{e2e['predict_startup_seconds']:.1f}s start-up)",
     ]
     if "transfer" in result:
         t = result["transfer"]
         lines.append(f"transfer           features {t['feature_extraction']:.1f} photos/s "
                      f"(backbone limit {t['backbone_limit']:.1f}), head "
                      f"{t['head_seconds']:.1f}s for {t['head_epochs']} epochs")
+    lines.append(f"decoding           {result['decode_ms_per_photo']:.2f} ms a photo on one core")
+    for name, r in result["runtimes"].items():
+        lines.append(f"runtime {name:<10} " + ", ".join(
+            f"batch {b} {r[f'batch_{b}']:.0f}" for b in RUNTIME_BATCHES)
+            + f" photos/s in memory; predict {r['end_to_end']:.0f} photos/s end to end; "
+            f"max diff to keras {r['max_abs_diff']:.1g}")
     lines += [
         f"efficiency         train {result['efficiency']:.2f}, inference "
         f"{result['inference_efficiency']:.2f}",
