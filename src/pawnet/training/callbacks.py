@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ class HistoryRecorder(keras.callbacks.Callback):
         self.csv_path = run_dir / "history.csv"
         self.png_path = run_dir / "curves.png"
         self.rows = list(rows or [])
-        self._plotted_at = -math.inf
+        self._plotted_at = time.monotonic()  # the first drawing waits PLOT_INTERVAL too
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
