@@ -175,3 +175,18 @@ def test_damaged_cache_is_rebuilt(tmp_path, lite0, damage):
     meta = json.loads(sidecar.read_text())
     assert meta["sha256"] == weights._sha256(cache)
     assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name, sidecar.name]
+
+
+def test_folded_form_is_cached_and_equals_a_fresh_fold(tmp_path, monkeypatch, lite0):
+    first = weights.load_pretrained("lite0", include_top=True, cache_dir=tmp_path, folded=True)
+    assert len(list(tmp_path.glob("efficientnet_lite0-*-folded.weights.h5"))) == 1
+
+    def no_folding(*args):
+        raise AssertionError("the cached folded weights should have been used")
+
+    monkeypatch.setattr(weights, "fold_batch_norm", no_folding)
+    monkeypatch.setattr(weights, "load_state_dict", no_folding)
+    second = weights.load_pretrained("lite0", include_top=True, cache_dir=tmp_path, folded=True)
+    assert [w.name for w in second.weights] == [w.name for w in first.weights]
+    for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

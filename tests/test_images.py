@@ -40,3 +40,18 @@ def test_alpha_is_composited_on_white_and_sixteen_bit_is_scaled(odd_files):
 def test_low_pixel_limit_refuses_normal_photo():
     with pytest.raises(ImageError, match="decompression bomb"):
         load_pixels(real_photos("cat", 1)[0], 32, max_pixels=1000)
+
+
+# the stored pixels of a photo taken with the camera turned, for each EXIF orientation
+@pytest.mark.parametrize("orientation, stored_as", [(3, "ROTATE_180"), (6, "ROTATE_90"),
+                                                    (8, "ROTATE_270")])
+def test_exif_orientation_is_applied_before_resizing(tmp_path, orientation, stored_as):
+    from PIL import Image
+
+    upright = Image.open(real_photos("cat", 1)[0]).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.png"  # lossless, so the pixels can be compared exactly
+    upright.transpose(getattr(Image.Transpose, stored_as)).save(path, exif=exif)
+    want = np.asarray(upright.resize((64, 64), Image.Resampling.BILINEAR))
+    assert np.array_equal(load_pixels(path, 64), want)

@@ -101,3 +101,24 @@ def test_litert_pads_odd_batches_and_gives_each_row_its_own_answer(trained_run):
     together = predictor.probabilities(pixels)  # padded to 8 inside
     one_by_one = np.concatenate([predictor.probabilities(pixels[i : i + 1]) for i in range(5)])
     np.testing.assert_allclose(together, one_by_one, atol=1e-6)
+
+
+def test_photos_per_call_is_measured_at_conversion_and_every_size_answers_alike(
+        trained_run, own_runtime_cache, tmp_path):
+    predictor = pawnet.load(trained_run, runtime="onnx")
+    record = json.loads(_cached_files("onnx")[0].with_suffix(".json").read_text())
+    assert record["photos_per_call"] in runtimes.CALL_SIZES
+    assert predictor.runtime.photos_per_call == record["photos_per_call"]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a photo")
+    photos = [*real_photos("cat", 3, "test"), broken, *real_photos("dog", 4, "test")]
+    answers = {}
+    for size in runtimes.CALL_SIZES:
+        predictor.runtime.photos_per_call, predictor.runtime._single = size, None
+        answers[size] = predictor.predict(photos)
+    for results in answers.values():
+        assert [r.path for r in results] == [str(p) for p in photos]
+        assert results[3].error and "not an image" in results[3].error
+        for got, want in zip(results, answers[1], strict=True):
+            assert got.label == want.label
+            assert got.probabilities == pytest.approx(want.probabilities, abs=1e-6)

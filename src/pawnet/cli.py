@@ -7,6 +7,7 @@ never drift apart. This module is Typer only: it parses, calls the library, prin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -309,7 +310,34 @@ def demo(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+        code: int | str | None = 0
+    except SystemExit as exc:  # Typer ends every command this way
+        code = exc.code
+    _exit(code)
+
+
+def _exit(code: int | str | None) -> None:
+    """Exit with `code`; once TensorFlow is loaded, without tearing the interpreter down
+    (TensorFlow's teardown adds about a second to every command, docs/decisions.md):
+    exit handlers run and output is flushed first, as at a normal exit."""
+    import atexit
+    import os
+    import threading
+
+    working = [t for t in threading.enumerate() if t.is_alive() and not t.daemon
+               and t is not threading.main_thread()]
+    if "tensorflow" not in sys.modules or working:
+        sys.exit(code)
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to flush
+            stream.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

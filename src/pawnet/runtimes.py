@@ -13,9 +13,11 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,8 +32,9 @@ AUTO_ORDER = ("onnx", "litert", "keras")  # fastest first, measured (docs/decisi
 PACKAGES = {"onnx": "onnxruntime", "litert": "ai_edge_litert"}
 PIP_NAMES = {"onnx": "onnxruntime", "litert": "ai-edge-litert"}
 SUFFIXES = {"onnx": ".onnx", "litert": ".tflite"}
+CALL_SIZES = (1, 2, 4, 8)  # photos per call tried on each core (docs/decisions.md)
 PARITY_ATOL = 1e-4  # a converted file must give the Keras outputs to this, else it is skipped
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 class Runtime(Protocol):
@@ -42,6 +45,13 @@ class Runtime(Protocol):
 
 def threads() -> int:
     return os.cpu_count() or 1
+
+
+def core_chunks(n: int, per_call: int) -> list[range]:
+    """`n` items cut into runs of at most `per_call`, enough for every core, for callers
+    that run one call per core on a runtime whose calls overlap."""
+    size = max(1, min(per_call, math.ceil(n / threads())))
+    return [range(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 class KerasRuntime:
@@ -64,13 +74,14 @@ class OnnxRuntime:
 
     name = "onnx"
 
-    def __init__(self, path: Path, num_threads: int | None = None):
+    def __init__(self, path: Path, num_threads: int | None = None, photos_per_call: int = 1):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads or threads()
         options.log_severity_level = 3
         self.path = path
+        self.photos_per_call = photos_per_call  # fastest on one core, measured at conversion
         self.session = ort.InferenceSession(str(path), options,
                                             providers=["CPUExecutionProvider"])
         self._single: OnnxRuntime | None = None
@@ -85,8 +96,25 @@ class OnnxRuntime:
     def single_threaded(self) -> OnnxRuntime:
         """The same model on one thread per call, for callers that run one call per core."""
         if self._single is None:
-            self._single = self if threads() == 1 else OnnxRuntime(self.path, 1)
+            self._single = (self if threads() == 1
+                            else OnnxRuntime(self.path, 1, self.photos_per_call))
         return self._single
+
+    def fastest_call_size(self, images: np.ndarray) -> int:
+        """Photos per one-thread call that run fastest here: one photo keeps activations
+        in cache, several share each read of the weights (large dense layers)."""
+        single = self.single_threaded()
+        batch = np.resize(images, (max(CALL_SIZES), *images.shape[1:]))
+
+        def seconds(size: int) -> float:
+            single(batch[:size])  # first call at a new size sets it up
+            started = time.perf_counter()
+            for start in range(0, len(batch), size):
+                single(batch[start : start + size])
+            return time.perf_counter() - started
+
+        timings = {size: min(seconds(size) for _ in range(3)) for size in CALL_SIZES}
+        return min(timings, key=timings.__getitem__)
 
 
 class LiteRTRuntime:
@@ -136,9 +164,12 @@ class LiteRTRuntime:
             return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[:n].copy()
 
 
-def open_file(path: Path, fmt: str, num_threads: int | None = None) -> Runtime:
+def open_file(path: Path, fmt: str, num_threads: int | None = None,
+              photos_per_call: int = 1) -> Runtime:
     """A runtime for a converted file: "onnx" or "litert"."""
-    return (OnnxRuntime if fmt == "onnx" else LiteRTRuntime)(path, num_threads)
+    if fmt == "onnx":
+        return OnnxRuntime(path, num_threads, photos_per_call)
+    return LiteRTRuntime(path, num_threads)
 
 
 def synthetic_images(size: int) -> np.ndarray:
@@ -172,7 +203,9 @@ def _cached(model_file: Path, fmt: str) -> tuple[Runtime | None, dict | None]:
         record = json.loads(record_file.read_text())
         if record.get("version") != CACHE_VERSION or record["sha256"] != _sha256(model_file):
             return None, None
-        return (open_file(model_file, fmt) if record["agrees"] else None), record
+        if not record["agrees"]:
+            return None, record
+        return open_file(model_file, fmt, photos_per_call=int(record["photos_per_call"])), record
     except Exception:  # missing, unreadable, damaged: remake it
         return None, None
 
@@ -204,13 +237,16 @@ def converted(key: str, fmt: str, keras_model: Callable[[], Any],
         write_model(model, fmt, tmp)
     images = probe()
     want = KerasRuntime(model)(images)
-    got = open_file(model_file, fmt)(images)
+    runtime = open_file(model_file, fmt)
+    got = runtime(images)
     diff = float(np.abs(got - want).max()) if len(images) else 0.0
     agrees = diff <= PARITY_ATOL and bool((got.argmax(1) == want.argmax(1)).all())
+    per_call = runtime.fastest_call_size(images) if isinstance(runtime, OnnxRuntime) else 1
     record = {"version": CACHE_VERSION, "format": fmt, "sha256": _sha256(model_file),
-              "max_abs_diff": diff, "checked_on": len(images), "agrees": agrees}
+              "max_abs_diff": diff, "checked_on": len(images), "agrees": agrees,
+              "photos_per_call": per_call}
     atomic_write_text(model_file.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
-    return open_file(model_file, fmt) if agrees else None
+    return open_file(model_file, fmt, photos_per_call=per_call) if agrees else None
 
 
 

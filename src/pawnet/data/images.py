@@ -126,7 +126,7 @@ def load_pixels(
             if img.format in ("JPEG", "MPO"):
                 img.draft(img.mode, (image_size, image_size))
             img.load()
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # no copy (docs/decisions.md)
             img = _to_rgb(img)
             img = img.resize((image_size, image_size), RESIZE_METHODS[resize_method])
             return np.asarray(img, dtype=np.uint8)

@@ -26,7 +26,7 @@ from pawnet.data.images import MAX_PIXELS, decode_ahead, load_pixels
 from pawnet.data.pipeline import pixel_dataset
 from pawnet.models.pretrained import build_head, compose, load_backbone
 from pawnet.models.spec import ModelSpec, output_kind
-from pawnet.runtimes import Runtime, choose, synthetic_images, threads
+from pawnet.runtimes import Runtime, choose, core_chunks, synthetic_images, threads
 from pawnet.storage import atomic_write_bytes, cache_dir, progress
 from pawnet.training.callbacks import HistoryRecorder
 from pawnet.training.plan import Plan, log
@@ -89,7 +89,7 @@ def extract_features(
     """Pooled backbone features `(len(paths), dim)` of photos, optionally augmented first.
 
     `backbone` is a runtime (see `backbone_runtime`); without augmentation, a runtime whose
-    calls can overlap decodes and runs one photo per core at a time, like `predict`.
+    calls can overlap decodes and runs a few photos per core at a time, like `predict`.
     """
     def decode(path: str) -> np.ndarray:
         return load_pixels(path, image_size, max_pixels or MAX_PIXELS)
@@ -97,8 +97,12 @@ def extract_features(
     single = getattr(backbone, "single_threaded", None)
     if single is not None and augment is None:
         runtime = single()
-        batches = _batched(_map_threads(lambda p: runtime(decode(p)[None])[0], paths),
-                           batch_size)
+
+        def run(chunk: range) -> np.ndarray:
+            return runtime(np.stack([decode(paths[i]) for i in chunk]))
+
+        chunks = _map_threads(run, core_chunks(len(paths), runtime.photos_per_call))
+        batches = _batched((row for chunk in chunks for row in chunk), batch_size)
     else:
         batches = (backbone(np.stack(pixels) if augment is None else
                             np.asarray(augment(keras.ops.cast(np.stack(pixels), "float32"))))
