@@ -62,6 +62,14 @@ def test_features_are_computed_once_per_photo(photos, tmp_path, monkeypatch):
     assert sum(calls) <= 4  # only the new photos (those in train or val)
 
 
+def test_a_run_repeats_whatever_the_cache_holds(photos, tmp_path):
+    cold = pawnet.train(photos, out=str(tmp_path / "cold"), **SMALL)  # converts, extracts
+    warm = pawnet.train(photos, out=str(tmp_path / "warm"), **SMALL)  # all from the cache
+    history = [(run / "history.csv").read_text().splitlines() for run in (cold, warm)]
+    assert len(history[0]) > 1
+    assert history[0] == history[1]
+
+
 def test_augmented_feature_views_add_rows(photos, tmp_path, monkeypatch):
     calls = []
     real = transfer.extract_features

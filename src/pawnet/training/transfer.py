@@ -265,6 +265,7 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
     backbone = load_backbone(spec, cfg.image_size, trainable_later=cfg.fine_tune > 0)
     log(f"Transfer learning from {spec.name} at {cfg.image_size}px; run folder {plan.run_dir}")
     train_x, val_x, views = _features(plan, spec, backbone)
+    keras.utils.set_random_seed(cfg.seed)  # the head starts alike however the backbone loaded
     head = build_head(len(plan.classes), backbone)
     binary = output_kind(head) == "sigmoid"
     train_y = targets(plan.split("train"), plan.classes, binary)
