@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ PACKAGES = {"onnx": "onnxruntime", "litert": "ai_edge_litert"}
 PIP_NAMES = {"onnx": "onnxruntime", "litert": "ai-edge-litert"}
 SUFFIXES = {"onnx": ".onnx", "litert": ".tflite"}
 CALL_SIZES = (1, 2, 4, 8)  # photos per call tried on each core (docs/decisions.md)
+SPLIT_FROM = 16  # larger ONNX batches run as one-thread calls on every core at once
 PARITY_ATOL = 1e-4  # a converted file must give the Keras outputs to this, else it is skipped
 CACHE_VERSION = 2
 
@@ -91,7 +93,16 @@ class OnnxRuntime:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(images, dtype=np.float32)
-        return self.session.run(None, {self._input: batch})[0]
+        if len(batch) < SPLIT_FROM or threads() == 1:
+            return self.session.run(None, {self._input: batch})[0]
+        single = self.single_threaded()  # a few photos per core beat one call on all cores
+
+        def run(chunk: range) -> np.ndarray:
+            return single.session.run(None, {self._input: batch[chunk.start : chunk.stop]})[0]
+
+        with ThreadPoolExecutor(max_workers=threads()) as pool:
+            return np.concatenate(list(pool.map(run, core_chunks(len(batch),
+                                                                 self.photos_per_call))))
 
     def single_threaded(self) -> OnnxRuntime:
         """The same model on one thread per call, for callers that run one call per core."""
