@@ -1,10 +1,12 @@
 import hashlib
+import json
+import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TONGPYTHON, copy_photos, make_odd_files
+from conftest import TONGPYTHON, copy_photos, make_odd_files, real_photos
 
 from pawnet.data import scan as scan_module
 from pawnet.data.scan import scan
@@ -137,3 +139,98 @@ def test_report_names_every_bad_file_and_duplicate(class_folders, odd_files):
     assert "zero.jpg: empty file" in report
     assert "Converted to RGB when read:" in report and "L JPEG" in report
     assert "1 groups of identical files" in report and "again.jpg" in report
+
+
+def _reasons(found) -> dict[str, str]:
+    return {Path(s.path).name: s.reason for s in found.skipped}
+
+
+def test_links_to_nothing_pipes_and_unreadable_files_are_skipped_with_a_reason(
+        class_folders, monkeypatch):
+    cat = class_folders / "cat"
+    (cat / "dangling.jpg").symlink_to(cat / "no-such-file.jpg")
+    os.mkfifo(cat / "pipe.jpg")  # opening it would block the scan forever
+    locked = cat / "locked.jpg"
+    shutil.copy(next(p for p in sorted(cat.iterdir()) if p.suffix == ".jpg"), locked)
+    real_open = open
+
+    def open_as_non_root(path, *args, **kwargs):  # CI runs as root, who may read anything
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(scan_module, "open", open_as_non_root, raising=False)
+    monkeypatch.setattr("pawnet.data.images.Image.open", _refusing_locked(locked),
+                        raising=True)
+    found = scan(class_folders)
+    reasons = _reasons(found)
+    assert "link to nothing" in reasons["dangling.jpg"]
+    assert "not a regular file" in reasons["pipe.jpg"]
+    assert reasons["locked.jpg"] == "cannot read file (Permission denied)"
+    assert found.counts() == {"cat": 12, "dog": 12}
+
+
+def _refusing_locked(locked: Path):
+    from PIL import Image
+
+    real = Image.open
+
+    def image_open(fp, *args, **kwargs):
+        if isinstance(fp, str | Path) and Path(fp) == locked:
+            raise PermissionError(13, "Permission denied", str(fp))
+        return real(fp, *args, **kwargs)
+
+    return image_open
+
+
+def test_a_file_that_vanishes_during_the_scan_is_skipped(class_folders, monkeypatch):
+    gone = sorted((class_folders / "dog").iterdir())[0]
+    real = scan_module.find_files
+
+    def listed_then_deleted(root):
+        found = real(root)
+        gone.unlink()
+        return found
+
+    monkeypatch.setattr(scan_module, "find_files", listed_then_deleted)
+    found = scan(class_folders)
+    assert "vanished during the scan" in _reasons(found)[gone.name]
+    assert found.counts() == {"cat": 12, "dog": 11}
+
+
+def test_a_very_deep_tree_and_a_huge_non_image_are_scanned_without_harm(class_folders):
+    import tracemalloc
+
+    levels = [class_folders / "dog"]
+    for _ in range(1100):  # one level at a time: mkdir(parents=True) itself recurses
+        levels.append(levels[-1] / "d")
+        levels[-1].mkdir()
+    shutil.copy(real_photos("dog", 1, "test")[0], levels[-1] / "bottom.jpg")
+    with open(class_folders / "cat" / "huge.jpg", "wb") as f:
+        f.truncate(400 * 2**20)  # 400 MB of zeros, sparse on disk
+    tracemalloc.start()
+    try:
+        found = scan(class_folders)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        (levels[-1] / "bottom.jpg").unlink()
+        for level in reversed(levels[1:]):  # shutil.rmtree, pytest's too, would recurse
+            level.rmdir()
+    assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MB allocated"
+    assert "not an image" in _reasons(found)["huge.jpg"]
+    assert any(p.path.endswith("bottom.jpg") and p.label == "dog" for p in found.photos)
+
+
+@pytest.mark.parametrize("entries", [[], {"x": []}, "damaged", None, 7])
+def test_a_malformed_scan_cache_is_rebuilt_not_trusted(class_folders, entries):
+    want = scan(class_folders)
+    (cache_file,) = (Path(scan_module.cache_dir()) / "scan").glob("*.json")
+    stored = json.loads(cache_file.read_text())
+    cache_file.write_text(json.dumps({**stored, "entries": entries}))
+    assert scan(class_folders).photos == want.photos
+    first = next(iter(stored["entries"]))
+    broken = {k: {kk: vv for kk, vv in v.items() if kk != "sha256"} if k == first else v
+              for k, v in stored["entries"].items()}
+    cache_file.write_text(json.dumps({**stored, "entries": broken}))
+    assert scan(class_folders).photos == want.photos  # the entry without sha256 is redone

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -146,12 +147,21 @@ def _visible_dirs(folder: Path) -> list[Path]:
 
 
 def _files_under(folder: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and d not in _IGNORED_DIRS
-        )
-        found.extend(Path(dirpath, f) for f in sorted(filenames))
+    """Every file below `folder` (links to folders not followed), in `os.walk` order;
+    iterative, so no depth of folders is too deep."""
+    found: list[Path] = []
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            dirs = {e.name for e in entries if e.is_dir(follow_symlinks=False)}
+        except OSError:  # unreadable or vanished folder: nothing to list, as os.walk does
+            continue
+        found += [Path(e.path) for e in entries if e.name not in dirs]
+        stack += [Path(e.path) for e in reversed(entries) if e.name in dirs
+                  and not e.name.startswith(".") and e.name not in _IGNORED_DIRS]
     return found
 
 
@@ -203,15 +213,38 @@ def find_files(root: str | Path) -> tuple[str, Labelled]:
 
 
 def _check_file(path: Path, max_pixels: int) -> dict:
-    """Hash and fully decode one file. Returns a JSON-able record for the scan cache."""
-    data = path.read_bytes()
-    record: dict = {"sha256": hashlib.sha256(data).hexdigest()}
+    """Check one file: only a regular file is opened, its header read before anything else,
+    and only an image is decoded and hashed. Returns a JSON-able record for the scan cache:
+    `sha256` and `kind`, or `error`."""
     try:
-        info = inspect_image(data, max_pixels)
-        record["kind"] = f"{info.mode} {info.format}"
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            return {"error": "not a regular file (a pipe, socket or device); left alone"}
+        info = inspect_image(path, max_pixels)
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
     except ImageError as exc:
-        record["error"] = str(exc)
-    return record
+        return {"error": str(exc)}
+    except FileNotFoundError:
+        return {"error": "vanished during the scan, or a link to nothing"}
+    except PermissionError as exc:
+        return {"error": f"cannot read file ({exc.strerror or 'permission denied'})"}
+    except OSError as exc:
+        return {"error": f"cannot read file ({exc.strerror or exc})"}
+    return {"sha256": digest, "kind": f"{info.mode} {info.format}"}
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _valid_entry(entry: object) -> bool:
+    """Whether a scan-cache entry has the shape `_check_file` writes (plus its stamp)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("stamp"), str):
+        return False
+    if "error" in entry:
+        return isinstance(entry["error"], str)
+    return (isinstance(entry.get("sha256"), str) and bool(_SHA256.match(entry["sha256"]))
+            and isinstance(entry.get("kind"), str))
 
 
 class _ScanCache:
@@ -223,24 +256,31 @@ class _ScanCache:
         self.entries: dict[str, dict] = {}
         try:
             loaded = json.loads(self.path.read_text())
-            if loaded.get("version") == _SCAN_CACHE_VERSION:
-                self.entries = loaded["entries"]
-        except (OSError, ValueError, KeyError, AttributeError):
+            entries = loaded["entries"] if loaded.get("version") == _SCAN_CACHE_VERSION else {}
+            # whatever does not look as written is checked again, never trusted
+            self.entries = {k: v for k, v in entries.items() if _valid_entry(v)}
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
             self.entries = {}  # missing or damaged cache: rescan
 
     @staticmethod
-    def _stamp(path: Path) -> str:
-        st = path.stat()
+    def _stamp(path: Path) -> str | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
         return f"{st.st_size}:{st.st_mtime_ns}"
 
     def get(self, path: Path) -> dict | None:
         entry = self.entries.get(str(path))
-        if entry and entry.get("stamp") == self._stamp(path):
+        stamp = self._stamp(path)
+        if entry and stamp is not None and entry.get("stamp") == stamp:
             return entry
         return None
 
     def put(self, path: Path, record: dict) -> None:
-        self.entries[str(path)] = {**record, "stamp": self._stamp(path)}
+        stamp = self._stamp(path)
+        if stamp is not None:  # a vanished file is not remembered
+            self.entries[str(path)] = {**record, "stamp": stamp}
 
     def save(self, keep: Iterable[Path]) -> None:
         keep_set = {str(p) for p in keep}
@@ -251,19 +291,22 @@ class _ScanCache:
 
 
 def _check_all(items: Labelled, cache: _ScanCache, max_pixels: int, workers: int | None
-               ) -> None:
-    """Check the files the cache does not know yet, in parallel, and save the cache."""
-    todo = [p for p, _, _ in items if cache.get(p) is None]
+               ) -> dict[Path, dict]:
+    """Every file's record: from the cache, or checked now in parallel (then saved)."""
+    records = {p: r for p, _, _ in items if (r := cache.get(p)) is not None}
+    todo = [p for p, _, _ in items if p not in records]
     if not todo:
-        return
+        return records
     with progress(len(todo), "Checking photos", "file") as bar, ThreadPoolExecutor(
         max_workers=workers or os.cpu_count() or 2
     ) as pool:
         for path, record in zip(todo, pool.map(lambda p: _check_file(p, max_pixels), todo),
                                 strict=True):
+            records[path] = record
             cache.put(path, record)
             bar.update()
     cache.save(p for p, _, _ in items)
+    return records
 
 
 _SPLIT_RANK = {None: 0, "train": 0, "val": 1, "test": 2}
@@ -311,14 +354,13 @@ def scan(photos: str | Path, max_pixels: int = MAX_PIXELS, workers: int | None =
     """
     root = Path(photos).resolve()
     layout, items = find_files(root)
-    cache = _ScanCache(root, max_pixels)
-    _check_all(items, cache, max_pixels, workers)
+    records = _check_all(items, _ScanCache(root, max_pixels), max_pixels, workers)
 
     skipped: list[Skipped] = []
     by_hash: dict[str, list[tuple[Path, str, str | None]]] = defaultdict(list)
     converted: Counter[str] = Counter()
     for path, label, split in items:
-        record = cache.get(path) or {}
+        record = records[path]
         if "error" in record:
             skipped.append(Skipped(str(path), record["error"]))
         elif label is None:
