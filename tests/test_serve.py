@@ -252,6 +252,17 @@ def test_api_key_guards_v1_only(predictor, monkeypatch):
         assert c.get("/").status_code == 200
 
 
+def test_a_key_with_spaces_around_it_in_the_environment_still_lets_clients_in(
+        predictor, monkeypatch):
+    monkeypatch.setenv("PAWNET_TEST_KEY", " s3cret\n")  # as `export KEY="$(cat file)" ` gives
+    with TestClient(create_app(predictor, ServeSettings(api_key_env="PAWNET_TEST_KEY"))) as c:
+        assert c.get("/v1/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/v1/model", headers={"Authorization": "Bearer s3cre"}).status_code == 401
+    monkeypatch.setenv("PAWNET_TEST_KEY", "   ")
+    with pytest.raises(ConfigError, match="empty or not set"):
+        ServeSettings(api_key_env="PAWNET_TEST_KEY")
+
+
 def test_cors_off_unless_configured(predictor):
     origin = {"Origin": "http://elsewhere.example"}
     with TestClient(create_app(predictor)) as c:

@@ -60,8 +60,8 @@ class ServeSettings:
         """
         if self.api_key_env is None:
             return None
-        key = os.environ.get(self.api_key_env, "")
-        if not key.strip():
+        key = os.environ.get(self.api_key_env, "").strip()  # as the client's key is
+        if not key:
             raise ConfigError(f"--api-key-env names {self.api_key_env}, but that environment "
                               f"variable is empty or not set. Try: export {self.api_key_env}=...")
         return key
