@@ -344,6 +344,41 @@ def test_batcher_gathers_concurrent_images_up_to_max_batch():
     assert [row[0] for row in rows] == list(range(6))  # each request gets its own row
 
 
+def test_batcher_survives_any_failing_batch_and_later_requests_succeed():
+    failures = iter([ValueError("broken model"), None, None])
+
+    def model(pixels):
+        if (exc := next(failures, None)) is not None:
+            raise exc
+        return pixels.reshape(len(pixels), -1)[:, :1].astype(float)
+
+    seen = []
+
+    def on_batch(n):
+        seen.append(n)
+        if len(seen) == 1:
+            raise RuntimeError("metrics broke")
+
+    batcher = Batcher(model, max_batch=1, max_wait_s=0, queue_size=8, on_batch=on_batch)
+    batcher.start()
+    with pytest.raises(ValueError, match="broken model"):
+        batcher.submit([np.zeros((2, 2, 3), np.uint8)])[0].result(5)
+    odd = batcher.submit([np.zeros((3, 3, 3), np.uint8)])[0]  # its row is set, then on_batch
+    assert odd.result(5)[0] == 0  # fails: the request keeps its answer
+    assert batcher.submit([np.full((2, 2, 3), 7, np.uint8)])[0].result(5)[0] == 7
+    assert batcher.alive
+    batcher.stop(5)
+    assert not batcher.alive
+
+
+def test_healthz_says_when_the_model_worker_has_stopped(predictor):
+    with TestClient(create_app(predictor)) as c:
+        assert c.get("/healthz").status_code == 200
+        c.app.state.pawnet.batcher.stop(5)
+        response = c.get("/healthz")
+        assert response.status_code == 503 and "worker" in response.json()["status"]
+
+
 def test_batcher_queue_is_bounded_and_all_or_nothing():
     batcher = Batcher(lambda p: p, max_batch=1, max_wait_s=0, queue_size=3)
     batcher.submit([np.zeros(1)] * 2)

@@ -4,7 +4,7 @@
 GET  /            the web page: pick or drop photos, see each label and a bar per class
 POST /v1/predict  multipart fields named `file` (repeatable), or one raw image as the body
 GET  /v1/model    class names, image size, model name, provenance summary
-GET  /healthz     200 once the model is loaded and a warm-up prediction has run
+GET  /healthz     200 once the model is loaded and warmed up, while its worker runs
 GET  /metrics     Prometheus text: requests, latency, batch sizes, queue depth
 GET  /docs        the OpenAPI page
 ```
@@ -117,6 +117,7 @@ def create_app(model: str | Path | Predictor, settings: ServeSettings | None = N
     state = _State()
     app = FastAPI(title="pawnet", summary="Label photos with a pawnet model.",
                   lifespan=_lifespan(model, settings, state))
+    app.state.pawnet = state  # the predictor and batcher, for tests and embedding apps
     app.add_middleware(MetricsMiddleware, metrics=lambda: state.metrics)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -138,6 +139,9 @@ def _add_pages(app: FastAPI, state: _State) -> None:
         if not state.ready:
             return JSONResponse({"status": "loading"}, status_code=503,
                                 headers={"Retry-After": "1"})
+        if state.batcher is not None and not state.batcher.alive:
+            return JSONResponse({"status": "the model's worker thread has stopped"},
+                                status_code=503)
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics", response_class=Response, summary="Prometheus metrics")

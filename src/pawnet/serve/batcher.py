@@ -106,6 +106,11 @@ class Batcher:
                 self._cond.wait(remaining)
             return [self._jobs.popleft() for _ in range(min(self.max_batch, len(self._jobs)))]
 
+    @property
+    def alive(self) -> bool:
+        """Whether the thread that runs the model is running."""
+        return self._thread.is_alive()
+
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
             batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
@@ -113,10 +118,10 @@ class Batcher:
                 continue
             try:
                 probs = self.predict_fn(np.stack([job.pixels for job in batch]))
+                for job, row in zip(batch, probs, strict=True):
+                    job.future.set_result(row)
+                self.on_batch(len(batch))
             except Exception as exc:  # a bug or a broken model: fail these requests, keep going
                 for job in batch:
-                    job.future.set_exception(exc)
-                continue
-            for job, row in zip(batch, probs, strict=True):
-                job.future.set_result(row)
-            self.on_batch(len(batch))
+                    if not job.future.done():
+                        job.future.set_exception(exc)
