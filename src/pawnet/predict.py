@@ -151,11 +151,8 @@ class Predictor:
             return self._predict_each(single(), sources, names)
         results: list[Prediction] = []
         for start, decoded in decode_ahead(sources, self.decode, self.batch_size):
-            ok = [d for d in decoded if not isinstance(d, str)]
-            rows = iter(self.probabilities(np.stack(ok) if ok else np.zeros(0)))
-            for name, d in zip(names[start:], decoded, strict=False):
-                results.append(Prediction(str(name), error=d) if isinstance(d, str)
-                               else Prediction.from_row(str(name), self.classes, next(rows)))
+            results += self._results(names[start : start + len(decoded)], decoded,
+                                     self.probabilities)
         return results
 
     def _predict_each(self, runtime, sources: Sequence, names: Sequence) -> list[Prediction]:
@@ -163,16 +160,22 @@ class Predictor:
         thread: faster than batches on a runtime whose calls can overlap
         (docs/decisions.md)."""
         def label(chunk: range) -> list[Prediction]:
-            decoded = [self.decode(sources[i]) for i in chunk]
-            ok = [d for d in decoded if not isinstance(d, str)]
-            rows = iter(self._as_probabilities(runtime(np.stack(ok))) if ok else ())
-            return [Prediction(str(names[i]), error=d) if isinstance(d, str)
-                    else Prediction.from_row(str(names[i]), self.classes, next(rows))
-                    for i, d in zip(chunk, decoded, strict=True)]
+            return self._results([names[i] for i in chunk],
+                                 [self.decode(sources[i]) for i in chunk],
+                                 lambda pixels: self._as_probabilities(runtime(pixels)))
 
         chunks = core_chunks(len(sources), runtime.photos_per_call)
         with ThreadPoolExecutor(max_workers=threads()) as pool:
             return [p for part in pool.map(label, chunks) for p in part]
+
+    def _results(self, names: Sequence, decoded: list, probabilities) -> list[Prediction]:
+        """One `Prediction` per decoded photo (pixels, or the reason it could not be read),
+        with `probabilities` run once on all the readable ones."""
+        ok = [d for d in decoded if not isinstance(d, str)]
+        rows = iter(probabilities(np.stack(ok)) if ok else ())
+        return [Prediction(str(name), error=d) if isinstance(d, str)
+                else Prediction.from_row(str(name), self.classes, next(rows))
+                for name, d in zip(names, decoded, strict=True)]
 
 
 def load(model: str | Path, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
