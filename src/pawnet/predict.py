@@ -13,7 +13,6 @@ import io
 import json
 import re
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from pawnet.bundle import Bundle, check_io, resolve
 from pawnet.data.images import IMAGE_SUFFIXES, MAX_PIXELS, decode_ahead, load_pixels
 from pawnet.data.splits import read_manifest
 from pawnet.errors import ConfigError, ImageError
-from pawnet.runtimes import choose, core_chunks, synthetic_images, threads
+from pawnet.runtimes import choose, on_every_core, synthetic_images
 
 FORMATS = ("table", "json", "csv", "kaggle")
 
@@ -164,9 +163,8 @@ class Predictor:
                                  [self.decode(sources[i]) for i in chunk],
                                  lambda pixels: self._as_probabilities(runtime(pixels)))
 
-        chunks = core_chunks(len(sources), runtime.photos_per_call)
-        with ThreadPoolExecutor(max_workers=threads()) as pool:
-            return [p for part in pool.map(label, chunks) for p in part]
+        parts = on_every_core(label, len(sources), runtime.photos_per_call)
+        return [p for part in parts for p in part]
 
     def _results(self, names: Sequence, decoded: list, probabilities) -> list[Prediction]:
         """One `Prediction` per decoded photo (pixels, or the reason it could not be read),

@@ -56,6 +56,12 @@ def core_chunks(n: int, per_call: int) -> list[range]:
     return [range(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+def on_every_core(func: Callable[[range], Any], n: int, per_call: int) -> list:
+    """`func` over the `core_chunks` of `n` items, one thread per core, results in order."""
+    with ThreadPoolExecutor(max_workers=threads()) as pool:
+        return list(pool.map(func, core_chunks(n, per_call)))
+
+
 class KerasRuntime:
     """The Keras model itself, through one compiled function for any batch size."""
 
@@ -100,9 +106,7 @@ class OnnxRuntime:
         def run(chunk: range) -> np.ndarray:
             return single.session.run(None, {self._input: batch[chunk.start : chunk.stop]})[0]
 
-        with ThreadPoolExecutor(max_workers=threads()) as pool:
-            return np.concatenate(list(pool.map(run, core_chunks(len(batch),
-                                                                 self.photos_per_call))))
+        return np.concatenate(on_every_core(run, len(batch), self.photos_per_call))
 
     def single_threaded(self) -> OnnxRuntime:
         """The same model on one thread per call, for callers that run one call per core."""
