@@ -148,6 +148,13 @@ def _bomb() -> bytes:
     return buffer.getvalue()
 
 
+def _deep_bomb() -> bytes:
+    """A 9000 x 9000 16-bit PNG: 175 KB that once took 2 GB and 7 s to decode."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((9000, 9000), 40000, np.uint16)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def _tiff() -> bytes:
     buffer = io.BytesIO()
     Image.open(io.BytesIO(PHOTO)).save(buffer, "TIFF")
@@ -169,6 +176,7 @@ BAD_INPUTS = {
     "unsupported format": (_file("photo.tiff", _tiff(), "image/tiff"), 422,
                            "unsupported format TIFF"),
     "decompression bomb": (_file("bomb.png", _bomb(), "image/png"), 422, "too many pixels"),
+    "16-bit bomb": (_file("deep.png", _deep_bomb(), "image/png"), 422, "too many pixels"),
     "json content type": ({"json": {"file": "cat.jpg"}}, 415, "unsupported content type"),
     "text content type": ({"content": PHOTO, "headers": {"Content-Type": "text/plain"}}, 415,
                           "unsupported content type"),
@@ -289,6 +297,12 @@ def test_settings_parse_like_the_flags():
     assert settings.cors_origins == ("https://a.example", "https://b.example")
     with pytest.raises(ConfigError, match="port must be int, received: 'eighty'"):
         ServeSettings(port="eighty")
+
+
+def test_the_server_allows_fewer_pixels_than_the_cli_by_default():
+    from pawnet.data.images import MAX_PIXELS
+
+    assert 48_000_000 < ServeSettings().max_pixels < MAX_PIXELS  # a 48 MP phone photo passes
 
 
 def test_the_servers_pixel_limit_holds_for_a_given_predictor(predictor):

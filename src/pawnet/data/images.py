@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -24,8 +25,20 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pawnet.errors import ImageError
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP"})
+_OPEN_FORMATS = sorted(SUPPORTED_FORMATS - {"MPO"})  # the JPEG plugin opens MPO files
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp"})
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (~ 9459 x 9459).
+# A decode may take at most this many bytes per allowed pixel: an 8-bit RGB image at the
+# pixel limit passes, an RGBA or 32-bit one that size does not.
+BYTES_PER_PIXEL = 3
+# Bytes per pixel as decoded, for modes that are not one byte per band; palette images
+# count as what they are converted to.
+_MODE_BYTES = {"I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4, "1": 1,
+               "P": 3, "PA": 4}
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# At most one decode per core at a time, so many threads (a server's) cannot hold many
+# full-size images at once.
+_DECODES = threading.BoundedSemaphore(os.cpu_count() or 2)
 # Resize filters by the name a bundle records; Pillow's filters antialias when shrinking.
 RESIZE_METHODS = {"bilinear": Image.Resampling.BILINEAR}
 RESIZE_METHOD = "bilinear"  # what training uses
@@ -42,6 +55,29 @@ class ImageInfo:
     height: int
 
 
+def _unsupported(fmt: str | None) -> ImageError:
+    return ImageError(f"unsupported format {fmt}; allowed: {', '.join(sorted(SUPPORTED_FORMATS))}"
+                      ". Try: convert it to JPEG or PNG")
+
+
+def _unidentified(stream: io.BytesIO | Path) -> ImageError:
+    """Name the format of a file Pillow was not allowed to open, from its magic bytes only
+    (each plugin's `accept` test; nothing is parsed)."""
+    if isinstance(stream, io.BytesIO):
+        head = stream.getvalue()[:32]
+    else:
+        with stream.open("rb") as f:
+            head = f.read(32)
+    Image.init()
+    for fmt, (_factory, accept) in Image.OPEN.items():
+        try:
+            if fmt not in SUPPORTED_FORMATS and accept is not None and accept(head):
+                return _unsupported(fmt)
+        except Exception:  # a plugin's test can fail on a short head
+            continue
+    return ImageError("not an image (Pillow cannot identify the file)")
+
+
 def _open(source: Source, max_pixels: int) -> Image.Image:
     if isinstance(source, bytes):
         if not source:
@@ -54,11 +90,11 @@ def _open(source: Source, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(stream)
+            img = Image.open(stream, formats=_OPEN_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageError(f"too many pixels, possible decompression bomb ({exc})") from None
     except UnidentifiedImageError:
-        raise ImageError("not an image (Pillow cannot identify the file)") from None
+        raise _unidentified(stream) from None
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -66,10 +102,7 @@ def _open(source: Source, max_pixels: int) -> Image.Image:
     if img.format not in SUPPORTED_FORMATS:
         fmt = img.format
         img.close()
-        raise ImageError(
-            f"unsupported format {fmt}; allowed: {', '.join(sorted(SUPPORTED_FORMATS))}. "
-            "Try: convert it to JPEG or PNG"
-        )
+        raise _unsupported(fmt)
     if img.width * img.height > max_pixels:
         w, h = img.size
         img.close()
@@ -79,21 +112,71 @@ def _open(source: Source, max_pixels: int) -> Image.Image:
     return img
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any mode Pillow decodes to 8-bit RGB, compositing transparency onto white."""
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if img.mode != "F" and arr.max(initial=0) > 255:
-            arr = arr / 257.0  # 16-bit range down to 8-bit
-        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+def _decoded_bytes(img: Image.Image) -> int:
+    if img.mode == "P" and "transparency" in img.info:
+        per_pixel = 4
+    else:
+        per_pixel = _MODE_BYTES.get(img.mode, len(img.getbands()))
+    return img.width * img.height * per_pixel
+
+
+def _check_bytes(img: Image.Image, max_pixels: int) -> None:
+    """Refuse an image whose decoded size is over the budget (call after `draft`)."""
+    size = _decoded_bytes(img)
+    if size > max_pixels * BYTES_PER_PIXEL:
+        raise ImageError(
+            f"too large to decode ({img.width}x{img.height} {img.mode} is {size / 1e6:,.0f} MB "
+            f"> {max_pixels * BYTES_PER_PIXEL / 1e6:,.0f} MB), possible decompression bomb. "
+            "Try: save it smaller or as 8-bit, or raise --max-pixels"
+        )
+
+
+def _wide_to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit gray to 8-bit, a band of rows at a time (no full-size copy)."""
+    _low, high = img.getextrema()
+    scale = img.mode != "F" and high > 255  # 16-bit range, not 8-bit values in 16 bits
+    out = np.empty((img.height, img.width), dtype=np.uint8)
+    for top in range(0, img.height, 256):
+        rows = np.asarray(img.crop((0, top, img.width, min(top + 256, img.height))),
+                          dtype=np.float32)
+        if scale:
+            rows /= 257.0
+        out[top : top + 256] = np.clip(np.rint(rows, out=rows), 0, 255, out=rows)
+    return Image.fromarray(out, mode="L")
+
+
+def _on_white(img: Image.Image, image_size: int, resample: int) -> Image.Image:
+    """Composite a transparent image onto white, in premultiplied colour, a band of rows at
+    a time, and resize it; a large image is box-reduced towards twice the target on the
+    way, so no full-size copy is made."""
+    factor = max(1, min(img.width, img.height) // (2 * image_size))
+    step = factor * max(1, 256 // factor)
+    reduced = Image.new("RGBa", (-(-img.width // factor), -(-img.height // factor)))
+    for top in range(0, img.height, step):
+        band = img.crop((0, top, img.width, min(top + step, img.height)))
+        band = band.convert("RGBA").convert("RGBa")
+        reduced.paste(band.reduce(factor) if factor > 1 else band, (0, top // factor))
+    premultiplied = np.asarray(reduced).astype(np.int16)
+    rgb = premultiplied[..., :3] + 255 - premultiplied[..., 3:]  # C + (1 - alpha) * white
+    on_white = Image.fromarray(rgb.astype(np.uint8), mode="RGB")
+    extent = (0, 0, img.width / factor, img.height / factor)  # the last box may be partial
+    return on_white.resize((image_size, image_size), resample, box=extent)
+
+
+def _to_8bit(img: Image.Image, image_size: int, resample: int) -> Image.Image:
+    """Convert any mode Pillow decodes to 8-bit RGB or gray, compositing transparency onto
+    white (transparent images come back resized already). Gray stays gray: it is resized
+    before it becomes RGB, with the same result. Wide and transparent modes are converted
+    a band at a time, so their working copies stay small however large the image is.
+    """
+    if img.mode in _WIDE_MODES:
+        img = _wide_to_8bit(img)
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         img.mode == "P" and "transparency" in img.info
     )
     if has_alpha:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img if img.mode == "RGB" else img.convert("RGB")
+        return _on_white(img, image_size, resample)
+    return img if img.mode in ("RGB", "L") else img.convert("RGB")
 
 
 def load_pixels(
@@ -109,8 +192,9 @@ def load_pixels(
     Args:
         source: a path, or the file's bytes.
         image_size: side of the square output in pixels.
-        max_pixels: images with more pixels are refused as possible decompression bombs.
-            Defaults to Pillow's threshold, 89,478,485.
+        max_pixels: images with more pixels, or that would decode to more than
+            `BYTES_PER_PIXEL` bytes per allowed pixel (RGBA, 32-bit), are refused as
+            possible decompression bombs. Defaults to Pillow's threshold, 89,478,485.
         resize_method: a key of `RESIZE_METHODS`. Defaults to "bilinear".
 
     Returns:
@@ -122,14 +206,16 @@ def load_pixels(
     """
     img = _open(source, max_pixels)
     try:
-        with img:
+        with img, _DECODES:
             if img.format in ("JPEG", "MPO"):
                 img.draft(img.mode, (image_size, image_size))
+            _check_bytes(img, max_pixels)
             img.load()
             ImageOps.exif_transpose(img, in_place=True)  # no copy (docs/decisions.md)
-            img = _to_rgb(img)
-            img = img.resize((image_size, image_size), RESIZE_METHODS[resize_method])
-            return np.asarray(img, dtype=np.uint8)
+            resample = RESIZE_METHODS[resize_method]
+            img = _to_8bit(img, image_size, resample)
+            img = img.resize((image_size, image_size), resample)  # a copy if already done
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

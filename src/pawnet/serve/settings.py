@@ -13,6 +13,9 @@ from pawnet.errors import ConfigError
 from pawnet.runtimes import RUNTIMES
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Lower than the CLI's limit: a 48 MP phone photo passes, and a request of bombs cannot
+# hold gigabytes (docs/decisions.md).
+SERVE_MAX_PIXELS = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,9 @@ class ServeSettings:
     max_upload_mb: float = setting(10.0, "Largest request body in MB; larger ones get 413 "
                                    "while still arriving.", range=(0.001, 10_000.0))
     max_files: int = setting(32, "Most images per request.", range=(1, 10_000))
-    max_pixels: int = setting(MAX_PIXELS, "Larger images are refused as possible "
-                              "decompression bombs.", range=(1, 10**10))
+    max_pixels: int = setting(SERVE_MAX_PIXELS, "Larger images are refused as possible "
+                              "decompression bombs; also 16-bit colour images of more than "
+                              "a quarter of that.", range=(1, MAX_PIXELS))
     queue_size: int = setting(256, "Most images waiting for the model; beyond it requests "
                               "get 503 with Retry-After.", range=(1, 1_000_000))
     timeout_s: float = setting(30.0, "Time limit per request, for the upload and for the "
