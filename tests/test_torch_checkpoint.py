@@ -174,3 +174,105 @@ def test_reads_big_endian_zip(tmp_path):
     loaded = load_state_dict(big)
     np.testing.assert_array_equal(loaded["w"], state["w"].numpy())
     assert loaded["n"] == 5 and loaded["n"].dtype == np.int64 and loaded["n"].dtype.isnative
+
+
+# --- hand-made hostile checkpoints: a pickle that passes one check and then changes -------
+
+
+def _s(text: str) -> bytes:
+    raw = text.encode()
+    return b"X" + len(raw).to_bytes(4, "little") + raw
+
+
+def _i(value: int) -> bytes:
+    return b"J" + value.to_bytes(4, "little", signed=True)
+
+
+def _t(*items: bytes) -> bytes:
+    return b"(" + b"".join(items) + b"t"
+
+
+def _g(module: str, name: str) -> bytes:
+    return f"c{module}\n{name}\n".encode()
+
+
+def _tensor(numel: int, size, stride, *, zip_format=False, kind="FloatStorage") -> bytes:
+    pid = (_s("storage"), _g("torch", kind), _s("0"), _s("cpu"), _i(numel))
+    hooks = _g("collections", "OrderedDict") + b")R"
+    args = _t(_t(*pid, *([] if zip_format else [b"N"])) + b"Q", _i(0),
+              _t(*map(_i, size)), _t(*map(_i, stride)), b"\x89", hooks)
+    return _g("torch._utils", "_rebuild_tensor_v2") + args + b"R"
+
+
+def _build(**state: bytes) -> bytes:
+    """A BUILD opcode that sets the given attributes on the object on top of the stack."""
+    return b"}(" + b"".join(_s(k) + v for k, v in state.items()) + b"ub"
+
+
+def _checkpoint(tmp_path, tensor: bytes, numel: int, prefix: bytes = b"", zip_format=False,
+                compress=zipfile.ZIP_STORED):
+    pickled = b"\x80\x02" + prefix + b"}(" + _s("w") + tensor + b"u."
+    data = np.arange(max(numel, 1), dtype="<f4")[:numel].tobytes()
+    path = tmp_path / "hostile.pth"
+    if zip_format:
+        with zipfile.ZipFile(path, "w", compression=compress) as zf:
+            zf.writestr("m/data.pkl", pickled)
+            zf.writestr("m/data/0", data)
+    else:
+        keys = pickle.dumps(["0"], protocol=2)
+        path.write_bytes(_legacy_header() + pickled + keys
+                         + numel.to_bytes(8, "little") + data)
+    return path
+
+
+def test_a_hand_made_checkpoint_loads_so_the_hostile_ones_below_are_real(tmp_path):
+    for zip_format in (False, True):
+        path = _checkpoint(tmp_path, _tensor(6, (2, 3), (3, 1), zip_format=zip_format), 6,
+                           zip_format=zip_format)
+        np.testing.assert_array_equal(load_state_dict(path)["w"],
+                                      np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+@pytest.mark.parametrize("stride", [-1, -1_000_000_000])
+def test_build_cannot_rewrite_a_checked_stride(tmp_path, stride):
+    # before: stride -1 read heap garbage, -1e9 crashed the process
+    tensor = _tensor(6, (6,), (1,)) + _build(stride=_t(_i(stride)))
+    with pytest.raises(CheckpointError, match="refusing to set state on a TensorRef"):
+        load_state_dict(_checkpoint(tmp_path, tensor, 6))
+
+
+def test_build_on_a_storage_type_neither_works_nor_changes_later_loads(tmp_path):
+    poison = _g("torch", "FloatStorage") + _build(name=_s("LongStorage")) + b"0"
+    with pytest.raises(CheckpointError, match="refusing to set state on a StorageType"):
+        load_state_dict(_checkpoint(tmp_path, _tensor(6, (6,), (1,)), 6, prefix=poison))
+    loaded = load_state_dict(_checkpoint(tmp_path, _tensor(6, (6,), (1,)), 6))["w"]
+    assert loaded.dtype == np.float32 and loaded[5] == 5
+
+
+def test_a_zero_stride_cannot_blow_one_element_up_to_gigabytes(tmp_path):
+    # before: a 550-byte file became a 1.6 GB array
+    tensor = _tensor(1, (40_000, 10_000), (0, 0))
+    with pytest.raises(CheckpointError, match="more elements than its storage"):
+        load_state_dict(_checkpoint(tmp_path, tensor, 1))
+
+
+def test_a_compressed_record_is_refused_before_it_is_inflated(tmp_path):
+    # before: a 1 MB file read 2.1 GB; torch never writes compressed records
+    path = _checkpoint(tmp_path, _tensor(6, (6,), (1,), zip_format=True), 6, zip_format=True,
+                       compress=zipfile.ZIP_DEFLATED)
+    with pytest.raises(CheckpointError, match="compressed"):
+        load_state_dict(path)
+
+
+def test_only_the_bytes_the_tensors_use_are_read(tmp_path, monkeypatch):
+    small = _checkpoint(tmp_path, _tensor(6, (6,), (1,), zip_format=True), 6, zip_format=True)
+    path = tmp_path / "padded.pth"
+    with zipfile.ZipFile(small) as src, zipfile.ZipFile(path, "w") as dst:
+        dst.writestr("m/data.pkl", src.read("m/data.pkl"))
+        dst.writestr("m/data/0", src.read("m/data/0") + b"\0" * 5_000_000)  # mostly unused
+    reads = []
+    original = zipfile.ZipExtFile.read
+    monkeypatch.setattr(zipfile.ZipExtFile, "read",
+                        lambda self, n=-1: reads.append(n) or original(self, n))
+    np.testing.assert_array_equal(load_state_dict(path)["w"], np.arange(6, dtype=np.float32))
+    assert -1 not in reads and max(reads) < 1_000_000  # before: the whole 5 MB record

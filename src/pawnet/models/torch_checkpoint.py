@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
 import struct
@@ -50,8 +51,17 @@ _STORAGE_DTYPES: dict[str, str] = {
 }
 
 
+class _Rebuilt:
+    """pawnet's own reconstruction objects take no pickled state: a BUILD opcode on one
+    could rewrite a checked stride or offset, or a storage type, after the fact."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise CheckpointError(f"refusing to set state on a {type(self).__name__.strip('_')}: "
+                              "not allowed in a weights-only checkpoint")
+
+
 @dataclass(frozen=True)
-class _StorageType:
+class _StorageType(_Rebuilt):
     name: str
 
     @property
@@ -64,7 +74,7 @@ class _StorageType:
 
 
 @dataclass
-class _Storage:
+class _Storage(_Rebuilt):
     """A storage referenced by the pickle; its bytes are attached once they are read."""
 
     key: str
@@ -76,7 +86,7 @@ class _Storage:
 
 
 @dataclass
-class _TensorRef:
+class _TensorRef(_Rebuilt):
     """A tensor as `_rebuild_tensor_v2` describes it, materialized after the storages."""
 
     storage: _Storage
@@ -85,17 +95,29 @@ class _TensorRef:
     stride: tuple[int, ...]
 
 
-def _rebuild_tensor_v2(
-    storage: Any, storage_offset: Any, size: Any, stride: Any, *_ignored: Any
-) -> _TensorRef:
+def _check_layout(storage: Any, offset: Any, size: Any, stride: Any) -> None:
+    """Refuse a tensor layout that is not plain non-negative ints, or that has more
+    elements than its storage (a zero stride would repeat one element billions of times)."""
     if not isinstance(storage, _Storage):
         raise CheckpointError("tensor does not reference a storage")
-    ints = (storage_offset, *size, *stride)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
+    if not (isinstance(size, tuple) and isinstance(stride, tuple)):
+        raise CheckpointError("tensor size and stride must be tuples")
+    ints = (offset, *size, *stride)
+    if not all(type(v) is int and v >= 0 for v in ints):
         raise CheckpointError("tensor has a non-integer or negative offset, size or stride")
     if len(size) != len(stride):
         raise CheckpointError("tensor size and stride have different lengths")
-    return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
+    if math.prod(size) > storage.numel:
+        raise CheckpointError(f"tensor of shape {size} has more elements than its storage "
+                              f"{storage.key} ({storage.numel})")
+
+
+def _rebuild_tensor_v2(
+    storage: Any, storage_offset: Any, size: Any, stride: Any, *_ignored: Any
+) -> _TensorRef:
+    size, stride = tuple(size), tuple(stride)
+    _check_layout(storage, storage_offset, size, stride)
+    return _TensorRef(storage, storage_offset, size, stride)
 
 
 def _rebuild_parameter(data: Any, *_ignored: Any) -> Any:
@@ -108,7 +130,6 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},
 }
 
 
@@ -121,6 +142,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._zip_format = zip_format
 
     def find_class(self, module: str, name: str) -> Any:
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)  # a fresh one per load: nothing shared between loads
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
@@ -145,7 +168,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         root = self._storages.get(key)
         if root is None:
             root = self._storages[key] = _Storage(key, storage_type, numel)
-        elif root.type != storage_type:
+        elif root.type.name != storage_type.name:
             raise CheckpointError(f"storage {key} is used with two different types")
         if view_metadata is None:
             return root
@@ -166,6 +189,7 @@ def _array_from_bytes(raw: bytes | memoryview, stype: _StorageType, little: bool
 
 def _materialize(ref: _TensorRef) -> np.ndarray:
     storage, offset = ref.storage, ref.offset
+    _check_layout(storage, offset, ref.size, ref.stride)  # again, where it is used
     if storage.base is not None:
         offset += storage.view_offset
         storage = storage.base
@@ -220,6 +244,10 @@ def _load_zip(path: str) -> dict[str, np.ndarray]:
             if order not in ("little", "big"):
                 raise CheckpointError(f"unknown byte order {order[:20]!r}")
             little = order == "little"
+        for info in zf.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:  # torch never compresses
+                raise CheckpointError(f"zip record {info.filename[:60]} is compressed; "
+                                      "torch writes checkpoints uncompressed")
         storages: dict[str, _Storage] = {}
         with zf.open(pkl_names[0]) as fh:
             obj = _RestrictedUnpickler(fh, storages, zip_format=True).load()
@@ -230,7 +258,8 @@ def _load_zip(path: str) -> dict[str, np.ndarray]:
             nbytes = storage.numel * storage.type.itemsize
             if zf.getinfo(record).file_size < nbytes:
                 raise CheckpointError(f"storage record {record} is shorter than its tensors")
-            raw = zf.read(record)[:nbytes]
+            with zf.open(record) as fh:
+                raw = fh.read(nbytes)  # only the bytes the tensors use
             storage.data = _array_from_bytes(raw, storage.type, little)
     return _collect(obj)
 
