@@ -466,7 +466,8 @@ def test_request_time_limit(predictor):
 @pytest.fixture(scope="module")
 def live(trained_run):
     """`pawnet serve RUN` in a subprocess on a free loopback port; yields its URL."""
-    with serve_load.served(trained_run, "--max-upload-mb", "1") as server:
+    with serve_load.served(trained_run, "--max-upload-mb", "1", "--header-timeout-s", "1.5",
+                           "--keep-alive-s", "1", "--max-connections", "12") as server:
         yield server.url
     assert server.exit_code in serve_load.CLEAN_EXIT
 
@@ -557,6 +558,58 @@ def test_oversize_upload_is_refused_while_streaming(live):
                                    b"image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n", chunks())
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert sent < 8 * 1024 * 1024
+    assert _post(live, PHOTO)[0] == 200
+
+
+def _closed_after(sock, trickle: bytes = b"", limit: float = 8.0) -> float:
+    """Seconds until the server closes `sock`, sending `trickle` a byte at a time."""
+    start = time.monotonic()
+    sock.settimeout(0.25)
+    for byte in [trickle[i : i + 1] for i in range(len(trickle))] or [b""]:
+        try:
+            if byte:
+                sock.sendall(byte)
+            if sock.recv(1024) == b"":
+                return time.monotonic() - start
+        except TimeoutError:
+            pass
+        except OSError:
+            return time.monotonic() - start
+    sock.settimeout(limit)
+    try:
+        while sock.recv(1024):
+            pass
+    except TimeoutError:
+        return float("inf")
+    except OSError:
+        pass
+    return time.monotonic() - start
+
+
+def test_idle_and_slow_header_connections_are_closed(live):
+    host, port = live.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as idle:  # before: open past 70 s
+        assert _closed_after(idle) < 4
+    with socket.create_connection((host, int(port))) as slow:  # a header a byte at a time
+        assert _closed_after(slow, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40) < 4
+    with socket.create_connection((host, int(port))) as kept:  # idle after a response
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert kept.recv(1024).startswith(b"HTTP/1.1 200")
+        assert _closed_after(kept) < 3
+    assert _post(live, PHOTO)[0] == 200
+
+
+def test_connections_beyond_the_cap_get_503_until_others_close(live):
+    host, port = live.removeprefix("http://").split(":")
+    held = [socket.create_connection((host, int(port))) for _ in range(11)]
+    try:
+        answer, _ = _raw_http(live, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                                    b"Connection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:100]
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.2)
     assert _post(live, PHOTO)[0] == 200
 
 

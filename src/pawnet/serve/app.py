@@ -252,6 +252,8 @@ def run(model: str | Path, settings: ServeSettings | None = None) -> None:
     """
     import uvicorn
 
+    from pawnet.serve.http import header_timeout_protocol
+
     settings = settings or ServeSettings()
     predictor = load(model, max_pixels=settings.max_pixels, runtime=settings.runtime)
     app = create_app(predictor, settings)
@@ -263,4 +265,7 @@ def run(model: str | Path, settings: ServeSettings | None = None) -> None:
         print(f"warning: listening on {host} without an API key; anyone who can reach this "
               "port can use the model. Try: --api-key-env NAME", flush=True)
     uvicorn.run(app, host=host, port=settings.port, log_level=settings.log_level,
+                http=header_timeout_protocol(settings.header_timeout_s),
+                timeout_keep_alive=settings.keep_alive_s,
+                limit_concurrency=settings.max_connections,
                 timeout_graceful_shutdown=int(settings.timeout_s) + 5)

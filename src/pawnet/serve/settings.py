@@ -38,6 +38,12 @@ class ServeSettings:
                               "get 503 with Retry-After.", range=(1, 1_000_000))
     timeout_s: float = setting(30.0, "Time limit per request, for the upload and for the "
                                "model.", range=(0.001, 3600.0))
+    header_timeout_s: float = setting(10.0, "Time a client has to send a request's headers; "
+                                      "slower connections are closed.", range=(0.1, 3600.0))
+    keep_alive_s: float = setting(5.0, "How long an idle connection stays open between "
+                                  "requests.", range=(0.1, 3600.0))
+    max_connections: int = setting(256, "Most connections and requests at once; beyond it "
+                                   "new requests get 503.", range=(1, 1_000_000))
     api_key_env: str | None = setting(None, "Environment variable holding the API key that "
                                       "every /v1/* call must send as a Bearer token.")
     cors_origins: tuple[str, ...] = setting((), "Origins whose pages may call the API, "
