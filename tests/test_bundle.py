@@ -91,6 +91,11 @@ def test_the_predictor_decodes_with_the_bundles_resize_method(trained_run, monke
     assert np.abs(predictor.decode(photo).astype(int) - plain).max() > 0
 
 
+def _edit(bundle, **values):
+    spec = json.loads((bundle / "bundle.json").read_text())
+    (bundle / "bundle.json").write_text(json.dumps({**spec, **values}))
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -106,6 +111,16 @@ def test_the_predictor_decodes_with_the_bundles_resize_method(trained_run, monke
         (lambda b: (b / "bundle.json").write_text(json.dumps(
             {**json.loads((b / "bundle.json").read_text()), "image_size": 64})),
          "model takes .* but bundle.json says image_size 64"),
+        (lambda b: _edit(b, image_size=0), r"image_size must be a whole number .* not 0"),
+        (lambda b: _edit(b, image_size="32"), r"image_size must be .* not '32'"),
+        (lambda b: _edit(b, class_names="ab"), "class_names must be a list of non-empty"),
+        (lambda b: _edit(b, class_names=["cat", ""]), "class_names must be a list"),
+        (lambda b: _edit(b, class_names=["cat", "cat"]), "lists 'cat' more than once"),
+        (lambda b: _edit(b, model_name=7), "model_name must be a non-empty string"),
+        (lambda b: _edit(b, output="relu"), "output must be sigmoid or softmax"),
+        (lambda b: _edit(b, class_names=["a", "b", "c"]), "3 classes with sigmoid output"),
+        (lambda b: (b / "provenance.json").write_text("[1, 2]"),
+         "provenance.json is damaged .*found list"),
     ],
 )
 def test_damaged_bundle_is_a_clear_error(trained_run, tmp_path, damage, message):

@@ -637,3 +637,13 @@ def test_sigterm_lets_in_flight_requests_finish(trained_run):
     assert server.exit_code in serve_load.CLEAN_EXIT
     log = server.proc.stdout.read()
     assert "Shutting down" in log and "Traceback" not in log
+
+
+def test_model_info_survives_an_odd_provenance(predictor):
+    from pawnet.serve.app import provenance_summary
+
+    bundle = predictor.bundle
+    odd = type(bundle)(bundle.spec, {"data": [1], "created": "x"}, fingerprint="f")
+    assert provenance_summary(odd)["photos"] == {}
+    odd.provenance = {"data": {"counts": {"train": {"cat": "many", "dog": 3}, "val": 2}}}
+    assert provenance_summary(odd)["photos"] == {"train": 3}

@@ -28,6 +28,7 @@ BUNDLE_DIRNAME = "bundle"
 ASPECTS = ("stretch",)  # how a photo becomes a square: stretched, never cropped or padded
 INPUT_RANGES = ((0, 255),)
 CHANNELS = ("RGB",)
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,9 @@ class BundleSpec:
     def check(self, where: Path | str) -> None:
         """Refuse what this pawnet cannot honour: an unknown output kind, or preprocessing
         that its decoder does not do."""
-        if self.output not in ("sigmoid", "softmax") or len(self.class_names) < 2:
-            raise BundleError(f"{where} is damaged (output {self.output!r}, "
-                              f"{len(self.class_names)} classes)")
+        problem = _spec_problem(self)
+        if problem:
+            raise BundleError(f"{where} is damaged ({problem}). Try: retrain, or restore it")
         for key, value, allowed in (("resize_method", self.resize_method, tuple(RESIZE_METHODS)),
                                     ("aspect", self.aspect, ASPECTS),
                                     ("input_range", self.input_range, INPUT_RANGES),
@@ -64,6 +65,26 @@ class BundleSpec:
                     f"{where} asks for {key} {value!r}, which this pawnet cannot do; it does "
                     f"{', '.join(map(str, allowed))}. Try: upgrade pawnet, or retrain the model"
                 )
+
+
+def _spec_problem(spec: BundleSpec) -> str:
+    """What is wrong with a `bundle.json`'s types and values, or "" when nothing is."""
+    names = spec.class_names
+    if not isinstance(spec.model_name, str) or not spec.model_name:
+        return f"model_name must be a non-empty string, not {spec.model_name!r}"
+    if not (isinstance(names, list) and all(isinstance(n, str) and n.strip() for n in names)):
+        return f"class_names must be a list of non-empty strings, not {str(names)[:60]!r}"
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        return f"class_names lists {', '.join(map(repr, twice))} more than once"
+    if type(spec.image_size) is not int or not 8 <= spec.image_size <= MAX_IMAGE_SIZE:
+        return f"image_size must be a whole number from 8 to {MAX_IMAGE_SIZE}, " \
+               f"not {spec.image_size!r}"
+    if spec.output not in ("sigmoid", "softmax"):
+        return f"output must be sigmoid or softmax, not {str(spec.output)[:30]!r}"
+    if len(names) < 2 or (spec.output == "sigmoid" and len(names) != 2):
+        return f"{len(names)} classes with {spec.output} output"
+    return ""
 
 
 class Bundle:
@@ -223,11 +244,14 @@ def _load_folder(bundle_dir: Path) -> Bundle:
         raise BundleError(f"{model_path} is missing. Try: retrain, or restore the bundle")
     provenance_path = bundle_dir / "provenance.json"
     provenance = _read_json(provenance_path) if provenance_path.exists() else {}
+    if not isinstance(provenance, dict):
+        raise BundleError(f"{provenance_path} is damaged (expected a JSON object, found "
+                          f"{type(provenance).__name__}). Try: retrain, or restore it")
     try:
         fingerprint = _digest(model_path.read_bytes(), (bundle_dir / "bundle.json").read_bytes())
     except OSError as exc:
         raise BundleError(f"{model_path} cannot be read ({exc.strerror})") from None
-    return Bundle(spec, provenance if isinstance(provenance, dict) else {}, bundle_dir,
+    return Bundle(spec, provenance, bundle_dir,
                   build=lambda: _load_keras(bundle_dir, spec), fingerprint=fingerprint)
 
 

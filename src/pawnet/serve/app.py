@@ -68,13 +68,14 @@ def provenance_summary(bundle: Bundle) -> dict:
     data = bundle.provenance
     if "builtin" in data or not data:
         return dict(data)
-    counts = data.get("data", {}).get("counts", {})
+    photos = data.get("data") if isinstance(data.get("data"), dict) else {}
+    counts = photos.get("counts") if isinstance(photos.get("counts"), dict) else {}
     return {
         "created": data.get("created"),
         "versions": data.get("versions"),
-        "data_fingerprint": data.get("data", {}).get("fingerprint"),
-        "photos": {split: sum(c.values()) for split, c in counts.items()
-                   if isinstance(c, dict)},
+        "data_fingerprint": photos.get("fingerprint"),
+        "photos": {split: sum(n for n in c.values() if isinstance(n, int))
+                   for split, c in counts.items() if isinstance(c, dict)},
         "metrics": data.get("metrics"),
     }
 
