@@ -1,4 +1,5 @@
 import os
+import stat
 import subprocess
 import sys
 
@@ -80,3 +81,19 @@ def test_no_free_run_folder_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr("pawnet.storage.Path.mkdir", taken)
     with pytest.raises(ConfigError, match=r"no free run folder.*Try: --out"):
         next_run_dir(tmp_path / "train")
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_and_folders_follow_the_umask(tmp_path, umask, mode):
+    # before: files written through mkstemp were 0600 whatever the umask
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "report.json", "{}")
+        with atomic_path(tmp_path / "bundle") as tmp:
+            tmp.mkdir()
+            (tmp / "model.keras").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "bundle" / "model.keras").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "bundle").stat().st_mode) == 0o777 & ~umask
