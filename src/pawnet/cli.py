@@ -21,7 +21,7 @@ import typer
 
 from pawnet import quiet
 from pawnet.config import Config
-from pawnet.errors import PawnetError
+from pawnet.errors import PawnetError, one_line
 from pawnet.serve.settings import ServeSettings
 
 app = typer.Typer(
@@ -54,7 +54,7 @@ def command(typer_app: typer.Typer, name: str, *, tensorflow: bool = True):
                     quiet.import_quietly()
                 return func(*args, **kwargs)
             except PawnetError as exc:
-                typer.echo(f"error: {exc}", err=True)
+                typer.echo(f"error: {one_line(exc)}", err=True)
                 raise typer.Exit(2) from None
             except KeyboardInterrupt:
                 typer.echo("\ninterrupted", err=True)
@@ -235,11 +235,12 @@ def predict(
     fmt = "json" if json_out else fmt
     predictor = load(model, runtime=runtime)
     results = predictor.predict(expand_paths(paths))
-    typer.echo(format_predictions(results, predictor.classes, fmt))
+    # color=True: click would strip escape sequences from CSV names; the table has none
+    typer.echo(format_predictions(results, predictor.classes, fmt), color=True)
     failed = [r for r in results if r.error]
     if fmt == "kaggle":
         for r in failed:
-            typer.echo(f"skipped {r.path}: {r.error}", err=True)
+            typer.echo(f"skipped {one_line(r.path)}: {one_line(r.error)}", err=True)
     if len(failed) == len(results):
         typer.echo("error: no photo could be predicted", err=True)
         raise typer.Exit(1)

@@ -42,3 +42,13 @@ class WeightsError(PawnetError):
 
 class CheckpointError(WeightsError):
     """A checkpoint that cannot be read safely; the message says why, in one line."""
+
+
+def one_line(text: object) -> str:
+    """`text` with control characters (newlines, tabs, terminal escapes) written as `\\n`,
+    `\\t`, `\\x1b`, so a file name stays on its one line of a table, a log or an error."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)

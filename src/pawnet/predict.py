@@ -21,7 +21,7 @@ import numpy as np
 from pawnet.bundle import Bundle, check_io, resolve
 from pawnet.data.images import IMAGE_SUFFIXES, MAX_PIXELS, decode_ahead, load_pixels
 from pawnet.data.splits import read_manifest
-from pawnet.errors import ConfigError, ImageError
+from pawnet.errors import ConfigError, ImageError, one_line
 from pawnet.runtimes import choose, on_every_core, synthetic_images
 
 FORMATS = ("table", "json", "csv", "kaggle")
@@ -255,13 +255,14 @@ def _kaggle(results: Sequence[Prediction], classes: list[str]) -> list[list]:
 
 
 def _table(results: Sequence[Prediction], classes: list[str]) -> str:
-    width = max([len(r.path) for r in results] + [4])
+    paths = [one_line(r.path) for r in results]
+    width = max([len(p) for p in paths] + [4])
     lines = [f"{'path'.ljust(width)}  {'label':<10}" + "".join(f"{c:>10}" for c in classes)]
-    for r in results:
+    for r, path in zip(results, paths, strict=True):
         if r.error:
-            lines.append(f"{r.path.ljust(width)}  error: {r.error}")
+            lines.append(f"{path.ljust(width)}  error: {one_line(r.error)}")
         else:
-            lines.append(f"{r.path.ljust(width)}  {r.label:<10}"
+            lines.append(f"{path.ljust(width)}  {r.label:<10}"
                          + "".join(f"{r.probabilities[c]:>10.4f}" for c in classes))
     return "\n".join(lines)
 

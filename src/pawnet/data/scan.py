@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pawnet.data.images import MAX_PIXELS, inspect_image
-from pawnet.errors import DataError, ImageError
+from pawnet.errors import DataError, ImageError, one_line
 from pawnet.storage import atomic_write_text, cache_dir, progress
 
 SPLITS = ("train", "val", "test")
@@ -117,10 +117,10 @@ class PhotoSet:
                          + ", ".join(f"{n} {kind}" for kind, n in self.converted.items()))
         if self.skipped:
             lines.append(f"Skipped {len(self.skipped)} files (left untouched):")
-            lines += [f"  {s.path}: {s.reason}" for s in self.skipped]
+            lines += [f"  {one_line(s.path)}: {one_line(s.reason)}" for s in self.skipped]
         if self.duplicates:
             lines.append(f"{len(self.duplicates)} groups of identical files (one copy is used):")
-            lines += ["  " + "  =  ".join(group) for group in self.duplicates]
+            lines += ["  " + "  =  ".join(map(one_line, group)) for group in self.duplicates]
         return "\n".join(lines)
 
     def to_json(self) -> dict:

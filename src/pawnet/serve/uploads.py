@@ -10,6 +10,8 @@ from fastapi import HTTPException, Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from pawnet.errors import one_line
+
 RAW_TYPES = ("image/", "application/octet-stream")
 
 
@@ -18,7 +20,7 @@ class TooLarge(Exception):
 
 
 def fail(status: int, detail: str, headers: dict[str, str] | None = None) -> HTTPException:
-    return HTTPException(status_code=status, detail=detail, headers=headers)
+    return HTTPException(status_code=status, detail=one_line(detail), headers=headers)
 
 
 def upload_name(name: str | None, index: int) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from pawnet.config import Config, resolve_config
 from pawnet.data.scan import Photo, count_classes, scan
 from pawnet.data.splits import assign_splits, fingerprint, read_manifest, write_manifest
-from pawnet.errors import ConfigError, DataError
+from pawnet.errors import ConfigError, DataError, one_line
 from pawnet.storage import atomic_write_text, next_run_dir
 from pawnet.training.callbacks import ResumeCheckpoint
 
@@ -73,7 +73,7 @@ def new_plan(cfg: Config) -> Plan:
     photoset = scan(cfg.photos, max_pixels=cfg.max_pixels)
     log(photoset.summary())
     for skipped in photoset.skipped[:SHOWN_SKIPPED]:
-        log(f"  skipped {skipped.path}: {skipped.reason}")
+        log(f"  skipped {one_line(skipped.path)}: {one_line(skipped.reason)}")
     if len(photoset.skipped) > SHOWN_SKIPPED:
         log(f"  ... and {len(photoset.skipped) - SHOWN_SKIPPED} more (see data.json in the "
             "run folder)")
@@ -100,6 +100,14 @@ def _check_splits(photos: list[Photo]) -> None:
             f"need photos for both training and validation, got {n_train} and {n_val}. "
             "Try: add photos, or raise --val-fraction"
         )
+    for label in sorted({p.label for p in photos}):
+        missing = [s for s in ("train", "val") if not any(p.split == s and p.label == label
+                                                          for p in photos)]
+        if missing:
+            count = sum(p.label == label for p in photos)
+            log(f"warning: class {label!r} has {count} photo{'s' * (count != 1)}, none in "
+                f"{' or '.join(missing)}; its figures there mean nothing. Try: add photos "
+                "of it")
 
 
 def _flag(key: str) -> str:
