@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -47,11 +48,23 @@ def free_port() -> int:
 
 
 def start_server(model: str, port: int, *args: str, env: dict | None = None):
-    """`pawnet serve MODEL` on 127.0.0.1:port in a subprocess; returns the Popen."""
+    """`pawnet serve MODEL` on 127.0.0.1:port in a subprocess; returns the Popen. Its output
+    goes to a temporary file (a pipe nobody reads would fill up and stall the server),
+    read back by `output`."""
     command = [sys.executable, "-m", "pawnet.cli", "serve", str(model), "--port", str(port),
                "--host", "127.0.0.1", *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, **(env or {})})
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - read after the server stops
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+    proc.log = log
+    return proc
+
+
+def output(proc) -> str:
+    """What a server started by `start_server` has printed so far."""
+    proc.log.flush()
+    proc.log.seek(0)
+    return proc.log.read()
 
 
 def wait_healthy(url: str, proc=None, timeout: float = 180.0) -> None:
@@ -60,7 +73,7 @@ def wait_healthy(url: str, proc=None, timeout: float = 180.0) -> None:
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"the server exited with code {proc.returncode}:\n"
-                               + proc.stdout.read())
+                               + output(proc))
         try:
             with urllib.request.urlopen(url + "/healthz", timeout=2) as response:
                 if response.status == 200:

@@ -133,6 +133,20 @@ def test_no_more_decodes_run_at_once_than_there_are_cores(monkeypatch):
         list(pool.map(lambda _: load_pixels(data, 32), range(32)))
     assert 1 <= most <= (os.cpu_count() or 2)
 
+    # and together they hold no more decoded bytes than the budget: large ones take turns
+    from PIL import Image
+
+    monkeypatch.setattr(images, "_DECODES", images._DecodeBudget(4, 5_000_000))
+    large = _png(Image.open(real_photos("dog", 1)[0]).convert("RGB").resize((1500, 1000)))
+    most = 0
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda _: load_pixels(large, 32), range(8)))  # 4.5 MB each
+    assert most == 1
+    most = 0
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda _: load_pixels(data, 32), range(16)))  # small: 4 at once
+    assert most == 4
+
 
 def test_formats_pawnet_does_not_accept_are_never_parsed(monkeypatch):
     import io

@@ -635,7 +635,7 @@ def test_sigterm_lets_in_flight_requests_finish(trained_run):
         t.join(30)
     assert answers == [200, 200, 200]
     assert server.exit_code in serve_load.CLEAN_EXIT
-    log = server.proc.stdout.read()
+    log = serve_load.output(server.proc)
     assert "Shutting down" in log and "Traceback" not in log
 
 
@@ -647,3 +647,21 @@ def test_model_info_survives_an_odd_provenance(predictor):
     assert provenance_summary(odd)["photos"] == {}
     odd.provenance = {"data": {"counts": {"train": {"cat": "many", "dog": 3}, "val": 2}}}
     assert provenance_summary(odd)["photos"] == {"train": 3}
+
+
+def test_a_short_soak_with_hostile_requests_has_no_5xx_and_bounded_memory(trained_run):
+    import serve_soak
+
+    photos = [p.read_bytes() for p in real_photos("cat", 4, "test") + real_photos("dog", 4, "test")]
+    result = serve_soak.run(str(trained_run), photos, clients=8, seconds=6, hostile_every=10)
+    mixed = result["hostile"]
+    assert result["baseline"]["errors_5xx"] == 0 and mixed["errors_5xx"] == 0, mixed
+    assert not any(kind.startswith("good") for kind in mixed["dropped"]), mixed["dropped"]
+    answered = {key.rsplit(" ", 1)[0]: int(key.rsplit(" ", 1)[1]) for key in mixed["statuses"]}
+    assert answered == {"good": 200, "bomb": 422, "16-bit bomb": 422, "large transparent": 200,
+                        "garbage": 422, "truncated": 422, "oversize": 413, "wrong type": 415,
+                        "slow body": 408}
+    # this model is tiny, so one legal 144 MB decode is more than its idle peak: the bound
+    # is the decode budget (256 MB at once), however many requests decode together
+    assert result["peak_mb"] - result["idle_peak_mb"] < 300
+    assert result["exit_code"] in serve_load.CLEAN_EXIT

@@ -8,6 +8,7 @@ anything that cannot be read raises `ImageError` with a reason a person understa
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import os
@@ -36,12 +37,39 @@ BYTES_PER_PIXEL = 3
 _MODE_BYTES = {"I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4, "1": 1,
                "P": 3, "PA": 4}
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-# At most one decode per core at a time, so many threads (a server's) cannot hold many
-# full-size images at once.
-_DECODES = threading.BoundedSemaphore(os.cpu_count() or 2)
+
 # Resize filters by the name a bundle records; Pillow's filters antialias when shrinking.
 RESIZE_METHODS = {"bilinear": Image.Resampling.BILINEAR}
 RESIZE_METHOD = "bilinear"  # what training uses
+
+
+class _DecodeBudget:
+    """At most `slots` decodes at once, together holding at most `budget` decoded bytes (a
+    decode larger than the budget runs alone), so many threads, a server's, cannot hold
+    many full-size images at once."""
+
+    def __init__(self, slots: int, budget: int):
+        self._ready = threading.Condition()
+        self._slots, self._budget = slots, budget
+        self._running = self._bytes = 0
+
+    @contextlib.contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        with self._ready:
+            self._ready.wait_for(lambda: self._running < self._slots and (
+                self._running == 0 or self._bytes + nbytes <= self._budget))
+            self._running += 1
+            self._bytes += nbytes
+        try:
+            yield
+        finally:
+            with self._ready:
+                self._running -= 1
+                self._bytes -= nbytes
+                self._ready.notify_all()
+
+
+_DECODES = _DecodeBudget(os.cpu_count() or 2, 256 * 1024 * 1024)
 
 Source = str | Path | bytes
 
@@ -206,16 +234,17 @@ def load_pixels(
     """
     img = _open(source, max_pixels)
     try:
-        with img, _DECODES:
+        with img:
             if img.format in ("JPEG", "MPO"):
                 img.draft(img.mode, (image_size, image_size))
             _check_bytes(img, max_pixels)
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)  # no copy (docs/decisions.md)
-            resample = RESIZE_METHODS[resize_method]
-            img = _to_8bit(img, image_size, resample)
-            img = img.resize((image_size, image_size), resample)  # a copy if already done
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+            with _DECODES.hold(_decoded_bytes(img)):
+                img.load()
+                ImageOps.exif_transpose(img, in_place=True)  # no copy (docs/decisions.md)
+                resample = RESIZE_METHODS[resize_method]
+                img = _to_8bit(img, image_size, resample)
+                img = img.resize((image_size, image_size), resample)  # a copy if done already
+                return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

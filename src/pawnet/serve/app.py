@@ -19,6 +19,7 @@ Anything a client can send gets a 4xx with a one-line reason, never a 5xx.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -240,6 +241,19 @@ async def _run_model(state: _State, settings: ServeSettings, names: list[str],
     return iter(rows)
 
 
+def _return_freed_memory(arenas: int = 2) -> None:
+    """Let the server's many threads share `arenas` glibc malloc arenas, and give blocks of
+    1 MB or more straight back to the system when freed. Otherwise memory freed after
+    decoding a large image stays in its thread's arena, and the server's peak grows with
+    every thread that decoded one (docs/decisions.md)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    libc.mallopt(-8, arenas)  # M_ARENA_MAX
+    libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
 def run(model: str | Path, settings: ServeSettings | None = None) -> None:
     """Load the model, then serve it with uvicorn until Ctrl-C or SIGTERM.
 
@@ -256,6 +270,7 @@ def run(model: str | Path, settings: ServeSettings | None = None) -> None:
     from pawnet.serve.http import header_timeout_protocol
 
     settings = settings or ServeSettings()
+    _return_freed_memory()
     predictor = load(model, max_pixels=settings.max_pixels, runtime=settings.runtime)
     app = create_app(predictor, settings)
     host = settings.host

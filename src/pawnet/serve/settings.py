@@ -14,7 +14,7 @@ from pawnet.runtimes import RUNTIMES
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # Lower than the CLI's limit: a 48 MP phone photo passes, and a request of bombs cannot
-# hold gigabytes (docs/decisions.md).
+# hold gigabytes (docs/decisions.md, "Decoding within a byte budget").
 SERVE_MAX_PIXELS = 50_000_000
 
 

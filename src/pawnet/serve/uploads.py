@@ -19,7 +19,14 @@ class TooLarge(Exception):
     """The upload passed the size limit while it was being read."""
 
 
+# Answered before the body is read to its end, so the connection cannot carry another
+# request; saying so lets the client open a new one instead of writing into a closed one.
+_BEFORE_THE_BODY = (400, 401, 408, 413, 415)
+
+
 def fail(status: int, detail: str, headers: dict[str, str] | None = None) -> HTTPException:
+    if status in _BEFORE_THE_BODY:
+        headers = {"Connection": "close", **(headers or {})}
     return HTTPException(status_code=status, detail=one_line(detail), headers=headers)
 
 
