@@ -109,13 +109,16 @@ def test_resume_refuses_changed_settings_and_runs_without_checkpoints(tmp_path, 
         pawnet.train(resume=str(tmp_path))
 
 
-def test_resume_before_any_finished_epoch_says_to_start_again(tmp_path, trained_run):
+def test_resume_before_any_finished_epoch_trains_from_the_first(tmp_path, trained_run,
+                                                                 capsys):
     run = tmp_path / "run"
     run.mkdir()
     for name in ("config.yaml", "manifest.csv"):
         (run / name).write_bytes((trained_run / name).read_bytes())
-    with pytest.raises(DataError, match=r"no finished epoch was saved. Try: start again"):
-        pawnet.train(resume=str(run))
+    pawnet.train(resume=str(run))
+    assert "training it from the first epoch" in capsys.readouterr().out
+    assert (run / "history.csv").read_text() == (trained_run / "history.csv").read_text()
+    assert pawnet.load(run).classes == pawnet.load(trained_run).classes
 
 
 def test_training_needs_two_classes(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 
-from pawnet.errors import DataError
 from pawnet.models.spec import ModelSpec, output_kind
 from pawnet.training.callbacks import (
     HistoryRecorder,
@@ -59,16 +58,15 @@ def _start_or_resume(plan: Plan, spec: ModelSpec):
     import keras
 
     cfg = plan.cfg
-    if not plan.resumed:
+    checkpoint = last_checkpoint(plan.run_dir / "checkpoints") if plan.resumed else None
+    if plan.resumed and (plan.state is None or checkpoint is None):
+        log(f"No epoch of {plan.run_dir} finished before it stopped; training it from the "
+            "first epoch, on its saved split and settings")
+        plan.state = None
+    if plan.state is None or checkpoint is None:
         model = spec.build(len(plan.classes), cfg.image_size)
         compile_model(model, cfg, steps_per_epoch(len(plan.split("train")), cfg))
         return model
-    checkpoint = last_checkpoint(plan.run_dir / "checkpoints")
-    if plan.state is None or checkpoint is None:
-        raise DataError(
-            f"cannot resume {plan.run_dir}: no finished epoch was saved. "
-            f"Try: start again with pawnet train {cfg.photos}"
-        )
     log(f"Resuming {plan.run_dir} after epoch {plan.initial_epoch} of {cfg.epochs}")
     return keras.models.load_model(checkpoint)
 
