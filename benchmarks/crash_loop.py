@@ -1,7 +1,9 @@
 """Crash loop: `pawnet train` killed with SIGKILL at random moments, then checked.
 
-Toy-size runs on real photos, alternating a scratch model and the default transfer model.
-Each is killed at a random moment of an unkilled run's duration, then:
+Toy-size runs on real photos, alternating a scratch model and the default transfer model,
+sharing one cache, parts of which are emptied before a run so that killed runs are caught
+writing them. Each is killed at a random moment of an unkilled run's duration (from an
+empty cache), then:
 
 - its run folder either holds a bundle that loads, or `pawnet train --resume` finishes it
   (exit 0, a bundle that loads), or refuses with one `error:` line saying why;
@@ -76,6 +78,14 @@ def bundle_loads(run: Path) -> bool:
     return predictor.bundle.model is not None
 
 
+def forget(cache: Path, kind: str, turn: int) -> None:
+    """Empty part of the cache before a run, so killed runs are caught writing it too: the
+    scan cache, or for transfer runs the features, or everything (weights, conversions)."""
+    parts = {"scratch": [["scan"], []], "transfer": [["features"], ["."]]}[kind][turn % 2]
+    for part in parts:
+        shutil.rmtree(cache / part, ignore_errors=True)
+
+
 def one_crash(kind: str, photos: Path, run: Path, kill_at: float, env: dict) -> str:
     """Start, kill at `kill_at` s, then check the run folder; returns the outcome."""
     proc = subprocess.Popen([sys.executable, "-m", "pawnet.cli", *train_args(kind, photos, run)],
@@ -103,8 +113,12 @@ def one_crash(kind: str, photos: Path, run: Path, kill_at: float, env: dict) -> 
     return f"BROKEN resume (exit {resumed.returncode}): {resumed.stderr[-300:]}"
 
 
-def crash_loop(runs: int, seed: int = 0, workdir: Path | None = None) -> dict:
-    """Run the loop; returns the outcomes, the checks, and the reference durations."""
+def crash_loop(runs: int, seed: int = 0, workdir: Path | None = None,
+               fractions: list[float] | None = None) -> dict:
+    """Run the loop; returns the outcomes, the checks, and the reference durations.
+
+    Each run is killed at a random moment of an unkilled run's duration, or, given
+    `fractions`, at those shares of it in turn."""
     rng = random.Random(seed)
     work = Path(workdir or tempfile.mkdtemp(prefix="pawnet-crash-"))
     photos = toy_photos(work / "photos")
@@ -122,7 +136,9 @@ def crash_loop(runs: int, seed: int = 0, workdir: Path | None = None) -> dict:
     details = []
     for i in range(runs):
         kind = list(KINDS)[i % len(KINDS)]
-        kill_at = rng.uniform(0.3, seconds[kind])
+        forget(work / "cache", kind, i // len(KINDS))
+        share = fractions[i % len(fractions)] if fractions else rng.uniform(0.03, 1.0)
+        kill_at = share * seconds[kind]
         outcome = one_crash(kind, photos, work / f"run{i}", kill_at, env)
         outcomes[outcome] += 1
         details.append((kind, round(kill_at, 2), outcome))

@@ -7,7 +7,7 @@ import crash_loop
 
 
 def test_killed_runs_resume_or_say_why_and_corrupt_nothing(tmp_path):
-    result = crash_loop.crash_loop(runs=2, seed=3, workdir=tmp_path)
+    result = crash_loop.crash_loop(runs=2, workdir=tmp_path, fractions=[0.85])
     assert result["broken"] == 0, result["details"]
     assert all(outcome == "finished" or outcome.startswith(("resumed", "refused", "killed"))
                for _, _, outcome in result["details"]), result["details"]
