@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import http.client
 import io
+import select
 import socket
 import sys
 import threading
@@ -100,6 +101,7 @@ def soak(url: str, photos: list[bytes], clients: int, seconds: float,
 
     def client(index: int) -> None:
         conn = http.client.HTTPConnection(host, port, timeout=60)
+        last_used = time.monotonic()
         while time.monotonic() < deadline:
             with lock:
                 n = issued[0]
@@ -112,6 +114,9 @@ def soak(url: str, photos: list[bytes], clients: int, seconds: float,
                     statuses[kind, status] += 1
                 continue
             body, content_type = hostile.get(kind, (photos[n % len(photos)], "image/jpeg"))
+            idle = time.monotonic() - last_used
+            if conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
+                conn.close()  # closed by the server while idle: as urllib3, do not reuse it
             started = time.perf_counter()
             try:
                 conn.request("POST", "/v1/predict", body=body,
@@ -122,8 +127,10 @@ def soak(url: str, photos: list[bytes], clients: int, seconds: float,
                 conn.close()
                 conn = http.client.HTTPConnection(host, port, timeout=60)
                 with lock:
-                    dropped[f"{kind} ({type(exc).__name__})"] += 1
+                    dropped[f"{kind} ({type(exc).__name__}, {idle:.1f} s idle)"] += 1
                 continue
+            finally:
+                last_used = time.monotonic()
             with lock:
                 statuses[kind, response.status] += 1
                 if kind == "good":
