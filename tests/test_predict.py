@@ -121,3 +121,36 @@ def test_kaggle_format_needs_a_dog_class_and_numbered_files():
     unnumbered = [Prediction.from_row("/p/rex.jpg", ["cat", "dog"], np.array([0.2, 0.8]))]
     with pytest.raises(ConfigError, match=r"number in each file name.*rex.jpg"):
         format_predictions(unnumbered, ["cat", "dog"], "kaggle")
+
+
+@pytest.mark.parametrize("runtime", ["keras", "auto"])
+def test_tta_averages_each_photo_with_its_mirror_image(trained_run, runtime):
+    photos = real_photos("cat", 3, "test") + real_photos("dog", 3, "test")
+    plain = pawnet.load(trained_run, runtime=runtime)
+    pixels = np.stack([plain.decode(p) for p in photos])
+    want = (plain.probabilities(pixels) + plain.probabilities(pixels[:, :, ::-1])) / 2
+    assert not np.allclose(want, plain.probabilities(pixels), atol=1e-4)  # flips matter
+    tta = pawnet.load(trained_run, runtime=runtime, tta=True)
+    got = np.array([[r.probabilities[c] for c in tta.classes] for r in tta.predict(photos)])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(plain.probabilities(pixels, tta=True), want, atol=1e-5)
+
+
+def test_tta_from_the_cli_and_in_the_evaluation_report(trained_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from pawnet.cli import app
+
+    photo = str(real_photos("dog", 1, "test")[0])
+    runner = CliRunner()
+    plain = json.loads(runner.invoke(app, ["predict", str(trained_run), photo, "--json"]).stdout)
+    tta = json.loads(runner.invoke(app, ["predict", str(trained_run), photo, "--json",
+                                         "--tta"]).stdout)
+    want = pawnet.load(trained_run, tta=True).predict([photo])[0].probabilities
+    assert tta[0]["probabilities"] == pytest.approx(want, abs=1e-6)
+    assert tta[0]["probabilities"] != pytest.approx(plain[0]["probabilities"], abs=1e-6)
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--tta", "--out",
+                                 str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert "with flip test-time augmentation" in result.output
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["tta"] is True

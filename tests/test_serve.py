@@ -665,3 +665,11 @@ def test_a_short_soak_with_hostile_requests_has_no_5xx_and_bounded_memory(traine
     # is the decode budget (256 MB at once), however many requests decode together
     assert result["peak_mb"] - result["idle_peak_mb"] < 300
     assert result["exit_code"] in serve_load.CLEAN_EXIT
+
+
+def test_the_server_can_average_each_photo_with_its_mirror(predictor, trained_run):
+    with TestClient(create_app(predictor, ServeSettings(max_wait_ms=2, tta=True))) as c:
+        response = c.post("/v1/predict", content=PHOTO, headers={"Content-Type": "image/jpeg"})
+        assert c.get("/v1/model").json()["tta"] is True
+    want = load(trained_run, tta=True).predict([PHOTO])[0].probabilities
+    assert response.json()[0]["probabilities"] == pytest.approx(want, abs=1e-5)

@@ -186,6 +186,8 @@ def train(
 Runtime = Annotated[str, typer.Option(help="Where the model runs: auto (the fastest "
                                       "installed runtime that agrees with Keras), keras, onnx "
                                       "or litert.")]
+Tta = Annotated[bool, typer.Option("--tta", help="Average each photo with its mirror image "
+                                   "(test-time augmentation): twice the model time.")]
 
 
 @command(app, "evaluate", tensorflow=False)
@@ -199,12 +201,13 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="Report folder (default RUN_DIR/eval).")]
     = None,
     runtime: Runtime = "auto",
+    tta: Tta = False,
 ) -> None:
     """Per-class metrics, confusion matrix and misclassified photos on held-out photos."""
     from pawnet.evaluation import evaluate as run_evaluation
     from pawnet.evaluation import format_report
 
-    report = run_evaluation(model, photos, split=split, out=out, runtime=runtime)
+    report = run_evaluation(model, photos, split=split, out=out, runtime=runtime, tta=tta)
     if json_out:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -228,12 +231,13 @@ def predict(
                                      help="table, csv, or kaggle (id,label: P(dog)).")]
     = "table",
     runtime: Runtime = "auto",
+    tta: Tta = False,
 ) -> None:
     """Label photos: a label and every class's probability per photo."""
     from pawnet.predict import expand_paths, format_predictions, load
 
     fmt = "json" if json_out else fmt
-    predictor = load(model, runtime=runtime)
+    predictor = load(model, runtime=runtime, tta=tta)
     results = predictor.predict(expand_paths(paths))
     # color=True: click would strip escape sequences from CSV names; the table has none
     typer.echo(format_predictions(results, predictor.classes, fmt), color=True)

@@ -131,6 +131,11 @@ def coerce_field(cls: type, key: str, value: Any) -> Any:
             return None
         raise ConfigError(f"{key} needs a value, received: None")
     try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+            return words[str(value).strip().lower()]
         if base is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
@@ -144,7 +149,7 @@ def coerce_field(cls: type, key: str, value: Any) -> Any:
         if typing.get_origin(base) in (list, tuple):
             items = value.split(",") if isinstance(value, str) else list(value)
             return typing.get_origin(base)(str(i).strip() for i in items if str(i).strip())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError):
         pass
     raise ConfigError(f"{key} must be {getattr(base, '__name__', base)}, received: {value!r}")
 

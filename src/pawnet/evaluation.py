@@ -197,6 +197,7 @@ def evaluate(
     split: str = "test",
     out: str | Path | None = None,
     runtime: str = "auto",
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a saved model on held-out photos.
 
@@ -209,9 +210,11 @@ def evaluate(
         out: folder for the report. Defaults to `RUN_DIR/eval` (then `eval2`, ...), or
             `runs/evaluate` for a bare bundle.
         runtime: where the model runs (see `pawnet.Predictor`). Defaults to "auto".
+        tta: average each photo with its mirror image (see `pawnet.Predictor`).
+            Defaults to False.
 
     Returns:
-        The report: model, source, n, accuracy, classes, per_class, confusion_matrix,
+        The report: model, tta, source, n, accuracy, classes, per_class, confusion_matrix,
         roc_auc and log_loss (two classes), expected_calibration_error, failed,
         misclassified, out.
 
@@ -219,11 +222,11 @@ def evaluate(
         DataError: no photos, or classes the model does not know.
         BundleError: the model cannot be loaded.
     """
-    predictor = Predictor(resolve(model), runtime=runtime)
+    predictor = Predictor(resolve(model), runtime=runtime, tta=tta)
     run_dir = predictor.bundle.run_dir
     paths, labels, source = select_photos(model, run_dir, photos, split)
     _check_classes(labels, predictor, source)
-    report = {"model": str(model), **_report(predictor, paths, labels, source)}
+    report = {"model": str(model), "tta": tta, **_report(predictor, paths, labels, source)}
     out_dir = Path(out) if out else next_run_dir(
         run_dir / "eval" if run_dir else Path("runs") / "evaluate")
     report["out"] = str(out_dir)
@@ -234,7 +237,8 @@ def evaluate(
 def format_report(report: dict[str, Any]) -> str:
     """The report as text for a terminal: accuracy, per-class table, confusion matrix."""
     lines = [
-        f"Evaluated {report['n']} photos from {report['source']}",
+        f"Evaluated {report['n']} photos from {report['source']}"
+        + (" (with flip test-time augmentation)" if report.get("tta") else ""),
         f"accuracy {report['accuracy']:.4f}"
         + (f"  ROC-AUC {report['roc_auc']:.4f}" if report.get("roc_auc") else "")
         + (f"  log loss {report['log_loss']:.4f}" if "log_loss" in report else "")

@@ -62,6 +62,8 @@ class Predictor:
             to 89,478,485.
         runtime: "auto" (the fastest installed runtime that agrees with Keras), "keras",
             "onnx" or "litert". Defaults to "auto".
+        tta: average each photo's probabilities with its mirror image's (test-time
+            augmentation; twice the model time). Defaults to False.
 
     >>> predictor = pawnet.load("runs/train")
     >>> predictor.predict(["cat.jpg"])[0].label
@@ -69,8 +71,9 @@ class Predictor:
     """
 
     def __init__(self, bundle: Bundle, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
-                 runtime: str = "auto"):
+                 runtime: str = "auto", tta: bool = False):
         self.bundle = bundle
+        self.tta = tta
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.runtime = choose(runtime, bundle.fingerprint, lambda: bundle.model,
@@ -95,13 +98,23 @@ class Predictor:
     def image_size(self) -> int:
         return self.spec.image_size
 
-    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities `(N, num_classes)` for uint8 images `(N, size, size, 3)`."""
+    def probabilities(self, pixels: np.ndarray, tta: bool | None = None) -> np.ndarray:
+        """Class probabilities `(N, num_classes)` for uint8 images `(N, size, size, 3)`.
+
+        Args:
+            tta: average with the mirror images; None: the predictor's `tta`.
+        """
         if len(pixels) == 0:
             return np.zeros((0, len(self.classes)))
-        outputs = [self.runtime(pixels[i : i + self.batch_size])
-                   for i in range(0, len(pixels), self.batch_size)]
-        return self._as_probabilities(np.concatenate(outputs))
+        tta = self.tta if tta is None else tta
+        return np.concatenate([self._run(self.runtime, pixels[i : i + self.batch_size], tta)
+                               for i in range(0, len(pixels), self.batch_size)])
+
+    def _run(self, runtime, pixels: np.ndarray, tta: bool) -> np.ndarray:
+        out = runtime(pixels)
+        if tta:
+            out = (out + runtime(np.ascontiguousarray(pixels[:, :, ::-1]))) / 2
+        return self._as_probabilities(out)
 
     def _as_probabilities(self, out: np.ndarray) -> np.ndarray:
         out = out.astype(np.float64)
@@ -161,7 +174,7 @@ class Predictor:
         def label(chunk: range) -> list[Prediction]:
             return self._results([names[i] for i in chunk],
                                  [self.decode(sources[i]) for i in chunk],
-                                 lambda pixels: self._as_probabilities(runtime(pixels)))
+                                 lambda pixels: self._run(runtime, pixels, self.tta))
 
         parts = on_every_core(label, len(sources), runtime.photos_per_call)
         return [p for part in parts for p in part]
@@ -177,16 +190,16 @@ class Predictor:
 
 
 def load(model: str | Path, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
-         runtime: str = "auto") -> Predictor:
+         runtime: str = "auto", tta: bool = False) -> Predictor:
     """Load a model for prediction: a run folder, a bundle folder or a built-in name, on
-    `runtime` (see `Predictor`).
+    `runtime`, with or without `tta` (see `Predictor`).
 
     Raises:
         BundleError: the bundle is missing, damaged or from an incompatible version.
         ConfigError: an unknown runtime, or one that is not installed.
     """
     return Predictor(resolve(model), batch_size=batch_size, max_pixels=max_pixels,
-                     runtime=runtime)
+                     runtime=runtime, tta=tta)
 
 
 PROBE_PHOTOS = 16  # validation photos a converted model is checked on against Keras

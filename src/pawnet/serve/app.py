@@ -86,8 +86,8 @@ def _lifespan(model: str | Path | Predictor, settings: ServeSettings, state: _St
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         predictor = (model if isinstance(model, Predictor) else await anyio.to_thread.run_sync(
             lambda: load(model, max_pixels=settings.max_pixels, runtime=settings.runtime)))
-        batcher = Batcher(predictor.probabilities, settings.max_batch,
-                          settings.max_wait_ms / 1000, settings.queue_size)
+        batcher = Batcher(lambda pixels: predictor.probabilities(pixels, settings.tta),
+                          settings.max_batch, settings.max_wait_ms / 1000, settings.queue_size)
         shape = (predictor.image_size, predictor.image_size, 3)
         await anyio.to_thread.run_sync(batcher.warm_up, shape)
         state.metrics = Metrics(lambda: batcher.depth)
@@ -182,6 +182,7 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
             "output": spec.output,
             "resize_method": spec.resize_method,
             "runtime": predictor.runtime.name,
+            "tta": settings.tta,
             "provenance": provenance_summary(predictor.bundle),
             "limits": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
                        "max_upload_mb": settings.max_upload_mb,

@@ -52,6 +52,8 @@ class ServeSettings:
     runtime: str = setting("auto", "Where the model runs: auto (the fastest installed "
                            "runtime that agrees with Keras), keras, onnx or litert.",
                            choices=RUNTIMES)
+    tta: bool = setting(False, "Average each photo with its mirror image (test-time "
+                        "augmentation): twice the model time.")
     log_level: str = setting("info", "Uvicorn's log level.",
                              choices=("critical", "error", "warning", "info", "debug", "trace"))
 
