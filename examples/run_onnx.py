@@ -24,7 +24,9 @@ pixels = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.B
 session = onnxruntime.InferenceSession(folder / info["file"])
 batch = pixels[None].astype(np.float32)  # raw 0-255 RGB, NHWC; scaling is inside the model
 out = session.run(None, {session.get_inputs()[0].name: batch})[0][0]
-probs = [1 - out[0], out[0]] if info["output"] == "sigmoid" else out
+probs = np.array([1 - out[0], out[0]] if info["output"] == "sigmoid" else out, np.float64)
+logits = np.log(np.clip(probs, 1e-7, 1.0)) / info["temperature"]  # calibration
+probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
 label = info["class_names"][int(np.argmax(probs))]
 print(json.dumps({"label": label, "probabilities": dict(
     zip(info["class_names"], map(float, probs), strict=True))}))

@@ -30,8 +30,11 @@ def test_trained_run_holds_bundle_curves_history_manifest_and_config(trained_run
     spec = json.loads((trained_run / "bundle" / "bundle.json").read_text())
     assert spec["class_names"] == ["cat", "dog"]
     assert spec["image_size"] == 32
-    assert spec["format_version"] == 1
+    assert spec["format_version"] == 2
+    assert 0.05 <= spec["temperature"] <= 20
     provenance = json.loads((trained_run / "bundle" / "provenance.json").read_text())
+    assert provenance["metrics"]["temperature"] == spec["temperature"]
+    assert provenance["metrics"]["val_ece"] <= provenance["metrics"]["val_ece_uncalibrated"] + 0.05
     assert set(provenance["versions"]) >= {"pawnet", "keras", "tensorflow"}
     assert provenance["data"]["split_seed"] == 42
     assert len(provenance["data"]["fingerprint"]) == 64

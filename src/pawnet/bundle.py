@@ -23,7 +23,8 @@ from pawnet.data.images import RESIZE_METHOD, RESIZE_METHODS
 from pawnet.errors import BundleError
 from pawnet.storage import atomic_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added `temperature`
+READABLE_FORMATS = (1, 2)  # a format-1 bundle reads with temperature 1.0
 BUNDLE_DIRNAME = "bundle"
 ASPECTS = ("stretch",)  # how a photo becomes a square: stretched, never cropped or padded
 INPUT_RANGES = ((0, 255),)
@@ -39,6 +40,7 @@ class BundleSpec:
     class_names: list[str]
     image_size: int
     output: str  # "sigmoid" (one unit, P(class 1)) or "softmax" (one unit per class)
+    temperature: float = 1.0  # calibration of the model's probabilities (pawnet.calibration)
     resize_method: str = RESIZE_METHOD
     aspect: str = "stretch"
     input_range: tuple[int, int] = (0, 255)
@@ -80,6 +82,9 @@ def _spec_problem(spec: BundleSpec) -> str:
     if type(spec.image_size) is not int or not 8 <= spec.image_size <= MAX_IMAGE_SIZE:
         return f"image_size must be a whole number from 8 to {MAX_IMAGE_SIZE}, " \
                f"not {spec.image_size!r}"
+    if (isinstance(spec.temperature, bool) or not isinstance(spec.temperature, int | float)
+            or not 0.01 <= spec.temperature <= 100):
+        return f"temperature must be a number from 0.01 to 100, not {spec.temperature!r}"
     if spec.output not in ("sigmoid", "softmax"):
         return f"output must be sigmoid or softmax, not {str(spec.output)[:30]!r}"
     if len(names) < 2 or (spec.output == "sigmoid" and len(names) != 2):
@@ -193,15 +198,16 @@ def read_spec(bundle_dir: Path) -> BundleSpec:
     if not isinstance(data, dict):
         raise BundleError(f"{path} is damaged (expected a JSON object)")
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMATS:
         newer = isinstance(version, int) and version > FORMAT_VERSION
         fix = "upgrade pawnet" if newer else "retrain the model with this pawnet"
         raise BundleError(
-            f"{path} has bundle format {version!r}; this pawnet reads format "
-            f"{FORMAT_VERSION}. Try: {fix}"
+            f"{path} has bundle format {version!r}; this pawnet reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))}. Try: {fix}"
         )
     try:
-        spec = BundleSpec(**{**data, "input_range": tuple(data["input_range"])})
+        spec = BundleSpec(**{**data, "input_range": tuple(data["input_range"]),
+                             "format_version": FORMAT_VERSION})
     except (TypeError, KeyError) as exc:
         raise BundleError(f"{path} is damaged ({exc})") from None
     spec.check(path)

@@ -15,30 +15,15 @@ from typing import Any
 import numpy as np
 
 from pawnet.bundle import resolve
+from pawnet.calibration import calibrate, expected_calibration_error, reliability
 from pawnet.data.scan import SPLIT_FOLDER_NAMES, scan
 from pawnet.data.splits import read_manifest
 from pawnet.errors import DataError
-from pawnet.plots import plot_confusion, plot_grid
+from pawnet.plots import plot_confusion, plot_grid, plot_reliability
 from pawnet.predict import Predictor
 from pawnet.storage import atomic_write_text, next_run_dir
 
-CALIBRATION_BINS = 15
 MAX_MISCLASSIFIED_SHOWN = 64
-
-
-def expected_calibration_error(probs: np.ndarray, truth: np.ndarray,
-                               bins: int = CALIBRATION_BINS) -> float:
-    """Gap between confidence and accuracy, averaged over equal-width confidence bins."""
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == truth
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(ece)
 
 
 def compute_metrics(probs: np.ndarray, truth: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -122,7 +107,9 @@ def _markdown(report: dict[str, Any]) -> str:
         f"**Accuracy: {report['accuracy']:.4f}**"
         + (f" · ROC-AUC {report['roc_auc']:.4f}" if report.get("roc_auc") is not None else "")
         + (f" · log loss {report['log_loss']:.4f}" if "log_loss" in report else "")
-        + f" · expected calibration error {report['expected_calibration_error']:.4f}",
+        + f" · expected calibration error {report['expected_calibration_error']:.4f} "
+        f"(uncalibrated {report['expected_calibration_error_uncalibrated']:.4f}, temperature "
+        f"{report['temperature']:.3f})",
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
@@ -166,6 +153,11 @@ def _report(predictor: Predictor, paths: list[str], labels: list[str], source: s
     probs = np.array([[p.probabilities[c] for c in classes] for p, _ in kept])
     truth = np.array([classes.index(label) for _, label in kept])
     report = {"source": source, **compute_metrics(probs, truth, classes), "failed": failed}
+    temperature = predictor.spec.temperature  # the probabilities are calibrated; undo it
+    report["temperature"] = temperature
+    report["expected_calibration_error_uncalibrated"] = expected_calibration_error(
+        calibrate(probs, 1.0 / temperature), truth)
+    report["reliability"] = reliability(probs, truth)
     wrong = [i for i in range(len(kept)) if probs[i].argmax() != truth[i]]
     wrong.sort(key=lambda i: -probs[i].max())
     report["misclassified"] = [
@@ -180,6 +172,7 @@ def _write(report: dict[str, Any], out_dir: Path, predictor: Predictor) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(np.array(report["confusion_matrix"]), report["classes"],
                    out_dir / "confusion.png")
+    plot_reliability(report["reliability"], out_dir / "reliability.png")
     shown = report["misclassified"][:MAX_MISCLASSIFIED_SHOWN]
     if shown:
         images = np.stack([predictor.decode(m["path"]) for m in shown])
@@ -242,7 +235,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"accuracy {report['accuracy']:.4f}"
         + (f"  ROC-AUC {report['roc_auc']:.4f}" if report.get("roc_auc") else "")
         + (f"  log loss {report['log_loss']:.4f}" if "log_loss" in report else "")
-        + f"  ECE {report['expected_calibration_error']:.4f}",
+        + f"  ECE {report['expected_calibration_error']:.4f} (uncalibrated "
+        f"{report['expected_calibration_error_uncalibrated']:.4f})",
         f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
     ]
     for name, m in report["per_class"].items():

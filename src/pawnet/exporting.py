@@ -128,6 +128,7 @@ def _describe(bundle: Bundle, fmt: str, int8: bool, calibrated: int) -> dict[str
         "quantization": "int8" if int8 else "none",
         "class_names": list(spec.class_names), "image_size": spec.image_size,
         "output": spec.output,  # sigmoid: one column, P(class_names[1])
+        "temperature": spec.temperature,  # calibrated probabilities: softmax(log(p) / T)
         "input": {"dtype": "float32", "layout": "NHWC", "range": list(spec.input_range),
                   "channels": spec.channels},
         "preprocessing": {

@@ -61,6 +61,28 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | Path)
     return _save(fig, path)
 
 
+def plot_reliability(bins: Sequence[dict], path: str | Path) -> Path:
+    """Reliability diagram: accuracy against confidence per bin (a calibrated model lies on
+    the diagonal), with the photo counts."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="calibrated")
+    for b in bins:
+        ax.bar(b["low"], b["accuracy"], width=b["high"] - b["low"], align="edge",
+               color="tab:blue", alpha=0.6, edgecolor="white")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-",
+            color="tab:orange", label="this model")
+    for b in bins:
+        ax.annotate(str(b["n"]), (b["confidence"], b["accuracy"]), fontsize=7,
+                    textcoords="offset points", xytext=(0, 4), ha="center")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("reliability (photos per bin)")
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
 def plot_grid(
     images: np.ndarray, titles: Sequence[str], path: str | Path, columns: int = 8,
     title: str | None = None,

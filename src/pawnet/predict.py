@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pawnet.bundle import Bundle, check_io, resolve
+from pawnet.calibration import calibrate
 from pawnet.data.images import IMAGE_SUFFIXES, MAX_PIXELS, decode_ahead, load_pixels
 from pawnet.data.splits import read_manifest
 from pawnet.errors import ConfigError, ImageError, one_line
@@ -120,7 +121,7 @@ class Predictor:
         out = out.astype(np.float64)
         if self.spec.output == "sigmoid":
             out = np.concatenate([1.0 - out, out], axis=1)
-        return out
+        return calibrate(out, self.spec.temperature)
 
     def decode(self, source: str | Path | bytes, max_pixels: int | None = None
                ) -> np.ndarray | str:

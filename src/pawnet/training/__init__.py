@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pawnet.bundle import BundleSpec, save_bundle
 from pawnet.config import resolve_config
 from pawnet.models.registry import get_model_spec
@@ -56,6 +58,24 @@ def train(photos: str | Path | None = None, *, config: str | Path | dict | None 
     return _fit(plan)
 
 
+def _calibration(plan: Plan, output: str, val_out: np.ndarray
+                 ) -> tuple[float, tuple[float, float]]:
+    """The temperature fitted on the validation photos, and their calibration error
+    (ECE) before and after it."""
+    from pawnet.calibration import calibrate, expected_calibration_error, fit_temperature
+
+    probabilities = val_out.astype(np.float64)
+    if output == "sigmoid":
+        probabilities = np.concatenate([1.0 - probabilities, probabilities], axis=1)
+    truth = np.array([plan.classes.index(p.label) for p in plan.split("val")])
+    temperature = round(fit_temperature(probabilities, truth), 4)
+    ece = (expected_calibration_error(probabilities, truth),
+           expected_calibration_error(calibrate(probabilities, temperature), truth))
+    log(f"Calibrated on validation photos: temperature {temperature:.3f}, expected "
+        f"calibration error {ece[0]:.4f} -> {ece[1]:.4f}")
+    return temperature, ece
+
+
 def _fit(plan: Plan) -> Path:
     import keras
 
@@ -73,15 +93,18 @@ def _fit(plan: Plan) -> Path:
 
     spec = get_model_spec(cfg.model)
     started = time.monotonic()
-    model, (val_loss, val_accuracy) = (transfer if spec.pretrained else scratch).fit(
+    model, (val_loss, val_accuracy), val_out = (transfer if spec.pretrained else scratch).fit(
         plan, spec, weights)
     fit_seconds = time.monotonic() - started
     log(f"Saved model on validation photos: val_loss {val_loss:.4f}, "
         f"val_accuracy {val_accuracy:.4f}")
+    temperature, ece = _calibration(plan, output_kind(model), val_out)
 
     bundle_spec = BundleSpec(model_name=cfg.model, class_names=plan.classes,
-                             image_size=cfg.image_size, output=output_kind(model))
-    metrics = {"val_loss": val_loss, "val_accuracy": val_accuracy}
+                             image_size=cfg.image_size, output=output_kind(model),
+                             temperature=temperature)
+    metrics = {"val_loss": val_loss, "val_accuracy": val_accuracy, "temperature": temperature,
+               "val_ece_uncalibrated": ece[0], "val_ece": ece[1]}
     record = provenance(plan, read_history(run_dir / "history.csv"), metrics, fit_seconds)
     bundle_dir = save_bundle(run_dir / "bundle", model, bundle_spec, record, cfg.to_yaml())
     shutil.rmtree(plan.pixel_cache, ignore_errors=True)

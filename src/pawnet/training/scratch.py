@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
+
 from pawnet.models.spec import ModelSpec, output_kind
 from pawnet.training.callbacks import (
     HistoryRecorder,
@@ -72,11 +74,12 @@ def _start_or_resume(plan: Plan, spec: ModelSpec):
 
 
 def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
-        ) -> tuple[object, list[float]]:
+        ) -> tuple[object, list[float], np.ndarray]:
     """Train `spec` from scratch (or on from the resume checkpoint).
 
     Returns:
-        The model with its best weights, and its [val_loss, val_accuracy].
+        The model with its best weights, its [val_loss, val_accuracy], and its outputs on
+        the validation photos.
     """
     cfg = plan.cfg
     model = _start_or_resume(plan, spec)
@@ -86,4 +89,5 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
         f"augment: {', '.join(cfg.augment) or 'none'}; run folder {plan.run_dir}")
     model = fit_on_images(model, plan, train_ds, val_ds, weights, epochs=cfg.epochs,
                           initial_epoch=plan.initial_epoch, state=plan.state)
-    return model, [float(v) for v in model.evaluate(val_ds, verbose=0)]
+    return (model, [float(v) for v in model.evaluate(val_ds, verbose=0)],
+            np.asarray(model.predict(val_ds, verbose=0)))

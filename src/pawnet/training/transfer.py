@@ -254,12 +254,13 @@ def _check_composed(model, head, plan: Plan, val_x: np.ndarray) -> None:
 
 
 def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
-        ) -> tuple[keras.Model, list[float]]:
+        ) -> tuple[keras.Model, list[float], np.ndarray]:
     """Phase 1: the head on cached backbone features; phase 2 (optional): fine-tune the top
     blocks. A resumed run redoes phase 1 from the feature cache, in seconds.
 
     Returns:
-        The composed model (pixels to probabilities), and its [val_loss, val_accuracy].
+        The composed model (pixels to probabilities), its [val_loss, val_accuracy], and
+        its outputs on the validation photos.
     """
     cfg = plan.cfg
     backbone = load_backbone(spec, cfg.image_size, trainable_later=cfg.fine_tune > 0)
@@ -275,7 +276,7 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
     model = compose(backbone, head, spec.name)
     if not cfg.fine_tune:
         _check_composed(model, head, plan, val_x)
-        return model, [loss, accuracy]
+        return model, [loss, accuracy], np.asarray(head.predict(val_x, verbose=0))
 
     opened = unfreeze_top_blocks(backbone, cfg.fine_tune)
     log(f"Fine-tuning the top {cfg.fine_tune} blocks ({len(opened)} layers, batch norm "
@@ -285,4 +286,5 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
                   lr=cfg.fine_tune_lr, epochs=cfg.fine_tune_epochs)
     model = fit_on_images(model, plan, train_ds, val_ds, weights,
                           epochs=epochs_done + cfg.fine_tune_epochs, initial_epoch=epochs_done)
-    return model, [float(v) for v in model.evaluate(val_ds, verbose=0)]
+    return (model, [float(v) for v in model.evaluate(val_ds, verbose=0)],
+            np.asarray(model.predict(val_ds, verbose=0)))

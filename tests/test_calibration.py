@@ -1,0 +1,71 @@
+"""Temperature scaling: fitted to what the photos say, never changing a label, and carried
+by the bundle to every runtime and export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import pawnet
+from pawnet.calibration import calibrate, expected_calibration_error, fit_temperature
+
+
+def _overconfident(n: int = 4000, right: float = 0.8, said: float = 0.99):
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 2, n)
+    predicted = np.where(rng.random(n) < right, truth, 1 - truth)
+    probs = np.full((n, 2), 1 - said)
+    probs[np.arange(n), predicted] = said
+    return probs, truth
+
+
+def test_an_overconfident_model_is_softened_to_its_real_accuracy():
+    probs, truth = _overconfident()
+    temperature = fit_temperature(probs, truth)
+    assert temperature > 2
+    calibrated = calibrate(probs, temperature)
+    assert calibrated.max(axis=1).mean() == pytest.approx(0.8, abs=0.01)
+    assert expected_calibration_error(calibrated, truth) < 0.02
+    assert expected_calibration_error(probs, truth) > 0.15
+    assert (calibrated.argmax(axis=1) == probs.argmax(axis=1)).all()  # no label changes
+    np.testing.assert_allclose(calibrated.sum(axis=1), 1.0)
+
+
+def test_a_timid_model_is_sharpened_and_the_scaling_inverts():
+    probs, truth = _overconfident(right=0.95, said=0.6)
+    temperature = fit_temperature(probs, truth)
+    assert temperature < 1
+    np.testing.assert_allclose(calibrate(calibrate(probs, temperature), 1 / temperature),
+                               probs, atol=1e-9)
+    assert fit_temperature(probs[:1], truth[:1]) == 1.0  # nothing to fit on
+
+
+def test_the_bundles_temperature_reaches_every_runtime_and_the_report(trained_run, tmp_path):
+    spec = json.loads((trained_run / "bundle" / "bundle.json").read_text())
+    photos = sorted((trained_run.parent / "photos").rglob("*.jpg"))[:6]
+    keras = pawnet.load(trained_run, runtime="keras")
+    raw = keras.runtime(np.stack([keras.decode(p) for p in photos])).astype(np.float64)
+    raw = np.concatenate([1 - raw, raw], axis=1) if raw.shape[1] == 1 else raw
+    want = calibrate(raw, spec["temperature"])
+    for runtime in ("keras", "onnx"):
+        results = pawnet.load(trained_run, runtime=runtime).predict(photos)
+        got = np.array([[r.probabilities[c] for c in spec["class_names"]] for r in results])
+        np.testing.assert_allclose(got, want, atol=1e-4, err_msg=runtime)
+    report = pawnet.evaluate(trained_run, out=tmp_path / "eval")
+    assert report["temperature"] == spec["temperature"]
+    assert "expected_calibration_error_uncalibrated" in report
+    assert (tmp_path / "eval" / "reliability.png").stat().st_size > 5000
+    assert sum(b["n"] for b in report["reliability"]) == report["n"]
+
+
+def test_a_format_1_bundle_still_loads_uncalibrated(trained_run, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained_run / "bundle", bundle)
+    spec = json.loads((bundle / "bundle.json").read_text())
+    del spec["temperature"]
+    (bundle / "bundle.json").write_text(json.dumps({**spec, "format_version": 1}))
+    assert pawnet.load(bundle).spec.temperature == 1.0
