@@ -69,3 +69,22 @@ def test_a_format_1_bundle_still_loads_uncalibrated(trained_run, tmp_path):
     del spec["temperature"]
     (bundle / "bundle.json").write_text(json.dumps({**spec, "format_version": 1}))
     assert pawnet.load(bundle).spec.temperature == 1.0
+
+
+def test_risk_coverage_answers_the_most_confident_first():
+    from pawnet.calibration import risk_coverage
+
+    probs = np.array([[0.99, 0.01], [0.9, 0.1], [0.4, 0.6], [0.55, 0.45], [0.2, 0.8]])
+    truth = np.array([0, 0, 0, 0, 1])  # wrong only on the 0.6 photo
+    rc = risk_coverage(probs, truth)
+    assert [r["accuracy"] for r in rc["curve"]] == [1.0, 1.0, 1.0, 0.75, 0.8]
+    assert [r["threshold"] for r in rc["curve"]] == [0.99, 0.9, 0.8, 0.6, 0.55]
+    assert rc["at"][0] == {"coverage": 1.0, "accuracy": 0.8, "threshold": 0.55}
+
+
+def test_the_report_shows_risk_coverage(trained_run, tmp_path):
+    report = pawnet.evaluate(trained_run, out=tmp_path / "eval")
+    at = report["risk_coverage"]["at"]
+    assert at[0]["coverage"] == 1.0 and at[0]["accuracy"] == report["accuracy"]
+    assert (tmp_path / "eval" / "risk_coverage.png").stat().st_size > 5000
+    assert "risk-coverage" in (tmp_path / "eval" / "report.md").read_text()

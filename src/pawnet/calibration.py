@@ -72,3 +72,26 @@ def reliability(probs: np.ndarray, truth: np.ndarray, bins: int = CALIBRATION_BI
              "confidence": float(confidence[which == b].mean()),
              "accuracy": float(correct[which == b].mean())}
             for b in range(bins) if (which == b).any()]
+
+
+COVERAGES = (1.0, 0.99, 0.98, 0.95, 0.9, 0.8)
+
+
+def risk_coverage(probs: np.ndarray, truth: np.ndarray) -> dict[str, list]:
+    """Accuracy when only the most confident photos are answered: the whole curve (`curve`:
+    coverage, accuracy, confidence threshold per photo count, at most 200 points) and the
+    rows at `COVERAGES` (`at`)."""
+    confidence = probs.max(axis=1)
+    order = np.argsort(-confidence, kind="stable")
+    correct = (probs.argmax(axis=1) == truth)[order]
+    n = len(truth)
+    answered = np.arange(1, n + 1)
+    accuracy = np.cumsum(correct) / answered
+
+    def row(k: int) -> dict[str, float]:
+        return {"coverage": k / n, "accuracy": float(accuracy[k - 1]),
+                "threshold": float(confidence[order[k - 1]])}
+
+    points = np.unique(np.linspace(1, n, min(n, 200)).round().astype(int))
+    return {"curve": [row(int(k)) for k in points],
+            "at": [row(max(1, round(c * n))) for c in COVERAGES]}

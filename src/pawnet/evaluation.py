@@ -15,11 +15,16 @@ from typing import Any
 import numpy as np
 
 from pawnet.bundle import resolve
-from pawnet.calibration import calibrate, expected_calibration_error, reliability
+from pawnet.calibration import (
+    calibrate,
+    expected_calibration_error,
+    reliability,
+    risk_coverage,
+)
 from pawnet.data.scan import SPLIT_FOLDER_NAMES, scan
 from pawnet.data.splits import read_manifest
 from pawnet.errors import DataError
-from pawnet.plots import plot_confusion, plot_grid, plot_reliability
+from pawnet.plots import plot_confusion, plot_grid, plot_reliability, plot_risk_coverage
 from pawnet.predict import Predictor
 from pawnet.storage import atomic_write_text, next_run_dir
 
@@ -123,6 +128,11 @@ def _markdown(report: dict[str, Any]) -> str:
     for name, row in zip(classes, report["confusion_matrix"], strict=True):
         lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
     lines += ["", "![confusion matrix](confusion.png)", "",
+              "Answering only the most confident photos (risk-coverage):", "",
+              "| coverage | accuracy | confidence at least |", "|---|---|---|"]
+    lines += [f"| {r['coverage']:.0%} | {r['accuracy']:.4f} | {r['threshold']:.4f} |"
+              for r in report["risk_coverage"]["at"]]
+    lines += ["", "![risk-coverage](risk_coverage.png) ![reliability](reliability.png)", "",
               f"Misclassified photos: {len(report['misclassified'])} "
               "(most confident first, in misclassified.png)", ""]
     lines += [f"- {m['path']}: {m['true']} predicted as {m['predicted']} "
@@ -158,6 +168,7 @@ def _report(predictor: Predictor, paths: list[str], labels: list[str], source: s
     report["expected_calibration_error_uncalibrated"] = expected_calibration_error(
         calibrate(probs, 1.0 / temperature), truth)
     report["reliability"] = reliability(probs, truth)
+    report["risk_coverage"] = risk_coverage(probs, truth)
     wrong = [i for i in range(len(kept)) if probs[i].argmax() != truth[i]]
     wrong.sort(key=lambda i: -probs[i].max())
     report["misclassified"] = [
@@ -173,6 +184,7 @@ def _write(report: dict[str, Any], out_dir: Path, predictor: Predictor) -> None:
     plot_confusion(np.array(report["confusion_matrix"]), report["classes"],
                    out_dir / "confusion.png")
     plot_reliability(report["reliability"], out_dir / "reliability.png")
+    plot_risk_coverage(report["risk_coverage"]["curve"], out_dir / "risk_coverage.png")
     shown = report["misclassified"][:MAX_MISCLASSIFIED_SHOWN]
     if shown:
         images = np.stack([predictor.decode(m["path"]) for m in shown])

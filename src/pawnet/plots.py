@@ -83,6 +83,18 @@ def plot_reliability(bins: Sequence[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def plot_risk_coverage(curve: Sequence[dict], path: str | Path) -> Path:
+    """Accuracy against coverage when only the most confident photos are answered."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    ax.plot([r["coverage"] for r in curve], [r["accuracy"] for r in curve], color="tab:blue")
+    ax.set_xlim(0, 1.0)
+    ax.set_xlabel("coverage (share of photos answered, most confident first)")
+    ax.set_ylabel("accuracy of those answered")
+    ax.set_title("risk-coverage")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def plot_grid(
     images: np.ndarray, titles: Sequence[str], path: str | Path, columns: int = 8,
     title: str | None = None,
