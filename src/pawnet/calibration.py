@@ -48,16 +48,8 @@ def fit_temperature(probabilities: np.ndarray, truth: np.ndarray) -> float:
 def expected_calibration_error(probs: np.ndarray, truth: np.ndarray,
                                bins: int = CALIBRATION_BINS) -> float:
     """Gap between confidence and accuracy, averaged over equal-width confidence bins."""
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == truth
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(ece)
+    return float(sum(b["n"] / len(truth) * abs(b["accuracy"] - b["confidence"])
+                     for b in reliability(probs, truth, bins)))
 
 
 def reliability(probs: np.ndarray, truth: np.ndarray, bins: int = CALIBRATION_BINS
