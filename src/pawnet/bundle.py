@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pawnet.data.images import RESIZE_METHOD, RESIZE_METHODS
 from pawnet.errors import BundleError
 from pawnet.storage import atomic_path
@@ -90,6 +92,13 @@ def _spec_problem(spec: BundleSpec) -> str:
     if len(names) < 2 or (spec.output == "sigmoid" and len(names) != 2):
         return f"{len(names)} classes with {spec.output} output"
     return ""
+
+
+def class_probabilities(out: np.ndarray, output: str) -> np.ndarray:
+    """A model's raw outputs `(N, units)` as one probability column per class: a sigmoid
+    model's single column P(class 1) becomes [1 - p, p]."""
+    out = np.asarray(out, dtype=np.float64)
+    return np.concatenate([1.0 - out, out], axis=1) if output == "sigmoid" else out
 
 
 class Bundle:

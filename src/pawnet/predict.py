@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pawnet.bundle import Bundle, check_io, resolve
+from pawnet.bundle import Bundle, check_io, class_probabilities, resolve
 from pawnet.calibration import calibrate
 from pawnet.data.images import IMAGE_SUFFIXES, MAX_PIXELS, decode_ahead, load_pixels
 from pawnet.data.splits import read_manifest
@@ -118,10 +118,7 @@ class Predictor:
         return self._as_probabilities(out)
 
     def _as_probabilities(self, out: np.ndarray) -> np.ndarray:
-        out = out.astype(np.float64)
-        if self.spec.output == "sigmoid":
-            out = np.concatenate([1.0 - out, out], axis=1)
-        return calibrate(out, self.spec.temperature)
+        return calibrate(class_probabilities(out, self.spec.output), self.spec.temperature)
 
     def decode(self, source: str | Path | bytes, max_pixels: int | None = None
                ) -> np.ndarray | str:

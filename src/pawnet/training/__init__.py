@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pawnet.bundle import BundleSpec, save_bundle
+from pawnet.bundle import BundleSpec, class_probabilities, save_bundle
 from pawnet.config import resolve_config
 from pawnet.models.registry import get_model_spec
 from pawnet.models.spec import output_kind
@@ -64,9 +64,7 @@ def _calibration(plan: Plan, output: str, val_out: np.ndarray
     (ECE) before and after it."""
     from pawnet.calibration import calibrate, expected_calibration_error, fit_temperature
 
-    probabilities = val_out.astype(np.float64)
-    if output == "sigmoid":
-        probabilities = np.concatenate([1.0 - probabilities, probabilities], axis=1)
+    probabilities = class_probabilities(val_out, output)
     truth = np.array([plan.classes.index(p.label) for p in plan.split("val")])
     temperature = round(fit_temperature(probabilities, truth), 4)
     ece = (expected_calibration_error(probabilities, truth),
