@@ -140,23 +140,23 @@ def _open(source: Source, max_pixels: int) -> Image.Image:
     return img
 
 
-def _decoded_bytes(img: Image.Image) -> int:
-    if img.mode == "P" and "transparency" in img.info:
-        per_pixel = 4
-    else:
-        per_pixel = _MODE_BYTES.get(img.mode, len(img.getbands()))
-    return img.width * img.height * per_pixel
+def _transparent(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode == "P" and "transparency" in img.info)
 
 
-def _check_bytes(img: Image.Image, max_pixels: int) -> None:
-    """Refuse an image whose decoded size is over the budget (call after `draft`)."""
-    size = _decoded_bytes(img)
+def _checked_bytes(img: Image.Image, max_pixels: int) -> int:
+    """The bytes an image decodes to (call after `draft`); refused when over the budget."""
+    per_pixel = 4 if img.mode == "P" and _transparent(img) else _MODE_BYTES.get(
+        img.mode, len(img.getbands()))
+    size = img.width * img.height * per_pixel
     if size > max_pixels * BYTES_PER_PIXEL:
         raise ImageError(
             f"too large to decode ({img.width}x{img.height} {img.mode} is {size / 1e6:,.0f} MB "
             f"> {max_pixels * BYTES_PER_PIXEL / 1e6:,.0f} MB), possible decompression bomb. "
             "Try: save it smaller or as 8-bit, or raise --max-pixels"
         )
+    return size
 
 
 def _wide_to_8bit(img: Image.Image) -> Image.Image:
@@ -199,10 +199,7 @@ def _to_8bit(img: Image.Image, image_size: int, resample: int) -> Image.Image:
     """
     if img.mode in _WIDE_MODES:
         img = _wide_to_8bit(img)
-    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        img.mode == "P" and "transparency" in img.info
-    )
-    if has_alpha:
+    if _transparent(img):
         return _on_white(img, image_size, resample)
     return img if img.mode in ("RGB", "L") else img.convert("RGB")
 
@@ -237,8 +234,7 @@ def load_pixels(
         with img:
             if img.format in ("JPEG", "MPO"):
                 img.draft(img.mode, (image_size, image_size))
-            _check_bytes(img, max_pixels)
-            with _DECODES.hold(_decoded_bytes(img)):
+            with _DECODES.hold(_checked_bytes(img, max_pixels)):
                 img.load()
                 ImageOps.exif_transpose(img, in_place=True)  # no copy (docs/decisions.md)
                 resample = RESIZE_METHODS[resize_method]
