@@ -209,13 +209,11 @@ async def _uploads(request: Request, settings: ServeSettings) -> list[tuple[str,
     try:
         with anyio.fail_after(settings.timeout_s):
             return await read_uploads(request, max_bytes, settings.max_files)
-    except TooLarge:  # close the connection, so the rest of the upload is not read
+    except TooLarge:  # fail() closes the connection, so the rest of the upload is not read
         raise fail(413, f"upload too large; allowed: {settings.max_upload_mb:g} MB per "
-                        "request. Try: smaller photos, or fewer per request",
-                   {"Connection": "close"}) from None
+                        "request. Try: smaller photos, or fewer per request") from None
     except TimeoutError:
-        raise fail(408, f"the upload took longer than {settings.timeout_s:g} s",
-                   {"Connection": "close"}) from None
+        raise fail(408, f"the upload took longer than {settings.timeout_s:g} s") from None
     except ClientDisconnect:
         raise fail(400, "the client disconnected during the upload") from None
 
