@@ -32,8 +32,9 @@ class ServeSettings:
                                    "while still arriving.", range=(0.001, 10_000.0))
     max_files: int = setting(32, "Most images per request.", range=(1, 10_000))
     max_pixels: int = setting(SERVE_MAX_PIXELS, "Larger images are refused as possible "
-                              "decompression bombs; also 16-bit colour images of more than "
-                              "a quarter of that.", range=(1, MAX_PIXELS))
+                              "decompression bombs, and so are images that decode to more "
+                              "bytes than an 8-bit RGB one that size (RGBA, 32-bit).",
+                              range=(1, MAX_PIXELS))
     queue_size: int = setting(256, "Most images waiting for the model; beyond it requests "
                               "get 503 with Retry-After.", range=(1, 1_000_000))
     timeout_s: float = setting(30.0, "Time limit per request, for the upload and for the "
