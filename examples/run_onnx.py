@@ -24,9 +24,16 @@ pixels = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.B
 session = onnxruntime.InferenceSession(folder / info["file"])
 batch = pixels[None].astype(np.float32)  # raw 0-255 RGB, NHWC; scaling is inside the model
 out = session.run(None, {session.get_inputs()[0].name: batch})[0][0]
+score = None
+if info.get("ood_threshold") is not None:  # the last column is the OOD score
+    out, score = out[:-1], float(out[-1])
 probs = np.array([1 - out[0], out[0]] if info["output"] == "sigmoid" else out, np.float64)
 logits = np.log(np.clip(probs, 1e-7, 1.0)) / info["temperature"]  # calibration
 probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
 label = info["class_names"][int(np.argmax(probs))]
-print(json.dumps({"label": label, "probabilities": dict(
+if score is not None and score > info["ood_threshold"]:
+    label = "neither"  # unlike the photos the model was trained on
+elif probs.max() < info.get("min_confidence", 0.0):
+    label = "unsure"
+print(json.dumps({"label": label, "ood_score": score, "probabilities": dict(
     zip(info["class_names"], map(float, probs), strict=True))}))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import pawnet
+from pawnet.bundle import split_outputs
 from pawnet.calibration import calibrate, expected_calibration_error, fit_temperature
 
 
@@ -46,8 +47,8 @@ def test_the_bundles_temperature_reaches_every_runtime_and_the_report(trained_ru
     spec = json.loads((trained_run / "bundle" / "bundle.json").read_text())
     photos = sorted((trained_run.parent / "photos").rglob("*.jpg"))[:6]
     keras = pawnet.load(trained_run, runtime="keras")
-    raw = keras.runtime(np.stack([keras.decode(p) for p in photos])).astype(np.float64)
-    raw = np.concatenate([1 - raw, raw], axis=1) if raw.shape[1] == 1 else raw
+    raw, _ = split_outputs(keras.runtime(np.stack([keras.decode(p) for p in photos])),
+                           keras.spec)
     want = calibrate(raw, spec["temperature"])
     for runtime in ("keras", "onnx"):
         results = pawnet.load(trained_run, runtime=runtime).predict(photos)
@@ -88,3 +89,19 @@ def test_the_report_shows_risk_coverage(trained_run, tmp_path):
     assert at[0]["coverage"] == 1.0 and at[0]["accuracy"] == report["accuracy"]
     assert (tmp_path / "eval" / "risk_coverage.png").stat().st_size > 5000
     assert "risk-coverage" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_the_minimum_confidence_answers_the_most_photos_within_the_error_rate():
+    from pawnet.calibration import choose_min_confidence
+
+    confidence = np.linspace(0.99, 0.51, 200)
+    probs = np.column_stack([confidence, 1 - confidence])
+    truth = np.zeros(200, int)
+    assert choose_min_confidence(probs, truth, 0.005) == 0.0  # all right: never unsure
+    truth[[150, 180, 190]] = 1  # three wrong among the least confident
+    found = choose_min_confidence(probs, truth, 0.005)
+    answered = confidence >= found
+    assert (probs[answered].argmax(1) != truth[answered]).mean() <= 0.005
+    assert answered.sum() == 150  # up to the first error: 1 in 151 would be 0.66%
+    truth[0] = 1  # the most confident photo is wrong
+    assert choose_min_confidence(probs[:1], truth[:1], 0.005) == 1.0

@@ -48,7 +48,7 @@ def test_transfer_and_predict(run, tmp_path):
     out = run(REPO / "examples/transfer_and_predict.py", "--photos", photos, "--epochs", 2,
                "--image-size", 64, "--out", tmp_path / "run")
     lines = out.strip().splitlines()
-    assert len([line for line in lines if line.endswith(")") and ": " in line]) == 4
+    assert len([line for line in lines if ".jpg: " in line and line.endswith(")")]) == 4
     assert lines[-1].startswith("the same photo as bytes: ")
 
 

@@ -32,6 +32,8 @@ def test_export_round_trip_of_a_scratch_model(trained_run, tmp_path, fmt):
     assert info["image_size"] == 32 and info["output"] == bundle_spec["output"]
     assert info["source"]["bundle_fingerprint"] == pawnet.load(trained_run).bundle.fingerprint
     assert info["preprocessing"]["resize"] == "bilinear" and info["quantization"] == "none"
+    assert info["ood_threshold"] == bundle_spec["ood_threshold"] is not None
+    assert info["min_confidence"] == bundle_spec["min_confidence"]
     check = report["check"]
     assert check["label_agreement"] == 1.0 and check["max_abs_diff"] < 1e-5
     assert check["photos"] > 0 and "test split" in check["source"]
@@ -117,5 +119,6 @@ def test_example_labels_a_photo_without_tensorflow_or_pawnet(trained_run, tmp_pa
     got = json.loads(ran.stdout.strip().splitlines()[-1])
     want = pawnet.load(trained_run).predict([photo])[0]
     assert got["label"] == want.label
+    assert got["ood_score"] == pytest.approx(want.ood_score, abs=1e-4)
     np.testing.assert_allclose([got["probabilities"][c] for c in want.probabilities],
                                list(want.probabilities.values()), atol=1e-4)

@@ -6,6 +6,7 @@ import pytest
 from conftest import real_photos
 
 import pawnet
+from pawnet.bundle import split_outputs
 from pawnet.calibration import calibrate
 from pawnet.data.images import load_pixels
 from pawnet.data.splits import read_manifest
@@ -14,12 +15,15 @@ from pawnet.predict import Prediction, expand_paths, format_predictions
 
 
 def test_predicts_label_and_every_class_probability(trained_run):
-    predictor = pawnet.load(trained_run)
+    predictor = pawnet.load(trained_run, min_confidence=0)
     [result] = predictor.predict(real_photos("dog", 1, "test"))
-    assert result.label in ("cat", "dog")
     assert set(result.probabilities) == {"cat", "dog"}
     assert sum(result.probabilities.values()) == pytest.approx(1.0)
-    assert result.label == max(result.probabilities, key=result.probabilities.get)
+    assert 0 <= result.ood_score <= 2
+    top = result.top_class
+    assert top == max(result.probabilities, key=result.probabilities.get)
+    assert result.label == (top if result.ood_score <= predictor.spec.ood_threshold
+                            else "neither")
 
 
 def test_unreadable_files_get_errors_and_the_rest_are_predicted(trained_run, odd_files):
@@ -50,7 +54,7 @@ def test_prediction_is_the_same_from_predict_evaluate_and_python(trained_run):
     for a, b in zip(one_by_one, together, strict=True):
         for c in predictor.classes:
             assert a.probabilities[c] == pytest.approx(b.probabilities[c], abs=1e-6)
-    correct = np.mean([r.label == p.label for r, p in zip(together, [
+    correct = np.mean([r.top_class == p.label for r, p in zip(together, [
         p for p in read_manifest(trained_run / "manifest.csv") if p.split == "val"], strict=True)])
     assert report["accuracy"] == pytest.approx(correct)
 
@@ -65,12 +69,12 @@ def test_every_batch_size_runs_one_compiled_function_with_keras_own_outputs(trai
     predictor.probabilities(np.zeros((5, 32, 32, 3), np.uint8))
     assert batch_function(predictor.model, "uint8").experimental_get_tracing_count() == 1
     pixels = np.stack([load_pixels(p, 32) for p in photos])
-    expected = np.asarray(predictor.model.predict(pixels.astype("float32"), verbose=0))
+    expected, scores = split_outputs(predictor.model.predict(pixels.astype("float32"),
+                                                             verbose=0), predictor.spec)
     got = np.array([[r.probabilities[c] for c in predictor.classes] for r in results])
-    if expected.shape[1] == 1:
-        expected = np.concatenate([1 - expected, expected], axis=1)
-    expected = calibrate(expected.astype(np.float64), predictor.spec.temperature)
+    expected = calibrate(expected, predictor.spec.temperature)
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose([r.ood_score for r in results], scores, atol=1e-5)
 
 
 def test_expand_paths_folders_globs_and_awkward_names(tmp_path):
@@ -102,6 +106,31 @@ def test_prediction_from_a_row_of_probabilities():
                                     "error": "truncated or corrupt image"}
 
 
+def test_neither_wins_over_unsure_and_unsure_over_the_top_class():
+    def label(row, score, min_confidence=0.0, ood_threshold=0.5):
+        return Prediction.from_row("p", ["cat", "dog"], np.array(row), score,
+                                   min_confidence=min_confidence,
+                                   ood_threshold=ood_threshold).label
+
+    assert label([0.9, 0.1], 0.2) == "cat"
+    assert label([0.9, 0.1], 0.6) == "neither"
+    assert label([0.6, 0.4], 0.6, min_confidence=0.7) == "neither"
+    assert label([0.6, 0.4], 0.2, min_confidence=0.7) == "unsure"
+    assert label([0.3, 0.7], 0.2, min_confidence=0.7) == "dog"  # at the threshold: answered
+    assert label([0.9, 0.1], 0.6, ood_threshold=None) == "cat"  # a model without OOD score
+    scored = Prediction.from_row("p", ["cat", "dog"], np.array([0.9, 0.1]), 0.25)
+    assert scored.to_dict()["ood_score"] == 0.25
+    line = format_predictions([scored], ["cat", "dog"], "csv").splitlines()[1]
+    assert line == "p,cat,0.900000,0.100000,0.250000,"
+    table = format_predictions([scored], ["cat", "dog"]).splitlines()
+    assert table[0].split()[-1] == "ood_score" and table[1].split()[-1] == "0.2500"
+
+
+def test_a_minimum_confidence_outside_zero_to_one_is_refused(trained_run):
+    with pytest.raises(ConfigError, match="min_confidence must be a number from 0 to 1"):
+        pawnet.load(trained_run, min_confidence=1.5)
+
+
 def test_every_output_format():
     classes = ["cat", "dog"]
     table = format_predictions(RESULTS, classes).splitlines()
@@ -110,9 +139,9 @@ def test_every_output_format():
     assert [r["path"] for r in json.loads(format_predictions(RESULTS, classes, "json"))] == [
         r.path for r in RESULTS]
     csv_lines = format_predictions(RESULTS, classes, "csv").splitlines()
-    assert csv_lines[0] == "path,label,cat,dog,error"
-    assert csv_lines[1] == "/p/cat.12.jpg,cat,0.750000,0.250000,"
-    assert csv_lines[2] == "/p/broken.jpg,,,,truncated or corrupt image"
+    assert csv_lines[0] == "path,label,cat,dog,ood_score,error"
+    assert csv_lines[1] == "/p/cat.12.jpg,cat,0.750000,0.250000,,"
+    assert csv_lines[2] == "/p/broken.jpg,,,,,truncated or corrupt image"
     kaggle = format_predictions(RESULTS, classes, "kaggle").splitlines()
     assert kaggle == ["id,label", "3,0.900000", "12,0.250000"]  # by id, unreadable left out
 

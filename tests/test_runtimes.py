@@ -20,6 +20,9 @@ def assert_runtimes_agree(model, photos, atol=1e-5) -> None:
         assert predictor.runtime.name == (name if name != "auto" else "onnx")
         for got, want in zip(predictor.predict(photos), keras_probs, strict=True):
             assert got.label == want.label
+            assert (got.ood_score is None) == (want.ood_score is None)
+            if got.ood_score is not None:
+                assert got.ood_score == pytest.approx(want.ood_score, abs=atol)
             for c in predictor.classes:
                 assert got.probabilities[c] == pytest.approx(want.probabilities[c], abs=atol)
 

@@ -410,11 +410,11 @@ class _GatedPredictor(Predictor):
         self.gate = threading.Event()
         self.held = threading.Event()  # a model call is waiting at the gate
 
-    def probabilities(self, pixels, tta=None):
+    def rows(self, pixels, tta=None):
         if self.closed.is_set():
             self.held.set()
             self.gate.wait(30)
-        return super().probabilities(pixels, tta)
+        return super().rows(pixels, tta)
 
 
 def test_full_queue_gets_503_with_retry_after_then_recovers(predictor):

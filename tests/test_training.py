@@ -30,7 +30,7 @@ def test_trained_run_holds_bundle_curves_history_manifest_and_config(trained_run
     spec = json.loads((trained_run / "bundle" / "bundle.json").read_text())
     assert spec["class_names"] == ["cat", "dog"]
     assert spec["image_size"] == 32
-    assert spec["format_version"] == 2
+    assert spec["format_version"] == 3
     assert 0.05 <= spec["temperature"] <= 20
     provenance = json.loads((trained_run / "bundle" / "provenance.json").read_text())
     assert provenance["metrics"]["temperature"] == spec["temperature"]

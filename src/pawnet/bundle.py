@@ -25,8 +25,8 @@ from pawnet.data.images import RESIZE_METHOD, RESIZE_METHODS
 from pawnet.errors import BundleError
 from pawnet.storage import atomic_path
 
-FORMAT_VERSION = 2  # 2 added `temperature`
-READABLE_FORMATS = (1, 2)  # a format-1 bundle reads with temperature 1.0
+FORMAT_VERSION = 3  # 2 added `temperature`; 3 `min_confidence` and `ood_threshold`
+READABLE_FORMATS = (1, 2, 3)  # older bundles read with temperature 1.0, no unsure, no OOD
 BUNDLE_DIRNAME = "bundle"
 ASPECTS = ("stretch",)  # how a photo becomes a square: stretched, never cropped or padded
 INPUT_RANGES = ((0, 255),)
@@ -43,6 +43,8 @@ class BundleSpec:
     image_size: int
     output: str  # "sigmoid" (one unit, P(class 1)) or "softmax" (one unit per class)
     temperature: float = 1.0  # calibration of the model's probabilities (pawnet.calibration)
+    min_confidence: float = 0.0  # below this top probability a photo is "unsure"
+    ood_threshold: float | None = None  # set: the last output column is an OOD score
     resize_method: str = RESIZE_METHOD
     aspect: str = "stretch"
     input_range: tuple[int, int] = (0, 255)
@@ -87,11 +89,26 @@ def _spec_problem(spec: BundleSpec) -> str:
     if (isinstance(spec.temperature, bool) or not isinstance(spec.temperature, int | float)
             or not 0.01 <= spec.temperature <= 100):
         return f"temperature must be a number from 0.01 to 100, not {spec.temperature!r}"
+    if (isinstance(spec.min_confidence, bool) or not isinstance(spec.min_confidence, int | float)
+            or not 0 <= spec.min_confidence <= 1):
+        return f"min_confidence must be a number from 0 to 1, not {spec.min_confidence!r}"
+    if spec.ood_threshold is not None and (isinstance(spec.ood_threshold, bool) or not
+                                           isinstance(spec.ood_threshold, int | float)):
+        return f"ood_threshold must be a number or null, not {spec.ood_threshold!r}"
     if spec.output not in ("sigmoid", "softmax"):
         return f"output must be sigmoid or softmax, not {str(spec.output)[:30]!r}"
     if len(names) < 2 or (spec.output == "sigmoid" and len(names) != 2):
         return f"{len(names)} classes with {spec.output} output"
     return ""
+
+
+def split_outputs(out: np.ndarray, spec: BundleSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """A bundle model's outputs `(N, units)` as class probabilities `(N, classes)` and OOD
+    scores `(N,)`, or None for a model without them."""
+    out = np.asarray(out)
+    if spec.ood_threshold is None:
+        return class_probabilities(out, spec.output), None
+    return class_probabilities(out[:, :-1], spec.output), out[:, -1].astype(np.float64)
 
 
 def class_probabilities(out: np.ndarray, output: str) -> np.ndarray:
@@ -229,6 +246,8 @@ def _load_keras(bundle_dir: Path, spec: BundleSpec):
     import_quietly()
     import keras
 
+    import pawnet.models.ood  # noqa: F401  (registers the OOD score layer for loading)
+
     model_path = bundle_dir / "model.keras"
     try:
         model = keras.models.load_model(model_path, compile=False)
@@ -241,11 +260,13 @@ def _load_keras(bundle_dir: Path, spec: BundleSpec):
 
 def check_io(where: Path | str, spec: BundleSpec, units: int, side: tuple) -> None:
     """Refuse a model whose output units or input side do not fit its `bundle.json`."""
-    expected = 1 if spec.output == "sigmoid" else len(spec.class_names)
+    expected = (1 if spec.output == "sigmoid" else len(spec.class_names)) \
+        + (spec.ood_threshold is not None)
     if units != expected:
+        with_ood = " and an OOD score" if spec.ood_threshold is not None else ""
         raise BundleError(
             f"{where} is inconsistent: the model has {units} outputs but bundle.json "
-            f"lists {len(spec.class_names)} classes with {spec.output} output"
+            f"lists {len(spec.class_names)} classes with {spec.output} output{with_ood}"
         )
     if tuple(side) != (spec.image_size, spec.image_size):
         raise BundleError(f"{where} is inconsistent: the model takes {side} pixels but "

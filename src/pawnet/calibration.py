@@ -87,3 +87,24 @@ def risk_coverage(probs: np.ndarray, truth: np.ndarray) -> dict[str, list]:
     points = np.unique(np.linspace(1, n, min(n, 200)).round().astype(int))
     return {"curve": [row(int(k)) for k in points],
             "at": [row(max(1, round(c * n))) for c in COVERAGES]}
+
+
+UNSURE_ERROR_RATE = 0.005  # the default min_confidence keeps errors among answers below this
+
+
+def choose_min_confidence(probs: np.ndarray, truth: np.ndarray,
+                          error_rate: float = UNSURE_ERROR_RATE) -> float:
+    """The lowest top probability to answer at: the most photos answered (most confident
+    first) with at most `error_rate` of them wrong; 0.0 when all of them can be."""
+    if len(truth) == 0:
+        return 0.0
+    confidence = probs.max(axis=1)
+    order = np.argsort(-confidence, kind="stable")
+    wrong = np.cumsum(probs.argmax(axis=1)[order] != truth[order])
+    ok = np.flatnonzero(wrong <= error_rate * np.arange(1, len(truth) + 1))
+    if len(ok) == 0:
+        return 1.0
+    answered = int(ok[-1]) + 1
+    if answered == len(truth):
+        return 0.0
+    return float(confidence[order[answered - 1]])

@@ -188,6 +188,9 @@ Runtime = Annotated[str, typer.Option(help="Where the model runs: auto (the fast
                                       "or litert.")]
 Tta = Annotated[bool, typer.Option("--tta", help="Average each photo with its mirror image "
                                    "(test-time augmentation): twice the model time.")]
+MinConfidence = Annotated[float | None, typer.Option(
+    min=0.0, max=1.0, help="Label a photo 'unsure' when its top probability is below this "
+    "(0: never); default: the model's, chosen on validation photos.")]
 
 
 @command(app, "evaluate", tensorflow=False)
@@ -202,12 +205,14 @@ def evaluate(
     = None,
     runtime: Runtime = "auto",
     tta: Tta = False,
+    min_confidence: MinConfidence = None,
 ) -> None:
     """Per-class metrics, confusion matrix and misclassified photos on held-out photos."""
     from pawnet.evaluation import evaluate as run_evaluation
     from pawnet.evaluation import format_report
 
-    report = run_evaluation(model, photos, split=split, out=out, runtime=runtime, tta=tta)
+    report = run_evaluation(model, photos, split=split, out=out, runtime=runtime, tta=tta,
+                            min_confidence=min_confidence)
     if json_out:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -232,12 +237,14 @@ def predict(
     = "table",
     runtime: Runtime = "auto",
     tta: Tta = False,
+    min_confidence: MinConfidence = None,
 ) -> None:
-    """Label photos: a label and every class's probability per photo."""
+    """Label photos: a label and every class's probability per photo; 'neither' for a photo
+    unlike the training photos, 'unsure' below the minimum confidence."""
     from pawnet.predict import expand_paths, format_predictions, load
 
     fmt = "json" if json_out else fmt
-    predictor = load(model, runtime=runtime, tta=tta)
+    predictor = load(model, runtime=runtime, tta=tta, min_confidence=min_confidence)
     results = predictor.predict(expand_paths(paths))
     # color=True: click would strip escape sequences from CSV names; the table has none
     typer.echo(format_predictions(results, predictor.classes, fmt), color=True)

@@ -24,6 +24,7 @@ from pawnet.calibration import (
 from pawnet.data.scan import SPLIT_FOLDER_NAMES, scan
 from pawnet.data.splits import read_manifest
 from pawnet.errors import DataError
+from pawnet.ood import NEITHER, UNSURE
 from pawnet.plots import plot_confusion, plot_grid, plot_reliability, plot_risk_coverage
 from pawnet.predict import Predictor
 from pawnet.storage import atomic_write_text, next_run_dir
@@ -116,6 +117,8 @@ def _markdown(report: dict[str, Any]) -> str:
         f"(uncalibrated {report['expected_calibration_error_uncalibrated']:.4f}, temperature "
         f"{report['temperature']:.3f})",
         "",
+        _verdict_line(report),
+        "",
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
     ]
@@ -169,6 +172,7 @@ def _report(predictor: Predictor, paths: list[str], labels: list[str], source: s
         calibrate(probs, 1.0 / temperature), truth)
     report["reliability"] = reliability(probs, truth)
     report["risk_coverage"] = risk_coverage(probs, truth)
+    report["verdicts"] = _verdicts(predictor, [p for p, _ in kept], truth)
     wrong = [i for i in range(len(kept)) if probs[i].argmax() != truth[i]]
     wrong.sort(key=lambda i: -probs[i].max())
     report["misclassified"] = [
@@ -177,6 +181,28 @@ def _report(predictor: Predictor, paths: list[str], labels: list[str], source: s
         for i in wrong
     ]
     return report
+
+
+def _verdicts(predictor: Predictor, predictions: list, truth: np.ndarray) -> dict[str, Any]:
+    """How many photos the model answered, called unsure or neither, and its accuracy on
+    the answered ones."""
+    labels = [p.label for p in predictions]
+    classes = predictor.classes
+    answered = [i for i, label in enumerate(labels) if label not in (UNSURE, NEITHER)]
+    right = sum(labels[i] == classes[truth[i]] for i in answered)
+    return {"min_confidence": predictor.min_confidence,
+            "ood_threshold": predictor.spec.ood_threshold,
+            "answered": len(answered), "unsure": labels.count(UNSURE),
+            "neither": labels.count(NEITHER),
+            "answered_accuracy": right / len(answered) if answered else None}
+
+
+def _verdict_line(report: dict[str, Any]) -> str:
+    v = report["verdicts"]
+    accuracy = "-" if v["answered_accuracy"] is None else f"{v['answered_accuracy']:.4f}"
+    return (f"answered {v['answered']} of {report['n']} (accuracy {accuracy}); unsure "
+            f"{v['unsure']} (top probability below {v['min_confidence']:g}); neither "
+            f"{v['neither']}")
 
 
 def _write(report: dict[str, Any], out_dir: Path, predictor: Predictor) -> None:
@@ -203,6 +229,7 @@ def evaluate(
     out: str | Path | None = None,
     runtime: str = "auto",
     tta: bool = False,
+    min_confidence: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate a saved model on held-out photos.
 
@@ -217,17 +244,20 @@ def evaluate(
         runtime: where the model runs (see `pawnet.Predictor`). Defaults to "auto".
         tta: average each photo with its mirror image (see `pawnet.Predictor`).
             Defaults to False.
+        min_confidence: below this top probability a photo counts as unsure. Defaults
+            to None: the bundle's.
 
     Returns:
         The report: model, tta, source, n, accuracy, classes, per_class, confusion_matrix,
-        roc_auc and log_loss (two classes), expected_calibration_error, failed,
-        misclassified, out.
+        roc_auc and log_loss (two classes), expected_calibration_error, reliability,
+        risk_coverage, verdicts (answered, unsure, neither), failed, misclassified, out.
 
     Raises:
         DataError: no photos, or classes the model does not know.
         BundleError: the model cannot be loaded.
     """
-    predictor = Predictor(resolve(model), runtime=runtime, tta=tta)
+    predictor = Predictor(resolve(model), runtime=runtime, tta=tta,
+                          min_confidence=min_confidence)
     run_dir = predictor.bundle.run_dir
     paths, labels, source = select_photos(model, run_dir, photos, split)
     _check_classes(labels, predictor, source)
@@ -249,6 +279,7 @@ def format_report(report: dict[str, Any]) -> str:
         + (f"  log loss {report['log_loss']:.4f}" if "log_loss" in report else "")
         + f"  ECE {report['expected_calibration_error']:.4f} (uncalibrated "
         f"{report['expected_calibration_error_uncalibrated']:.4f})",
+        _verdict_line(report),
         f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
     ]
     for name, m in report["per_class"].items():

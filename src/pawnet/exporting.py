@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pawnet import __version__
-from pawnet.bundle import Bundle, resolve
+from pawnet.bundle import Bundle, BundleSpec, resolve, split_outputs
 from pawnet.convert import MODEL_FILES, check_format, write_model
 from pawnet.data.images import MAX_PIXELS, load_pixels
 from pawnet.data.splits import read_manifest
@@ -84,8 +84,8 @@ def _pixels(path: str, size: int) -> np.ndarray | None:
         return None
 
 
-def _labels(outputs: np.ndarray) -> np.ndarray:
-    return (outputs[:, 0] > 0.5).astype(int) if outputs.shape[1] == 1 else outputs.argmax(1)
+def _labels(outputs: np.ndarray, spec: BundleSpec) -> np.ndarray:
+    return split_outputs(outputs, spec)[0].argmax(1)
 
 
 def _compare(bundle: Bundle, fmt: str, path: Path, paths: list[str], labels: list[str],
@@ -104,11 +104,11 @@ def _compare(bundle: Bundle, fmt: str, path: Path, paths: list[str], labels: lis
     want = np.concatenate([KerasRuntime(bundle.model)(images[i : i + 32])
                            for i in range(0, len(images), 32)])
     got = _run_export(fmt, path, images)
-    agree = float((_labels(got) == _labels(want)).mean())
+    agree = float((_labels(got, bundle.spec) == _labels(want, bundle.spec)).mean())
     check = {"photos": len(kept), "max_abs_diff": float(np.abs(got - want).max()),
              "label_agreement": agree,
-             "accuracy": float((_labels(got) == truth).mean()),
-             "bundle_accuracy": float((_labels(want) == truth).mean())}
+             "accuracy": float((_labels(got, bundle.spec) == truth).mean()),
+             "bundle_accuracy": float((_labels(want, bundle.spec) == truth).mean())}
     if not int8 and agree < 1.0:
         raise BundleError(f"the {fmt} export disagrees with the bundle on "
                           f"{round((1 - agree) * len(kept))} of {len(kept)} photos "
@@ -129,6 +129,9 @@ def _describe(bundle: Bundle, fmt: str, int8: bool, calibrated: int) -> dict[str
         "class_names": list(spec.class_names), "image_size": spec.image_size,
         "output": spec.output,  # sigmoid: one column, P(class_names[1])
         "temperature": spec.temperature,  # calibrated probabilities: softmax(log(p) / T)
+        # set: the model's last output column is an OOD score; above it, the label is neither
+        "ood_threshold": spec.ood_threshold,
+        "min_confidence": spec.min_confidence,  # top probability below it: the label is unsure
         "input": {"dtype": "float32", "layout": "NHWC", "range": list(spec.input_range),
                   "channels": spec.channels},
         "preprocessing": {

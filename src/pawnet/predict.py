@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pawnet.bundle import Bundle, check_io, class_probabilities, resolve
+from pawnet.bundle import Bundle, check_io, resolve, split_outputs
 from pawnet.calibration import calibrate
 from pawnet.data.images import IMAGE_SUFFIXES, MAX_PIXELS, decode_ahead, load_pixels
 from pawnet.data.splits import read_manifest
 from pawnet.errors import ConfigError, ImageError, one_line
+from pawnet.ood import NEITHER, UNSURE
 from pawnet.runtimes import choose, on_every_core, synthetic_images
 
 FORMATS = ("table", "json", "csv", "kaggle")
@@ -30,18 +31,38 @@ FORMATS = ("table", "json", "csv", "kaggle")
 
 @dataclass(frozen=True)
 class Prediction:
-    """The result for one photo: a label and every class's probability, or an error."""
+    """The result for one photo, or an error.
+
+    `label` is the most probable class; `neither` when the photo is unlike the training
+    photos (its `ood_score` is above the model's threshold); `unsure` when the top
+    probability is below the minimum confidence.
+    """
 
     path: str
     label: str | None = None
     probabilities: dict[str, float] | None = None
     error: str | None = None
+    ood_score: float | None = None
 
     @classmethod
-    def from_row(cls, path: str, classes: Sequence[str], row: np.ndarray) -> Prediction:
+    def from_row(cls, path: str, classes: Sequence[str], row: np.ndarray,
+                 ood_score: float | None = None, *, min_confidence: float = 0.0,
+                 ood_threshold: float | None = None) -> Prediction:
         """The prediction for one row of class probabilities (in `classes` order)."""
-        return cls(path, label=classes[int(np.argmax(row))],
+        if ood_score is not None and ood_threshold is not None and ood_score > ood_threshold:
+            label = NEITHER
+        elif float(np.max(row)) < min_confidence:
+            label = UNSURE
+        else:
+            label = classes[int(np.argmax(row))]
+        return cls(path, label=label, ood_score=None if ood_score is None else float(ood_score),
                    probabilities={c: float(p) for c, p in zip(classes, row, strict=True)})
+
+    @property
+    def top_class(self) -> str | None:
+        """The most probable class, whatever the label says."""
+        return None if self.probabilities is None else max(self.probabilities,
+                                                            key=self.probabilities.get)
 
     @property
     def confidence(self) -> float | None:
@@ -50,7 +71,8 @@ class Prediction:
     def to_dict(self) -> dict:
         if self.error is not None:
             return {"path": self.path, "error": self.error}
-        return {"path": self.path, "label": self.label, "probabilities": self.probabilities}
+        out = {"path": self.path, "label": self.label, "probabilities": self.probabilities}
+        return out if self.ood_score is None else {**out, "ood_score": self.ood_score}
 
 
 class Predictor:
@@ -65,6 +87,8 @@ class Predictor:
             "onnx" or "litert". Defaults to "auto".
         tta: average each photo's probabilities with its mirror image's (test-time
             augmentation; twice the model time). Defaults to False.
+        min_confidence: a photo whose top probability is below this is labelled `unsure`
+            (0: never). Defaults to None: the bundle's, chosen on validation photos.
 
     >>> predictor = pawnet.load("runs/train")
     >>> predictor.predict(["cat.jpg"])[0].label
@@ -72,9 +96,11 @@ class Predictor:
     """
 
     def __init__(self, bundle: Bundle, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
-                 runtime: str = "auto", tta: bool = False):
+                 runtime: str = "auto", tta: bool = False, min_confidence: float | None = None):
         self.bundle = bundle
         self.tta = tta
+        self.min_confidence = (bundle.spec.min_confidence if min_confidence is None
+                               else check_confidence(min_confidence))
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.runtime = choose(runtime, bundle.fingerprint, lambda: bundle.model,
@@ -105,8 +131,13 @@ class Predictor:
         Args:
             tta: average with the mirror images; None: the predictor's `tta`.
         """
+        return self.rows(pixels, tta)[:, : len(self.classes)]
+
+    def rows(self, pixels: np.ndarray, tta: bool | None = None) -> np.ndarray:
+        """Class probabilities, then the OOD score when the model has one, per image:
+        `(N, num_classes [+ 1])`; `prediction` turns a row into a `Prediction`."""
         if len(pixels) == 0:
-            return np.zeros((0, len(self.classes)))
+            return np.zeros((0, len(self.classes) + (self.spec.ood_threshold is not None)))
         tta = self.tta if tta is None else tta
         return np.concatenate([self._run(self.runtime, pixels[i : i + self.batch_size], tta)
                                for i in range(0, len(pixels), self.batch_size)])
@@ -115,10 +146,17 @@ class Predictor:
         out = runtime(pixels)
         if tta:
             out = (out + runtime(np.ascontiguousarray(pixels[:, :, ::-1]))) / 2
-        return self._as_probabilities(out)
+        probabilities, scores = split_outputs(out, self.spec)
+        probabilities = calibrate(probabilities, self.spec.temperature)
+        return probabilities if scores is None else np.column_stack([probabilities, scores])
 
-    def _as_probabilities(self, out: np.ndarray) -> np.ndarray:
-        return calibrate(class_probabilities(out, self.spec.output), self.spec.temperature)
+    def prediction(self, name: str, row: np.ndarray) -> Prediction:
+        """The `Prediction` for one of `rows`' rows."""
+        n = len(self.classes)
+        return Prediction.from_row(name, self.classes, row[:n],
+                                   float(row[n]) if len(row) > n else None,
+                                   min_confidence=self.min_confidence,
+                                   ood_threshold=self.spec.ood_threshold)
 
     def decode(self, source: str | Path | bytes, max_pixels: int | None = None
                ) -> np.ndarray | str:
@@ -161,8 +199,7 @@ class Predictor:
             return self._predict_each(single(), sources, names)
         results: list[Prediction] = []
         for start, decoded in decode_ahead(sources, self.decode, self.batch_size):
-            results += self._results(names[start : start + len(decoded)], decoded,
-                                     self.probabilities)
+            results += self._results(names[start : start + len(decoded)], decoded, self.rows)
         return results
 
     def _predict_each(self, runtime, sources: Sequence, names: Sequence) -> list[Prediction]:
@@ -177,27 +214,41 @@ class Predictor:
         parts = on_every_core(label, len(sources), runtime.photos_per_call)
         return [p for part in parts for p in part]
 
-    def _results(self, names: Sequence, decoded: list, probabilities) -> list[Prediction]:
+    def _results(self, names: Sequence, decoded: list, rows) -> list[Prediction]:
         """One `Prediction` per decoded photo (pixels, or the reason it could not be read),
-        with `probabilities` run once on all the readable ones."""
+        with `rows` run once on all the readable ones."""
         ok = [d for d in decoded if not isinstance(d, str)]
-        rows = iter(probabilities(np.stack(ok)) if ok else ())
+        found = iter(rows(np.stack(ok)) if ok else ())
         return [Prediction(str(name), error=d) if isinstance(d, str)
-                else Prediction.from_row(str(name), self.classes, next(rows))
+                else self.prediction(str(name), next(found))
                 for name, d in zip(names, decoded, strict=True)]
 
 
 def load(model: str | Path, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
-         runtime: str = "auto", tta: bool = False) -> Predictor:
+         runtime: str = "auto", tta: bool = False, min_confidence: float | None = None
+         ) -> Predictor:
     """Load a model for prediction: a run folder, a bundle folder or a built-in name, on
-    `runtime`, with or without `tta` (see `Predictor`).
+    `runtime`, with or without `tta`, with the bundle's or a given `min_confidence` (see
+    `Predictor`).
 
     Raises:
         BundleError: the bundle is missing, damaged or from an incompatible version.
         ConfigError: an unknown runtime, or one that is not installed.
     """
     return Predictor(resolve(model), batch_size=batch_size, max_pixels=max_pixels,
-                     runtime=runtime, tta=tta)
+                     runtime=runtime, tta=tta, min_confidence=min_confidence)
+
+
+def check_confidence(value: float) -> float:
+    """A minimum confidence, checked: a number from 0 to 1.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(f"min_confidence must be a number from 0 to 1 (0: never unsure), "
+                          f"received: {value!r}")
+    return float(value)
 
 
 PROBE_PHOTOS = 16  # validation photos a converted model is checked on against Keras
@@ -268,13 +319,16 @@ def _kaggle(results: Sequence[Prediction], classes: list[str]) -> list[list]:
 def _table(results: Sequence[Prediction], classes: list[str]) -> str:
     paths = [one_line(r.path) for r in results]
     width = max([len(p) for p in paths] + [4])
-    lines = [f"{'path'.ljust(width)}  {'label':<10}" + "".join(f"{c:>10}" for c in classes)]
+    scored = any(r.ood_score is not None for r in results)
+    lines = [f"{'path'.ljust(width)}  {'label':<10}" + "".join(f"{c:>10}" for c in classes)
+             + (f"{'ood_score':>10}" if scored else "")]
     for r, path in zip(results, paths, strict=True):
         if r.error:
             lines.append(f"{path.ljust(width)}  error: {one_line(r.error)}")
         else:
+            score = f"{r.ood_score:>10.4f}" if r.ood_score is not None else ""
             lines.append(f"{path.ljust(width)}  {r.label:<10}"
-                         + "".join(f"{r.probabilities[c]:>10.4f}" for c in classes))
+                         + "".join(f"{r.probabilities[c]:>10.4f}" for c in classes) + score)
     return "\n".join(lines)
 
 
@@ -290,11 +344,12 @@ def format_predictions(results: Sequence[Prediction], classes: list[str],
     if fmt == "table":
         return _table(results, classes)
     if fmt == "csv":
-        rows = [["path", "label", *classes, "error"]]
+        rows = [["path", "label", *classes, "ood_score", "error"]]
         for r in results:
             probs = ([f"{r.probabilities[c]:.6f}" for c in classes] if r.probabilities
                      else [""] * len(classes))
-            rows.append([r.path, r.label or "", *probs, r.error or ""])
+            score = "" if r.ood_score is None else f"{r.ood_score:.6f}"
+            rows.append([r.path, r.label or "", *probs, score, r.error or ""])
     elif fmt == "kaggle":
         rows = _kaggle(results, classes)
     else:

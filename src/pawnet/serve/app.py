@@ -85,8 +85,9 @@ def _lifespan(model: str | Path | Predictor, settings: ServeSettings, state: _St
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         predictor = (model if isinstance(model, Predictor) else await anyio.to_thread.run_sync(
-            lambda: load(model, max_pixels=settings.max_pixels, runtime=settings.runtime)))
-        batcher = Batcher(lambda pixels: predictor.probabilities(pixels, settings.tta),
+            lambda: load(model, max_pixels=settings.max_pixels, runtime=settings.runtime,
+                         min_confidence=settings.min_confidence)))
+        batcher = Batcher(lambda pixels: predictor.rows(pixels, settings.tta),
                           settings.max_batch, settings.max_wait_ms / 1000, settings.queue_size)
         shape = (predictor.image_size, predictor.image_size, 3)
         await anyio.to_thread.run_sync(batcher.warm_up, shape)
@@ -183,6 +184,8 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
             "resize_method": spec.resize_method,
             "runtime": predictor.runtime.name,
             "tta": settings.tta,
+            "min_confidence": predictor.min_confidence,
+            "ood_threshold": spec.ood_threshold,
             "provenance": provenance_summary(predictor.bundle),
             "limits": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
                        "max_upload_mb": settings.max_upload_mb,
@@ -197,9 +200,8 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
             anyio.to_thread.run_sync(predictor.decode, data, settings.max_pixels)
             for _, data in uploads))
         rows = await _run_model(state, settings, [name for name, _ in uploads], decoded)
-        classes = predictor.classes
         return [(Prediction(name, error=d) if isinstance(d, str)
-                 else Prediction.from_row(name, classes, next(rows))).to_dict()
+                 else predictor.prediction(name, next(rows))).to_dict()
                 for (name, _), d in zip(uploads, decoded, strict=True)]
 
 

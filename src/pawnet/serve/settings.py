@@ -55,6 +55,10 @@ class ServeSettings:
                            choices=RUNTIMES)
     tta: bool = setting(False, "Average each photo with its mirror image (test-time "
                         "augmentation): twice the model time.")
+    min_confidence: float | None = setting(None, "Label a photo 'unsure' when its top "
+                                           "probability is below this (0: never); default: "
+                                           "the model's, chosen on validation photos.",
+                                           range=(0.0, 1.0))
     log_level: str = setting("info", "Uvicorn's log level.",
                              choices=("critical", "error", "warning", "info", "debug", "trace"))
 

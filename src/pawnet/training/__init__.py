@@ -27,6 +27,7 @@ from pawnet.models.registry import get_model_spec
 from pawnet.models.spec import output_kind
 from pawnet.training import scratch, transfer
 from pawnet.training.callbacks import read_history
+from pawnet.training.ood import fit_ood
 from pawnet.training.plan import Plan, log, new_plan, provenance, resume_plan
 from pawnet.training.recipe import class_weights
 
@@ -58,20 +59,30 @@ def train(photos: str | Path | None = None, *, config: str | Path | dict | None 
     return _fit(plan)
 
 
-def _calibration(plan: Plan, output: str, val_out: np.ndarray
-                 ) -> tuple[float, tuple[float, float]]:
-    """The temperature fitted on the validation photos, and their calibration error
-    (ECE) before and after it."""
-    from pawnet.calibration import calibrate, expected_calibration_error, fit_temperature
+def _calibration(plan: Plan, output: str, val_out: np.ndarray) -> dict[str, float]:
+    """Fitted on the validation photos: the temperature, their calibration error (ECE)
+    before and after it, and the minimum confidence to answer at."""
+    from pawnet.calibration import (
+        UNSURE_ERROR_RATE,
+        calibrate,
+        choose_min_confidence,
+        expected_calibration_error,
+        fit_temperature,
+    )
 
     probabilities = class_probabilities(val_out, output)
     truth = np.array([plan.classes.index(p.label) for p in plan.split("val")])
     temperature = round(fit_temperature(probabilities, truth), 4)
-    ece = (expected_calibration_error(probabilities, truth),
-           expected_calibration_error(calibrate(probabilities, temperature), truth))
+    calibrated = calibrate(probabilities, temperature)
+    found = {"temperature": temperature,
+             "val_ece_uncalibrated": expected_calibration_error(probabilities, truth),
+             "val_ece": expected_calibration_error(calibrated, truth),
+             "min_confidence": round(choose_min_confidence(calibrated, truth), 6)}
     log(f"Calibrated on validation photos: temperature {temperature:.3f}, expected "
-        f"calibration error {ece[0]:.4f} -> {ece[1]:.4f}")
-    return temperature, ece
+        f"calibration error {found['val_ece_uncalibrated']:.4f} -> {found['val_ece']:.4f}; "
+        f"'unsure' below {found['min_confidence']:.4f} (at most {UNSURE_ERROR_RATE:.1%} "
+        "of the validation photos answered are wrong)")
+    return found
 
 
 def _fit(plan: Plan) -> Path:
@@ -96,13 +107,17 @@ def _fit(plan: Plan) -> Path:
     fit_seconds = time.monotonic() - started
     log(f"Saved model on validation photos: val_loss {val_loss:.4f}, "
         f"val_accuracy {val_accuracy:.4f}")
-    temperature, ece = _calibration(plan, output_kind(model), val_out)
+    output = output_kind(model)
+    calibration = _calibration(plan, output, val_out)
+    model, ood_threshold = fit_ood(plan, model, spec)
 
     bundle_spec = BundleSpec(model_name=cfg.model, class_names=plan.classes,
-                             image_size=cfg.image_size, output=output_kind(model),
-                             temperature=temperature)
-    metrics = {"val_loss": val_loss, "val_accuracy": val_accuracy, "temperature": temperature,
-               "val_ece_uncalibrated": ece[0], "val_ece": ece[1]}
+                             image_size=cfg.image_size, output=output,
+                             temperature=calibration["temperature"],
+                             min_confidence=calibration["min_confidence"],
+                             ood_threshold=ood_threshold)
+    metrics = {"val_loss": val_loss, "val_accuracy": val_accuracy, **calibration,
+               "ood_threshold": ood_threshold}
     record = provenance(plan, read_history(run_dir / "history.csv"), metrics, fit_seconds)
     bundle_dir = save_bundle(run_dir / "bundle", model, bundle_spec, record, cfg.to_yaml())
     shutil.rmtree(plan.pixel_cache, ignore_errors=True)

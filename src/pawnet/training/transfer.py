@@ -43,10 +43,12 @@ _SAVE_EVERY = 20  # batches between writes of the feature cache, so a kill loses
 
 
 class FeatureStore:
-    """Plain-view backbone features per photo content hash, cached per user."""
+    """Backbone features of one view (plain unless named) per photo content hash, cached
+    per user."""
 
-    def __init__(self, backbone_id: str):
-        self.path = cache_dir() / "features" / f"{backbone_id}.npz"
+    def __init__(self, backbone_id: str, view: str = ""):
+        name = f"{backbone_id}-{view}" if view else backbone_id
+        self.path = cache_dir() / "features" / f"{name}.npz"
         self.features: dict[str, np.ndarray] = {}
         try:
             with np.load(self.path) as stored:
@@ -77,7 +79,7 @@ def backbone_runtime(backbone: keras.Model, key: str) -> Runtime:
 
 def extract_features(
     backbone: Runtime,
-    paths: Sequence[str],
+    paths: Sequence[str | bytes],
     image_size: int,
     batch_size: int,
     *,
@@ -148,8 +150,10 @@ def cached_features(
     batch_size: int,
     desc: str,
     max_pixels: int | None = None,
+    view: Callable[[str], bytes] | None = None,
 ) -> np.ndarray:
-    """Plain-view features of photos, computing only those not in the store yet."""
+    """Features of photos (of `view(path)`, the photo made into another image, when
+    given), computing only those not in the store yet."""
     todo = list({p.sha256: p for p in photos if p.sha256 not in store.features}.values())
     if todo:
         def keep(i: int, feats: np.ndarray) -> None:
@@ -158,7 +162,8 @@ def cached_features(
             if (i + 1) % _SAVE_EVERY == 0:
                 store.save()
 
-        extract_features(backbone, [p.path for p in todo], image_size, batch_size,
+        sources = [view(p.path) if view else p.path for p in todo]
+        extract_features(backbone, sources, image_size, batch_size,
                          desc=desc, on_batch=keep, max_pixels=max_pixels)
         store.save()
     return np.stack([store.features[p.sha256] for p in photos])
