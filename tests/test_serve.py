@@ -72,6 +72,8 @@ def test_healthz_model_docs(client, predictor):
     assert info["image_size"] == predictor.image_size
     assert info["model_name"] == predictor.spec.model_name
     assert info["limits"]["max_batch"] == 32
+    assert info["ood_threshold"] == predictor.spec.ood_threshold is not None
+    assert info["min_confidence"] == predictor.min_confidence
     assert client.get("/docs").status_code == 200
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
 
@@ -100,6 +102,7 @@ def test_predict_multipart_matches_the_cli(client, trained_run):
     for s, e in zip(served, expected, strict=True):
         assert s.keys() == e.keys()
         assert s["label"] == e["label"]
+        assert s["ood_score"] == pytest.approx(e["ood_score"], abs=1e-6)
         for name, p in e["probabilities"].items():
             assert s["probabilities"][name] == pytest.approx(p, abs=1e-6)
 
@@ -289,6 +292,18 @@ def test_settings_are_checked(monkeypatch):
     monkeypatch.delenv("PAWNET_TEST_KEY", raising=False)
     with pytest.raises(ConfigError, match="--api-key-env names PAWNET_TEST_KEY"):
         ServeSettings(api_key_env="PAWNET_TEST_KEY")
+
+
+def test_min_confidence_setting_makes_timid_answers_unsure(predictor):
+    with pytest.raises(ConfigError, match="min_confidence must be between 0.0 and 1.0"):
+        ServeSettings(min_confidence=1.5)
+    with TestClient(create_app(predictor.bundle.path.parent,
+                               ServeSettings(min_confidence=0.9999))) as c:
+        assert c.get("/v1/model").json()["min_confidence"] == 0.9999
+        [answer] = c.post("/v1/predict", content=PHOTO,
+                          headers={"Content-Type": "image/jpeg"}).json()
+    assert max(answer["probabilities"].values()) < 0.9999  # the toy model is timid
+    assert answer["label"] in ("unsure", "neither")
 
 
 def test_settings_parse_like_the_flags():
