@@ -295,7 +295,7 @@ def test_settings_are_checked(monkeypatch):
 
 
 def test_min_confidence_setting_makes_timid_answers_unsure(predictor):
-    with pytest.raises(ConfigError, match="min_confidence must be between 0.0 and 1.0"):
+    with pytest.raises(ConfigError, match=r"min_confidence must be between 0\.0 and 1\.0"):
         ServeSettings(min_confidence=1.5)
     with TestClient(create_app(predictor.bundle.path.parent,
                                ServeSettings(min_confidence=0.9999))) as c:

@@ -246,7 +246,9 @@ def _load_keras(bundle_dir: Path, spec: BundleSpec):
     import_quietly()
     import keras
 
-    import pawnet.models.ood  # noqa: F401  (registers the OOD score layer for loading)
+    # register the layers a saved model may hold: keras.applications preprocessing, OOD score
+    import pawnet.models.keras_apps
+    import pawnet.models.ood  # noqa: F401
 
     model_path = bundle_dir / "model.keras"
     try:

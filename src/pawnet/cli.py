@@ -156,6 +156,9 @@ def models() -> None:
     width = max(len(s.name) for s in specs)
     for spec in specs:
         typer.echo(f"{spec.name.ljust(width)}  {spec.image_size}px  {spec.description}")
+    typer.echo(f"{'keras:NAME'.ljust(width)}  224px  any keras.applications model, e.g. "
+               "keras:ResNet50, keras:EfficientNetV2B0, keras:ConvNeXtTiny, "
+               "keras:MobileNetV3Small: ImageNet weights downloaded by Keras, or --weights FILE")
     for builtin in list_builtins():
         typer.echo(f"{builtin.name.ljust(width)}  built-in, no training: {builtin.description}")
 

@@ -59,6 +59,8 @@ class Config:
     model: str = setting("efficientnet-lite0", "Architecture to train (see `pawnet models`).")
     image_size: int | None = setting(None, "Side of the square input in px; default: the "
                                      "model's.", range=(16, 1024))
+    weights: str | None = setting(None, "Weights file of a keras:NAME backbone (its 'no top' "
+                                  "file); default: Keras downloads the ImageNet weights.")
     # -- training
     epochs: int | None = setting(None, "Maximum epochs; default: the model's.",
                                  range=(1, 10_000))

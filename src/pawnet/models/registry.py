@@ -38,14 +38,18 @@ def get_model_spec(name: str) -> ModelSpec:
     Raises:
         ConfigError: unknown name; the message lists similar and available names.
     """
+    from pawnet.models.keras_apps import PREFIX, app_spec
+
+    if name.startswith(PREFIX):
+        return app_spec(name)
     try:
         return _ARCHITECTURES[name]
     except KeyError:
         close = difflib.get_close_matches(name, _ARCHITECTURES, n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ConfigError(
-            f"unknown model '{name}'.{hint} Available: {', '.join(_ARCHITECTURES)} "
-            "(see `pawnet models`)"
+            f"unknown model '{name}'.{hint} Available: {', '.join(_ARCHITECTURES)}, or "
+            "keras:NAME for a keras.applications model (see `pawnet models`)"
         ) from None
 
 

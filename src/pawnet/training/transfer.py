@@ -67,7 +67,8 @@ def backbone_id(backbone: keras.Model, variant: str, image_size: int) -> str:
     digest = hashlib.sha256()
     for w in backbone.weights[:4] + backbone.weights[-4:]:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
-    return f"{variant}-{image_size}px-{digest.hexdigest()[:12]}"
+    name = variant.replace(":", "-")  # keras:ResNet50 names a file
+    return f"{name}-{image_size}px-{digest.hexdigest()[:12]}"
 
 
 def backbone_runtime(backbone: keras.Model, key: str) -> Runtime:
@@ -268,7 +269,8 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
         its outputs on the validation photos.
     """
     cfg = plan.cfg
-    backbone = load_backbone(spec, cfg.image_size, trainable_later=cfg.fine_tune > 0)
+    backbone = load_backbone(spec, cfg.image_size, trainable_later=cfg.fine_tune > 0,
+                             weights=cfg.weights)
     log(f"Transfer learning from {spec.name} at {cfg.image_size}px; run folder {plan.run_dir}")
     train_x, val_x, views = _features(plan, spec, backbone)
     keras.utils.set_random_seed(cfg.seed)  # the head starts alike however the backbone loaded
