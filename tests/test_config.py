@@ -12,6 +12,16 @@ def test_defaults_and_overrides():
     assert cfg.val_fraction == Config().val_fraction
 
 
+def test_presets_set_the_model_and_what_is_given_wins():
+    assert resolve_config().model == "efficientnet-lite0"
+    best = resolve_config(preset="best")
+    assert best.model == "efficientnet-lite1+lite2" and best.image_size == 260
+    assert resolve_config(preset="best", model="tutorial-a-cnn").model == "tutorial-a-cnn"
+    assert resolve_config({"preset": "best"}, image_size=224).image_size == 224
+    with pytest.raises(ConfigError, match="preset must be one of fast, best"):
+        resolve_config(preset="huge")
+
+
 def test_yaml_file_with_flag_taking_priority(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 5\nbatch-size: 16\naugment: [flip, shear]\nshear: 0.3\n")

@@ -27,6 +27,11 @@ AUGMENTATIONS = (
 )
 _STRENGTHS = ("crop", "zoom", "shear", "rotate", "translate", "contrast", "brightness")
 ALIASES = {"data": "photos"}  # the old spelling of a setting, still read from YAML files
+# named sets of settings; what a user sets wins over them (docs/decisions.md, "Presets")
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"model": "efficientnet-lite0"},
+    "best": {"model": "efficientnet-lite1+lite2"},
+}
 
 
 def setting(default: Any, help: str, *, range: tuple | None = None,
@@ -56,6 +61,9 @@ class Config:
     cache: str = setting("auto", "Where decoded images are kept after epoch 1.",
                          choices=("auto", "memory", "disk"))
     # -- model
+    preset: str = setting("fast", "fast: efficientnet-lite0, seconds on a laptop CPU; best: "
+                          "efficientnet-lite1+lite2, the most accurate, about 3x the time. "
+                          "Settings given with it win over it.", choices=tuple(PRESETS))
     model: str = setting("efficientnet-lite0", "Architecture to train (see `pawnet models`).")
     image_size: int | None = setting(None, "Side of the square input in px; default: the "
                                      "model's.", range=(16, 1024))
@@ -247,4 +255,5 @@ def resolve_config(config: str | Path | dict[str, Any] | None = None,
             raise _unknown_key(key)
     given = _build(values)
     chosen = {key: getattr(given, key) for key in values if getattr(given, key) is not None}
-    return _build({**get_model_spec(given.model).defaults(), **chosen})
+    chosen = {**PRESETS[given.preset], **chosen}
+    return _build({**get_model_spec(chosen["model"]).defaults(), **chosen})

@@ -112,5 +112,9 @@ MODELS = (
     _transfer(("lite1",), 240, "EfficientNet-Lite1 transfer learning: "),
     _transfer(("lite2",), 260, "EfficientNet-Lite2 transfer learning: "),
     _transfer(("lite0", "lite2"), 260, "Lite0 and Lite2 side by side, one head on both "
-              "features: the most accurate, about 2.5x Lite0's time; "),
+              "features: about 2.5x Lite0's time; "),
+    _transfer(("lite1", "lite2"), 260, "Lite1 and Lite2 side by side, one head on both "
+              "features: the most accurate (preset best), about 3x Lite0's time; "),
+    _transfer(("lite0", "lite1", "lite2"), 260, "all three Lite backbones side by side, one "
+              "head on their features: about 4x Lite0's time; "),
 )
