@@ -108,3 +108,18 @@ def test_bad_file_error_shows_next_to_it_at_phone_width(server, browser, tmp_pat
     width = browser.execute_script("return document.documentElement.scrollWidth")
     assert width <= browser.execute_script("return window.innerWidth")  # no sideways scroll
     browser.save_screenshot(str(tmp_path / "phone.png"))
+
+
+def test_an_answer_that_is_not_a_class_says_why(trained_run, browser):
+    from selenium.webdriver.common.by import By
+
+    with serve_load.served(str(trained_run), "--min-confidence", "0.9999") as running:
+        browser.get(running.url + "/")
+        _upload(browser, [CAT])
+        [card] = _wait_for_results(browser, 1)
+        label = card.find_element(By.CSS_SELECTOR, ".label")
+        assert label.text in ("unsure", "neither") and "doubt" in label.get_attribute("class")
+        why = card.find_element(By.CSS_SELECTOR, ".why").text
+        assert why.startswith("unlike the photos" if label.text == "neither" else "no class")
+        bars = card.find_elements(By.CSS_SELECTOR, ".bar")
+        assert [b.get_attribute("data-class") for b in bars] == ["cat", "dog"]

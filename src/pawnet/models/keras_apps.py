@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import sys
 import warnings
-from functools import partial
 from pathlib import Path
 
 import keras
@@ -111,16 +110,3 @@ def app_backbone(model: str, image_size: int, weights: str | None = None) -> ker
     backbone = keras.Model(pixels, features, name=f"keras_{name.lower()}")
     backbone.trainable = False
     return backbone
-
-
-def app_spec(model: str):
-    """The `ModelSpec` of `keras:NAME`: transfer learning on its pooled features."""
-    from pawnet.models.pretrained import build_transfer
-    from pawnet.models.spec import ModelSpec
-
-    name = PREFIX + app_name(model)
-    return ModelSpec(name, partial(build_transfer, (name,), name),
-                     f"{name[len(PREFIX):]} from keras.applications: ImageNet weights "
-                     "downloaded by Keras or --weights FILE, new head",
-                     image_size=IMAGE_SIZE, lr=1e-3, epochs=60, batch_size=32,
-                     backbones=(name,))

@@ -16,6 +16,7 @@ from keras import layers
 
 from pawnet.errors import ConfigError
 from pawnet.models.efficientnet_lite_weights import load_pretrained
+from pawnet.models.keras_apps import IMAGE_SIZE, PREFIX, app_backbone, app_name
 from pawnet.models.spec import ModelSpec, classifier_head
 
 HEAD_DROPOUT = 0.2
@@ -29,8 +30,6 @@ def build_head(num_classes: int, backbone: keras.Model) -> keras.Model:
 
 
 def _part(name: str, size: int, folded: bool, weights: str | None) -> keras.Model:
-    from pawnet.models.keras_apps import PREFIX, app_backbone
-
     if name.startswith(PREFIX):
         return app_backbone(name, size, weights)
     if weights is not None:
@@ -118,3 +117,14 @@ MODELS = (
     _transfer(("lite0", "lite1", "lite2"), 260, "all three Lite backbones side by side, one "
               "head on their features: about 4x Lite0's time; "),
 )
+
+
+def keras_app_spec(model: str) -> ModelSpec:
+    """The `ModelSpec` of `keras:NAME`: transfer learning on that keras.applications model's
+    pooled features (see `pawnet.models.keras_apps`)."""
+    name = PREFIX + app_name(model)
+    return ModelSpec(name, partial(build_transfer, (name,), name),
+                     f"{name[len(PREFIX):]} from keras.applications: ImageNet weights "
+                     "downloaded by Keras or --weights FILE, new head",
+                     image_size=IMAGE_SIZE, lr=1e-3, epochs=60, batch_size=32,
+                     backbones=(name,))

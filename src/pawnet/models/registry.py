@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 
 from pawnet.errors import ConfigError
-from pawnet.models import builtin, pretrained, scratch
+from pawnet.models import builtin, keras_apps, pretrained, scratch
 from pawnet.models.builtin import BuiltinModel
 from pawnet.models.spec import ModelSpec
 
@@ -38,10 +38,8 @@ def get_model_spec(name: str) -> ModelSpec:
     Raises:
         ConfigError: unknown name; the message lists similar and available names.
     """
-    from pawnet.models.keras_apps import PREFIX, app_spec
-
-    if name.startswith(PREFIX):
-        return app_spec(name)
+    if name.startswith(keras_apps.PREFIX):
+        return pretrained.keras_app_spec(name)
     try:
         return _ARCHITECTURES[name]
     except KeyError:
