@@ -291,6 +291,35 @@ def serve(model: Model, **values: Any) -> None:
     run(model, ServeSettings(**_given(values)))
 
 
+@command(app, "runs", tensorflow=False)
+def runs(
+    folders: Annotated[list[Path] | None, typer.Argument(
+        metavar="DIR", help="A folder of runs (default: runs), or the runs to --compare.")]
+    = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Show the given runs side by "
+                                          "side: the settings that differ, and figures.")]
+    = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """List training runs: model, status, data fingerprint, validation and test figures."""
+    from pawnet.runs import compare as compare_runs
+    from pawnet.runs import find_runs, format_compare, format_runs, summary
+
+    folders = folders or [Path("runs")]
+    if compare:
+        result = compare_runs(folders)
+        typer.echo(json.dumps(result, indent=2) if json_out else format_compare(result))
+        return
+    rows = [summary(run) for folder in folders for run in find_runs(folder)]
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+    elif rows:
+        typer.echo(format_runs(rows))
+    else:
+        typer.echo(f"no training runs in {', '.join(map(str, folders))}. Try: pawnet train "
+                   "PHOTOS", err=True)
+
+
 @command(app, "bench")
 def bench(
     photos: Photos,
