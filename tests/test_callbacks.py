@@ -3,6 +3,7 @@ import json
 import keras
 import numpy as np
 import pytest
+from conftest import copy_photos
 from PIL import Image
 
 from pawnet.training.callbacks import (
@@ -61,3 +62,34 @@ def test_last_checkpoint_needs_a_complete_save(tmp_path):
     assert last_checkpoint(tmp_path) is None  # no config.json: not a finished save
     (tmp_path / "last" / "config.json").write_text("{}")
     assert last_checkpoint(tmp_path) == tmp_path / "last"
+
+
+@pytest.mark.parametrize("settings", [
+    {"model": "pawnet-cnn", "epochs": 1, "image_size": 32, "batch_size": 8},
+    {"model": "efficientnet-lite0", "epochs": 2, "image_size": 64, "batch_size": 8},
+], ids=["scratch", "transfer"])
+def test_tensorboard_logs_are_written_when_asked(tmp_path, settings):
+    import pawnet
+
+    photos = copy_photos(tmp_path / "photos", 6)
+    run = pawnet.train(photos, out=str(tmp_path / "run"), tensorboard=True, **settings)
+    events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert {e.parent.name for e in events} == {"train", "validation"}
+    assert all(e.stat().st_size > 0 for e in events)
+    assert not (pawnet.train(photos, out=str(tmp_path / "plain"), **settings)
+                / "tensorboard").exists()
+
+
+def test_tensorboard_without_its_package_is_refused_before_training(tmp_path, monkeypatch):
+    import importlib.util
+
+    import pawnet
+    from pawnet.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"needs the tensorboard package.*pawnet\[tensorboard\]"):
+        pawnet.train(copy_photos(tmp_path / "photos", 4), out=str(tmp_path / "run"),
+                     model="pawnet-cnn", epochs=1, image_size=32, tensorboard=True)
+    assert not (tmp_path / "run" / "history.csv").exists()

@@ -108,6 +108,8 @@ class Config:
     brightness: float = setting(0.2, "Random brightness change.", range=(0.0, 1.0))
     # -- output
     out: str | None = setting(None, "Run folder; default runs/train, runs/train2, ...")
+    tensorboard: bool = setting(False, "Also write TensorBoard logs (Keras' own callback) to "
+                                "RUN_DIR/tensorboard.")
     resume: str | None = setting(None, "Run folder to continue after its last finished "
                                  "epoch.")
 

@@ -26,7 +26,7 @@ from pawnet.config import resolve_config
 from pawnet.models.registry import get_model_spec
 from pawnet.models.spec import output_kind
 from pawnet.training import scratch, transfer
-from pawnet.training.callbacks import read_history
+from pawnet.training.callbacks import read_history, require_tensorboard
 from pawnet.training.ood import fit_ood
 from pawnet.training.plan import Plan, log, new_plan, provenance, resume_plan
 from pawnet.training.recipe import class_weights
@@ -89,6 +89,8 @@ def _fit(plan: Plan) -> Path:
     import keras
 
     cfg, run_dir = plan.cfg, plan.run_dir
+    if cfg.tensorboard:
+        require_tensorboard()  # before hours of training, not after
     keras.utils.set_random_seed(cfg.seed)
     log("Using " + "; ".join(
         f"{split} {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in c.items())})"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import keras
 
+from pawnet.errors import ConfigError
 from pawnet.plots import plot_curves
 from pawnet.storage import atomic_path, atomic_write_text, committed
 
@@ -109,3 +110,23 @@ class ResumeCheckpoint(keras.callbacks.Callback):
             "wait": int(self.early_stopping.wait),
         }
         atomic_write_text(self.folder / "state.json", json.dumps(state) + "\n")
+
+
+def require_tensorboard() -> None:
+    """Raises:
+        ConfigError: the tensorboard package, which TensorFlow's summaries need, is missing.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("--tensorboard needs the tensorboard package, which is not "
+                          "installed. Try: pip install 'pawnet[tensorboard]'")
+
+
+def tensorboard(run_dir: Path, enabled: bool, name: str = "") -> list[keras.callbacks.Callback]:
+    """Keras' TensorBoard callback writing to `RUN_DIR/tensorboard[/name]`, when asked."""
+    if not enabled:
+        return []
+    require_tensorboard()
+    return [keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / name),
+                                        write_graph=False)]

@@ -15,6 +15,7 @@ from pawnet.training.callbacks import (
     ResumeCheckpoint,
     last_checkpoint,
     read_history,
+    tensorboard,
 )
 from pawnet.training.plan import Plan, log
 from pawnet.training.recipe import compile_model, image_datasets, steps_per_epoch
@@ -40,6 +41,7 @@ def fit_on_images(model, plan: Plan, train_ds, val_ds, weights, *, epochs: int,
         early,
         HistoryRecorder(run_dir, read_history(run_dir / "history.csv", initial_epoch)),
         ResumeCheckpoint(ckpt_dir, early),
+        *tensorboard(run_dir, cfg.tensorboard, "images"),
     ]
     model.fit(
         train_ds,

@@ -28,7 +28,7 @@ from pawnet.models.pretrained import build_head, compose, load_backbone
 from pawnet.models.spec import ModelSpec, output_kind
 from pawnet.runtimes import Runtime, choose, core_chunks, synthetic_images, threads
 from pawnet.storage import atomic_write_bytes, cache_dir, progress
-from pawnet.training.callbacks import HistoryRecorder
+from pawnet.training.callbacks import HistoryRecorder, tensorboard
 from pawnet.training.plan import Plan, log
 from pawnet.training.recipe import (
     compile_model,
@@ -232,7 +232,8 @@ def _fit_head(plan: Plan, head: keras.Model, x: np.ndarray, y: np.ndarray, val_x
         class_weight=weights,
         callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                                  restore_best_weights=True),
-                   HistoryRecorder(plan.run_dir)],
+                   HistoryRecorder(plan.run_dir),
+                   *tensorboard(plan.run_dir, cfg.tensorboard, "head")],
         verbose=0 if sys.stdout.isatty() else 2,
     )
     epochs_done = len(head.history.epoch)
