@@ -291,6 +291,30 @@ def serve(model: Model, **values: Any) -> None:
     run(model, ServeSettings(**_given(values)))
 
 
+@command(app, "explain")
+def explain(
+    model: Model,
+    paths: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.")],
+    out: Annotated[Path | None, typer.Option(help="Folder for the heat-maps (default "
+                                             "RUN_DIR/explain).")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Grad-CAM heat-maps: which part of each photo drove its label (overlay PNG + .npy)."""
+    from pawnet.explain import explain as run_explain
+    from pawnet.predict import expand_paths
+
+    results = run_explain(model, expand_paths(paths), out)
+    if json_out:
+        typer.echo(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            typer.echo(f"{one_line(r['path'])}: error: {one_line(r['error'])}" if "error" in r
+                       else f"{one_line(r['path'])}: {r['label']} -> {r['overlay']}")
+    if all("error" in r for r in results):
+        typer.echo("error: no photo could be explained", err=True)
+        raise typer.Exit(1)
+
+
 @command(app, "runs", tensorflow=False)
 def runs(
     folders: Annotated[list[Path] | None, typer.Argument(
