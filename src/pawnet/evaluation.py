@@ -138,6 +138,8 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += ["", "![risk-coverage](risk_coverage.png) ![reliability](reliability.png)", "",
               f"Misclassified photos: {len(report['misclassified'])} "
               "(most confident first, in misclassified.png)", ""]
+    if report.get("heatmaps"):
+        lines += [f"![where the model looked]({report['heatmaps']})", ""]
     lines += [f"- {m['path']}: {m['true']} predicted as {m['predicted']} "
               f"({m['confidence']:.3f})" for m in report["misclassified"][:20]]
     return "\n".join(lines) + "\n"
@@ -205,6 +207,25 @@ def _verdict_line(report: dict[str, Any]) -> str:
             f"{v['neither']}")
 
 
+def _heat_maps(predictor: Predictor, images: np.ndarray, shown: list[dict], captions: list[str],
+               out_dir: Path) -> str | None:
+    """Grad-CAM of the misclassified photos, for the class predicted, as a contact sheet;
+    None for a model `pawnet explain` cannot reach."""
+    from pawnet.errors import ConfigError
+    from pawnet.explain import blend, grad_cam
+
+    classes = predictor.classes
+    try:
+        maps = [grad_cam(predictor.model, images[i : i + 1], classes.index(m["predicted"]))[0][0]
+                for i, m in enumerate(shown)]
+    except ConfigError:
+        return None
+    plot_grid(np.stack([blend(image, cam) for image, cam in zip(images, maps, strict=True)]),
+              captions, out_dir / "misclassified_heatmaps.png",
+              title="where the model looked for the class it predicted (Grad-CAM)")
+    return "misclassified_heatmaps.png"
+
+
 def _write(report: dict[str, Any], out_dir: Path, predictor: Predictor) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(np.array(report["confusion_matrix"]), report["classes"],
@@ -217,6 +238,7 @@ def _write(report: dict[str, Any], out_dir: Path, predictor: Predictor) -> None:
         captions = [f"{m['true']}→{m['predicted']} {m['confidence']:.2f}" for m in shown]
         plot_grid(images, captions, out_dir / "misclassified.png",
                   title="misclassified (true→predicted, confidence)")
+        report["heatmaps"] = _heat_maps(predictor, images, shown, captions, out_dir)
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out_dir / "report.md", _markdown(report))
 

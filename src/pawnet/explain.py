@@ -109,19 +109,25 @@ def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(image.resize(size, Image.Resampling.BILINEAR)), 0.0, 1.0)
 
 
+def blend(pixels: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """An RGB image `(h, w, 3)` uint8 with a heat-map (any size, 0..1) blended over it."""
+    import matplotlib
+    from PIL import Image
+
+    full = upsample(cam, (pixels.shape[1], pixels.shape[0]))
+    colours = (matplotlib.colormaps["jet"](full)[..., :3] * 255).astype(np.uint8)
+    return np.asarray(Image.blend(Image.fromarray(pixels), Image.fromarray(colours), 0.45))
+
+
 def overlay(photo: Path | str, cam: np.ndarray, path: Path) -> np.ndarray:
     """Write the photo with its heat-map blended over it (PNG); returns the heat-map at
     the photo's own size."""
-    import matplotlib
     from PIL import Image, ImageOps
 
     with Image.open(photo) as opened:
-        image = ImageOps.exif_transpose(opened).convert("RGB")
-    full = upsample(cam, image.size)
-    colours = (matplotlib.colormaps["jet"](full)[..., :3] * 255).astype(np.uint8)
-    blended = Image.blend(image, Image.fromarray(colours), 0.45)
-    blended.save(path, "PNG")
-    return full
+        pixels = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+    Image.fromarray(blend(pixels, cam)).save(path, "PNG")
+    return upsample(cam, (pixels.shape[1], pixels.shape[0]))
 
 
 def explain(model: str | Path, photos: list[str], out: str | Path | None = None
