@@ -294,6 +294,41 @@ def test_settings_are_checked(monkeypatch):
         ServeSettings(api_key_env="PAWNET_TEST_KEY")
 
 
+def test_explain_answers_the_label_with_a_heat_map_and_an_overlay(client, predictor,
+                                                                  monkeypatch):
+    import base64
+    import io
+
+    from PIL import Image
+
+    files = [("file", ("cat.jpg", PHOTO, "image/jpeg")),
+             ("file", ("notes.txt", b"hi", "text/plain"))]
+    response = client.post("/v1/explain", files=files)
+    assert response.status_code == 200, response.text
+    good, bad = response.json()
+    [plain] = client.post("/v1/predict", files=files[:1]).json()
+    assert good["label"] == plain["label"] and good["explained_class"] in predictor.classes
+    heat = np.array(good["heatmap"])
+    assert heat.ndim == 2 and heat.min() >= 0 and heat.max() <= 1
+    header, data = good["overlay"].split(",", 1)
+    assert header == "data:image/png;base64"
+    overlay = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert overlay.size == (predictor.image_size, predictor.image_size)
+    assert bad["error"].startswith("not an image")
+    only_bad = client.post("/v1/explain", files=files[1:])
+    assert only_bad.status_code == 422
+    from pawnet import explain
+    from pawnet.errors import ConfigError
+
+    def refuse(*args, **kwargs):
+        raise ConfigError("explain works for from-scratch ... models")
+
+    monkeypatch.setattr(explain, "grad_cam", refuse)
+    refused = client.post("/v1/explain", files=files[:1])
+    assert refused.status_code == 422 and "explain works for" in refused.json()["detail"]
+    _ok(client)
+
+
 def test_min_confidence_setting_makes_timid_answers_unsure(predictor):
     with pytest.raises(ConfigError, match=r"min_confidence must be between 0\.0 and 1\.0"):
         ServeSettings(min_confidence=1.5)

@@ -123,3 +123,18 @@ def test_an_answer_that_is_not_a_class_says_why(trained_run, browser):
         assert why.startswith("unlike the photos" if label.text == "neither" else "no class")
         bars = card.find_elements(By.CSS_SELECTOR, ".bar")
         assert [b.get_attribute("data-class") for b in bars] == ["cat", "dog"]
+
+
+def test_the_page_shows_where_the_model_looked_on_request(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/")
+    _upload(browser, [CAT])
+    [card] = _wait_for_results(browser, 1)
+    card.find_element(By.CSS_SELECTOR, "button.explain").click()
+    WebDriverWait(browser, 60).until(
+        lambda d: card.find_elements(By.CSS_SELECTOR, "img.heatmap"))
+    assert card.find_element(By.CSS_SELECTOR, "img").get_attribute("src").startswith(
+        "data:image/png;base64,")
+    assert "where the model looked for cat" in card.text

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import hmac
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
 from pawnet.bundle import Bundle
+from pawnet.errors import ConfigError, one_line
 from pawnet.predict import Prediction, Predictor, load
 from pawnet.serve.batcher import Batcher, QueueFull
 from pawnet.serve.metrics import Metrics, MetricsMiddleware
@@ -52,6 +54,12 @@ PREDICT_DOC = {
         "image/*": {"schema": {"type": "string", "format": "binary"}},
     }}},
 }
+
+
+EXPLAIN_DOC = {**PREDICT_DOC, "summary": "Label photos and show where the model looked",
+               "description": "The same uploads, limits and errors as /v1/predict; each answer "
+                              "adds `explained_class`, `heatmap` (Grad-CAM, rows of 0..1) and "
+                              "`overlay` (a PNG data URL of the photo with the map over it)."}
 
 
 @dataclass
@@ -203,6 +211,38 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
         return [(Prediction(name, error=d) if isinstance(d, str)
                  else predictor.prediction(name, next(rows))).to_dict()
                 for (name, _), d in zip(uploads, decoded, strict=True)]
+
+    explaining = threading.Lock()  # Grad-CAM runs the Keras model eagerly: one at a time
+
+    def heat_map(predictor: Predictor, prediction: Prediction, pixels: np.ndarray) -> dict:
+        from pawnet.explain import explained
+
+        with explaining:
+            return explained(predictor, prediction, pixels)
+
+    @app.post("/v1/explain", dependencies=[Depends(check_key)], **EXPLAIN_DOC)
+    async def explain(request: Request) -> list[dict]:
+        predictor = ready()
+        uploads = await _uploads(request, settings)
+        decoded = await asyncio.gather(*(
+            anyio.to_thread.run_sync(predictor.decode, data, settings.max_pixels)
+            for _, data in uploads))
+        rows = await _run_model(state, settings, [name for name, _ in uploads], decoded)
+        answers = []
+        for (name, _), d in zip(uploads, decoded, strict=True):
+            if isinstance(d, str):
+                answers.append(Prediction(name, error=d).to_dict())
+                continue
+            prediction = predictor.prediction(name, next(rows))
+            try:
+                answers.append(await asyncio.wait_for(anyio.to_thread.run_sync(
+                    heat_map, predictor, prediction, d), settings.timeout_s))
+            except ConfigError as exc:
+                raise fail(422, one_line(exc)) from None
+            except TimeoutError:
+                raise fail(503, f"busy: no heat-map within {settings.timeout_s:g} s",
+                           {"Retry-After": "1"}) from None
+        return answers
 
 
 async def _uploads(request: Request, settings: ServeSettings) -> list[tuple[str, bytes]]:
