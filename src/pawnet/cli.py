@@ -220,7 +220,7 @@ def evaluate(
         typer.echo(json.dumps(report, indent=2))
         return
     typer.echo(format_report(report))
-    typer.echo(f"Report: {report['out']}/report.md")
+    typer.echo(f"Report: {report['out']}/report.html (and report.md)")
 
 
 def _format(value: str) -> str:

@@ -25,11 +25,18 @@ from pawnet.data.scan import SPLIT_FOLDER_NAMES, scan
 from pawnet.data.splits import read_manifest
 from pawnet.errors import DataError
 from pawnet.ood import NEITHER, UNSURE
-from pawnet.plots import plot_confusion, plot_grid, plot_reliability, plot_risk_coverage
+from pawnet.plots import (
+    plot_confusion,
+    plot_grid,
+    plot_reliability,
+    plot_risk_coverage,
+    plot_roc,
+)
 from pawnet.predict import Predictor
 from pawnet.storage import atomic_write_text, next_run_dir
 
 MAX_MISCLASSIFIED_SHOWN = 64
+LEAST_CONFIDENT_SHOWN = 16
 
 
 def compute_metrics(probs: np.ndarray, truth: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -156,9 +163,10 @@ def confusion_text(report: dict[str, Any]) -> str:
 
 
 def _report(predictor: Predictor, paths: list[str], labels: list[str], source: str
-            ) -> dict[str, Any]:
+            ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Predict every photo and measure: metrics, unreadable photos, misclassified ones
-    (most confident first)."""
+    (most confident first), the least confident right ones; with the probabilities and
+    true classes they come from."""
     predictions = predictor.predict(paths)
     failed = [{"path": p.path, "error": p.error} for p in predictions if p.error]
     kept = [(p, label) for p, label in zip(predictions, labels, strict=True) if not p.error]
@@ -177,12 +185,16 @@ def _report(predictor: Predictor, paths: list[str], labels: list[str], source: s
     report["verdicts"] = _verdicts(predictor, [p for p, _ in kept], truth)
     wrong = [i for i in range(len(kept)) if probs[i].argmax() != truth[i]]
     wrong.sort(key=lambda i: -probs[i].max())
-    report["misclassified"] = [
-        {"path": kept[i][0].path, "true": classes[truth[i]],
-         "predicted": classes[int(probs[i].argmax())], "confidence": float(probs[i].max())}
-        for i in wrong
-    ]
-    return report
+    def photo(i: int) -> dict[str, Any]:
+        return {"path": kept[i][0].path, "true": classes[truth[i]],
+                "predicted": classes[int(probs[i].argmax())], "confidence": float(probs[i].max()),
+                "probabilities": kept[i][0].probabilities}
+
+    report["misclassified"] = [photo(i) for i in wrong]
+    right = sorted((i for i in range(len(kept)) if probs[i].argmax() == truth[i]),
+                   key=lambda i: probs[i].max())
+    report["least_confident_correct"] = [photo(i) for i in right[:LEAST_CONFIDENT_SHOWN]]
+    return report, probs, truth
 
 
 def _verdicts(predictor: Predictor, predictions: list, truth: np.ndarray) -> dict[str, Any]:
@@ -207,10 +219,9 @@ def _verdict_line(report: dict[str, Any]) -> str:
             f"{v['neither']}")
 
 
-def _heat_maps(predictor: Predictor, images: np.ndarray, shown: list[dict], captions: list[str],
-               out_dir: Path) -> str | None:
-    """Grad-CAM of the misclassified photos, for the class predicted, as a contact sheet;
-    None for a model `pawnet explain` cannot reach."""
+def _heat_maps(predictor: Predictor, images: np.ndarray, shown: list[dict]) -> list | None:
+    """The misclassified photos with their Grad-CAM for the class predicted over them; None
+    for a model `pawnet explain` cannot reach."""
     from pawnet.errors import ConfigError
     from pawnet.explain import blend, grad_cam
 
@@ -220,27 +231,36 @@ def _heat_maps(predictor: Predictor, images: np.ndarray, shown: list[dict], capt
                 for i, m in enumerate(shown)]
     except ConfigError:
         return None
-    plot_grid(np.stack([blend(image, cam) for image, cam in zip(images, maps, strict=True)]),
-              captions, out_dir / "misclassified_heatmaps.png",
-              title="where the model looked for the class it predicted (Grad-CAM)")
-    return "misclassified_heatmaps.png"
+    return [blend(image, cam) for image, cam in zip(images, maps, strict=True)]
 
 
-def _write(report: dict[str, Any], out_dir: Path, predictor: Predictor) -> None:
+def _write(report: dict[str, Any], out_dir: Path, predictor: Predictor, probs: np.ndarray,
+           truth: np.ndarray) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
+    plot_roc(truth, probs, report["classes"], out_dir / "roc.png")
     plot_confusion(np.array(report["confusion_matrix"]), report["classes"],
                    out_dir / "confusion.png")
     plot_reliability(report["reliability"], out_dir / "reliability.png")
     plot_risk_coverage(report["risk_coverage"]["curve"], out_dir / "risk_coverage.png")
     shown = report["misclassified"][:MAX_MISCLASSIFIED_SHOWN]
+    images, heat = [], None
     if shown:
         images = np.stack([predictor.decode(m["path"]) for m in shown])
         captions = [f"{m['true']}→{m['predicted']} {m['confidence']:.2f}" for m in shown]
         plot_grid(images, captions, out_dir / "misclassified.png",
                   title="misclassified (true→predicted, confidence)")
-        report["heatmaps"] = _heat_maps(predictor, images, shown, captions, out_dir)
+        heat = _heat_maps(predictor, images, shown)
+        if heat is not None:
+            plot_grid(np.stack(heat), captions, out_dir / "misclassified_heatmaps.png",
+                      title="where the model looked for the class it predicted (Grad-CAM)")
+            report["heatmaps"] = "misclassified_heatmaps.png"
+    unsure = [predictor.decode(m["path"]) for m in report["least_confident_correct"]]
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out_dir / "report.md", _markdown(report))
+    from pawnet.report_html import write_html
+
+    write_html(report, out_dir, predictor.bundle, list(zip(images, heat or [None] * len(images),
+                                                           strict=True)), unsure)
 
 
 def evaluate(
@@ -283,11 +303,12 @@ def evaluate(
     run_dir = predictor.bundle.run_dir
     paths, labels, source = select_photos(model, run_dir, photos, split)
     _check_classes(labels, predictor, source)
-    report = {"model": str(model), "tta": tta, **_report(predictor, paths, labels, source)}
+    measured, probs, truth = _report(predictor, paths, labels, source)
+    report = {"model": str(model), "tta": tta, **measured}
     out_dir = Path(out) if out else next_run_dir(
         run_dir / "eval" if run_dir else Path("runs") / "evaluate")
     report["out"] = str(out_dir)
-    _write(report, out_dir, predictor)
+    _write(report, out_dir, predictor, probs, truth)
     return report
 
 

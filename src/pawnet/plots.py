@@ -111,3 +111,21 @@ def plot_grid(
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_roc(truth: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+             path: str | Path) -> Path:
+    """ROC curve of each class against the rest (one curve for two classes)."""
+    from sklearn.metrics import auc, roc_curve
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    shown = [1] if len(classes) == 2 else range(len(classes))
+    for k in shown:
+        if len(set((truth == k).tolist())) < 2:
+            continue  # a class absent (or alone) has no curve
+        fpr, tpr, _ = roc_curve(truth == k, probs[:, k])
+        ax.plot(fpr, tpr, label=f"{classes[k]} (AUC {auc(fpr, tpr):.4f})")
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
