@@ -128,6 +128,26 @@ def data_check(
     typer.echo(json.dumps(photoset.to_json(), indent=2) if json_out else photoset.report())
 
 
+@command(data_app, "issues")
+def data_issues(
+    photos: Photos,
+    json_out: JsonFlag = False,
+    out: Annotated[Path | None, typer.Option(help="Where to write the HTML contact sheet "
+                                             "(default: data_issues.html here).")] = None,
+) -> None:
+    """Probably wrong labels, near-duplicates (across splits: leaks), outliers. Changes
+    nothing in the folder."""
+    from pawnet.data_issues import find_issues, format_issues, write_sheet
+
+    result = find_issues(photos)
+    sheet = write_sheet(result, out or Path("data_issues.html"))
+    if json_out:
+        typer.echo(json.dumps({**result, "sheet": str(sheet)}, indent=2))
+        return
+    typer.echo(format_issues(result))
+    typer.echo(f"Contact sheet: {sheet}")
+
+
 @command(data_app, "show")
 def data_show(
     photos: Photos,
