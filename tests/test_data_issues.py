@@ -58,6 +58,26 @@ def test_planted_label_error_duplicate_and_outlier_are_found(tmp_path):
     assert "suspected label errors" in text.stdout and "(across splits)" in text.stdout
 
 
+def test_a_runs_own_splits_are_checked_for_leaks(tmp_path):
+    import pawnet
+
+    photos = tmp_path / "photos"
+    for label in ("cat", "dog"):
+        (photos / label).mkdir(parents=True)
+        for src in real_photos(label, 12):
+            shutil.copy(src, photos / label / src.name)
+    for i, src in enumerate(real_photos("cat", 6)):  # resaved copies: the split scatters them
+        copy = io.BytesIO()
+        Image.open(src).resize((200, 150)).save(copy, "JPEG", quality=70)
+        (photos / "cat" / f"copy{i}.jpg").write_bytes(copy.getvalue())
+    run = pawnet.train(photos, out=str(tmp_path / "run"), model="pawnet-cnn", epochs=1,
+                       image_size=32)
+    result = find_issues(run)
+    assert len(result["near_duplicates"]) >= 4 and result["photos"] == 30  # 5 of 6 here
+    splits = {p["a"]: p["splits"] for p in result["near_duplicates"]}
+    assert result["straddling_pairs"] == sum(a != b for a, b in splits.values()) > 0
+
+
 def test_one_class_is_a_clear_error(tmp_path):
     (tmp_path / "cat").mkdir()
     for src in real_photos("cat", 4):

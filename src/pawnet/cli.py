@@ -135,8 +135,8 @@ def data_issues(
     out: Annotated[Path | None, typer.Option(help="Where to write the HTML contact sheet "
                                              "(default: data_issues.html here).")] = None,
 ) -> None:
-    """Probably wrong labels, near-duplicates (across splits: leaks), outliers. Changes
-    nothing in the folder."""
+    """Probably wrong labels, near-duplicates (across splits: leaks), outliers, in a folder
+    of photos or a training run's splits. Changes nothing in the folder."""
     from pawnet.data_issues import find_issues, format_issues, write_sheet
 
     result = find_issues(photos)

@@ -86,24 +86,37 @@ def _outliers(unit: np.ndarray, photos: list, share: float = 0.01) -> list[dict[
             for i in order]
 
 
+def _photos(folder: Path) -> tuple[list, list[str]]:
+    """(photos, classes): a training run's own photos and splits (its manifest), or what a
+    scan of a folder of photos finds."""
+    from pawnet.data.splits import read_manifest
+    from pawnet.runs import is_run
+
+    if is_run(folder):
+        photos = [p for p in read_manifest(folder / "manifest.csv") if Path(p.path).is_file()]
+        return photos, sorted({p.label for p in photos})
+    found = scan(folder)
+    return found.photos, found.classes
+
+
 def find_issues(folder: str | Path) -> dict[str, Any]:
     """Suspected label errors, near-duplicate pairs and outliers among the photos of a
-    folder (any layout `pawnet train` reads). Nothing in the folder is changed.
+    folder (any layout `pawnet train` reads) or of a training run (with its own splits).
+    Nothing in the folder is changed.
 
     Raises:
         DataError: no photos, or fewer than two classes.
     """
-    found = scan(folder)
-    photos = found.photos
-    if len(found.classes) < 2 or len(photos) < 4:
+    photos, classes = _photos(Path(folder))
+    if len(classes) < 2 or len(photos) < 4:
         raise DataError(f"{folder} needs photos of at least two classes to look for label "
                         "errors. Try: pawnet data check " + str(folder))
     features = _features(photos)
     unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    labels = np.array([found.classes.index(p.label) for p in photos])
+    labels = np.array([classes.index(p.label) for p in photos])
     pairs = _near_duplicates(unit, photos)
-    return {"folder": str(folder), "photos": len(photos), "classes": found.classes,
-            "label_issues": _label_issues(features, labels, found.classes, photos),
+    return {"folder": str(folder), "photos": len(photos), "classes": classes,
+            "label_issues": _label_issues(features, labels, classes, photos),
             "near_duplicates": pairs,
             "straddling_pairs": sum(p["straddles_splits"] for p in pairs),
             "outliers": _outliers(unit, photos)}
