@@ -2,7 +2,7 @@
 there, nothing fails to load or run, and a screenshot is saved in the test's folder."""
 
 import pytest
-from test_serve_browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS
+from test_serve_browser import CHROMEDRIVER, CHROMIUM, chromium
 
 import pawnet
 from pawnet.report_html import SECTIONS
@@ -13,8 +13,6 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_the_html_report_renders_every_section_offline(trained_run, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     report = pawnet.evaluate(trained_run, out=tmp_path / "eval")
@@ -22,14 +20,7 @@ def test_the_html_report_renders_every_section_offline(trained_run, tmp_path):
     text = page.read_text()
     assert "http://" not in text and "https://" not in text and "<script" not in text
     assert page.stat().st_size < 2_000_000
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
-    options.add_argument("--window-size=1100,900")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver = chromium(tmp_path / "profile", "1100,900", console=True)
     try:
         driver.get(page.as_uri())
         for key in SECTIONS:

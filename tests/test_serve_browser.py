@@ -33,8 +33,9 @@ def server():
     assert running.exit_code in serve_load.CLEAN_EXIT
 
 
-@pytest.fixture
-def browser(tmp_path):
+def chromium(profile, size: str = "1000,800", *, console: bool = False):
+    """Debian's headless Chromium through Selenium, with a profile folder of its own;
+    `console`: keep the page's console messages for `get_log("browser")`."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -42,9 +43,16 @@ def browser(tmp_path):
     options.binary_location = str(CHROMIUM)
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    options.add_argument("--window-size=1000,800")
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    options.add_argument(f"--user-data-dir={profile}")
+    options.add_argument(f"--window-size={size}")
+    if console:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+
+
+@pytest.fixture
+def browser(tmp_path):
+    driver = chromium(tmp_path / "chromium-profile")
     try:
         yield driver
     finally:

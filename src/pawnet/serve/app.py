@@ -200,17 +200,24 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
                        "max_files": settings.max_files, "timeout_s": settings.timeout_s},
         }
 
-    @app.post("/v1/predict", dependencies=[Depends(check_key)], **PREDICT_DOC)
-    async def predict(request: Request) -> list[dict]:
+    async def labelled(request: Request) -> tuple[Predictor, list]:
+        """The request's photos as (name, pixels or the reason they cannot be read,
+        their prediction or None), within the limits, labelled by the batcher."""
         predictor = ready()
         uploads = await _uploads(request, settings)
         decoded = await asyncio.gather(*(
             anyio.to_thread.run_sync(predictor.decode, data, settings.max_pixels)
             for _, data in uploads))
         rows = await _run_model(state, settings, [name for name, _ in uploads], decoded)
-        return [(Prediction(name, error=d) if isinstance(d, str)
-                 else predictor.prediction(name, next(rows))).to_dict()
-                for (name, _), d in zip(uploads, decoded, strict=True)]
+        return predictor, [(name, d, None if isinstance(d, str)
+                            else predictor.prediction(name, next(rows)))
+                           for (name, _), d in zip(uploads, decoded, strict=True)]
+
+    @app.post("/v1/predict", dependencies=[Depends(check_key)], **PREDICT_DOC)
+    async def predict(request: Request) -> list[dict]:
+        _, photos = await labelled(request)
+        return [(Prediction(name, error=d) if found is None else found).to_dict()
+                for name, d, found in photos]
 
     explaining = threading.Lock()  # Grad-CAM runs the Keras model eagerly: one at a time
 
@@ -222,18 +229,12 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
 
     @app.post("/v1/explain", dependencies=[Depends(check_key)], **EXPLAIN_DOC)
     async def explain(request: Request) -> list[dict]:
-        predictor = ready()
-        uploads = await _uploads(request, settings)
-        decoded = await asyncio.gather(*(
-            anyio.to_thread.run_sync(predictor.decode, data, settings.max_pixels)
-            for _, data in uploads))
-        rows = await _run_model(state, settings, [name for name, _ in uploads], decoded)
+        predictor, photos = await labelled(request)
         answers = []
-        for (name, _), d in zip(uploads, decoded, strict=True):
-            if isinstance(d, str):
+        for name, d, prediction in photos:
+            if prediction is None:
                 answers.append(Prediction(name, error=d).to_dict())
                 continue
-            prediction = predictor.prediction(name, next(rows))
             try:
                 answers.append(await asyncio.wait_for(anyio.to_thread.run_sync(
                     heat_map, predictor, prediction, d), settings.timeout_s))
