@@ -8,20 +8,17 @@ never drift apart. This module is Typer only: it parses, calls the library, prin
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
-import inspect
 import json
 import sys
-import typing
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from pawnet import quiet
+from pawnet.cli_support import command, with_fields
 from pawnet.config import Config
-from pawnet.errors import PawnetError, one_line
+from pawnet.errors import one_line
 from pawnet.serve.settings import ServeSettings
 
 app = typer.Typer(
@@ -40,67 +37,6 @@ def main_options(
                                           "own log lines.")] = False,
 ) -> None:
     quiet.VERBOSE = verbose
-
-
-def command(typer_app: typer.Typer, name: str, *, tensorflow: bool = True):
-    """Register a command that prints a PawnetError as one `error:` line (exit code 2), exits
-    130 on Ctrl-C, and imports TensorFlow quietly first when it needs it."""
-
-    def decorate(func):
-        @functools.wraps(func)
-        def wrapper(*args, **kwargs):
-            try:
-                if tensorflow:
-                    quiet.import_quietly()
-                return func(*args, **kwargs)
-            except PawnetError as exc:
-                typer.echo(f"error: {one_line(exc)}", err=True)
-                raise typer.Exit(2) from None
-            except KeyboardInterrupt:
-                typer.echo("\ninterrupted", err=True)
-                raise typer.Exit(130) from None
-
-        return typer_app.command(name)(wrapper)
-
-    return decorate
-
-
-def _cli_type(hint: Any) -> type:
-    """The type a flag parses: lists are given comma-separated."""
-    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
-    return str if typing.get_origin(base) in (list, tuple) else base
-
-
-def _help(field: dataclasses.Field) -> str:
-    """A field's help, with its choices and its default."""
-    text = field.metadata["help"]
-    if field.metadata.get("choices"):
-        text += f" One of: {', '.join(field.metadata['choices'])}."
-    default = field.default_factory() if callable(field.default_factory) else field.default
-    if default not in (None, (), []):
-        shown = ",".join(default) if isinstance(default, list) else default
-        text += f" Default: {shown}."
-    return text
-
-
-def with_fields(cls: type, *, skip: tuple[str, ...] = ()):
-    """Give a command taking `**values` one option per field of dataclass `cls`, with the
-    field's help; a flag not given is None in `values`."""
-    hints = typing.get_type_hints(cls)
-
-    def decorate(func):
-        signature = inspect.signature(func, eval_str=True)
-        params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        for f in dataclasses.fields(cls):
-            if f.name not in skip:
-                option = typer.Option(help=_help(f), show_default=False)
-                params.append(inspect.Parameter(
-                    f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                    annotation=Annotated[_cli_type(hints[f.name]) | None, option]))
-        func.__signature__ = signature.replace(parameters=params)
-        return func
-
-    return decorate
 
 
 def _given(values: dict[str, Any]) -> dict[str, Any]:

@@ -219,6 +219,11 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
         return [(Prediction(name, error=d) if found is None else found).to_dict()
                 for name, d, found in photos]
 
+    _add_explain(app, settings, labelled, check_key)
+
+
+def _add_explain(app: FastAPI, settings: ServeSettings, labelled, check_key) -> None:
+    """`POST /v1/explain`: the labels of `/v1/predict`, each with its Grad-CAM heat-map."""
     explaining = threading.Lock()  # Grad-CAM runs the Keras model eagerly: one at a time
 
     def heat_map(predictor: Predictor, prediction: Prediction, pixels: np.ndarray) -> dict:
