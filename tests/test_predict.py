@@ -1,14 +1,19 @@
+import hashlib
 import json
 import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import real_photos
+from conftest import copy_photos, invoke, real_photos
 
 import pawnet
 from pawnet.bundle import split_outputs
 from pawnet.calibration import calibrate
 from pawnet.data.images import load_pixels
+from pawnet.data.shards import in_shard, parse_shard, shard_key
 from pawnet.data.splits import read_manifest
 from pawnet.errors import ConfigError
 from pawnet.predict import Prediction, expand_paths, format_predictions
@@ -185,3 +190,86 @@ def test_tta_from_the_cli_and_in_the_evaluation_report(trained_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "with flip test-time augmentation" in result.output
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["tta"] is True
+
+
+def _key(path: str) -> int:
+    """The documented rule, computed here independently: SHA-256 of the bytes, else of the
+    path."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        data = path.encode()
+    return int(hashlib.sha256(data).hexdigest()[:16], 16)
+
+
+def test_shards_hold_every_photo_once_and_together_the_single_run_rows(trained_run, tmp_path):
+    folder = copy_photos(tmp_path / "photos", 15, split="test")  # 30 real photos
+    data = real_photos("dog", 1, "test")[0].read_bytes()
+    (folder / "dog" / "broken.jpg").write_bytes(data[: len(data) // 2])
+    missing = str(folder / "zzz-missing.jpg")  # unreadable: shared out by its path
+    single = invoke("predict", trained_run, folder, missing, "--format", "csv")
+    assert single.exit_code == 0, single.output
+    header, *rows = single.stdout.splitlines()
+    assert len(rows) == 32 and single.stdout.endswith("\n")
+    parts = []
+    for i in range(3):
+        out = tmp_path / f"part-{i}.csv"
+        result = invoke("predict", trained_run, folder, missing, "--format", "csv",
+                        "--shard", f"{i}/3", "--out", out)
+        assert result.exit_code == 0, result.output
+        assert result.stdout == ""  # all of it went to the file
+        part_header, *part = out.read_text().splitlines()
+        assert part_header == header and part, i
+        assert part == [row for row in rows if row in part]  # the single run's order
+        assert all(_key(row.split(",")[0]) % 3 == i for row in part)
+        parts.append(part)
+    together = [row for part in parts for row in part]
+    assert Counter(together) == Counter(rows)  # byte-identical lines, each photo once
+    assert Counter(row.split(",")[0] for row in together) == Counter(
+        row.split(",")[0] for row in rows)
+    assert sorted(together, key=lambda row: row.split(",")[0]) == rows  # the README rule
+    merged = subprocess.run(  # README's shell recipe
+        ["bash", "-c", "{ head -n 1 part-0.csv; tail -q -n +2 part-*.csv "
+         "| LC_ALL=C sort -s -t, -k1,1; }"], cwd=tmp_path, capture_output=True, text=True)
+    assert merged.stdout == single.stdout, merged.stderr
+    failed = {row.split(",")[0] for row in together if row.split(",")[-1]}
+    assert failed == {str(folder / "dog" / "broken.jpg"), missing}
+
+
+def test_a_shard_is_chosen_by_content_not_by_path_or_place(trained_run, tmp_path):
+    photos = [str(p) for p in real_photos("cat", 6, "test")]
+    (tmp_path / "elsewhere").mkdir()
+    renamed = shutil.copy(photos[0], tmp_path / "elsewhere" / "renamed-copy.jpg")
+    assert shard_key(renamed) == shard_key(photos[0]) == shard_key(Path(renamed).read_bytes())
+    assert shard_key(tmp_path / "no-such.jpg") == _key(str(tmp_path / "no-such.jpg"))
+    shard = f"{shard_key(photos[0]) % 4}/4"
+    forward = [photos[i] for i in in_shard(photos, shard)]
+    backward = [photos[::-1][i] for i in in_shard(photos[::-1], shard)]
+    assert photos[0] in forward and forward == backward[::-1]
+    assert sorted(i for n in range(4) for i in in_shard(photos, (n, 4))) == list(range(6))
+    predictor = pawnet.load(trained_run)
+    labelled = predictor.predict([renamed, *photos[1:]], shard=shard)
+    assert labelled[0].path == str(renamed)
+    assert [p.path for p in labelled[1:]] == forward[1:]
+
+
+@pytest.mark.parametrize("bad", ["3/2", "a/b", "0/0", "2/2", "-1/2", "1", "1/2/3", "", " /3"])
+def test_a_bad_shard_is_one_error_line(trained_run, bad):
+    result = invoke("predict", trained_run, real_photos("cat", 1, "test")[0], "--shard", bad)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        f"error: shard must be I/N with 0 <= I < N, e.g. 0/4 for the first of 4 shares; "
+        f"received: {bad!r}"]
+    with pytest.raises(ConfigError, match="shard must be I/N"):
+        parse_shard(bad)
+    assert parse_shard("2/3") == parse_shard((2, 3)) == (2, 3)
+    with pytest.raises(ConfigError):
+        parse_shard((True, 2))
+
+
+def test_an_empty_shard_is_a_header_and_no_failure(trained_run, tmp_path):
+    photo = str(real_photos("cat", 1, "test")[0])
+    other = (_key(photo) + 1) % 2
+    result = invoke("predict", trained_run, photo, "--format", "csv", "--shard", f"{other}/2")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "path,label,cat,dog,ood_score,error\n"

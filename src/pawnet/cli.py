@@ -186,6 +186,12 @@ def _format(value: str) -> str:
     return value
 
 
+SHARD_HELP = ("Label only share I of N (0 <= I < N): the photos whose SHA-256 (of the bytes; of "
+              "the path when unreadable), its first 16 hex digits as a number, is I modulo N. "
+              "Each part keeps this command's order, and one folder is listed sorted by "
+              "path, so the parts' rows sorted by path are exactly those of one run.")
+
+
 @command(app, "predict", tensorflow=False)
 def predict(
     model: Model,
@@ -197,21 +203,32 @@ def predict(
     runtime: Runtime = "auto",
     tta: Tta = False,
     min_confidence: MinConfidence = None,
+    shard: Annotated[str | None, typer.Option(metavar="I/N", help=SHARD_HELP)] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the output to this file "
+                                             "(atomically) instead of printing it.")] = None,
 ) -> None:
     """Label photos: a label and every class's probability per photo; 'neither' for a photo
     unlike the training photos, 'unsure' below the minimum confidence."""
+    from pawnet.data.shards import parse_shard
     from pawnet.predict import expand_paths, format_predictions, load
+    from pawnet.storage import atomic_write_text
 
     fmt = "json" if json_out else fmt
+    if shard is not None:
+        parse_shard(shard)  # a bad value stops before the model loads
     predictor = load(model, runtime=runtime, tta=tta, min_confidence=min_confidence)
-    results = predictor.predict(expand_paths(paths))
-    # color=True: click would strip escape sequences from CSV names; the table has none
-    typer.echo(format_predictions(results, predictor.classes, fmt), color=True)
+    results = predictor.predict(expand_paths(paths), shard=shard)
+    text = format_predictions(results, predictor.classes, fmt)
+    if out is None:  # color=True: click would strip escape sequences from CSV names
+        typer.echo(text, color=True)
+    else:
+        atomic_write_text(out, text + "\n")
+        typer.echo(f"Wrote {len(results)} predictions to {one_line(out)}", err=True)
     failed = [r for r in results if r.error]
     if fmt == "kaggle":
         for r in failed:
             typer.echo(f"skipped {one_line(r.path)}: {one_line(r.error)}", err=True)
-    if len(failed) == len(results):
+    if results and len(failed) == len(results):  # an empty shard is no failure
         typer.echo("error: no photo could be predicted", err=True)
         raise typer.Exit(1)
 

@@ -21,6 +21,7 @@ import numpy as np
 from pawnet.bundle import Bundle, check_io, resolve, split_outputs
 from pawnet.calibration import calibrate
 from pawnet.data.images import IMAGE_SUFFIXES, MAX_PIXELS, decode_ahead, load_pixels
+from pawnet.data.shards import in_shard
 from pawnet.data.splits import read_manifest
 from pawnet.errors import ConfigError, ImageError, one_line
 from pawnet.ood import NEITHER, UNSURE
@@ -178,7 +179,8 @@ class Predictor:
             return f"cannot read file ({exc.strerror})"
 
     def predict(
-        self, sources: Sequence[str | Path | bytes] | str | Path | bytes, names=None
+        self, sources: Sequence[str | Path | bytes] | str | Path | bytes, names=None,
+        shard: str | tuple[int, int] | None = None,
     ) -> list[Prediction]:
         """Label photos given as paths or bytes; unreadable ones get an error entry.
 
@@ -186,14 +188,19 @@ class Predictor:
             sources: one or more paths or raw image bytes.
             names: the `path` to report for each source. Defaults to the paths themselves,
                 or "<bytes>" for raw bytes.
+            shard: "I/N" or (I, N): label only the sources of share I of N, chosen by
+                content (see `in_shard`), so N processes label all of them, each once.
 
         Returns:
-            One `Prediction` per source, in order.
+            One `Prediction` per source (of the shard), in order.
         """
         if isinstance(sources, str | Path | bytes):
             sources = [sources]
         if names is None:
             names = [s if not isinstance(s, bytes) else "<bytes>" for s in sources]
+        if shard is not None:
+            keep = in_shard(sources, shard)
+            sources, names = [sources[i] for i in keep], [names[i] for i in keep]
         single = getattr(self.runtime, "single_threaded", None)
         if single is not None:
             return self._predict_each(single(), sources, names)

@@ -212,6 +212,12 @@ def find_files(root: str | Path) -> tuple[str, Labelled]:
 # -- checking files -----------------------------------------------------------------------
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes in hex: a photo's identity (duplicates, splits, shards)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _check_file(path: Path, max_pixels: int) -> dict:
     """Check one file: only a regular file is opened, its header read before anything else,
     and only an image is decoded and hashed. Returns a JSON-able record for the scan cache:
@@ -221,8 +227,7 @@ def _check_file(path: Path, max_pixels: int) -> dict:
         if not stat.S_ISREG(mode):
             return {"error": "not a regular file (a pipe, socket or device); left alone"}
         info = inspect_image(path, max_pixels)
-        with open(path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        digest = file_sha256(path)
     except ImageError as exc:
         return {"error": str(exc)}
     except FileNotFoundError:
