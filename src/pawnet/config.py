@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from pawnet.data.images import MAX_PIXELS
+from pawnet.distribute import STRATEGIES
 from pawnet.errors import ConfigError
 
 AUGMENTATIONS = (
@@ -106,6 +107,15 @@ class Config:
                                range=(0.0, 0.9))
     contrast: float = setting(0.2, "Random contrast change.", range=(0.0, 1.0))
     brightness: float = setting(0.2, "Random brightness change.", range=(0.0, 1.0))
+    # -- where to train (see docs/scaling.md)
+    strategy: str = setting("auto", "tf.distribute strategy: one device; mirrored, every GPU "
+                            "here; multi-worker, several machines from TF_CONFIG; auto picks.",
+                            choices=STRATEGIES)
+    workers: str | None = setting(None, "Multi-worker: every worker's HOST:PORT, "
+                                  "comma-separated, the same on all; writes TF_CONFIG.")
+    worker_index: int | None = setting(None, "Multi-worker: this worker's place in --workers "
+                                       "(0 is the chief, which writes the run folder).",
+                                       range=(0, 10_000))
     # -- output
     out: str | None = setting(None, "Run folder; default runs/train, runs/train2, ...")
     tensorboard: bool = setting(False, "Also write TensorBoard logs (Keras' own callback) to "

@@ -8,6 +8,7 @@ PawnetError
   BundleError      a saved model that is missing, damaged or from an incompatible version
   WeightsError     pretrained weights that are not installed or cannot be read
     CheckpointError  a PyTorch checkpoint that cannot be read safely
+  ClusterError     the workers of a distributed run: cannot start, differ, lost one
 ```
 
 The CLI prints a `PawnetError` as one `error:` line and exits with code 2; the server answers
@@ -42,6 +43,10 @@ class WeightsError(PawnetError):
 
 class CheckpointError(WeightsError):
     """A checkpoint that cannot be read safely; the message says why, in one line."""
+
+
+class ClusterError(PawnetError):
+    """The workers of a distributed run: one cannot start, they differ, or one was lost."""
 
 
 def one_line(text: object) -> str:

@@ -81,14 +81,19 @@ def decoded_dataset(
     *,
     cache: Cache = None,
     max_pixels: int = MAX_PIXELS,
+    sample_weights: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """Unbatched `(uint8 image, label)` pairs, decoded once and then cached if asked.
+    """Unbatched `(uint8 image, label)` pairs (with a third item, the sample weight, when
+    given), decoded once and then cached if asked.
 
     Args:
         cache: "memory", a file path prefix on disk, or None (decode every pass).
     """
     images = pixel_dataset(paths, image_size, max_pixels)
-    ds = tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(np.asarray(labels)))
+    extra = () if sample_weights is None else (
+        tf.data.Dataset.from_tensor_slices(np.asarray(sample_weights)),)
+    ds = tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(np.asarray(labels)),
+                             *extra)
     if cache is None:
         return ds
     return ds.cache("" if cache == "memory" else str(cache))
@@ -111,14 +116,15 @@ def batched(
     if shuffle is not None:
         ds = ds.shuffle(shuffle[0], seed=shuffle[1], reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda x, *rest: (tf.cast(x, tf.float32), *rest),
+                num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.autotune.enabled = False  # it stalled whole epochs at random (docs/decisions.md)
     if augment is not None:
         # Sequential: random layers share one seed state, and parallel calls would make the
         # draws depend on thread timing, so runs would not repeat. Each op may still use
         # every core, which tf.data does not allow map functions by default.
-        ds = ds.map(lambda x, y: (augment(x), y))
+        ds = ds.map(lambda x, *rest: (augment(x), *rest))
         options.threading.max_intra_op_parallelism = os.cpu_count() or 1
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
@@ -133,8 +139,10 @@ def labelled_dataset(
     shuffle_seed: int | None = None,
     augment: Callable | None = None,
     max_pixels: int = MAX_PIXELS,
+    sample_weights: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """Batches of `(float32 images 0-255, int labels)` for `fit` and `evaluate`.
+    """Batches of `(float32 images 0-255, int labels)` for `fit` and `evaluate`, with
+    each photo's weight third when `sample_weights` are given.
 
     Args:
         paths, labels: photos and their class indices.
@@ -145,6 +153,7 @@ def labelled_dataset(
         augment: function applied to each float32 batch (training only).
         max_pixels: decompression-bomb limit passed to the decoder.
     """
-    decoded = decoded_dataset(paths, labels, image_size, cache=cache, max_pixels=max_pixels)
+    decoded = decoded_dataset(paths, labels, image_size, cache=cache, max_pixels=max_pixels,
+                              sample_weights=sample_weights)
     shuffle = None if shuffle_seed is None else (len(paths), shuffle_seed)
     return batched(decoded, batch_size, shuffle=shuffle, augment=augment)

@@ -14,6 +14,7 @@ shares, `scratch` and `transfer` fit, `callbacks` record and checkpoint.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -23,12 +24,14 @@ import numpy as np
 
 from pawnet.bundle import BundleSpec, class_probabilities, save_bundle
 from pawnet.config import resolve_config
+from pawnet.data.splits import fingerprint
+from pawnet.distribute import check_same_run, connect, lost_workers, split_batch
 from pawnet.models.registry import get_model_spec
 from pawnet.models.spec import output_kind
 from pawnet.training import scratch, transfer
 from pawnet.training.callbacks import read_history, require_tensorboard
 from pawnet.training.ood import fit_ood
-from pawnet.training.plan import Plan, log, new_plan, provenance, resume_plan
+from pawnet.training.plan import Plan, log, new_plan, provenance, resume_plan, start_resumed
 from pawnet.training.recipe import class_weights
 
 
@@ -52,11 +55,21 @@ def train(photos: str | Path | None = None, *, config: str | Path | dict | None 
     >>> run = pawnet.train("photos/", epochs=5)
     """
     photos = str(photos) if photos is not None else None
-    if settings.get("resume"):
-        plan = resume_plan(Path(settings["resume"]), photos=photos, config=config, **settings)
-    else:
-        plan = new_plan(resolve_config(config, photos=photos, **settings))
-    return _fit(plan)
+    resumed = resume_plan(Path(settings["resume"]), photos=photos, config=config, **settings
+                          ) if settings.get("resume") else None
+    cfg = resumed.cfg if resumed else resolve_config(config, photos=photos, **settings)
+    cluster = connect(cfg.strategy, cfg.workers, cfg.worker_index)
+    split_batch(cfg.batch_size, cluster)
+    same = json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("out", "worker_index")},
+                      sort_keys=True)
+    plan = start_resumed(resumed, cluster) if resumed else new_plan(cfg, cluster)
+    try:
+        with lost_workers(cluster):
+            check_same_run(cluster, fingerprint(plan.photos), same)
+            return _fit(plan)
+    finally:
+        if not cluster.is_chief:
+            shutil.rmtree(plan.run_dir, ignore_errors=True)
 
 
 def _calibration(plan: Plan, output: str, val_out: np.ndarray) -> dict[str, float]:
@@ -104,8 +117,11 @@ def _fit(plan: Plan) -> Path:
 
     spec = get_model_spec(cfg.model)
     started = time.monotonic()
-    model, (val_loss, val_accuracy), val_out = (transfer if spec.pretrained else scratch).fit(
-        plan, spec, weights)
+    fitted = (transfer if spec.pretrained else scratch).fit(plan, spec, weights)
+    if fitted is None:  # a worker other than the chief, whose part is done
+        log(f"Worker {plan.cluster.index} done; the chief saves the bundle")
+        return run_dir
+    model, (val_loss, val_accuracy), val_out = fitted
     fit_seconds = time.monotonic() - started
     log(f"Saved model on validation photos: val_loss {val_loss:.4f}, "
         f"val_accuracy {val_accuracy:.4f}")

@@ -8,14 +8,16 @@ import json
 import math
 import platform
 import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pawnet.config import Config, resolve_config
+from pawnet.config import Config, read_config_file, resolve_config
 from pawnet.data.scan import Photo, count_classes, scan
 from pawnet.data.splits import assign_splits, fingerprint, read_manifest, write_manifest
+from pawnet.distribute import Cluster
 from pawnet.errors import ConfigError, DataError, one_line
 from pawnet.storage import atomic_write_text, next_run_dir
 from pawnet.training.callbacks import ResumeCheckpoint
@@ -39,6 +41,7 @@ class Plan:
     photos: list[Photo]
     resumed: bool = False
     state: dict | None = None
+    cluster: Cluster | None = None  # None: one device, in this process
 
     @property
     def initial_epoch(self) -> int:
@@ -57,8 +60,9 @@ class Plan:
         return {split: count_classes(self.photos, self.classes, split) for split in SPLIT_NAMES}
 
 
-def new_plan(cfg: Config) -> Plan:
+def new_plan(cfg: Config, cluster: Cluster | None = None) -> Plan:
     """Scan and split the photos, then create the run folder and record the split in it.
+    A worker other than the chief works in a temporary folder instead.
 
     Raises:
         ConfigError: no photos given, or a resume asked for in a config file.
@@ -84,12 +88,15 @@ def new_plan(cfg: Config) -> Plan:
         )
     photos = assign_splits(photoset.photos, cfg.seed, cfg.val_fraction, cfg.test_fraction)
     _check_splits(photos)
-    run_dir = next_run_dir(cfg.out or "runs/train")
-    cfg.out = str(run_dir)
+    if cluster is None or cluster.is_chief:
+        run_dir = next_run_dir(cfg.out or "runs/train")
+        cfg.out = str(run_dir)
+    else:
+        run_dir = Path(tempfile.mkdtemp(prefix=f"pawnet-worker{cluster.index}-"))
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     write_manifest(run_dir / "manifest.csv", photos)
     atomic_write_text(run_dir / "data.json", json.dumps(photoset.to_json(), indent=2) + "\n")
-    return Plan(cfg, run_dir, photoset.classes, photos)
+    return Plan(cfg, run_dir, photoset.classes, photos, cluster=cluster)
 
 
 def _check_splits(photos: list[Photo]) -> None:
@@ -114,8 +121,12 @@ def _flag(key: str) -> str:
     return "PHOTOS" if key == "photos" else "--" + key.replace("_", "-")
 
 
+RESUME_MAY_CHANGE = ("epochs", "strategy", "workers", "worker_index")
+
+
 def resume_plan(run_dir: Path, **given: Any) -> Plan:
-    """The plan of a run to continue with its saved settings; only `epochs` may change.
+    """The plan of a run to continue with its saved settings; only `epochs` and where it
+    trains (`strategy`, `workers`, `worker_index`) may change.
 
     Raises:
         ConfigError: not a run folder, or settings other than epochs given.
@@ -123,13 +134,17 @@ def resume_plan(run_dir: Path, **given: Any) -> Plan:
     """
     if not (run_dir / "config.yaml").exists():
         raise ConfigError(f"cannot resume {run_dir}: no config.yaml there (not a pawnet run)")
-    extra = sorted(k for k, v in given.items() if v is not None and k not in ("epochs", "resume"))
+    extra = sorted(k for k, v in given.items()
+                   if v is not None and k not in (*RESUME_MAY_CHANGE, "resume"))
     if extra:
         raise ConfigError(
-            "--resume continues a run with its saved settings; only --epochs may change, "
-            f"received: {', '.join(_flag(k) for k in extra)}"
+            "--resume continues a run with its saved settings; only --epochs and where it "
+            f"trains may change, received: {', '.join(_flag(k) for k in extra)}"
         )
-    cfg = resolve_config(run_dir / "config.yaml", epochs=given.get("epochs"))
+    saved = read_config_file(run_dir / "config.yaml")
+    for key in RESUME_MAY_CHANGE[1:]:
+        saved.pop(key, None)  # where the run trained before says nothing of where it goes on
+    cfg = resolve_config(saved, **{k: given.get(k) for k in RESUME_MAY_CHANGE})
     photos = read_manifest(run_dir / "manifest.csv")
     missing = [p.path for p in photos if not Path(p.path).exists()]
     if missing:
@@ -137,7 +152,24 @@ def resume_plan(run_dir: Path, **given: Any) -> Plan:
                         f"e.g. {missing[0]}")
     plan = Plan(cfg, run_dir, sorted({p.label for p in photos}), photos, resumed=True,
                 state=ResumeCheckpoint.load_state(run_dir / "checkpoints"))
-    shutil.rmtree(plan.pixel_cache, ignore_errors=True)  # a killed run's partial pixels
+    return plan
+
+
+def start_resumed(plan: Plan, cluster: Cluster | None = None) -> Plan:
+    """Ready a resumed plan on this worker: the chief clears the killed run's partial
+    pixels; another worker continues from a copy of the run folder in a temporary one."""
+    plan.cluster = cluster
+    if cluster is None or cluster.is_chief:
+        shutil.rmtree(plan.pixel_cache, ignore_errors=True)
+        return plan
+    copy = Path(tempfile.mkdtemp(prefix=f"pawnet-worker{cluster.index}-"))
+    for name in ("history.csv", "checkpoints"):
+        source = plan.run_dir / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns(".*"))
+        elif source.exists():
+            shutil.copy2(source, copy / name)
+    plan.run_dir = copy
     return plan
 
 

@@ -80,27 +80,51 @@ def steps_per_epoch(n_photos: int, cfg: Config) -> int:
     return math.ceil(n_photos / cfg.batch_size)
 
 
-def image_datasets(plan: Plan, binary: bool, *, augment: bool = True):
+def image_datasets(plan: Plan, binary: bool, *, augment: bool = True,
+                   weights: dict[int, float] | None = None):
     """(train, val) image pipelines: train shuffled and augmented, both cached after the
-    first epoch (in memory, or under `plan.pixel_cache` when they would not fit)."""
+    first epoch (in memory, or under `plan.pixel_cache` when they would not fit).
+
+    On several workers each one reads only its share of the photos, in batches of its
+    share of the global batch, with the class `weights` as sample weights (Keras cannot
+    add them to a distributed dataset); elsewhere `fit` takes the weights itself.
+    """
     from pawnet.data.augment import build_augmenter
     from pawnet.data.pipeline import cache_location, labelled_dataset
 
-    cfg = plan.cfg
+    cfg, cluster = plan.cfg, plan.cluster
     train_photos, val_photos = plan.split("train"), plan.split("val")
-    n_cached = len(train_photos) + len(val_photos)
     augmenter = build_augmenter(cfg.augment, cfg.augment_strengths(), cfg.seed) if augment else None
+    multi_worker = cluster is not None and cluster.multi_worker
+    weights = weights if multi_worker else None
 
-    def pipeline(photos: list[Photo], split: str, **kwargs):
+    def pipeline(photos: list[Photo], split: str, batch_size: int, **kwargs):
+        index = np.array([plan.classes.index(p.label) for p in photos], dtype=np.int64)
         return labelled_dataset(
             [p.path for p in photos], targets(photos, plan.classes, binary), cfg.image_size,
-            cfg.batch_size, max_pixels=cfg.max_pixels,
-            cache=cache_location(n_cached, cfg.image_size, cfg.cache, plan.pixel_cache / split),
+            batch_size, max_pixels=cfg.max_pixels,
+            cache=cache_location(len(train_photos) + len(val_photos), cfg.image_size,
+                                 cfg.cache, plan.pixel_cache / split),
+            sample_weights=None if weights is None else
+            np.array([weights[i] for i in index], dtype=np.float32),
             **kwargs,
         )
 
-    return (pipeline(train_photos, "train", shuffle_seed=cfg.seed, augment=augmenter),
-            pipeline(val_photos, "val"))
+    if not multi_worker:
+        return (pipeline(train_photos, "train", cfg.batch_size, shuffle_seed=cfg.seed,
+                         augment=augmenter),
+                pipeline(val_photos, "val", cfg.batch_size))
+
+    def sharded(photos: list[Photo], split: str, **kwargs):
+        def make(context):
+            mine = photos[context.input_pipeline_id::context.num_input_pipelines]
+            return pipeline(mine, split, context.get_per_replica_batch_size(cfg.batch_size),
+                            **kwargs)
+
+        return cluster.strategy.distribute_datasets_from_function(make)
+
+    return (sharded(train_photos, "train", shuffle_seed=cfg.seed, augment=augmenter),
+            sharded(val_photos, "val"))
 
 
 def head_training_set(head, cfg: Config, x: np.ndarray, y: np.ndarray):

@@ -4,6 +4,8 @@ validation loss, early stopping, curves, and a resume checkpoint after every epo
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import sys
 
 import numpy as np
@@ -48,7 +50,7 @@ def fit_on_images(model, plan: Plan, train_ds, val_ds, weights, *, epochs: int,
         validation_data=val_ds,
         epochs=epochs,
         initial_epoch=initial_epoch,
-        class_weight=weights,
+        class_weight=None if _multi_worker(plan) else weights,  # else in the datasets
         shuffle=False,  # the tf.data pipeline shuffles, with the run's seed
         callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
@@ -56,6 +58,22 @@ def fit_on_images(model, plan: Plan, train_ds, val_ds, weights, *, epochs: int,
     if best_path.exists():
         model.load_weights(best_path)
     return model
+
+
+def _multi_worker(plan: Plan) -> bool:
+    return plan.cluster is not None and plan.cluster.multi_worker
+
+
+def on_this_worker(model, plan: Plan):
+    """After multi-worker training, the model with the same weights outside the strategy,
+    so evaluating and saving it on one worker needs no other."""
+    import keras
+
+    if not _multi_worker(plan):
+        return model
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _start_or_resume(plan: Plan, spec: ModelSpec):
@@ -76,20 +94,35 @@ def _start_or_resume(plan: Plan, spec: ModelSpec):
 
 
 def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
-        ) -> tuple[object, list[float], np.ndarray]:
+        ) -> tuple[object, list[float], np.ndarray] | None:
     """Train `spec` from scratch (or on from the resume checkpoint).
 
     Returns:
         The model with its best weights, its [val_loss, val_accuracy], and its outputs on
-        the validation photos.
+        the validation photos; None on a worker other than the chief.
     """
     cfg = plan.cfg
-    model = _start_or_resume(plan, spec)
-    train_ds, val_ds = image_datasets(plan, binary=output_kind(model) == "sigmoid")
+    with plan.cluster.scope() if plan.cluster else contextlib.nullcontext():
+        model = _start_or_resume(plan, spec)
+    binary = output_kind(model) == "sigmoid"
+    train_ds, val_ds = image_datasets(plan, binary, weights=weights)
     log(f"Training {cfg.model} at {cfg.image_size}px, batch {cfg.batch_size}, "
         f"up to {cfg.epochs} epochs, lr {cfg.lr:g} ({cfg.lr_schedule}), "
         f"augment: {', '.join(cfg.augment) or 'none'}; run folder {plan.run_dir}")
     model = fit_on_images(model, plan, train_ds, val_ds, weights, epochs=cfg.epochs,
                           initial_epoch=plan.initial_epoch, state=plan.state)
+    if plan.cluster is not None and not plan.cluster.is_chief:
+        return None
+    return validated(model, plan, binary, val_ds)
+
+
+def validated(model, plan: Plan, binary: bool, val_ds) -> tuple[object, list[float], np.ndarray]:
+    """The trained model (on this worker), its [val_loss, val_accuracy] and its outputs on
+    the validation photos, in their order (`val_ds` unless it is spread over workers)."""
+    if _multi_worker(plan):
+        model = on_this_worker(model, plan)
+        plan = dataclasses.replace(plan, cluster=None)
+        compile_model(model, plan.cfg, 1)
+        _, val_ds = image_datasets(plan, binary, augment=False)
     return (model, [float(v) for v in model.evaluate(val_ds, verbose=0)],
             np.asarray(model.predict(val_ds, verbose=0)))

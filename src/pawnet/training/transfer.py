@@ -10,6 +10,7 @@ mode. The bundle saves one model from raw pixels to probabilities.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import sys
@@ -24,6 +25,7 @@ import numpy as np
 from pawnet.data.augment import build_augmenter
 from pawnet.data.images import MAX_PIXELS, decode_ahead, load_pixels
 from pawnet.data.pipeline import pixel_dataset
+from pawnet.distribute import Cluster, all_sum, broadcast, gather_rows
 from pawnet.models.pretrained import build_head, compose, load_backbone
 from pawnet.models.spec import ModelSpec, output_kind
 from pawnet.runtimes import Runtime, choose, core_chunks, synthetic_images, threads
@@ -37,7 +39,7 @@ from pawnet.training.recipe import (
     steps_per_epoch,
     targets,
 )
-from pawnet.training.scratch import fit_on_images
+from pawnet.training.scratch import fit_on_images, validated
 
 _SAVE_EVERY = 20  # batches between writes of the feature cache, so a kill loses little
 
@@ -152,20 +154,33 @@ def cached_features(
     desc: str,
     max_pixels: int | None = None,
     view: Callable[[str], bytes] | None = None,
+    cluster: tuple[Cluster, int] | None = None,
 ) -> np.ndarray:
     """Features of photos (of `view(path)`, the photo made into another image, when
-    given), computing only those not in the store yet."""
-    todo = list({p.sha256: p for p in photos if p.sha256 not in store.features}.values())
-    if todo:
+    given), computing only those not in the store yet. On several workers, `cluster` is
+    (the cluster, the feature size): the photos missing on any worker are shared out, each
+    computes its share, then all get all of them."""
+    cluster, dim = cluster or (None, 0)
+    missing = np.array([p.sha256 not in store.features for p in photos], np.float64)
+    if cluster is not None:
+        missing = all_sum(cluster, missing)
+    todo = list({p.sha256: p for p, m in zip(photos, missing, strict=True) if m}.values())
+    mine = cluster.shard(todo) if cluster is not None else todo
+    if mine:
         def keep(i: int, feats: np.ndarray) -> None:
-            for photo, f in zip(todo[i * batch_size:], feats, strict=False):
+            for photo, f in zip(mine[i * batch_size:], feats, strict=False):
                 store.features[photo.sha256] = f
             if (i + 1) % _SAVE_EVERY == 0:
                 store.save()
 
-        sources = [view(p.path) if view else p.path for p in todo]
+        sources = [view(p.path) if view else p.path for p in mine]
         extract_features(backbone, sources, image_size, batch_size,
                          desc=desc, on_batch=keep, max_pixels=max_pixels)
+    if cluster is not None and todo:
+        rows = np.stack([store.features[p.sha256] for p in mine]) if mine else np.zeros((0, dim))
+        every = gather_rows(cluster, rows.astype(np.float32), len(todo))
+        store.features.update({p.sha256: f for p, f in zip(todo, every, strict=True)})
+    if todo:
         store.save()
     return np.stack([store.features[p.sha256] for p in photos])
 
@@ -193,24 +208,30 @@ def unfreeze_top_blocks(backbone: keras.Model, blocks: int) -> list[str]:
 
 def _features(plan: Plan, spec: ModelSpec, backbone: keras.Model):
     """(train_x, val_x, views): cached plain-view features, with `feature_views` augmented
-    views of each training photo stacked under the plain ones (views in all)."""
-    cfg = plan.cfg
+    views of each training photo stacked under the plain ones (views in all). On several
+    workers each computes its share, and every worker gets all of them."""
+    cfg, cluster = plan.cfg, plan.cluster
     train_photos, val_photos = plan.split("train"), plan.split("val")
     key = backbone_id(backbone, "+".join(spec.backbones), cfg.image_size)
     store = FeatureStore(key)
     runtime = backbone_runtime(backbone, key)
+    dim = int(backbone.output.shape[-1])
+    shared = (cluster, dim) if cluster is not None and cluster.multi_worker else None
     started = time.monotonic()
     train_x = cached_features(runtime, store, train_photos, cfg.image_size, cfg.batch_size,
-                              "Features (train)", cfg.max_pixels)
+                              "Features (train)", cfg.max_pixels, cluster=shared)
     val_x = cached_features(runtime, store, val_photos, cfg.image_size, cfg.batch_size,
-                            "Features (val)", cfg.max_pixels)
+                            "Features (val)", cfg.max_pixels, cluster=shared)
     views = [train_x]
     for view in range(1, cfg.feature_views + 1):
         augment = build_augmenter(cfg.augment, cfg.augment_strengths(), cfg.seed + view)
-        views.append(extract_features(runtime, [p.path for p in train_photos],
-                                      cfg.image_size, cfg.batch_size, augment=augment,
-                                      desc=f"Features (augmented view {view})",
-                                      max_pixels=cfg.max_pixels))
+        paths = [p.path for p in train_photos]
+        mine = cluster.shard(paths) if shared else paths
+        rows = extract_features(runtime, mine, cfg.image_size, cfg.batch_size,
+                                augment=augment, desc=f"Features (augmented view {view})",
+                                max_pixels=cfg.max_pixels) if mine else np.zeros((0, dim))
+        views.append(gather_rows(cluster, rows.astype(np.float32), len(paths))
+                     if shared else rows)
     n_photos = len(train_photos) * len(views) + len(val_photos)
     log(f"Features of {n_photos} photo views ready in {time.monotonic() - started:.1f}s "
         f"({len(store.features)} cached for {spec.name})")
@@ -261,38 +282,69 @@ def _check_composed(model, head, plan: Plan, val_x: np.ndarray) -> None:
 
 
 def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
-        ) -> tuple[keras.Model, list[float], np.ndarray]:
+        ) -> tuple[keras.Model, list[float], np.ndarray] | None:
     """Phase 1: the head on cached backbone features; phase 2 (optional): fine-tune the top
-    blocks. A resumed run redoes phase 1 from the feature cache, in seconds.
+    blocks. A resumed run redoes phase 1 from the feature cache, in seconds. On several
+    workers, all share out the features, the chief trains the head, and all fine-tune.
 
     Returns:
         The composed model (pixels to probabilities), its [val_loss, val_accuracy], and
-        its outputs on the validation photos.
+        its outputs on the validation photos; None on a worker other than the chief.
     """
-    cfg = plan.cfg
-    backbone = load_backbone(spec, cfg.image_size, trainable_later=cfg.fine_tune > 0,
-                             weights=cfg.weights)
+    cfg, cluster = plan.cfg, plan.cluster
+    multi_worker = cluster is not None and cluster.multi_worker
+    chief = cluster is None or cluster.is_chief
+    backbone = load_backbone(spec, cfg.image_size, weights=cfg.weights,
+                             trainable_later=cfg.fine_tune > 0 and not multi_worker)
     log(f"Transfer learning from {spec.name} at {cfg.image_size}px; run folder {plan.run_dir}")
     train_x, val_x, views = _features(plan, spec, backbone)
     keras.utils.set_random_seed(cfg.seed)  # the head starts alike however the backbone loaded
     head = build_head(len(plan.classes), backbone)
     binary = output_kind(head) == "sigmoid"
-    train_y = targets(plan.split("train"), plan.classes, binary)
-    val_y = targets(plan.split("val"), plan.classes, binary)
-    train_y = np.concatenate([train_y] * views)
-    epochs_done, loss, accuracy = _fit_head(plan, head, train_x, train_y, val_x, val_y, weights)
-    model = compose(backbone, head, spec.name)
+    if not chief and not cfg.fine_tune:
+        return None
+    epochs_done, loss, accuracy = 0, 0.0, 0.0
+    if chief:
+        train_y = np.concatenate([targets(plan.split("train"), plan.classes, binary)] * views)
+        val_y = targets(plan.split("val"), plan.classes, binary)
+        epochs_done, loss, accuracy = _fit_head(plan, head, train_x, train_y, val_x, val_y,
+                                                weights)
     if not cfg.fine_tune:
+        model = compose(backbone, head, spec.name)
         _check_composed(model, head, plan, val_x)
         return model, [loss, accuracy], np.asarray(head.predict(val_x, verbose=0))
+    if multi_worker:
+        backbone, head, epochs_done = _on_every_worker(plan, spec, head, epochs_done)
+    return _fine_tune(plan, backbone, head, spec, weights, epochs_done)
 
+
+def _on_every_worker(plan: Plan, spec: ModelSpec, head: keras.Model, epochs_done: int):
+    """The chief's head, and a backbone to fine-tune, made in the strategy's scope on every
+    worker; the number of head epochs the chief ran."""
+    cfg = plan.cfg
+    *head_weights, done = broadcast(plan.cluster, [*head.get_weights(), np.array(epochs_done)])
+    with plan.cluster.scope():
+        backbone = load_backbone(spec, cfg.image_size, trainable_later=True,
+                                 weights=cfg.weights)
+        head = build_head(len(plan.classes), backbone)
+    head.set_weights(head_weights)
+    return backbone, head, int(done)
+
+
+def _fine_tune(plan: Plan, backbone: keras.Model, head: keras.Model, spec: ModelSpec,
+               weights: dict[int, float] | None, epochs_done: int):
+    cfg, cluster = plan.cfg, plan.cluster
     opened = unfreeze_top_blocks(backbone, cfg.fine_tune)
     log(f"Fine-tuning the top {cfg.fine_tune} blocks ({len(opened)} layers, batch norm "
         f"frozen) at lr {cfg.fine_tune_lr:g} for up to {cfg.fine_tune_epochs} epochs")
-    train_ds, val_ds = image_datasets(plan, binary)
-    compile_model(model, cfg, steps_per_epoch(len(plan.split("train")), cfg),
-                  lr=cfg.fine_tune_lr, epochs=cfg.fine_tune_epochs)
+    binary = output_kind(head) == "sigmoid"
+    train_ds, val_ds = image_datasets(plan, binary, weights=weights)
+    with cluster.scope() if cluster else contextlib.nullcontext():
+        model = compose(backbone, head, spec.name)
+        compile_model(model, cfg, steps_per_epoch(len(plan.split("train")), cfg),
+                      lr=cfg.fine_tune_lr, epochs=cfg.fine_tune_epochs)
     model = fit_on_images(model, plan, train_ds, val_ds, weights,
                           epochs=epochs_done + cfg.fine_tune_epochs, initial_epoch=epochs_done)
-    return (model, [float(v) for v in model.evaluate(val_ds, verbose=0)],
-            np.asarray(model.predict(val_ds, verbose=0)))
+    if cluster is not None and not cluster.is_chief:
+        return None
+    return validated(model, plan, binary, val_ds)

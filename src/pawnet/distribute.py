@@ -1,0 +1,292 @@
+"""Training on several devices or machines, on `tf.distribute`.
+
+`--strategy one` trains in this process on one device; `mirrored` on every GPU of this
+machine (or every logical CPU device); `multi-worker` on several machines with
+`MultiWorkerMirroredStrategy`, from the standard `TF_CONFIG` that cluster schedulers set,
+or that `--workers HOST:PORT,... --worker-index I` writes. `auto` takes multi-worker when
+`TF_CONFIG` names more than one task, mirrored with more than one GPU, else one.
+
+All the workers run the same command. The chief (task 0) writes the run folder; the others
+work in a temporary folder that is removed at the end. Everything that crosses machines is
+a `tf.distribute` collective: the check that every worker has the same photos and
+settings, the gradients, the validation figures, and the transfer path's features.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pawnet.errors import ClusterError, ConfigError
+
+STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
+PACK_BYTES = 32 * 2**20  # gradients all-reduced together (docs/decisions.md)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where a run trains: its `tf.distribute` strategy, and this worker's place."""
+
+    strategy: Any
+    kind: str = "one"
+    index: int = 0
+    workers: int = 1
+
+    @property
+    def is_chief(self) -> bool:
+        return self.index == 0
+
+    @property
+    def multi_worker(self) -> bool:
+        return self.kind == "multi-worker"
+
+    def shard(self, items: Sequence) -> list:
+        """This worker's share of `items`: every `workers`-th, from its index."""
+        return list(items[self.index::self.workers])
+
+    def scope(self):
+        return self.strategy.scope()
+
+
+def local() -> Cluster:
+    """One device, in this process: TensorFlow's default strategy."""
+    import tensorflow as tf
+
+    return Cluster(tf.distribute.get_strategy())
+
+
+def tf_config(workers: str, worker_index: int) -> dict:
+    """The `TF_CONFIG` of worker `worker_index` of a comma-separated HOST:PORT list.
+
+    Raises:
+        ConfigError: a malformed address, a repeated one, or an index out of range.
+    """
+    addresses = [w.strip() for w in workers.split(",") if w.strip()]
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"workers must be HOST:PORT,HOST:PORT,..., received: {address!r}. "
+                              "Try: --workers node1:12345,node2:12345")
+    if len(set(addresses)) != len(addresses):
+        raise ConfigError(f"workers lists an address more than once: {workers}")
+    if not 0 <= worker_index < len(addresses):
+        raise ConfigError(f"worker_index must be between 0 and {len(addresses) - 1} for "
+                          f"{len(addresses)} workers, received: {worker_index}")
+    return {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": worker_index}}
+
+
+def _read_tf_config() -> dict | None:
+    """The parsed `TF_CONFIG`, or None when it is not set.
+
+    Raises:
+        ConfigError: it is not JSON with a cluster and this task in it.
+    """
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return None
+    try:
+        found = json.loads(text)
+        cluster, task = found["cluster"], found["task"]
+        tasks = cluster[task["type"]]
+        if not 0 <= int(task["index"]) < len(tasks):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError("TF_CONFIG must be JSON like {\"cluster\": {\"worker\": [\"host1:"
+                          "port\", \"host2:port\"]}, \"task\": {\"type\": \"worker\", "
+                          "\"index\": 0}}. Try: --workers HOST:PORT,... --worker-index I"
+                          ) from None
+    return found
+
+
+def _task_index(config: dict) -> tuple[int, int]:
+    """(this task's place, number of tasks): a "chief" task comes first, then workers."""
+    jobs = config["cluster"]
+    order = [("chief", i) for i in range(len(jobs.get("chief", [])))]
+    order += [("worker", i) for i in range(len(jobs.get("worker", [])))]
+    task = (config["task"]["type"], int(config["task"]["index"]))
+    if task not in order:
+        raise ConfigError(f"TF_CONFIG's task {task[0]} {task[1]} is not a chief or a worker "
+                          "(pawnet has no parameter servers or evaluators)")
+    return order.index(task), len(order)
+
+
+def connect(strategy: str = "auto", workers: str | None = None,
+            worker_index: int | None = None) -> Cluster:
+    """The cluster a run trains on. Call before TensorFlow runs anything else.
+
+    Raises:
+        ConfigError: bad flags or TF_CONFIG, or multi-worker without a cluster.
+    """
+    if (workers is None) != (worker_index is None):
+        raise ConfigError("--workers and --worker-index go together. Try: --workers "
+                          "node1:12345,node2:12345 --worker-index 0")
+    if workers is not None:
+        if strategy not in ("auto", "multi-worker"):
+            raise ConfigError(f"--workers trains with --strategy multi-worker, received: "
+                              f"--strategy {strategy}")
+        os.environ["TF_CONFIG"] = json.dumps(tf_config(workers, worker_index))
+    config = _read_tf_config()
+    if strategy == "auto":
+        strategy = "multi-worker" if config and _task_index(config)[1] > 1 else (
+            "mirrored" if _gpus() > 1 else "one")
+    if strategy == "multi-worker":
+        if config is None:
+            raise ConfigError("--strategy multi-worker needs TF_CONFIG, or --workers "
+                              "HOST:PORT,... --worker-index I")
+        return _multi_worker(config)
+    if strategy == "mirrored":
+        return _mirrored()
+    return local()
+
+
+def _gpus() -> int:
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def _mirrored() -> Cluster:
+    import tensorflow as tf
+
+    devices = ([d.name for d in tf.config.list_logical_devices("GPU")]
+               or [d.name for d in tf.config.list_logical_devices("CPU")])
+    return Cluster(tf.distribute.MirroredStrategy(devices), "mirrored")
+
+
+def _multi_worker(config: dict) -> Cluster:
+    import tensorflow as tf
+
+    from pawnet.training import keras_mwms
+
+    index, count = _task_index(config)
+    keras_mwms.apply()
+    options = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=PACK_BYTES)
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    except (RuntimeError, tf.errors.OpError) as exc:
+        raise ClusterError(f"cannot start worker {index} of {count}: {_first_line(exc)}. "
+                           "Try: start every worker within a minute, with the same --workers"
+                           ) from None
+    return Cluster(strategy, "multi-worker", index, count)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def split_batch(batch_size: int, cluster: Cluster) -> int:
+    """Photos per replica of each step of `batch_size` photos (the global batch).
+
+    Raises:
+        ConfigError: the batch does not split evenly over the replicas.
+    """
+    replicas = cluster.strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        fits = max(replicas, batch_size // replicas * replicas)
+        raise ConfigError(f"batch_size {batch_size} does not split evenly over {replicas} "
+                          f"replicas (the batch is global, shared by all). Try: --batch-size "
+                          f"{fits}")
+    return batch_size // replicas
+
+
+def all_sum(cluster: Cluster, value: np.ndarray, contribute: str = "all") -> np.ndarray:
+    """The sum over workers of `value`; with `contribute="chief"`, only the chief's (so
+    every worker gets exactly the chief's value)."""
+    import tensorflow as tf
+
+    if not cluster.multi_worker:
+        return value
+    return _summing(cluster.strategy, contribute)(tf.constant(value)).numpy()
+
+
+@functools.cache
+def _summing(strategy: Any, contribute: str):
+    import tensorflow as tf
+
+    replicas = len(strategy.extended.worker_devices)  # on each worker
+
+    def step(v):
+        context = tf.distribute.get_replica_context()
+        replica = context.replica_id_in_sync_group
+        counts = replica == 0 if contribute == "chief" else replica % replicas == 0
+        return context.all_reduce("SUM", tf.where(counts, v, tf.zeros_like(v)))
+
+    @tf.function(reduce_retracing=True)
+    def run(x):
+        return strategy.experimental_local_results(strategy.run(step, args=(x,)))[0]
+
+    return run
+
+
+def check_same_run(cluster: Cluster, fingerprint: str, settings: str) -> None:
+    """Every worker must train on the same photos with the same settings.
+
+    Raises:
+        ClusterError: they differ (on every worker, before any training).
+    """
+    if not cluster.multi_worker:
+        return
+    digests = [hashlib.sha256(text.encode()).digest() for text in (fingerprint, settings)]
+    mine = np.frombuffer(b"".join(digests), np.uint8).astype(np.float64)
+    total = all_sum(cluster, np.stack([mine, mine**2]))
+    spread = total[1] / cluster.workers - (total[0] / cluster.workers) ** 2
+    if np.any(spread[:32] > 0):
+        raise ClusterError("the workers' photos differ (their data fingerprints do not "
+                           "match). Try: give every worker the same photo folder")
+    if np.any(spread[32:] > 0):
+        raise ClusterError("the workers were given different settings. Try: run the same "
+                           "pawnet train command on every worker, only --worker-index differs")
+
+
+def broadcast(cluster: Cluster, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The chief's `arrays` on every worker (same shapes and dtypes everywhere)."""
+    if not cluster.multi_worker:
+        return list(arrays)
+    flat = np.concatenate([np.asarray(a, np.float64).ravel() for a in arrays] or [np.zeros(0)])
+    values = all_sum(cluster, flat, contribute="chief")
+    out, start = [], 0
+    for a in arrays:
+        a = np.asarray(a)
+        out.append(values[start:start + a.size].reshape(a.shape).astype(a.dtype))
+        start += a.size
+    return out
+
+
+GATHER_ROWS = 8192  # rows summed per collective: bounds the memory it takes
+
+
+def gather_rows(cluster: Cluster, rows: np.ndarray, total: int) -> np.ndarray:
+    """Every worker's `rows` of its `shard` of `total` items, back in the items' order."""
+    if not cluster.multi_worker:
+        return rows
+    out = np.zeros((total, *rows.shape[1:]), rows.dtype)
+    out[cluster.index::cluster.workers] = rows
+    for start in range(0, total, GATHER_ROWS):
+        part = out[start:start + GATHER_ROWS]
+        part[:] = all_sum(cluster, part)  # one worker's rows plus the others' zeros: exact
+    return out
+
+
+@contextlib.contextmanager
+def lost_workers(cluster: Cluster) -> Iterator[None]:
+    """Turn TensorFlow's errors about an unreachable worker into one ClusterError line."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+            tf.errors.CancelledError, tf.errors.AbortedError, tf.errors.InternalError) as exc:
+        if not cluster.multi_worker:
+            raise
+        raise ClusterError(f"worker {cluster.index} of {cluster.workers} lost contact with "
+                           f"the others ({_first_line(exc)}). Try: restart every worker with "
+                           "pawnet train --resume RUN_DIR and the same --workers") from None
