@@ -138,6 +138,9 @@ def train(
         typer.echo("\ninterrupted; finished epochs are saved. Continue with: "
                    "pawnet train --resume RUN_DIR (the run folder printed above)", err=True)
         raise typer.Exit(130) from None
+    if run_dir is None:
+        typer.echo("This worker's part is done; the chief (worker 0) wrote the run folder")
+        return
     typer.echo(f"Run folder: {run_dir}\nNext: pawnet evaluate {run_dir}  |  "
                f"pawnet predict {run_dir} PHOTO.jpg")
 

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,11 @@ class Cluster:
 
     def scope(self):
         return self.strategy.scope()
+
+    def describe(self) -> str:
+        replicas = self.strategy.num_replicas_in_sync
+        where = f"worker {self.index} of {self.workers}, " if self.multi_worker else ""
+        return f"{self.kind} strategy: {where}{replicas} replica{'s' * (replicas > 1)} in sync"
 
 
 def local() -> Cluster:
@@ -179,8 +185,14 @@ def _multi_worker(config: dict) -> Cluster:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """What TensorFlow's error says, in one line: which task stopped, when it says so."""
+    text = str(getattr(exc, "message", None) or exc)
+    lost = re.search(r"unhealthy.*?/job:(\w+)/replica:\d+/task:(\d+)", text, re.S)
+    if lost:
+        return f"{lost[1]} task {lost[2]} stopped sending heartbeats"
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and "Graph execution error" not in line]
+    return lines[0] if lines else type(exc).__name__
 
 
 def split_batch(batch_size: int, cluster: Cluster) -> int:

@@ -14,7 +14,6 @@ shares, `scratch` and `transfer` fit, `callbacks` record and checkpoint.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -24,8 +23,7 @@ import numpy as np
 
 from pawnet.bundle import BundleSpec, class_probabilities, save_bundle
 from pawnet.config import resolve_config
-from pawnet.data.splits import fingerprint
-from pawnet.distribute import check_same_run, connect, lost_workers, split_batch
+from pawnet.distribute import connect, lost_workers, split_batch
 from pawnet.models.registry import get_model_spec
 from pawnet.models.spec import output_kind
 from pawnet.training import scratch, transfer
@@ -36,7 +34,7 @@ from pawnet.training.recipe import class_weights
 
 
 def train(photos: str | Path | None = None, *, config: str | Path | dict | None = None,
-          **settings: Any) -> Path:
+          **settings: Any) -> Path | None:
     """Train a model on a folder of photos and save a bundle in a new run folder.
 
     Args:
@@ -47,10 +45,12 @@ def train(photos: str | Path | None = None, *, config: str | Path | dict | None 
             `image_size=150`, `augment=["flip", "zoom"]`, `resume="runs/train"`.
 
     Returns:
-        The run folder; its `bundle/` holds the trained model.
+        The run folder; its `bundle/` holds the trained model. None on a worker of a
+        multi-worker run other than the chief, which writes the run folder.
 
     Raises:
         ConfigError, DataError: bad settings or unusable photos.
+        ClusterError: workers that differ, or one lost (see `pawnet.distribute`).
 
     >>> run = pawnet.train("photos/", epochs=5)
     """
@@ -60,16 +60,16 @@ def train(photos: str | Path | None = None, *, config: str | Path | dict | None 
     cfg = resumed.cfg if resumed else resolve_config(config, photos=photos, **settings)
     cluster = connect(cfg.strategy, cfg.workers, cfg.worker_index)
     split_batch(cfg.batch_size, cluster)
-    same = json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("out", "worker_index")},
-                      sort_keys=True)
-    plan = start_resumed(resumed, cluster) if resumed else new_plan(cfg, cluster)
-    try:
-        with lost_workers(cluster):
-            check_same_run(cluster, fingerprint(plan.photos), same)
-            return _fit(plan)
-    finally:
-        if not cluster.is_chief:
-            shutil.rmtree(plan.run_dir, ignore_errors=True)
+    if cluster.kind != "one":
+        log(f"Training with the {cluster.describe()}")
+    with lost_workers(cluster):
+        plan = start_resumed(resumed, cluster) if resumed else new_plan(cfg, cluster)
+        try:
+            run_dir = _fit(plan)
+        finally:
+            if not cluster.is_chief:
+                shutil.rmtree(plan.run_dir, ignore_errors=True)
+    return run_dir if cluster.is_chief else None
 
 
 def _calibration(plan: Plan, output: str, val_out: np.ndarray) -> dict[str, float]:
@@ -119,7 +119,6 @@ def _fit(plan: Plan) -> Path:
     started = time.monotonic()
     fitted = (transfer if spec.pretrained else scratch).fit(plan, spec, weights)
     if fitted is None:  # a worker other than the chief, whose part is done
-        log(f"Worker {plan.cluster.index} done; the chief saves the bundle")
         return run_dir
     model, (val_loss, val_accuracy), val_out = fitted
     fit_seconds = time.monotonic() - started

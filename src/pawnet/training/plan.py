@@ -17,7 +17,7 @@ from typing import Any
 from pawnet.config import Config, read_config_file, resolve_config
 from pawnet.data.scan import Photo, count_classes, scan
 from pawnet.data.splits import assign_splits, fingerprint, read_manifest, write_manifest
-from pawnet.distribute import Cluster
+from pawnet.distribute import Cluster, check_same_run
 from pawnet.errors import ConfigError, DataError, one_line
 from pawnet.storage import atomic_write_text, next_run_dir
 from pawnet.training.callbacks import ResumeCheckpoint
@@ -88,6 +88,7 @@ def new_plan(cfg: Config, cluster: Cluster | None = None) -> Plan:
         )
     photos = assign_splits(photoset.photos, cfg.seed, cfg.val_fraction, cfg.test_fraction)
     _check_splits(photos)
+    _check_workers_agree(cluster, cfg, photos)
     if cluster is None or cluster.is_chief:
         run_dir = next_run_dir(cfg.out or "runs/train")
         cfg.out = str(run_dir)
@@ -97,6 +98,13 @@ def new_plan(cfg: Config, cluster: Cluster | None = None) -> Plan:
     write_manifest(run_dir / "manifest.csv", photos)
     atomic_write_text(run_dir / "data.json", json.dumps(photoset.to_json(), indent=2) + "\n")
     return Plan(cfg, run_dir, photoset.classes, photos, cluster=cluster)
+
+
+def _check_workers_agree(cluster: Cluster | None, cfg: Config, photos: list[Photo]) -> None:
+    """Before anything is written: every worker has the same photos and settings."""
+    if cluster is not None:
+        settings = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "worker_index")}
+        check_same_run(cluster, fingerprint(photos), json.dumps(settings, sort_keys=True))
 
 
 def _check_splits(photos: list[Photo]) -> None:
@@ -159,6 +167,7 @@ def start_resumed(plan: Plan, cluster: Cluster | None = None) -> Plan:
     """Ready a resumed plan on this worker: the chief clears the killed run's partial
     pixels; another worker continues from a copy of the run folder in a temporary one."""
     plan.cluster = cluster
+    _check_workers_agree(cluster, plan.cfg, plan.photos)
     if cluster is None or cluster.is_chief:
         shutil.rmtree(plan.pixel_cache, ignore_errors=True)
         return plan
@@ -199,6 +208,10 @@ def provenance(plan: Plan, history: list[dict[str, float]], metrics: dict[str, f
         "training": {"epochs_run": len(history),
                      "best_epoch": int(best["epoch"]) if best else None,
                      "fit_seconds_this_session": round(fit_seconds, 1),
-                     "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU"},
+                     "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+                     "strategy": plan.cluster.kind if plan.cluster else "one",
+                     "workers": plan.cluster.workers if plan.cluster else 1,
+                     "replicas": plan.cluster.strategy.num_replicas_in_sync
+                     if plan.cluster else 1},
         "metrics": metrics,
     }

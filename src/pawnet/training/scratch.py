@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import sys
 
 import numpy as np
@@ -57,7 +58,18 @@ def fit_on_images(model, plan: Plan, train_ds, val_ds, weights, *, epochs: int,
     )
     if best_path.exists():
         model.load_weights(best_path)
+    if _multi_worker(plan):
+        log(f"Worker {plan.cluster.index} weights after training: sha256 "
+            f"{weights_digest(model)} (the same on every worker)")
     return model
+
+
+def weights_digest(model) -> str:
+    """The first 16 hex digits of the SHA-256 of all of a model's weights."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _multi_worker(plan: Plan) -> bool:
