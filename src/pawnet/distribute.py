@@ -29,7 +29,6 @@ import numpy as np
 from pawnet.errors import ClusterError, ConfigError
 
 STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
-PACK_BYTES = 32 * 2**20  # gradients all-reduced together (docs/decisions.md)
 
 
 @dataclass(frozen=True)
@@ -174,9 +173,8 @@ def _multi_worker(config: dict) -> Cluster:
 
     index, count = _task_index(config)
     keras_mwms.apply()
-    options = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=PACK_BYTES)
     try:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
     except (RuntimeError, tf.errors.OpError) as exc:
         raise ClusterError(f"cannot start worker {index} of {count}: {_first_line(exc)}. "
                            "Try: start every worker within a minute, with the same --workers"
