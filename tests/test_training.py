@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,23 @@ def test_resume_is_refused_from_a_config_file(tmp_path, trained_run):
     with pytest.raises(ConfigError, match=f"Try: pawnet train --resume {trained_run}"):
         pawnet.train(config=config)
     assert not (tmp_path / "runs").exists()
+
+
+def test_mixed_precision_trains_and_saves_a_float32_bundle(tmp_path):
+    photos = copy_photos(tmp_path / "p", 10)
+    run = pawnet.train(photos, epochs=2, out=str(tmp_path / "run"), precision="mixed", **TINY)
+    import keras
+
+    saved = keras.models.load_model(last_checkpoint(run / "checkpoints"))
+    assert "mixed_float16" in {layer.dtype_policy.name for layer in saved.layers}
+    assert saved.get_layer("predictions").dtype_policy.name == "float32"
+    bundle = keras.models.load_model(run / "bundle" / "model.keras")
+    assert {layer.dtype_policy.name for layer in bundle.layers} == {"float32"}
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    predictions = pawnet.load(run).predict(sorted(str(p) for p in photos.rglob("*.jpg")))
+    assert all(0.99 < sum(p.probabilities.values()) < 1.01 for p in predictions)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pawnet.train(resume=str(run), epochs=3)  # the loss-scaled optimizer's state too
+    assert not [w for w in caught if "Skipping variable loading" in str(w.message)]
+    assert len(_history(run)) == 3

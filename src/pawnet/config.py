@@ -82,6 +82,9 @@ class Config:
     weight_decay: float = setting(0.0, "AdamW decoupled weight decay; 0 = plain Adam.",
                                   range=(0.0, 1.0))
     label_smoothing: float = setting(0.0, "Soften the one-hot targets.", range=(0.0, 0.5))
+    precision: str = setting("auto", "Training from scratch in float32, or mixed (float16 "
+                             "compute, float32 weights; the bundle is float32); auto: mixed on "
+                             "a GPU.", choices=("auto", "float32", "mixed"))
     patience: int = setting(10, "Early stopping: epochs without a val_loss improvement.",
                             range=(1, 10_000))
     class_weight: str = setting("auto", "Weight classes when their counts are imbalanced.",

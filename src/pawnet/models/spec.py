@@ -48,10 +48,13 @@ class ModelSpec:
 
 
 def classifier_head(x, num_classes: int, *, softmax: bool = False):
-    """Output layer: one sigmoid unit for two classes, else (or if asked) one softmax unit each."""
+    """Output layer: one sigmoid unit for two classes, else (or if asked) one softmax unit
+    each; in float32 also under mixed precision, so probabilities keep their precision."""
     if num_classes == 2 and not softmax:
-        return keras.layers.Dense(1, activation="sigmoid", name="predictions")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+        return keras.layers.Dense(1, activation="sigmoid", name="predictions",
+                                  dtype="float32")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name="predictions",
+                              dtype="float32")(x)
 
 
 def output_kind(model: keras.Model) -> str:

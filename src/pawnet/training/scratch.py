@@ -88,6 +88,41 @@ def on_this_worker(model, plan: Plan):
     return copy
 
 
+def dtype_policy(cfg) -> str:
+    """Keras' dtype policy for training from scratch: mixed float16 when asked (auto: on a
+    GPU), else float32."""
+    if cfg.precision == "auto":
+        import tensorflow as tf
+
+        return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+    return "mixed_float16" if cfg.precision == "mixed" else "float32"
+
+
+@contextlib.contextmanager
+def built_with(policy: str):
+    """Layers built in the block take `policy`; the global policy is restored after."""
+    import keras
+
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+def in_float32(model, plan: Plan, spec: ModelSpec):
+    """A model trained in mixed precision, as the same model in float32 (for the bundle,
+    which every runtime reads), on this worker."""
+    if model.dtype_policy.name == "float32":
+        return model
+    with built_with("float32"):
+        copy = spec.build(len(plan.classes), plan.cfg.image_size)
+    copy.set_weights(model.get_weights())
+    compile_model(copy, plan.cfg, 1)
+    return copy
+
+
 def _start_or_resume(plan: Plan, spec: ModelSpec):
     import keras
 
@@ -114,18 +149,21 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
         the validation photos; None on a worker other than the chief.
     """
     cfg = plan.cfg
-    with plan.cluster.scope() if plan.cluster else contextlib.nullcontext():
+    policy = dtype_policy(cfg)
+    with (plan.cluster.scope() if plan.cluster else contextlib.nullcontext(),
+          built_with(policy)):
         model = _start_or_resume(plan, spec)
     binary = output_kind(model) == "sigmoid"
     train_ds, val_ds = image_datasets(plan, binary, weights=weights)
     log(f"Training {cfg.model} at {cfg.image_size}px, batch {cfg.batch_size}, "
         f"up to {cfg.epochs} epochs, lr {cfg.lr:g} ({cfg.lr_schedule}), "
-        f"augment: {', '.join(cfg.augment) or 'none'}; run folder {plan.run_dir}")
+        f"augment: {', '.join(cfg.augment) or 'none'}"
+        f"{', mixed precision' if policy != 'float32' else ''}; run folder {plan.run_dir}")
     model = fit_on_images(model, plan, train_ds, val_ds, weights, epochs=cfg.epochs,
                           initial_epoch=plan.initial_epoch, state=plan.state)
     if plan.cluster is not None and not plan.cluster.is_chief:
         return None
-    return validated(model, plan, binary, val_ds)
+    return validated(in_float32(model, plan, spec), plan, binary, val_ds)
 
 
 def validated(model, plan: Plan, binary: bool, val_ds) -> tuple[object, list[float], np.ndarray]:
