@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint
+.PHONY: setup setup-gpu demo test test-slow lint
 
 setup: $(STAMP)
 
@@ -14,6 +14,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# NVIDIA GPUs on x86-64 Linux: TensorFlow's CUDA build in place of tensorflow-cpu. An extra
+# cannot do it: installed side by side, tensorflow-cpu's files win (docs/decisions.md).
+setup-gpu: setup
+	$(BIN)/python -m pip uninstall --quiet --yes tensorflow-cpu
+	$(BIN)/python -m pip install --quiet 'tensorflow[and-cuda]>=2.18,<2.22'
 
 demo: setup
 	$(BIN)/pawnet demo
