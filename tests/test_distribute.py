@@ -163,7 +163,9 @@ def test_workers_with_different_photos_stop_before_training(tmp_path):
 def test_a_killed_worker_stops_the_other_with_a_clear_error_then_resume_finishes(tmp_path):
     photos = _toy_photos(tmp_path / "photos")
     run = tmp_path / "run"
-    settings = {**SAME_STEPS, "batch_size": 4, "epochs": 40, "patience": 40}
+    # pawnet-cnn: batch norm (synchronized over the replicas) and dropout
+    settings = {"model": "pawnet-cnn", "image_size": 32, "batch_size": 4, "epochs": 40,
+                "patience": 40}
     procs = start_workers([str(photos), "--out", str(run), *_flags(settings)], tmp_path)
     state = run / "checkpoints" / "state.json"
     deadline = time.monotonic() + WORKER_TIMEOUT_S

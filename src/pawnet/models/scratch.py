@@ -86,9 +86,17 @@ def tutorial_d_2conv(num_classes: int, image_size: int) -> keras.Model:
     return _tutorial_d("tutorial_d_2conv", (16, 32), num_classes, image_size)
 
 
+def _replicated() -> bool:
+    """Whether the model is being built for several replicas (in a tf.distribute scope)."""
+    import tensorflow as tf
+
+    return tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1
+
+
 def _conv_bn(x, filters: int, stride: int = 1):
     x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    # on several replicas: the global batch's statistics, the same moving averages on each
+    x = layers.BatchNormalization(synchronized=_replicated())(x)
     return layers.ReLU()(x)
 
 

@@ -146,8 +146,9 @@ def resume_plan(run_dir: Path, **given: Any) -> Plan:
                    if v is not None and k not in (*RESUME_MAY_CHANGE, "resume"))
     if extra:
         raise ConfigError(
-            "--resume continues a run with its saved settings; only --epochs and where it "
-            f"trains may change, received: {', '.join(_flag(k) for k in extra)}"
+            "--resume continues a run with its saved settings; only "
+            f"{', '.join(_flag(k) for k in RESUME_MAY_CHANGE)} may change, received: "
+            f"{', '.join(_flag(k) for k in extra)}"
         )
     saved = read_config_file(run_dir / "config.yaml")
     for key in RESUME_MAY_CHANGE[1:]:
