@@ -177,7 +177,7 @@ def _multi_worker(config: dict) -> Cluster:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     except (RuntimeError, tf.errors.OpError) as exc:
         raise ClusterError(f"cannot start worker {index} of {count}: {_first_line(exc)}. "
-                           "Try: start every worker within a minute, with the same --workers"
+                           "Try: start every worker with the same --workers"
                            ) from None
     return Cluster(strategy, "multi-worker", index, count)
 
