@@ -90,7 +90,8 @@ def worker(args: argparse.Namespace) -> None:
         "gradient_floats": grads, "reduce_ms": reduce_ms}), flush=True)
 
 
-def _ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """`n` loopback ports free right now, for local workers."""
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:
         s.bind(("127.0.0.1", 0))
@@ -101,7 +102,7 @@ def _ports(n: int) -> list[int]:
 
 
 def run(n: int, args: argparse.Namespace, sizes: dict[str, int], out: Path) -> list[dict]:
-    workers = ",".join(f"127.0.0.1:{p}" for p in _ports(n)) if n > 1 else ""
+    workers = ",".join(f"127.0.0.1:{p}" for p in free_ports(n)) if n > 1 else ""
     procs = []
     for index in range(n):
         cmd = [sys.executable, __file__, "--worker", "--index", str(index),

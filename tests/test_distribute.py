@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import copy_photos
+from scale_workers import free_ports
 
 import pawnet
 from pawnet.distribute import Cluster, connect, local, split_batch, tf_config
@@ -42,20 +42,10 @@ def _flags(settings: dict) -> list[str]:
     return [str(a) for k, v in settings.items() for a in ("--" + k.replace("_", "-"), v)]
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def start_workers(args: list[str], tmp_path: Path, n: int = 2, extra: dict | None = None):
     """`pawnet train ARGS` as `n` workers on loopback; worker i also gets `extra[i]`'s
     arguments. Each has its own temporary folder, to show where it wrote."""
-    workers = ",".join(f"127.0.0.1:{p}" for p in _free_ports(n))
+    workers = ",".join(f"127.0.0.1:{p}" for p in free_ports(n))
     procs = []
     for i in range(n):
         temp = tmp_path / f"tmp{i}"

@@ -13,7 +13,7 @@ import sys
 
 import keras
 import pytest
-from test_distribute import _free_ports
+from scale_workers import free_ports
 
 from pawnet.training import keras_mwms
 
@@ -54,7 +54,7 @@ def test_keras_still_fails_without_the_shim():
         pytest.skip(f"Keras {keras.__version__} is newer than the shim (checked up to "
                     f"{keras_mwms.CHECKED_UP_TO}): the multi-worker tests check it as it is")
     procs = {}
-    ports = _free_ports(2 * len(BUGS))
+    ports = free_ports(2 * len(BUGS))
     for n, mode in enumerate(BUGS):
         cluster = [f"127.0.0.1:{p}" for p in ports[2 * n:2 * n + 2]]
         for index in range(2):

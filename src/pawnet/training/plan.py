@@ -44,6 +44,15 @@ class Plan:
     cluster: Cluster | None = None  # None: one device, in this process
 
     @property
+    def multi_worker(self) -> bool:
+        return self.cluster is not None and self.cluster.multi_worker
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes the run folder (always, on one machine)."""
+        return self.cluster is None or self.cluster.is_chief
+
+    @property
     def initial_epoch(self) -> int:
         return int(self.state["epoch"]) if self.state else 0
 

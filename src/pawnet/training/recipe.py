@@ -95,8 +95,7 @@ def image_datasets(plan: Plan, binary: bool, *, augment: bool = True,
     cfg, cluster = plan.cfg, plan.cluster
     train_photos, val_photos = plan.split("train"), plan.split("val")
     augmenter = build_augmenter(cfg.augment, cfg.augment_strengths(), cfg.seed) if augment else None
-    multi_worker = cluster is not None and cluster.multi_worker
-    weights = weights if multi_worker else None
+    weights = weights if plan.multi_worker else None
 
     def pipeline(photos: list[Photo], split: str, batch_size: int, **kwargs):
         index = np.array([plan.classes.index(p.label) for p in photos], dtype=np.int64)
@@ -110,7 +109,7 @@ def image_datasets(plan: Plan, binary: bool, *, augment: bool = True,
             **kwargs,
         )
 
-    if not multi_worker:
+    if not plan.multi_worker:
         return (pipeline(train_photos, "train", cfg.batch_size, shuffle_seed=cfg.seed,
                          augment=augmenter),
                 pipeline(val_photos, "val", cfg.batch_size))

@@ -51,14 +51,14 @@ def fit_on_images(model, plan: Plan, train_ds, val_ds, weights, *, epochs: int,
         validation_data=val_ds,
         epochs=epochs,
         initial_epoch=initial_epoch,
-        class_weight=None if _multi_worker(plan) else weights,  # else in the datasets
+        class_weight=None if plan.multi_worker else weights,  # else in the datasets
         shuffle=False,  # the tf.data pipeline shuffles, with the run's seed
         callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
     if best_path.exists():
         model.load_weights(best_path)
-    if _multi_worker(plan):
+    if plan.multi_worker:
         log(f"Worker {plan.cluster.index} weights after training: sha256 "
             f"{weights_digest(model)} (the same on every worker)")
     return model
@@ -72,16 +72,12 @@ def weights_digest(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def _multi_worker(plan: Plan) -> bool:
-    return plan.cluster is not None and plan.cluster.multi_worker
-
-
 def on_this_worker(model, plan: Plan):
     """After multi-worker training, the model with the same weights outside the strategy,
     so evaluating and saving it on one worker needs no other."""
     import keras
 
-    if not _multi_worker(plan):
+    if not plan.multi_worker:
         return model
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
@@ -161,7 +157,7 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
         f"{', mixed precision' if policy != 'float32' else ''}; run folder {plan.run_dir}")
     model = fit_on_images(model, plan, train_ds, val_ds, weights, epochs=cfg.epochs,
                           initial_epoch=plan.initial_epoch, state=plan.state)
-    if plan.cluster is not None and not plan.cluster.is_chief:
+    if not plan.is_chief:
         return None
     return validated(in_float32(model, plan, spec), plan, binary, val_ds)
 
@@ -169,7 +165,7 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
 def validated(model, plan: Plan, binary: bool, val_ds) -> tuple[object, list[float], np.ndarray]:
     """The trained model (on this worker), its [val_loss, val_accuracy] and its outputs on
     the validation photos, in their order (`val_ds` unless it is spread over workers)."""
-    if _multi_worker(plan):
+    if plan.multi_worker:
         model = on_this_worker(model, plan)
         plan = dataclasses.replace(plan, cluster=None)
         compile_model(model, plan.cfg, 1)

@@ -216,7 +216,7 @@ def _features(plan: Plan, spec: ModelSpec, backbone: keras.Model):
     store = FeatureStore(key)
     runtime = backbone_runtime(backbone, key)
     dim = int(backbone.output.shape[-1])
-    shared = (cluster, dim) if cluster is not None and cluster.multi_worker else None
+    shared = (cluster, dim) if plan.multi_worker else None
     started = time.monotonic()
     train_x = cached_features(runtime, store, train_photos, cfg.image_size, cfg.batch_size,
                               "Features (train)", cfg.max_pixels, cluster=shared)
@@ -291,9 +291,8 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
         The composed model (pixels to probabilities), its [val_loss, val_accuracy], and
         its outputs on the validation photos; None on a worker other than the chief.
     """
-    cfg, cluster = plan.cfg, plan.cluster
-    multi_worker = cluster is not None and cluster.multi_worker
-    chief = cluster is None or cluster.is_chief
+    cfg = plan.cfg
+    multi_worker, chief = plan.multi_worker, plan.is_chief
     backbone = load_backbone(spec, cfg.image_size, weights=cfg.weights,
                              trainable_later=cfg.fine_tune > 0 and not multi_worker)
     log(f"Transfer learning from {spec.name} at {cfg.image_size}px; run folder {plan.run_dir}")
@@ -345,6 +344,6 @@ def _fine_tune(plan: Plan, backbone: keras.Model, head: keras.Model, spec: Model
                       lr=cfg.fine_tune_lr, epochs=cfg.fine_tune_epochs)
     model = fit_on_images(model, plan, train_ds, val_ds, weights,
                           epochs=epochs_done + cfg.fine_tune_epochs, initial_epoch=epochs_done)
-    if cluster is not None and not cluster.is_chief:
+    if not plan.is_chief:
         return None
     return validated(model, plan, binary, val_ds)
