@@ -189,7 +189,8 @@ def _first_line(exc: BaseException) -> str:
     if lost:
         return f"{lost[1]} task {lost[2]} stopped sending heartbeats"
     lines = [line.strip() for line in text.splitlines()
-             if line.strip() and "Graph execution error" not in line]
+             if line.strip() and "Graph execution error" not in line
+             and not line.rstrip().endswith("(most recent call last):")]
     return lines[0] if lines else type(exc).__name__
 
 
