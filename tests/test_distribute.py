@@ -170,8 +170,12 @@ def test_a_killed_worker_stops_the_other_with_a_clear_error_then_resume_finishes
     seconds = time.monotonic() - killed
     print(f"worker 0 stopped {seconds:.1f}s after worker 1 was killed")
     assert code == 2, output[-3000:]
-    assert re.search(r"error: worker 0 of 2 lost contact with the others \(worker task 1 "
-                     r"stopped sending heartbeats\)\. Try: .*--resume", output), output[-3000:]
+    # TensorFlow reports a lost peer two ways: missed heartbeats, or a collective cut off
+    found = re.search(r"error: worker 0 of 2 lost contact with the others \((.+)\)\. Try: "
+                      r".*--resume", output)
+    assert found, output[-3000:]
+    assert 'File "' not in found[1] and "most recent call" not in found[1], found[1]
+    assert "heartbeats" not in found[1] or found[1] == "worker task 1 stopped sending heartbeats"
     assert seconds < 60
     done = json.loads(state.read_text())["epoch"]
     assert not (run / "bundle").exists()

@@ -182,16 +182,20 @@ def _multi_worker(config: dict) -> Cluster:
     return Cluster(strategy, "multi-worker", index, count)
 
 
+_TRACEBACK = re.compile(r'^(Graph execution error|Detected at node|File "|\[\[|\[Op:)'
+                        r"|most recent call last\):$")
+
+
 def _first_line(exc: BaseException) -> str:
-    """What TensorFlow's error says, in one line: which task stopped, when it says so."""
+    """What TensorFlow's error says, in one line: which task stopped, when it says so;
+    else its last line that is not part of the traceback it carries."""
     text = str(getattr(exc, "message", None) or exc)
     lost = re.search(r"unhealthy.*?/job:(\w+)/replica:\d+/task:(\d+)", text, re.S)
     if lost:
         return f"{lost[1]} task {lost[2]} stopped sending heartbeats"
     lines = [line.strip() for line in text.splitlines()
-             if line.strip() and "Graph execution error" not in line
-             and not line.rstrip().endswith("(most recent call last):")]
-    return lines[0] if lines else type(exc).__name__
+             if line.strip() and not _TRACEBACK.search(line.strip())]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def split_batch(batch_size: int, cluster: Cluster) -> int:
