@@ -190,6 +190,24 @@ def test_a_killed_worker_stops_the_other_with_a_clear_error_then_resume_finishes
     assert (run / "bundle" / "model.keras").exists()
 
 
+def test_a_worker_whose_peers_never_start_gives_up_after_the_startup_timeout(tmp_path):
+    photos = _toy_photos(tmp_path / "photos")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    lone = []  # worker 0, which leads the meeting, and worker 1, which joins it
+    for index in (0, 1):
+        workers = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+        cmd = [sys.executable, "-m", "pawnet.cli", "train", str(photos), "--out",
+               str(tmp_path / f"run{index}"), "--startup-timeout", "3", "--workers", workers,
+               "--worker-index", str(index)]
+        lone.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True))
+    for index, (code, output) in enumerate(finish(lone, timeout=120)):
+        assert code == 2, output[-3000:]
+        assert (f"error: worker {index} of 2 gave up after 3 s: not every worker started. "
+                "Try: start every worker with the same --workers") in output
+        assert not (tmp_path / f"run{index}").exists()
+
+
 MIRRORED = """
 import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]

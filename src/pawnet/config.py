@@ -119,6 +119,9 @@ class Config:
     worker_index: int | None = setting(None, "Multi-worker: this worker's place in --workers "
                                        "(0 is the chief, which writes the run folder).",
                                        range=(0, 10_000))
+    startup_timeout: int = setting(600, "Multi-worker: seconds to wait for every worker to "
+                                   "start before stopping with an error.",
+                                   range=(1, 86_400))
     # -- output
     out: str | None = setting(None, "Run folder; default runs/train, runs/train2, ...")
     tensorboard: bool = setting(False, "Also write TensorBoard logs (Keras' own callback) to "

@@ -124,8 +124,9 @@ def _task_index(config: dict) -> tuple[int, int]:
 
 
 def connect(strategy: str = "auto", workers: str | None = None,
-            worker_index: int | None = None) -> Cluster:
-    """The cluster a run trains on. Call before TensorFlow runs anything else.
+            worker_index: int | None = None, startup_timeout: int = 600) -> Cluster:
+    """The cluster a run trains on. Call before TensorFlow runs anything else. A
+    multi-worker run waits up to `startup_timeout` seconds for every worker to start.
 
     Raises:
         ConfigError: bad flags or TF_CONFIG, or multi-worker without a cluster.
@@ -146,7 +147,7 @@ def connect(strategy: str = "auto", workers: str | None = None,
         if config is None:
             raise ConfigError("--strategy multi-worker needs TF_CONFIG, or --workers "
                               "HOST:PORT,... --worker-index I")
-        return _multi_worker(config)
+        return _multi_worker(config, startup_timeout)
     if strategy == "mirrored":
         return _mirrored()
     return local()
@@ -166,20 +167,43 @@ def _mirrored() -> Cluster:
     return Cluster(tf.distribute.MirroredStrategy(devices), "mirrored")
 
 
-def _multi_worker(config: dict) -> Cluster:
+def _multi_worker(config: dict, startup_timeout: int) -> Cluster:
     import tensorflow as tf
 
     from pawnet.training import keras_mwms
 
     index, count = _task_index(config)
     keras_mwms.apply()
+    _meet_within(config, startup_timeout)
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    except tf.errors.DeadlineExceededError:
+        raise ClusterError(f"worker {index} of {count} gave up after {startup_timeout} s: "
+                           "not every worker started. Try: start every worker with the "
+                           "same --workers, or wait longer with --startup-timeout") from None
     except (RuntimeError, tf.errors.OpError) as exc:
         raise ClusterError(f"cannot start worker {index} of {count}: {_first_line(exc)}. "
                            "Try: start every worker with the same --workers"
                            ) from None
     return Cluster(strategy, "multi-worker", index, count)
+
+
+def _meet_within(config: dict, seconds: int) -> None:
+    """The coordination service TensorFlow would set up, but with its workers' first
+    meeting a barrier that fails after `seconds`: by default a worker whose peers never
+    start waits for an hour, silently (docs/decisions.md, "Multi-worker start-up")."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    jobs = {job: tasks for job, tasks in config["cluster"].items() if job in ("chief", "worker")}
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(jobs),
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(tasks))
+                          for job, tasks in jobs.items()],
+        cluster_register_timeout_in_ms=seconds * 1000)
+    context.context().coordination_service.cluster_register_with_barrier = True
 
 
 _TRACEBACK = re.compile(r'^(Graph execution error|Detected at node|File "|\[\[|\[Op:)'

@@ -58,7 +58,7 @@ def train(photos: str | Path | None = None, *, config: str | Path | dict | None 
     resumed = resume_plan(Path(settings["resume"]), photos=photos, config=config, **settings
                           ) if settings.get("resume") else None
     cfg = resumed.cfg if resumed else resolve_config(config, photos=photos, **settings)
-    cluster = connect(cfg.strategy, cfg.workers, cfg.worker_index)
+    cluster = connect(cfg.strategy, cfg.workers, cfg.worker_index, cfg.startup_timeout)
     split_batch(cfg.batch_size, cluster)
     if cluster.kind != "one":
         log(f"Training with the {cluster.describe()}")

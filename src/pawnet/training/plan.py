@@ -112,7 +112,8 @@ def new_plan(cfg: Config, cluster: Cluster | None = None) -> Plan:
 def _check_workers_agree(cluster: Cluster | None, cfg: Config, photos: list[Photo]) -> None:
     """Before anything is written: every worker has the same photos and settings."""
     if cluster is not None:
-        settings = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "worker_index")}
+        own = ("out", "worker_index", "startup_timeout")  # may differ between workers
+        settings = {k: v for k, v in cfg.to_dict().items() if k not in own}
         check_same_run(cluster, fingerprint(photos), json.dumps(settings, sort_keys=True))
 
 
@@ -138,7 +139,7 @@ def _flag(key: str) -> str:
     return "PHOTOS" if key == "photos" else "--" + key.replace("_", "-")
 
 
-RESUME_MAY_CHANGE = ("epochs", "strategy", "workers", "worker_index")
+RESUME_MAY_CHANGE = ("epochs", "strategy", "workers", "worker_index", "startup_timeout")
 
 
 def resume_plan(run_dir: Path, **given: Any) -> Plan:
