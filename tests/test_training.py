@@ -102,7 +102,7 @@ def test_resume_after_a_kill_continues_from_the_last_finished_epoch(tmp_path):
 
 def test_resume_refuses_changed_settings_and_runs_without_checkpoints(tmp_path, trained_run):
     with pytest.raises(ConfigError, match=r"only --epochs, --strategy, --workers, "
-                       r"--worker-index may change, received: --lr$"):
+                       r"--worker-index, --startup-timeout may change, received: --lr$"):
         pawnet.train(resume=str(trained_run), lr=0.1)
     config = tmp_path / "more.yaml"
     config.write_text("epochs: 3\n")
