@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from pawnet.data.images import MAX_PIXELS
-from pawnet.distribute import STRATEGIES
+from pawnet.distribute import STARTUP_TIMEOUT_S, STRATEGIES
 from pawnet.errors import ConfigError
 
 AUGMENTATIONS = (
@@ -119,8 +119,8 @@ class Config:
     worker_index: int | None = setting(None, "Multi-worker: this worker's place in --workers "
                                        "(0 is the chief, which writes the run folder).",
                                        range=(0, 10_000))
-    startup_timeout: int = setting(600, "Multi-worker: seconds to wait for every worker to "
-                                   "start before stopping with an error.",
+    startup_timeout: int = setting(STARTUP_TIMEOUT_S, "Multi-worker: seconds to wait for "
+                                   "every worker to start before stopping with an error.",
                                    range=(1, 86_400))
     # -- output
     out: str | None = setting(None, "Run folder; default runs/train, runs/train2, ...")

@@ -29,6 +29,7 @@ import numpy as np
 from pawnet.errors import ClusterError, ConfigError
 
 STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
+STARTUP_TIMEOUT_S = 600  # how long workers wait for each other to start, by default
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ def _task_index(config: dict) -> tuple[int, int]:
 
 
 def connect(strategy: str = "auto", workers: str | None = None,
-            worker_index: int | None = None, startup_timeout: int = 600) -> Cluster:
+            worker_index: int | None = None,
+            startup_timeout: int = STARTUP_TIMEOUT_S) -> Cluster:
     """The cluster a run trains on. Call before TensorFlow runs anything else. A
     multi-worker run waits up to `startup_timeout` seconds for every worker to start.
 
@@ -182,7 +184,7 @@ def _multi_worker(config: dict, startup_timeout: int) -> Cluster:
                            "not every worker started. Try: start every worker with the "
                            "same --workers, or wait longer with --startup-timeout") from None
     except (RuntimeError, tf.errors.OpError) as exc:
-        raise ClusterError(f"cannot start worker {index} of {count}: {_first_line(exc)}. "
+        raise ClusterError(f"cannot start worker {index} of {count}: {_reason(exc)}. "
                            "Try: start every worker with the same --workers"
                            ) from None
     return Cluster(strategy, "multi-worker", index, count)
@@ -210,7 +212,7 @@ _TRACEBACK = re.compile(r'^(Graph execution error|Detected at node|File "|\[\[|\
                         r"|most recent call last\):$")
 
 
-def _first_line(exc: BaseException) -> str:
+def _reason(exc: BaseException) -> str:
     """What TensorFlow's error says, in one line: which task stopped, when it says so;
     else its last line that is not part of the traceback it carries."""
     text = str(getattr(exc, "message", None) or exc)
@@ -327,5 +329,5 @@ def lost_workers(cluster: Cluster) -> Iterator[None]:
         if not cluster.multi_worker:
             raise
         raise ClusterError(f"worker {cluster.index} of {cluster.workers} lost contact with "
-                           f"the others ({_first_line(exc)}). Try: restart every worker with "
+                           f"the others ({_reason(exc)}). Try: restart every worker with "
                            "pawnet train --resume RUN_DIR and the same --workers") from None
