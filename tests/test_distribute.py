@@ -42,12 +42,14 @@ def _flags(settings: dict) -> list[str]:
     return [str(a) for k, v in settings.items() for a in ("--" + k.replace("_", "-"), v)]
 
 
-def start_workers(args: list[str], tmp_path: Path, n: int = 2, extra: dict | None = None):
-    """`pawnet train ARGS` as `n` workers on loopback; worker i also gets `extra[i]`'s
-    arguments. Each has its own temporary folder, to show where it wrote."""
+def start_workers(args: list[str], tmp_path: Path, n: int = 2, extra: dict | None = None,
+                  only: int | None = None):
+    """`pawnet train ARGS` as `n` workers on loopback (or only worker `only` of them);
+    worker i also gets `extra[i]`'s arguments. Each has its own temporary folder, to show
+    where it wrote."""
     workers = ",".join(f"127.0.0.1:{p}" for p in free_ports(n))
     procs = []
-    for i in range(n):
+    for i in range(n) if only is None else [only]:
         temp = tmp_path / f"tmp{i}"
         temp.mkdir(exist_ok=True)
         env = {**os.environ, "TMPDIR": str(temp), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -192,15 +194,11 @@ def test_a_killed_worker_stops_the_other_with_a_clear_error_then_resume_finishes
 
 def test_a_worker_whose_peers_never_start_gives_up_after_the_startup_timeout(tmp_path):
     photos = _toy_photos(tmp_path / "photos")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    lone = []  # worker 0, which leads the meeting, and worker 1, which joins it
-    for index in (0, 1):
-        workers = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
-        cmd = [sys.executable, "-m", "pawnet.cli", "train", str(photos), "--out",
-               str(tmp_path / f"run{index}"), "--startup-timeout", "3", "--workers", workers,
-               "--worker-index", str(index)]
-        lone.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True))
+    # worker 0, which leads the meeting, and worker 1, which joins it, each alone
+    lone = [*start_workers([str(photos), "--out", str(tmp_path / "run0"), "--startup-timeout",
+                            "3"], tmp_path, only=0),
+            *start_workers([str(photos), "--out", str(tmp_path / "run1"), "--startup-timeout",
+                            "3"], tmp_path, only=1)]
     for index, (code, output) in enumerate(finish(lone, timeout=120)):
         assert code == 2, output[-3000:]
         assert (f"error: worker {index} of 2 gave up after 3 s: not every worker started. "
