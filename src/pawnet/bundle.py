@@ -23,11 +23,13 @@ import numpy as np
 
 from pawnet.data.images import RESIZE_METHOD, RESIZE_METHODS
 from pawnet.errors import BundleError
-from pawnet.storage import atomic_path
+from pawnet.storage import Output, atomic_path
 
 FORMAT_VERSION = 3  # 2 added `temperature`; 3 `min_confidence` and `ood_threshold`
 READABLE_FORMATS = (1, 2, 3)  # older bundles read with temperature 1.0, no unsure, no OOD
 BUNDLE_DIRNAME = "bundle"
+BUNDLE_OUTPUT = Output("bundle", r"model\.keras|bundle\.json|provenance\.json|config\.yaml",
+                       r"bundle\.json")
 ASPECTS = ("stretch",)  # how a photo becomes a square: stretched, never cropped or padded
 INPUT_RANGES = ((0, 255),)
 CHANNELS = ("RGB",)
@@ -176,7 +178,7 @@ def save_bundle(folder: str | Path, model, spec: BundleSpec, provenance: dict[st
         The bundle folder.
     """
     folder = Path(folder)
-    with atomic_path(folder) as tmp:
+    with atomic_path(folder, BUNDLE_OUTPUT) as tmp:
         tmp.mkdir(parents=True)
         _without_training_state(model).save(tmp / "model.keras")
         (tmp / "bundle.json").write_text(json.dumps(spec.to_json(), indent=2) + "\n")

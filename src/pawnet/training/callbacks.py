@@ -12,7 +12,11 @@ import keras
 
 from pawnet.errors import ConfigError
 from pawnet.plots import plot_curves
-from pawnet.storage import atomic_path, atomic_write_text, committed
+from pawnet.storage import Output, atomic_path, atomic_write_text, committed
+
+# Keras' unzipped model format, the resume checkpoint `checkpoints/last/`
+CHECKPOINT_OUTPUT = Output("checkpoint", r"config\.json|metadata\.json|model\.weights\.h5|assets",
+                           r"config\.json")
 
 
 def read_history(path: Path, upto_epoch: int | None = None) -> list[dict[str, float]]:
@@ -102,7 +106,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
             return None
 
     def on_epoch_end(self, epoch, logs=None):
-        with atomic_path(self.folder / "last") as tmp:
+        with atomic_path(self.folder / "last", CHECKPOINT_OUTPUT) as tmp:
             self.model.save(tmp, zipped=False)
         state = {
             "epoch": epoch + 1,
