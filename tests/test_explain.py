@@ -75,6 +75,22 @@ def test_explain_writes_an_overlay_and_the_raw_map_per_photo(trained_run, tmp_pa
     assert broken["error"].startswith("not an image")
 
 
+def test_a_huge_photo_is_explained_at_a_bounded_size(trained_run, tmp_path):
+    # before: the photo was decoded whole (6000x4000: 0.76 -> 2.33 GB) and the .npy was
+    # 96 MB; now both are at most PREVIEW_SIZE px on the longer side, aspect kept
+    from pawnet.data.images import PREVIEW_SIZE
+
+    big = tmp_path / "huge.jpg"
+    Image.open(PETS[0]).convert("RGB").resize((6000, 4000)).save(big, "JPEG", quality=40)
+    result = invoke("explain", trained_run, big, "--out", tmp_path / "x", "--json")
+    assert result.exit_code == 0, result.output
+    [found] = json.loads(result.stdout)
+    heat = np.load(found["heatmap"])
+    assert heat.shape == (683, PREVIEW_SIZE) and found["heatmap_size"] == [PREVIEW_SIZE, 683]
+    assert Image.open(found["overlay"]).size == (PREVIEW_SIZE, 683)
+    assert (tmp_path / "x" / "huge.cam.npy").stat().st_size < 3_000_000
+
+
 def test_models_it_cannot_reach_are_refused_with_a_way_out():
     from pawnet.models.registry import get_model_spec
 

@@ -23,7 +23,7 @@ from pawnet.calibration import (
 )
 from pawnet.data.scan import SPLIT_FOLDER_NAMES, scan
 from pawnet.data.splits import read_manifest
-from pawnet.errors import DataError
+from pawnet.errors import DataError, one_line
 from pawnet.ood import NEITHER, UNSURE
 from pawnet.plots import (
     plot_confusion,
@@ -33,10 +33,12 @@ from pawnet.plots import (
     plot_roc,
 )
 from pawnet.predict import Predictor
-from pawnet.storage import atomic_write_text, next_run_dir
+from pawnet.storage import Output, atomic_path, atomic_write_text, check_output_folder, next_run_dir
 
 MAX_MISCLASSIFIED_SHOWN = 64
 LEAST_CONFIDENT_SHOWN = 16
+EVALUATION_OUTPUT = Output("evaluation", r"report\.(json|md|html)|[a-z_]+\.png",
+                           r"report\.json")
 
 
 def compute_metrics(probs: np.ndarray, truth: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -112,9 +114,9 @@ def _check_classes(labels: list[str], predictor: Predictor, source: str) -> None
 
 def _markdown(report: dict[str, Any]) -> str:
     lines = [
-        f"# Evaluation of {report['model']}",
+        f"# Evaluation of {one_line(report['model'])}",
         "",
-        f"Photos: {report['source']} — {report['n']} evaluated"
+        f"Photos: {one_line(report['source'])} — {report['n']} evaluated"
         + (f", {len(report['failed'])} unreadable" if report["failed"] else ""),
         "",
         f"**Accuracy: {report['accuracy']:.4f}**"
@@ -130,9 +132,9 @@ def _markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for name, m in report["per_class"].items():
-        lines.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} "
-                     f"| {m['support']} |")
-    classes = report["classes"]
+        lines.append(f"| {one_line(name)} | {m['precision']:.4f} | {m['recall']:.4f} | "
+                     f"{m['f1']:.4f} | {m['support']} |")
+    classes = [one_line(c) for c in report["classes"]]
     lines += ["", "Confusion matrix (rows: true, columns: predicted)", "",
               "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
     for name, row in zip(classes, report["confusion_matrix"], strict=True):
@@ -147,14 +149,15 @@ def _markdown(report: dict[str, Any]) -> str:
               "(most confident first, in misclassified.png)", ""]
     if report.get("heatmaps"):
         lines += [f"![where the model looked]({report['heatmaps']})", ""]
-    lines += [f"- {m['path']}: {m['true']} predicted as {m['predicted']} "
-              f"({m['confidence']:.3f})" for m in report["misclassified"][:20]]
+    lines += [f"- {one_line(m['path'])}: {one_line(m['true'])} predicted as "
+              f"{one_line(m['predicted'])} ({m['confidence']:.3f})"
+              for m in report["misclassified"][:20]]
     return "\n".join(lines) + "\n"
 
 
 def confusion_text(report: dict[str, Any]) -> str:
     """The confusion matrix as aligned text, for terminals."""
-    classes = report["classes"]
+    classes = [one_line(c) for c in report["classes"]]
     width = max(8, *(len(c) for c in classes)) + 2
     head = "true \\ pred".ljust(width) + "".join(c.rjust(width) for c in classes)
     rows = [c.ljust(width) + "".join(str(v).rjust(width) for v in row)
@@ -282,7 +285,8 @@ def evaluate(
         split: which split to use when the photos (or the run) have splits. Defaults to
             "test".
         out: folder for the report. Defaults to `RUN_DIR/eval` (then `eval2`, ...), or
-            `runs/evaluate` for a bare bundle.
+            `runs/evaluate` for a bare bundle. An existing folder is replaced only when it
+            is an earlier report (never a folder of the user's).
         runtime: where the model runs (see `pawnet.Predictor`). Defaults to "auto".
         tta: average each photo with its mirror image (see `pawnet.Predictor`).
             Defaults to False.
@@ -297,7 +301,10 @@ def evaluate(
     Raises:
         DataError: no photos, or classes the model does not know.
         BundleError: the model cannot be loaded.
+        ConfigError: `out` holds something that is not an earlier report.
     """
+    if out is not None:
+        check_output_folder(out, EVALUATION_OUTPUT)  # before minutes of work, not after
     predictor = Predictor(resolve(model), runtime=runtime, tta=tta,
                           min_confidence=min_confidence)
     run_dir = predictor.bundle.run_dir
@@ -308,14 +315,15 @@ def evaluate(
     out_dir = Path(out) if out else next_run_dir(
         run_dir / "eval" if run_dir else Path("runs") / "evaluate")
     report["out"] = str(out_dir)
-    _write(report, out_dir, predictor, probs, truth)
+    with atomic_path(out_dir, EVALUATION_OUTPUT) as tmp:
+        _write(report, tmp, predictor, probs, truth)
     return report
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as text for a terminal: accuracy, per-class table, confusion matrix."""
     lines = [
-        f"Evaluated {report['n']} photos from {report['source']}"
+        f"Evaluated {report['n']} photos from {one_line(report['source'])}"
         + (" (with flip test-time augmentation)" if report.get("tta") else ""),
         f"accuracy {report['accuracy']:.4f}"
         + (f"  ROC-AUC {report['roc_auc']:.4f}" if report.get("roc_auc") else "")
@@ -326,7 +334,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
     ]
     for name, m in report["per_class"].items():
-        lines.append(f"{name:<12}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}"
+        lines.append(f"{one_line(name):<12}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}"
                      f"{m['support']:>10}")
     lines.append(confusion_text(report))
     if report["failed"]:

@@ -8,6 +8,7 @@ models whose last feature maps are in one plain (non-nested) convolutional netwo
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 import numpy as np
 
 from pawnet.errors import ConfigError
+from pawnet.storage import Output
+
+EXPLAIN_OUTPUT = Output("explain", r".+\.cam\.(png|npy)", r".+\.cam\.(png|npy)")
 
 
 @dataclass(frozen=True)
@@ -120,40 +124,57 @@ def blend(pixels: np.ndarray, cam: np.ndarray) -> np.ndarray:
 
 
 def overlay(photo: Path | str, cam: np.ndarray, path: Path) -> np.ndarray:
-    """Write the photo with its heat-map blended over it (PNG); returns the heat-map at
-    the photo's own size."""
-    from PIL import Image, ImageOps
+    """Write the photo with its heat-map blended over it (PNG), at the photo's size shrunk
+    to at most `PREVIEW_SIZE` px on its longer side; returns the heat-map at that size."""
+    from PIL import Image
 
-    with Image.open(photo) as opened:
-        pixels = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
-    Image.fromarray(blend(pixels, cam)).save(path, "PNG")
+    from pawnet.data.images import load_preview
+    from pawnet.storage import atomic_write_bytes
+
+    pixels = load_preview(photo)
+    buffer = io.BytesIO()
+    Image.fromarray(blend(pixels, cam)).save(buffer, "PNG")
+    atomic_write_bytes(path, buffer.getvalue())
     return upsample(cam, (pixels.shape[1], pixels.shape[0]))
+
+
+def _out_folder(out: str | Path | None, run_dir: Path | None) -> Path:
+    """The folder heat-maps go to, checked and marked as pawnet's before any work."""
+    from pawnet.storage import check_output_folder
+
+    folder = check_output_folder(out or (run_dir or Path("runs")) / "explain", EXPLAIN_OUTPUT)
+    folder.mkdir(parents=True, exist_ok=True)
+    EXPLAIN_OUTPUT.mark(folder)
+    return folder
 
 
 def explain(model: str | Path, photos: list[str], out: str | Path | None = None
             ) -> list[dict[str, Any]]:
     """Heat-maps of photos: per photo an overlay PNG and the raw heat-map (`.npy`, float32,
-    0..1, at the photo's own size), for the label the model gives it.
+    0..1), both at the photo's own size shrunk to at most `PREVIEW_SIZE` (1024) px on its
+    longer side, for the label the model gives it.
 
     Args:
         out: folder for the files. Defaults to `RUN_DIR/explain` (`runs/explain` for a
-            built-in model).
+            built-in model). An existing folder must be an earlier explain folder; files
+            of photos explained before are replaced, the others kept.
 
     Returns:
         Per photo: path, label, overlay and heatmap paths, or an error.
 
     Raises:
         BundleError: the model cannot be loaded.
-        ConfigError: a model whose feature maps explain cannot reach.
+        ConfigError: a model whose feature maps explain cannot reach, or `out` is a file
+            or a folder that is not an explain folder.
     """
     from pawnet.bundle import resolve
+    from pawnet.errors import ImageError
     from pawnet.predict import Predictor
+    from pawnet.storage import atomic_write_bytes
 
     predictor = Predictor(resolve(model), runtime="keras")
     split_at_feature_maps(predictor.model)  # refuse early
-    run_dir = predictor.bundle.run_dir
-    out_dir = Path(out) if out else (run_dir or Path("runs")) / "explain"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _out_folder(out, predictor.bundle.run_dir)
     results, used = [], set()
     for photo, prediction in zip(photos, predictor.predict(photos), strict=True):
         if prediction.error:
@@ -164,10 +185,18 @@ def explain(model: str | Path, photos: list[str], out: str | Path | None = None
         cam, _ = grad_cam(predictor.model, pixels[None], index)
         stem = _free_stem(used, Path(photo).stem)
         overlay_path, heatmap_path = out_dir / f"{stem}.cam.png", out_dir / f"{stem}.cam.npy"
-        np.save(heatmap_path, overlay(photo, cam[0], overlay_path).astype(np.float32))
+        try:
+            heat = overlay(photo, cam[0], overlay_path).astype(np.float32)
+        except (ImageError, OSError) as exc:  # changed or gone since it was predicted
+            results.append({"path": photo, "error": str(exc)})
+            continue
+        buffer = io.BytesIO()
+        np.save(buffer, heat)
+        atomic_write_bytes(heatmap_path, buffer.getvalue())
         results.append({"path": photo, "label": prediction.label,
                         "explained_class": prediction.top_class,
-                        "overlay": str(overlay_path), "heatmap": str(heatmap_path)})
+                        "overlay": str(overlay_path), "heatmap": str(heatmap_path),
+                        "heatmap_size": [heat.shape[1], heat.shape[0]]})
     return results
 
 
@@ -186,7 +215,6 @@ def explained(predictor, prediction, pixels: np.ndarray) -> dict[str, Any]:
     feature maps' resolution (rows of 0..1) and the photo as the model saw it with the map
     over it (a PNG data URL), for the web service."""
     import base64
-    import io
 
     from PIL import Image
 

@@ -23,13 +23,15 @@ from pawnet.bundle import Bundle, BundleSpec, resolve, split_outputs
 from pawnet.convert import MODEL_FILES, check_format, write_model
 from pawnet.data.images import MAX_PIXELS, load_pixels
 from pawnet.data.splits import read_manifest
-from pawnet.errors import BundleError, ConfigError, DataError, ImageError
+from pawnet.errors import BundleError, ConfigError, DataError, ImageError, one_line
 from pawnet.runtimes import KerasRuntime, open_file
-from pawnet.storage import atomic_path
+from pawnet.storage import Output, atomic_path, check_output_folder
 
 CHECK_PHOTOS = 200  # most photos the exported file is checked on
 CALIBRATION_PHOTOS = (100, 300)  # int8: fewest and most training photos to calibrate on
 INT8_MAX_DROP = 0.01  # int8 accuracy may fall this far below fp32 (1 point)
+EXPORT_OUTPUT = Output("export", r"model\.onnx|model\.tflite|saved_model|pawnet\.json",
+                       r"pawnet\.json")
 
 
 def _check_set(bundle: Bundle, model: str | Path, photos: str | Path | None):
@@ -158,7 +160,8 @@ def export(model: str | Path, fmt: str = "onnx", *, out: str | Path | None = Non
 
     Args:
         model: a run folder, a bundle folder or a built-in name.
-        out: folder to write. Defaults to `RUN/export/FORMAT`.
+        out: folder to write. Defaults to `RUN/export/FORMAT`. An existing folder is
+            replaced only when it is an earlier export (never a folder of the user's).
         int8: LiteRT only: integer weights and activations, calibrated on the run's own
             training photos.
         photos: photos to check the export on. Defaults to the run's test split (or val).
@@ -167,18 +170,19 @@ def export(model: str | Path, fmt: str = "onnx", *, out: str | Path | None = Non
         What `pawnet.json` says, with `out` and the check's figures under `check`.
 
     Raises:
-        ConfigError: unknown format, int8 on a format without it, a missing converter.
+        ConfigError: unknown format, int8 on a format without it, a missing converter,
+            or `out` holds something that is not an earlier export.
         BundleError: the export disagrees with the bundle (nothing is left behind).
     """
     check_format(fmt, int8)
     bundle = resolve(model)
+    out = check_output_folder(out or default_out(bundle, fmt, int8), EXPORT_OUTPUT)
     paths, labels, source = _check_set(bundle, model, photos)
     calibration, calibrated = _calibration(bundle) if int8 else (None, 0)
-    out = Path(out) if out else default_out(bundle, fmt, int8)
     info = _describe(bundle, fmt, int8, calibrated)
     print(f"Exporting {bundle.spec.model_name} to {fmt}{' int8' if int8 else ''}; checking "
-          f"on {source}", file=sys.stderr, flush=True)
-    with atomic_path(out) as tmp:
+          f"on {one_line(source)}", file=sys.stderr, flush=True)
+    with atomic_path(out, EXPORT_OUTPUT) as tmp:
         tmp.mkdir(parents=True)
         write_model(bundle.model, fmt, tmp / MODEL_FILES[fmt], calibration)
         info["check"] = {"source": source,
@@ -190,9 +194,9 @@ def export(model: str | Path, fmt: str = "onnx", *, out: str | Path | None = Non
 def format_export(report: dict[str, Any]) -> str:
     """The export's result for a terminal."""
     check = report["check"]
-    lines = [f"Wrote {Path(report['out']) / report['file']} ({report['format']}"
+    lines = [f"Wrote {one_line(Path(report['out']) / report['file'])} ({report['format']}"
              f"{', int8' if report['quantization'] == 'int8' else ''}) and pawnet.json",
-             f"Checked on {check['photos']} photos of {check['source']}: labels agree on "
+             f"Checked on {check['photos']} photos of {one_line(check['source'])}: labels agree on "
              f"{100 * check['label_agreement']:.1f}%, max probability difference "
              f"{check['max_abs_diff']:.2g}",
              f"Accuracy: export {check['accuracy']:.4f}, bundle {check['bundle_accuracy']:.4f}"]

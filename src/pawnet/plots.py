@@ -1,12 +1,15 @@
 """Every picture pawnet draws: learning curves, confusion matrix, photo grids.
 
-Matplotlib runs headless (Agg); each figure is written atomically to a PNG.
+Matplotlib runs headless (Agg); each figure is written atomically to a PNG. Text in them
+(class names, file names) is drawn as given, never parsed as mathtext, with control
+characters written out as in the terminal.
 """
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -15,17 +18,38 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from pawnet.errors import one_line
 from pawnet.storage import atomic_write_bytes
+
+SOFTWARE = "pawnet"  # the PNG's Software text: how pawnet knows a PNG is its own
+
+
+def is_own_png(head: bytes) -> bool:
+    """Whether a PNG's first bytes say pawnet drew it."""
+    return head.startswith(b"\x89PNG") and b"Software\x00" + SOFTWARE.encode() in head
+
+
+def _plain_text(draw: Callable[..., Path]) -> Callable[..., Path]:
+    """Draw with every text taken literally: a class named `$\\foo$` is not mathtext."""
+
+    @functools.wraps(draw)
+    def drawing(*args, **kwargs) -> Path:
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return drawing
 
 
 def _save(fig, path: str | Path) -> Path:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight",
+                metadata={"Software": SOFTWARE})
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
 
 
+@_plain_text
 def plot_curves(rows: Sequence[dict[str, float]], path: str | Path) -> Path:
     """Loss and accuracy per epoch, training vs validation, side by side."""
     epochs = [int(r["epoch"]) for r in rows]
@@ -43,8 +67,10 @@ def plot_curves(rows: Sequence[dict[str, float]], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+@_plain_text
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | Path) -> Path:
     """Confusion matrix with counts; rows are true classes, columns predicted ones."""
+    classes = [one_line(c) for c in classes]
     n = len(classes)
     fig, ax = plt.subplots(figsize=(2 + 0.8 * n, 1.6 + 0.8 * n))
     ax.imshow(matrix, cmap="Blues")
@@ -61,6 +87,7 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | Path)
     return _save(fig, path)
 
 
+@_plain_text
 def plot_reliability(bins: Sequence[dict], path: str | Path) -> Path:
     """Reliability diagram: accuracy against confidence per bin (a calibrated model lies on
     the diagonal), with the photo counts."""
@@ -83,6 +110,7 @@ def plot_reliability(bins: Sequence[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+@_plain_text
 def plot_risk_coverage(curve: Sequence[dict], path: str | Path) -> Path:
     """Accuracy against coverage when only the most confident photos are answered."""
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
@@ -95,6 +123,7 @@ def plot_risk_coverage(curve: Sequence[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+@_plain_text
 def plot_grid(
     images: np.ndarray, titles: Sequence[str], path: str | Path, columns: int = 8,
     title: str | None = None,
@@ -107,12 +136,13 @@ def plot_grid(
         ax.axis("off")
     for ax, img, caption in zip(np.atleast_1d(axes).ravel(), images, titles, strict=False):
         ax.imshow(np.asarray(img).astype(np.uint8))
-        ax.set_title(caption, fontsize=7)
+        ax.set_title(one_line(caption), fontsize=7)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(one_line(title))
     return _save(fig, path)
 
 
+@_plain_text
 def plot_roc(truth: np.ndarray, probs: np.ndarray, classes: Sequence[str],
              path: str | Path) -> Path:
     """ROC curve of each class against the rest (one curve for two classes)."""
@@ -124,7 +154,7 @@ def plot_roc(truth: np.ndarray, probs: np.ndarray, classes: Sequence[str],
         if len(set((truth == k).tolist())) < 2:
             continue  # a class absent (or alone) has no curve
         fpr, tpr, _ = roc_curve(truth == k, probs[:, k])
-        ax.plot(fpr, tpr, label=f"{classes[k]} (AUC {auc(fpr, tpr):.4f})")
+        ax.plot(fpr, tpr, label=f"{one_line(classes[k])} (AUC {auc(fpr, tpr):.4f})")
     ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     ax.legend(loc="lower right", fontsize=8)

@@ -339,6 +339,13 @@ def _table(results: Sequence[Prediction], classes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def is_predictions(head: bytes) -> bool:
+    """Whether a file's first bytes are `format_predictions` output (any format)."""
+    text = head.decode("utf-8", "replace").lstrip()
+    return (text.startswith(("path,label,", "id,label\n", "path  ")) or text.startswith("[]")
+            or re.match(r'\[\s*\{\s*"path":', text) is not None)
+
+
 def format_predictions(results: Sequence[Prediction], classes: list[str],
                        fmt: str = "table") -> str:
     """Render predictions as a table, JSON, CSV, or a Kaggle Dogs vs. Cats submission.

@@ -41,6 +41,7 @@ _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # Resize filters by the name a bundle records; Pillow's filters antialias when shrinking.
 RESIZE_METHODS = {"bilinear": Image.Resampling.BILINEAR}
 RESIZE_METHOD = "bilinear"  # what training uses
+PREVIEW_SIZE = 1024  # longer side of a photo shown to a person (heat-map overlays)
 
 
 class _DecodeBudget:
@@ -173,11 +174,11 @@ def _wide_to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(out, mode="L")
 
 
-def _on_white(img: Image.Image, image_size: int, resample: int) -> Image.Image:
+def _on_white(img: Image.Image, size: tuple[int, int], resample: int) -> Image.Image:
     """Composite a transparent image onto white, in premultiplied colour, a band of rows at
-    a time, and resize it; a large image is box-reduced towards twice the target on the
-    way, so no full-size copy is made."""
-    factor = max(1, min(img.width, img.height) // (2 * image_size))
+    a time, and resize it to `size` (width, height); a large image is box-reduced towards
+    twice the target on the way, so no full-size copy is made."""
+    factor = max(1, min(img.width // (2 * size[0]), img.height // (2 * size[1])))
     step = factor * max(1, 256 // factor)
     reduced = Image.new("RGBa", (-(-img.width // factor), -(-img.height // factor)))
     for top in range(0, img.height, step):
@@ -188,10 +189,10 @@ def _on_white(img: Image.Image, image_size: int, resample: int) -> Image.Image:
     rgb = premultiplied[..., :3] + 255 - premultiplied[..., 3:]  # C + (1 - alpha) * white
     on_white = Image.fromarray(rgb.astype(np.uint8), mode="RGB")
     extent = (0, 0, img.width / factor, img.height / factor)  # the last box may be partial
-    return on_white.resize((image_size, image_size), resample, box=extent)
+    return on_white.resize(size, resample, box=extent)
 
 
-def _to_8bit(img: Image.Image, image_size: int, resample: int) -> Image.Image:
+def _to_8bit(img: Image.Image, size: tuple[int, int], resample: int) -> Image.Image:
     """Convert any mode Pillow decodes to 8-bit RGB or gray, compositing transparency onto
     white (transparent images come back resized already). Gray stays gray: it is resized
     before it becomes RGB, with the same result. Wide and transparent modes are converted
@@ -200,7 +201,7 @@ def _to_8bit(img: Image.Image, image_size: int, resample: int) -> Image.Image:
     if img.mode in _WIDE_MODES:
         img = _wide_to_8bit(img)
     if _transparent(img):
-        return _on_white(img, image_size, resample)
+        return _on_white(img, size, resample)
     return img if img.mode in ("RGB", "L") else img.convert("RGB")
 
 
@@ -238,8 +239,43 @@ def load_pixels(
                 img.load()
                 ImageOps.exif_transpose(img, in_place=True)  # no copy (docs/decisions.md)
                 resample = RESIZE_METHODS[resize_method]
-                img = _to_8bit(img, image_size, resample)
+                img = _to_8bit(img, (image_size, image_size), resample)
                 img = img.resize((image_size, image_size), resample)  # a copy if done already
+                return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(f"truncated or corrupt image ({exc})") from None
+
+
+def load_preview(source: Source, longest: int = PREVIEW_SIZE,
+                 max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a photo as a person looks at it: EXIF-rotated 8-bit RGB, its aspect kept,
+    shrunk so its longer side is at most `longest` (never enlarged). JPEGs are decoded at
+    reduced size, and the decode is checked and budgeted as in `load_pixels`.
+
+    Returns:
+        A uint8 array of shape `(height, width, 3)`.
+
+    Raises:
+        ImageError: as `load_pixels`.
+    """
+    img = _open(source, max_pixels)
+    try:
+        with img:
+            scale = min(1.0, longest / max(img.size))
+            if img.format in ("JPEG", "MPO"):
+                img.draft(img.mode, (max(1, round(img.width * scale)),
+                                     max(1, round(img.height * scale))))
+            with _DECODES.hold(_checked_bytes(img, max_pixels)):
+                img.load()
+                ImageOps.exif_transpose(img, in_place=True)
+                scale = min(1.0, longest / max(img.size))
+                size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+                resample = RESIZE_METHODS[RESIZE_METHOD]
+                img = _to_8bit(img, size, resample)
+                if img.size != size:
+                    img = img.resize(size, resample)
                 return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except ImageError:
         raise

@@ -9,7 +9,8 @@ import numpy as np
 from pawnet.config import resolve_config
 from pawnet.data.scan import scan
 from pawnet.data.splits import assign_splits
-from pawnet.plots import plot_grid
+from pawnet.plots import is_own_png, plot_grid
+from pawnet.storage import check_output_file
 
 GRID_SIZE = 64  # an 8x8 grid
 
@@ -20,17 +21,21 @@ def show_batch(photos: str | Path, out: str | Path, *, config=None, **settings) 
 
     Args:
         photos: folder of photos.
-        out: PNG file to write.
+        out: PNG file to write; an existing file is replaced only when pawnet drew it.
         config: YAML file or dict of settings; `settings` (e.g. augment, image_size, seed,
             model) win over it.
 
     Returns:
         The path of the PNG.
+
+    Raises:
+        ConfigError: `out` is a folder, or a file pawnet did not draw.
     """
     from pawnet.data.augment import build_augmenter
     from pawnet.data.pipeline import labelled_dataset
     from pawnet.training.recipe import augmentation_used
 
+    check_output_file(out, "PNG grid", is_own_png)
     cfg = resolve_config(config, photos=str(photos), **settings)
     photoset = scan(photos, max_pixels=cfg.max_pixels)
     train = [p for p in assign_splits(photoset.photos, cfg.seed, cfg.val_fraction,
