@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import copy_photos, make_odd_files
+from conftest import copy_photos, invoke, make_odd_files
 
 import pawnet
 from pawnet.data.splits import read_manifest
@@ -98,6 +99,32 @@ def test_resume_after_a_kill_continues_from_the_last_finished_epoch(tmp_path):
     steps_per_epoch = iterations // done
     assert int(resumed.optimizer.iterations.numpy()) == iterations + steps_per_epoch
     assert (run / "bundle" / "model.keras").exists()
+
+
+def test_resume_of_a_finished_run_changes_nothing_unless_it_trains_longer(tmp_path,
+                                                                        trained_run):
+    # before: --resume trained a finished run again and rewrote its bundle, and eval/ then
+    # described a model that no longer existed
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    pawnet.evaluate(run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for epochs in (None, 1):
+        result = invoke("train", "--resume", run, *(["--epochs", epochs] if epochs else []))
+        assert result.exit_code == 0, result.output
+        assert "is finished (1 epochs" in result.stdout and "nothing to do" in result.stdout
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+    old_model = pawnet.load(run).bundle.fingerprint
+    pawnet.train(resume=str(run), epochs=2)
+    previous = run / "previous" / "1"
+    assert sorted(p.name for p in previous.iterdir()) == ["NOTE.txt", "bundle", "eval"]
+    assert "--epochs 2" in (previous / "NOTE.txt").read_text()
+    assert pawnet.load(previous / "bundle").bundle.fingerprint == old_model
+    assert pawnet.load(run).bundle.fingerprint != old_model
+    assert not list(run.glob("eval*")) and len(_history(run)) == 2
+    assert (previous / "eval" / "report.json").read_bytes() == before[run / "eval" /
+                                                                      "report.json"]
 
 
 def test_resume_refuses_changed_settings_and_runs_without_checkpoints(tmp_path, trained_run):

@@ -108,9 +108,10 @@ def test_resume_of_a_transfer_run_reuses_cached_features(photos, tmp_path, monke
     run = pawnet.train(photos, out=str(tmp_path / "run"), **SMALL)
     calls = []
     monkeypatch.setattr(transfer, "extract_features", lambda *a, **k: calls.append(1))
-    pawnet.train(resume=str(run))
+    pawnet.train(resume=str(run), epochs=SMALL["epochs"] + 1)  # a finished run, trained on
     assert calls == []
     assert (run / "bundle" / "model.keras").exists()
+    assert (run / "previous" / "1" / "bundle" / "model.keras").exists()
 
 
 def test_three_classes_with_transfer(tmp_path):

@@ -24,12 +24,21 @@ import numpy as np
 from pawnet.bundle import BundleSpec, class_probabilities, save_bundle
 from pawnet.config import resolve_config
 from pawnet.distribute import connect, lost_workers, split_batch
+from pawnet.errors import one_line
 from pawnet.models.registry import get_model_spec
 from pawnet.models.spec import output_kind
 from pawnet.training import scratch, transfer
 from pawnet.training.callbacks import read_history, require_tensorboard
 from pawnet.training.ood import fit_ood
-from pawnet.training.plan import Plan, log, new_plan, provenance, resume_plan, start_resumed
+from pawnet.training.plan import (
+    Plan,
+    already_finished,
+    log,
+    new_plan,
+    provenance,
+    resume_plan,
+    start_resumed,
+)
 from pawnet.training.recipe import class_weights
 
 
@@ -46,7 +55,9 @@ def train(photos: str | Path | None = None, *, config: str | Path | dict | None 
 
     Returns:
         The run folder; its `bundle/` holds the trained model. None on a worker of a
-        multi-worker run other than the chief, which writes the run folder.
+        multi-worker run other than the chief, which writes the run folder. Resuming a
+        finished run does nothing unless `epochs` is more than it was set to; then its
+        bundle and reports move to `RUN/previous/N/` and it trains on.
 
     Raises:
         ConfigError, DataError: bad settings or unusable photos.
@@ -55,6 +66,9 @@ def train(photos: str | Path | None = None, *, config: str | Path | dict | None 
     >>> run = pawnet.train("photos/", epochs=5)
     """
     photos = str(photos) if photos is not None else None
+    if settings.get("resume") and already_finished(Path(settings["resume"]),
+                                                   settings.get("epochs")):
+        return Path(settings["resume"])
     resumed = resume_plan(Path(settings["resume"]), photos=photos, config=config, **settings
                           ) if settings.get("resume") else None
     cfg = resumed.cfg if resumed else resolve_config(config, photos=photos, **settings)
@@ -63,6 +77,8 @@ def train(photos: str | Path | None = None, *, config: str | Path | dict | None 
     if cluster.kind != "one":
         log(f"Training with the {cluster.describe()}")
     with lost_workers(cluster):
+        if not resumed:
+            _check_inputs(cfg)
         plan = start_resumed(resumed, cluster) if resumed else new_plan(cfg, cluster)
         try:
             run_dir = _fit(plan)
@@ -70,6 +86,17 @@ def train(photos: str | Path | None = None, *, config: str | Path | dict | None 
             if not cluster.is_chief:
                 shutil.rmtree(plan.run_dir, ignore_errors=True)
     return run_dir if cluster.is_chief else None
+
+
+def _check_inputs(cfg) -> None:
+    """What can be wrong with the settings, found before a run folder is made for them:
+    TensorBoard asked for but missing, a --weights file that does not load."""
+    if cfg.tensorboard:
+        require_tensorboard()
+    if cfg.weights is not None:
+        from pawnet.models.pretrained import load_backbone
+
+        load_backbone(get_model_spec(cfg.model), cfg.image_size, weights=cfg.weights)
 
 
 def _calibration(plan: Plan, output: str, val_out: np.ndarray) -> dict[str, float]:
@@ -102,18 +129,16 @@ def _fit(plan: Plan) -> Path:
     import keras
 
     cfg, run_dir = plan.cfg, plan.run_dir
-    if cfg.tensorboard:
-        require_tensorboard()  # before hours of training, not after
     keras.utils.set_random_seed(cfg.seed)
     log("Using " + "; ".join(
-        f"{split} {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in c.items())})"
+        f"{split} {sum(c.values())} ({', '.join(f'{one_line(k)} {v}' for k, v in c.items())})"
         for split, c in plan.counts().items()
     ))
     weights = (class_weights(plan.split("train"), plan.classes)
                if cfg.class_weight == "auto" else None)
     if weights:
         log("Classes are imbalanced; class weights: "
-            + ", ".join(f"{plan.classes[i]} {w:.2f}" for i, w in weights.items()))
+            + ", ".join(f"{one_line(plan.classes[i])} {w:.2f}" for i, w in weights.items()))
 
     spec = get_model_spec(cfg.model)
     started = time.monotonic()
@@ -138,5 +163,5 @@ def _fit(plan: Plan) -> Path:
     record = provenance(plan, read_history(run_dir / "history.csv"), metrics, fit_seconds)
     bundle_dir = save_bundle(run_dir / "bundle", model, bundle_spec, record, cfg.to_yaml())
     shutil.rmtree(plan.pixel_cache, ignore_errors=True)
-    log(f"Saved bundle to {bundle_dir}")
+    log(f"Saved bundle to {one_line(bundle_dir)}")
     return run_dir

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shutil
 import tempfile
@@ -20,14 +21,15 @@ from pawnet.data.splits import assign_splits, fingerprint, read_manifest, write_
 from pawnet.distribute import Cluster, check_same_run
 from pawnet.errors import ConfigError, DataError, one_line
 from pawnet.storage import atomic_write_text, next_run_dir
-from pawnet.training.callbacks import ResumeCheckpoint
+from pawnet.training.callbacks import ResumeCheckpoint, read_history
 
 SPLIT_NAMES = ("train", "val", "test")
 SHOWN_SKIPPED = 10  # bad files listed on the terminal; data.json has them all
 
 
 def log(message: str) -> None:
-    print(message, flush=True)
+    """One line of the training log; names in it (files, classes, folders) stay on it."""
+    print(one_line(message), flush=True)
 
 
 @dataclass
@@ -174,12 +176,63 @@ def resume_plan(run_dir: Path, **given: Any) -> Plan:
     return plan
 
 
+SUPERSEDED = ("bundle", "eval*", "export", "explain")  # what describes a finished run's model
+
+
+def finished_epochs(run_dir: Path) -> int | None:
+    """The epochs a finished run (one holding a bundle) was set to train; None when the run
+    is not finished."""
+    bundle = run_dir / "bundle"
+    if not (bundle / "bundle.json").is_file():
+        return None
+    saved = read_config_file(bundle / "config.yaml") if (bundle / "config.yaml").is_file() \
+        else read_config_file(run_dir / "config.yaml")
+    return int(saved.get("epochs") or 0)
+
+
+def already_finished(run_dir: Path, epochs: int | None) -> bool:
+    """Whether `--resume RUN_DIR [--epochs N]` has nothing to do: the run is finished and N
+    (when given) is no more than the epochs it was set to; says so."""
+    done = finished_epochs(run_dir)
+    if done is None or (epochs is not None and epochs > done):
+        return False
+    ran = len(read_history(run_dir / "history.csv"))
+    early = f", stopped early after {ran}" if 0 < ran < done else ""
+    log(f"{one_line(run_dir)} is finished ({done} epochs{early}; its bundle is "
+        f"{one_line(run_dir / 'bundle')}): nothing to do. To train it for longer: pawnet "
+        f"train --resume {one_line(run_dir)} --epochs N, with N more than {done}")
+    return True
+
+
+def _set_aside(run_dir: Path, epochs: int) -> None:
+    """Move a finished run's bundle and what describes it (evaluations, exports, heat-maps)
+    into `previous/N/` with a note, before it trains on: nothing describes a model that no
+    longer exists, and the old model stays usable."""
+    found = [p for pattern in SUPERSEDED for p in sorted(run_dir.glob(pattern))
+             if p.is_dir() and not p.is_symlink()]
+    if not found:
+        return
+    previous = next_run_dir(run_dir / "previous" / "1")
+    for path in found:
+        os.replace(path, previous / path.name)
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    atomic_write_text(previous / "NOTE.txt",
+                      f"The model of {run_dir} and its reports as they were before `pawnet "
+                      f"train --resume {run_dir} --epochs {epochs}` on {when}. The run's "
+                      "bundle/ holds the model trained on; this bundle/ is still usable as "
+                      "a MODEL.\n")
+    log(f"{one_line(run_dir)} was finished: its bundle and reports moved to "
+        f"{one_line(previous)}; training on to {epochs} epochs")
+
+
 def start_resumed(plan: Plan, cluster: Cluster | None = None) -> Plan:
     """Ready a resumed plan on this worker: the chief clears the killed run's partial
     pixels; another worker continues from a copy of the run folder in a temporary one."""
     plan.cluster = cluster
     _check_workers_agree(cluster, plan.cfg, plan.photos)
     if cluster is None or cluster.is_chief:
+        if finished_epochs(plan.run_dir) is not None:
+            _set_aside(plan.run_dir, plan.cfg.epochs)
         shutil.rmtree(plan.pixel_cache, ignore_errors=True)
         return plan
     copy = Path(tempfile.mkdtemp(prefix=f"pawnet-worker{cluster.index}-"))
