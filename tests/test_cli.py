@@ -110,10 +110,26 @@ def test_bad_input_is_one_line_and_exit_code_2(class_folders, tmp_path, args, me
     assert not (tmp_path / "runs").exists()
 
 
-def test_unknown_flag_is_a_usage_error(class_folders):
-    result = invoke("train", class_folders, "--epoch", "3")
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "{photos}", "--epoch", "3"],
+     "error: no such option --epoch. Did you mean --epochs? Try: pawnet train --help"),
+    (["evaluate", "RUN", "--min-confidence", "1.5"],
+     "error: Invalid value for '--min-confidence': Input should be less than or equal to 1. "
+     "Try: pawnet evaluate --help"),
+    (["predict", "RUN", "x.jpg", "--format", "xml"],
+     "error: Invalid value for '--format': 'xml' is not one of table, csv, kaggle. Try: "
+     "pawnet predict --help"),
+    (["predict"], "error: Missing argument 'MODEL'. Try: pawnet predict --help"),
+    (["trian"], "error: No such command 'trian'. Did you mean 'train'? Try: pawnet --help"),
+    (["data", "issuez"], "error: No such command 'issuez'. Did you mean 'issues'? Try: "
+     "pawnet data --help"),
+    (["train", "{photos}", "--epochs", "three"], "error: Invalid value for '--epochs'"),
+])
+def test_a_flag_the_parser_refuses_is_one_error_line(class_folders, args, message):
+    # before: a box of several lines drawn by the parser, with no "error:" line
+    result = invoke(*[a.format(photos=class_folders) for a in args])
     assert result.exit_code == 2
-    assert "No such option" in result.stderr
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
 
 
 def test_import_and_help_do_not_load_tensorflow():

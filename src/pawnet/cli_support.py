@@ -1,18 +1,59 @@
-"""How `pawnet` commands are declared: one `error:` line for a PawnetError, and one flag per
-field of a settings dataclass (`Config`, `ServeSettings`), generated from its declaration."""
+"""How `pawnet` commands are declared: one `error:` line for a PawnetError and for a flag
+the parser refuses, and one flag per field of a settings dataclass (`Config`,
+`ServeSettings`), generated from its declaration."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import inspect
+import sys
 import typing
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+try:  # newer typer carries its own copy of click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 from pawnet import quiet
 from pawnet.errors import PawnetError, one_line
+
+
+class OneLineErrors(TyperGroup):
+    """The command group that reports what its parser refuses (an unknown flag, with the
+    nearest ones; a value out of range; a missing argument) as one `error:` line with the
+    command's help as the fix, exit code 2, like every other error."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as exc:
+            typer.echo(exc.ctx.get_help())
+            code = exc.exit_code
+        except UsageError as exc:
+            typer.echo(f"error: {_usage_message(exc)}", err=True)
+            code = 2
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_message(exc: UsageError) -> str:
+    """What the parser refused, in one line ending in the fix."""
+    where = " ".join(["pawnet", *(exc.ctx.command_path.split()[1:] if exc.ctx else [])])
+    possible = getattr(exc, "possibilities", None)
+    if possible:  # an unknown flag
+        return (f"no such option {one_line(exc.option_name)}. Did you mean "
+                f"{' or '.join(sorted(possible))}? Try: {where} --help")
+    message = one_line(exc.format_message())
+    return f"{message}{'' if message.endswith(('.', '?')) else '.'} Try: {where} --help"
 
 
 def command(typer_app: typer.Typer, name: str, *, tensorflow: bool = True):

@@ -9,14 +9,17 @@ checkpoint: `--resume` starts it again from the first epoch). Nothing here write
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pawnet.data.splits import fingerprint, read_manifest
-from pawnet.errors import ConfigError, DataError
+from pawnet.errors import ConfigError, DataError, one_line
+from pawnet.storage import read_text_file
 
 COMPARED_METRICS = ("status", "model", "data_fingerprint", "best_epoch", "val_loss",
                     "val_accuracy", "test_accuracy", "wall_s")
@@ -39,7 +42,7 @@ def find_runs(root: str | Path) -> list[Path]:
 
 def _json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text_file(path))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -47,17 +50,30 @@ def _json(path: Path) -> dict:
 
 def _settings(run: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load((run / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        data = yaml.safe_load(read_text_file(run / "config.yaml"))
+    except (OSError, ValueError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def _epochs(run: Path) -> list[dict[str, float]]:
-    """`history.csv`'s rows, read without Keras (so listing runs stays instant)."""
+def _row(row: dict) -> dict[str, float] | None:
+    """A `history.csv` row as numbers; None when it is damaged (a field too many or not a
+    number)."""
+    if None in row:
+        return None
     try:
-        with open(run / "history.csv", newline="") as f:
-            return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+        numbers = {k: float(v) for k, v in row.items() if v}
+    except ValueError:
+        return None
+    return numbers if math.isfinite(numbers.get("epoch", math.nan)) else None
+
+
+def _epochs(run: Path) -> list[dict[str, float]]:
+    """`history.csv`'s rows that are not damaged, read without Keras (so listing runs stays
+    instant)."""
+    try:
+        reader = csv.DictReader(io.StringIO(read_text_file(run / "history.csv"), newline=""))
+        return [row for row in map(_row, reader) if row is not None]
     except (OSError, ValueError, csv.Error):
         return []
 
@@ -142,8 +158,8 @@ def _cell(value: Any, key: str = "") -> str:
     if isinstance(value, float):
         return f"{value:.1f}" if key == "wall_s" else f"{value:.4f}"
     if isinstance(value, list):
-        return ",".join(map(str, value)) or "none"
-    text = str(value)
+        return one_line(",".join(map(str, value))) or "none"
+    text = one_line(value)
     return text[:12] if len(text) == 64 else text  # a fingerprint: its first 12 digits
 
 
@@ -161,9 +177,9 @@ def format_runs(rows: list[dict[str, Any]]) -> str:
 
 def format_compare(result: dict[str, Any]) -> str:
     """Runs side by side: the settings that differ, then the figures."""
-    names = [Path(r).name for r in result["runs"]]
+    names = [one_line(Path(r).name) for r in result["runs"]]
     rows = [("", *names)]
-    rows += [(key, *map(_cell, values)) for key, values in result["settings"].items()]
+    rows += [(one_line(key), *map(_cell, values)) for key, values in result["settings"].items()]
     if not result["settings"]:
         rows.append(("(same settings)", *[""] * len(names)))
     rows.append(("--", *["--"] * len(names)))

@@ -88,10 +88,10 @@ class PhotoSet:
         return [s for s in SPLITS if s in found]
 
     def summary(self) -> str:
-        counts = ", ".join(f"{c}: {n}" for c, n in self.counts().items())
+        counts = ", ".join(f"{one_line(c)}: {n}" for c, n in self.counts().items())
         text = (
             f"Found {len(self.photos)} usable photos of {len(self.classes)} classes "
-            f"({counts}) in {self.root} [layout: {self.layout}]"
+            f"({counts}) in {one_line(self.root)} [layout: {self.layout}]"
         )
         if self.splits():
             per_split = ", ".join(
@@ -110,7 +110,7 @@ class PhotoSet:
         skipped file with its reason, every group of duplicates."""
         lines = [self.summary(), f"Layout: {self.layout}"]
         for split in self.splits() or [None]:
-            counts = ", ".join(f"{c} {n}" for c, n in self.counts(split).items())
+            counts = ", ".join(f"{one_line(c)} {n}" for c, n in self.counts(split).items())
             lines.append(f"  {split}: {counts}" if split else f"  {counts}")
         if self.converted:
             lines.append("Converted to RGB when read: "

@@ -14,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from pawnet.data.scan import Photo
-from pawnet.errors import DataError
-from pawnet.storage import atomic_write_text
+from pawnet.errors import DataError, one_line
+from pawnet.storage import atomic_write_text, read_text_file
 
 
 def _unit_interval(sha256: str, seed: int) -> float:
@@ -64,14 +64,26 @@ def write_manifest(path: str | Path, photos: list[Photo]) -> None:
 
 
 def read_manifest(path: str | Path) -> list[Photo]:
+    """The photos a run's `manifest.csv` lists.
+
+    Raises:
+        DataError: it is missing, unreadable, or a row does not have its four fields.
+    """
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        return [Photo(r["path"], r["label"], r["split"], r["sha256"]) for r in rows]
+        rows = list(csv.reader(io.StringIO(read_text_file(path), newline="")))
     except FileNotFoundError:
-        raise DataError(f"split manifest not found: {path}") from None
-    except (KeyError, csv.Error) as exc:
-        raise DataError(f"split manifest {path} is damaged ({exc})") from None
+        raise DataError(f"split manifest not found: {one_line(path)}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"split manifest {one_line(path)} cannot be read ({one_line(exc)})"
+                        ) from None
+    if not rows or tuple(rows[0]) != MANIFEST_FIELDS:
+        raise DataError(f"split manifest {one_line(path)} is damaged: its header is not "
+                        f"{','.join(MANIFEST_FIELDS)}")
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(MANIFEST_FIELDS):
+            raise DataError(f"split manifest {one_line(path)} is damaged: line {number} has "
+                            f"{len(row)} fields, not {len(MANIFEST_FIELDS)}")
+    return [Photo(*row) for row in rows[1:]]
 
 
 def fingerprint(photos: Iterable[Photo]) -> str:
