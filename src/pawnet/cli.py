@@ -16,12 +16,13 @@ from typing import Annotated, Any
 import typer
 
 from pawnet import quiet
-from pawnet.cli_support import command, with_fields
+from pawnet.cli_support import OneLineErrors, command, with_fields
 from pawnet.config import Config
 from pawnet.errors import one_line
 from pawnet.serve.settings import ServeSettings
 
 app = typer.Typer(
+    cls=OneLineErrors,
     help="pawnet: turn a folder of labelled photos into an image classifier, and use it.",
     no_args_is_help=True,
     add_completion=False,
@@ -100,7 +101,7 @@ def data_show(
 
     settings = _given({"model": model, "augment": augment, "image_size": image_size,
                        "seed": seed})
-    typer.echo(f"Wrote {show_batch(photos, out, config=config, **settings)}")
+    typer.echo(f"Wrote {one_line(show_batch(photos, out, config=config, **settings))}")
 
 
 @command(app, "models")
@@ -141,8 +142,9 @@ def train(
     if run_dir is None:
         typer.echo("This worker's part is done; the chief (worker 0) wrote the run folder")
         return
-    typer.echo(f"Run folder: {run_dir}\nNext: pawnet evaluate {run_dir}  |  "
-               f"pawnet predict {run_dir} PHOTO.jpg")
+    shown = one_line(run_dir)
+    typer.echo(f"Run folder: {shown}\nNext: pawnet evaluate {shown}  |  "
+               f"pawnet predict {shown} PHOTO.jpg")
 
 
 Runtime = Annotated[str, typer.Option(help="Where the model runs: auto (the fastest "
@@ -179,7 +181,7 @@ def evaluate(
         typer.echo(json.dumps(report, indent=2))
         return
     typer.echo(format_report(report))
-    typer.echo(f"Report: {report['out']}/report.html (and report.md)")
+    typer.echo(f"Report: {one_line(Path(report['out']) / 'report.html')} (and report.md)")
 
 
 def _format(value: str) -> str:
@@ -208,17 +210,21 @@ def predict(
     min_confidence: MinConfidence = None,
     shard: Annotated[str | None, typer.Option(metavar="I/N", help=SHARD_HELP)] = None,
     out: Annotated[Path | None, typer.Option(help="Write the output to this file "
-                                             "(atomically) instead of printing it.")] = None,
+                                             "(atomically) instead of printing it; an "
+                                             "existing file must be pawnet's own output.")]
+    = None,
 ) -> None:
     """Label photos: a label and every class's probability per photo; 'neither' for a photo
     unlike the training photos, 'unsure' below the minimum confidence."""
     from pawnet.data.shards import parse_shard
-    from pawnet.predict import expand_paths, format_predictions, load
-    from pawnet.storage import atomic_write_text
+    from pawnet.predict import expand_paths, format_predictions, is_predictions, load
+    from pawnet.storage import atomic_write_text, check_output_file
 
     fmt = "json" if json_out else fmt
     if shard is not None:
         parse_shard(shard)  # a bad value stops before the model loads
+    if out is not None:
+        check_output_file(out, "predictions", is_predictions)
     predictor = load(model, runtime=runtime, tta=tta, min_confidence=min_confidence)
     results = predictor.predict(expand_paths(paths), shard=shard)
     text = format_predictions(results, predictor.classes, fmt)
@@ -285,7 +291,8 @@ def explain(
     else:
         for r in results:
             typer.echo(f"{one_line(r['path'])}: error: {one_line(r['error'])}" if "error" in r
-                       else f"{one_line(r['path'])}: {r['label']} -> {r['overlay']}")
+                       else f"{one_line(r['path'])}: {one_line(r['label'])} -> "
+                            f"{one_line(r['overlay'])}")
     if all("error" in r for r in results):
         typer.echo("error: no photo could be explained", err=True)
         raise typer.Exit(1)
@@ -316,8 +323,8 @@ def runs(
     elif rows:
         typer.echo(format_runs(rows))
     else:
-        typer.echo(f"no training runs in {', '.join(map(str, folders))}. Try: pawnet train "
-                   "PHOTOS", err=True)
+        typer.echo(f"no training runs in {', '.join(map(one_line, folders))}. Try: pawnet "
+                   "train PHOTOS", err=True)
 
 
 @command(app, "bench")
