@@ -4,6 +4,7 @@ logical CPU devices, against a single-process run of the same global batch."""
 from __future__ import annotations
 
 import csv
+import ipaddress
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import copy_photos
+from conftest import copy_photos, invoke
 from scale_workers import free_ports
 
 import pawnet
@@ -206,6 +207,47 @@ def test_a_worker_whose_peers_never_start_gives_up_after_the_startup_timeout(tmp
         assert not (tmp_path / f"run{index}").exists()
 
 
+def _listening(port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses where something listens on TCP `port`, from /proc/net/tcp and tcp6."""
+    found = []
+    for table in ("tcp", "tcp6"):
+        for line in (Path("/proc/net") / table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)  # in 32-bit words of host byte order
+                words = [raw[i:i + 4] for i in range(0, len(raw), 4)]
+                if sys.byteorder == "little":
+                    words = [w[::-1] for w in words]
+                found.append(ipaddress.ip_address(b"".join(words)))
+    return found
+
+
+def _loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net")
+def test_a_worker_listens_on_loopback_only_or_warns_that_its_port_is_open(tmp_path):
+    photos = _toy_photos(tmp_path / "photos")
+    (proc,) = start_workers([str(photos), "--out", str(tmp_path / "run"), "--startup-timeout",
+                             "3"], tmp_path, only=0)
+    port = int(proc.args[proc.args.index("--workers") + 1].split(",")[0].rpartition(":")[2])
+    addresses, deadline = [], time.monotonic() + WORKER_TIMEOUT_S
+    while not addresses and proc.poll() is None and time.monotonic() < deadline:
+        addresses = _listening(port)  # while it waits for worker 1, which never starts
+        time.sleep(0.1)
+    ((code, output),) = finish([proc], timeout=120)
+    print(f"worker 0 of 2 on 127.0.0.1:{port} listened on {[str(a) for a in addresses]}")
+    assert addresses and code == 2, output[-3000:]
+    warnings = [line for line in output.splitlines() if line.startswith("warning:")]
+    if not all(_loopback(a) for a in addresses):
+        opened = [w for w in warnings if f"port {port} of every network interface" in w]
+        assert len(opened) == 1, output[-3000:]
+        assert "no authentication" in opened[0] and "firewall" in opened[0]
+
+
 MIRRORED = """
 import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
@@ -232,7 +274,8 @@ def test_tf_config_is_written_from_the_workers_and_checked():
                                         "task": {"type": "worker", "index": 1}}
     for workers, index, message in [("a:1,b:2", 2, "between 0 and 1"),
                                     ("a,b:2", 0, "HOST:PORT"), ("a:1,a:1", 0, "more than once"),
-                                    ("a:99999", 0, "HOST:PORT")]:
+                                    ("a:99999", 0, "HOST:PORT"), ("a:\u00b2", 0, "HOST:PORT"),
+                                    ("a\nb:1", 0, "HOST:PORT")]:
         with pytest.raises(ConfigError, match=message):
             tf_config(workers, index)
 
@@ -255,3 +298,45 @@ def test_bad_strategy_settings_are_one_clear_error(monkeypatch):
     assert split_batch(32, four) == 8
     with pytest.raises(ConfigError, match=r"not split evenly over 4 replicas.*--batch-size 28"):
         split_batch(30, four)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"cluster": {"worker": "localhost:1"}, "task": {"type": "worker", "index": 0}}',
+     'job "worker" must be a list of HOST:PORT strings, received: "localhost:1". Try: '),
+    ('{"cluster": {"worker": [1, 2]}, "task": {"type": "worker", "index": 0}}',
+     'job "worker" must be a list of HOST:PORT strings, received: [1, 2]'),
+    ('{"cluster": {"worker": ["a:1", "b"]}, "task": {"type": "worker", "index": 0}}',
+     'received: ["a:1", "b"]'),
+    ('{"cluster": {"worker": {"0": "a:1"}}, "task": {"type": "worker", "index": 0}}',
+     'job "worker" must be a list'),
+    ('{"cluster": {"worker": ["a:1", "b:2"], "ps": [3]}, "task": {"type": "worker", "index": 0}}',
+     'job "ps" must be a list of HOST:PORT strings, received: [3]'),
+    ('{"cluster": {"chief": ["a:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}',
+     "lists an address more than once: a:1. Try: "),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}',
+     "task index must be between 0 and 1 for its 2 worker tasks, received: 2. Try: "),
+    ('{"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}}',
+     'job "worker" lists no tasks'),
+    ('{"cluster": [["a:1", "b:2"]], "task": {"type": 0, "index": 0}}', "must be JSON like"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": Infinity}}',
+     "must be JSON like"),
+])
+def test_a_tf_config_whose_tasks_are_not_host_port_lists_is_one_clear_error(monkeypatch, text,
+                                                                           message):
+    monkeypatch.setenv("TF_CONFIG", text)
+    for strategy in ("auto", "multi-worker"):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            connect(strategy, startup_timeout=1)
+
+
+def test_a_tf_config_with_a_string_for_its_workers_stops_the_cli_with_one_error(monkeypatch,
+                                                                               tmp_path):
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": "localhost:1"}, "task": '
+                                    '{"type": "worker", "index": 0}}')
+    result = invoke("train", copy_photos(tmp_path / "photos", 2), "--out", tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    assert [line for line in result.output.splitlines() if line.strip()] == [
+        'error: TF_CONFIG\'s job "worker" must be a list of HOST:PORT strings, received: '
+        '"localhost:1". Try: "cluster": {"worker": ["node1:12345", "node2:12345"]}, or '
+        "--workers node1:12345,node2:12345 --worker-index I"]
+    assert not (tmp_path / "run").exists()

@@ -115,7 +115,10 @@ class Config:
                             "here; multi-worker, several machines from TF_CONFIG; auto picks.",
                             choices=STRATEGIES)
     workers: str | None = setting(None, "Multi-worker: every worker's HOST:PORT, "
-                                  "comma-separated, the same on all; writes TF_CONFIG.")
+                                  "comma-separated, the same on all; writes TF_CONFIG. Each "
+                                  "worker listens on its port on every network interface, "
+                                  "with no authentication: keep the workers on an isolated "
+                                  "network or behind a firewall.")
     worker_index: int | None = setting(None, "Multi-worker: this worker's place in --workers "
                                        "(0 is the chief, which writes the run folder).",
                                        range=(0, 10_000))

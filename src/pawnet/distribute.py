@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pawnet.errors import ClusterError, ConfigError
+from pawnet.errors import ClusterError, ConfigError, one_line
 
 STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
 STARTUP_TIMEOUT_S = 600  # how long workers wait for each other to start, by default
@@ -77,8 +77,7 @@ def tf_config(workers: str, worker_index: int) -> dict:
     """
     addresses = [w.strip() for w in workers.split(",") if w.strip()]
     for address in addresses:
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not _is_address(address):
             raise ConfigError(f"workers must be HOST:PORT,HOST:PORT,..., received: {address!r}. "
                               "Try: --workers node1:12345,node2:12345")
     if len(set(addresses)) != len(addresses):
@@ -89,11 +88,22 @@ def tf_config(workers: str, worker_index: int) -> dict:
     return {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": worker_index}}
 
 
+def _is_address(address: object) -> bool:
+    """Whether `address` is a HOST:PORT string, with a port from 1 to 65535 and no spaces or
+    control characters."""
+    if not isinstance(address, str):
+        return False
+    host, _, port = address.rpartition(":")
+    return (bool(host) and host.isprintable() and " " not in host and port.isascii()
+            and port.isdigit() and 0 < int(port) < 65536)
+
+
 def _read_tf_config() -> dict | None:
     """The parsed `TF_CONFIG`, or None when it is not set.
 
     Raises:
-        ConfigError: it is not JSON with a cluster and this task in it.
+        ConfigError: it is not JSON with a cluster and this task in it, or a job of its
+            cluster is not a list of distinct HOST:PORT strings.
     """
     text = os.environ.get("TF_CONFIG", "").strip()
     if not text:
@@ -101,15 +111,42 @@ def _read_tf_config() -> dict | None:
     try:
         found = json.loads(text)
         cluster, task = found["cluster"], found["task"]
+        if not isinstance(cluster, dict):
+            raise TypeError
         tasks = cluster[task["type"]]
-        if not 0 <= int(task["index"]) < len(tasks):
-            raise ValueError
-    except (ValueError, KeyError, TypeError):
+        index = int(task["index"])
+    except (ValueError, KeyError, TypeError, OverflowError):
         raise ConfigError("TF_CONFIG must be JSON like {\"cluster\": {\"worker\": [\"host1:"
                           "port\", \"host2:port\"]}, \"task\": {\"type\": \"worker\", "
                           "\"index\": 0}}. Try: --workers HOST:PORT,... --worker-index I"
                           ) from None
+    _check_jobs(cluster)
+    if not tasks:
+        raise ConfigError(f"TF_CONFIG's job {json.dumps(task['type'])} lists no tasks, so "
+                          "this task is not in it. Try: --workers HOST:PORT,... --worker-index I")
+    if not 0 <= index < len(tasks):
+        raise ConfigError(f"TF_CONFIG's task index must be between 0 and {len(tasks) - 1} "
+                          f"for its {len(tasks)} {one_line(task['type'])} tasks, received: "
+                          f"{index}. Try: --workers HOST:PORT,... --worker-index I")
     return found
+
+
+def _check_jobs(cluster: dict) -> None:
+    """Each job of TF_CONFIG's cluster must list its tasks' distinct HOST:PORT strings,
+    as `tf_config` writes them (TensorFlow's own errors about them are tracebacks)."""
+    for job, tasks in cluster.items():
+        if not isinstance(tasks, list) or not all(_is_address(t) for t in tasks):
+            shown = json.dumps(tasks)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise ConfigError(f"TF_CONFIG's job {json.dumps(job)} must be a list of HOST:PORT "
+                              f"strings, received: {shown}. Try: \"cluster\": {{\"worker\": "
+                              "[\"node1:12345\", \"node2:12345\"]}, or --workers "
+                              "node1:12345,node2:12345 --worker-index I")
+    addresses = [address for tasks in cluster.values() for address in tasks]
+    repeated = sorted({a for a in addresses if addresses.count(a) > 1})
+    if repeated:
+        raise ConfigError(f"TF_CONFIG lists an address more than once: {', '.join(repeated)}."
+                          " Try: give every task its own HOST:PORT")
 
 
 def _task_index(config: dict) -> tuple[int, int]:
@@ -175,6 +212,7 @@ def _multi_worker(config: dict, startup_timeout: int) -> Cluster:
     from pawnet.training import keras_mwms
 
     index, count = _task_index(config)
+    _warn_open_port(config, index, count)
     keras_mwms.apply()
     _meet_within(config, startup_timeout)
     try:
@@ -188,6 +226,19 @@ def _multi_worker(config: dict, startup_timeout: int) -> Cluster:
                            "Try: start every worker with the same --workers"
                            ) from None
     return Cluster(strategy, "multi-worker", index, count)
+
+
+def _warn_open_port(config: dict, index: int, count: int) -> None:
+    """TensorFlow's gRPC server listens on every interface (IPv4 and IPv6), whatever host
+    the cluster names, and runs the graph ops of anyone who reaches it; nothing in TF 2.21
+    narrows it (docs/decisions.md, "Multi-worker ports are open to the network")."""
+    task = config["task"]
+    port = config["cluster"][task["type"]][int(task["index"])].rpartition(":")[2]
+    print(f"warning: worker {index} of {count} listens on port {port} of every network "
+          "interface, with no authentication: anyone who can reach that port can run code "
+          "in this worker (TensorFlow cannot bind one address). Try: keep the workers on an "
+          "isolated network, or behind a firewall that only lets the other workers in",
+          flush=True)
 
 
 def _meet_within(config: dict, seconds: int) -> None:
