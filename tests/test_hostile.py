@@ -8,11 +8,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import real_photos
+from conftest import CVTRICKS, copy_photos, real_photos
 from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
@@ -207,3 +210,231 @@ def test_a_class_with_one_photo_trains_with_a_warning(tmp_path):
     assert result.exit_code == 0, result.output
     assert "warning: class 'dog' has 1 photo, none in val" in result.output
     assert pawnet.load(tmp_path / "r").classes == ["cat", "dog"]
+
+
+# --- destinations: nothing of the user's is ever replaced -------------------------------
+
+
+def _users_folder(path: Path) -> Path:
+    (path / "taxes").mkdir(parents=True)
+    (path / "notes.txt").write_text("keep")
+    return path
+
+
+def _untouched(path: Path) -> bool:
+    return (path / "notes.txt").read_text() == "keep" and (path / "taxes").is_dir()
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    """A copy of the tiny run, so a command that wrongly replaced its folders harms no
+    other test."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    return run
+
+
+def _one_error(result, *phrases: str) -> None:
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and all(p in errors[0] for p in phrases), result.output
+
+
+@pytest.mark.parametrize("command", [
+    ["export", "{run}", "--format", "saved_model", "--out", "{mine}"],
+    ["evaluate", "{run}", "--out", "{mine}"],
+    ["explain", "{run}", "{photo}", "--out", "{mine}"],
+    ["predict", "{run}", "{photo}", "--out", "{mine}"],
+    ["data", "show", "{photos}", "--out", "{mine}"],
+    ["data", "issues", "{photos}", "--out", "{mine}"],
+])
+def test_no_command_replaces_a_users_folder(run_copy, tmp_path, command):
+    # before: export renamed mydocs aside and removed it; evaluate and explain wrote into
+    # it; predict failed with IsADirectoryError after labelling every photo
+    mine = _users_folder(tmp_path / "mydocs")
+    photos = tmp_path / "photos"
+    shutil.copytree(CVTRICKS / "train", photos, ignore=lambda d, names: names[6:])
+    args = [a.format(run=run_copy, mine=mine, photo=real_photos("cat", 1)[0], photos=photos)
+            for a in command]
+    result = CliRunner().invoke(app, args)
+    _one_error(result, "mydocs", "Try:")
+    assert _untouched(mine) and sorted(p.name for p in tmp_path.iterdir()) == [
+        "mydocs", "photos", "run"]
+
+
+@pytest.mark.parametrize("out", [".", "{cwd}", "{run}/bundle", "{run}", "{photos}"])
+def test_export_refuses_the_current_folder_the_bundle_and_the_photos(run_copy, tmp_path,
+                                                                      monkeypatch, out):
+    # before: each of these was renamed aside and removed (`--out .`: a ValueError)
+    photos = _users_folder(copy_photos(tmp_path / "photos", 4))
+    cwd = _users_folder(tmp_path / "cwd")
+    monkeypatch.chdir(cwd)
+    bundle = sorted(p.name for p in (run_copy / "bundle").iterdir())
+    target = out.format(cwd=cwd, run=run_copy, photos=photos)
+    result = CliRunner().invoke(app, ["export", str(run_copy), "--out", target,
+                                      "--photos", str(photos)])
+    _one_error(result, "Try:")
+    assert _untouched(photos) and _untouched(cwd)
+    assert sorted(p.name for p in (run_copy / "bundle").iterdir()) == bundle
+
+
+@pytest.mark.parametrize("command", [
+    ["predict", "{run}", "{photo}", "--format", "csv", "--out", "{file}"],
+    ["evaluate", "{run}", "--out", "{file}"],
+    ["explain", "{run}", "{photo}", "--out", "{file}"],
+    ["data", "show", "{photos}", "--out", "{file}"],
+    ["data", "issues", "{photos}", "--out", "{file}"],
+])
+def test_no_command_overwrites_a_users_file(run_copy, tmp_path, command):
+    mine = tmp_path / "thesis.csv"
+    mine.write_text("chapter,page\n1,12\n")
+    photos = copy_photos(tmp_path / "photos", 4)
+    args = [a.format(run=run_copy, file=mine, photo=real_photos("dog", 1)[0], photos=photos)
+            for a in command]
+    _one_error(CliRunner().invoke(app, args), "thesis.csv", "Try:")
+    assert mine.read_text() == "chapter,page\n1,12\n"
+
+
+def test_pawnets_own_outputs_are_replaced(run_copy, tmp_path):
+    photo = str(real_photos("cat", 1)[0])
+    for command in (["predict", str(run_copy), photo, "--format", "csv",
+                     "--out", str(tmp_path / "p.csv")],
+                    ["evaluate", str(run_copy), "--out", str(tmp_path / "eval")],
+                    ["explain", str(run_copy), photo, "--out", str(tmp_path / "explain")],
+                    ["export", str(run_copy), "--format", "onnx", "--out",
+                     str(tmp_path / "onnx")],
+                    ["data", "issues", str(run_copy), "--out", str(tmp_path / "sheet.html")]):
+        for _ in range(2):
+            result = CliRunner().invoke(app, command)
+            assert result.exit_code == 0, (command, result.output)
+    assert (tmp_path / "onnx" / "model.onnx").is_file()
+
+
+def test_train_never_writes_into_an_existing_folder(tmp_path):
+    mine = _users_folder(tmp_path / "mydocs")
+    photos = copy_photos(tmp_path / "photos", 8)
+    result = CliRunner().invoke(app, ["train", str(photos), "--model", "pawnet-cnn",
+                                      "--epochs", "1", "--image-size", "32", "--out", str(mine)])
+    assert result.exit_code == 0, result.output
+    assert _untouched(mine) and sorted(p.name for p in mine.iterdir()) == ["notes.txt", "taxes"]
+    assert (tmp_path / "mydocs2" / "bundle" / "model.keras").is_file()
+
+
+def test_a_bad_weights_file_stops_before_a_run_folder_is_made(tmp_path):
+    # before: the run folder was made, then training failed: an "interrupted" run was left
+    bad = tmp_path / "weights.h5"
+    bad.write_bytes(b"not an HDF5 file")
+    photos = copy_photos(tmp_path / "photos", 4)
+    result = CliRunner().invoke(app, ["train", str(photos), "--model", "keras:MobileNetV3Small",
+                                      "--weights", str(bad), "--out", str(tmp_path / "run")])
+    _one_error(result, "weights", "Try:")
+    assert not (tmp_path / "run").exists()
+
+
+# --- damaged run folders -----------------------------------------------------------------
+
+
+def test_runs_lists_damaged_run_folders_without_a_traceback_or_a_hang(trained_run, tmp_path):
+    # before: an extra history field or a short manifest row was a traceback, and a FIFO
+    # named history.csv or provenance.json made `pawnet runs` wait forever
+    root = tmp_path / "runs"
+    damage = {
+        "extra-field": lambda run: (run / "history.csv").write_text(
+            (trained_run / "history.csv").read_text() + "2,0.5,0.5,0.5,0.1,1e-05,surplus\n"),
+        "short-manifest-row": lambda run: (run / "manifest.csv").write_text(
+            (trained_run / "manifest.csv").read_text() + "only/a/path.jpg,cat\n"),
+        "fifo-history": lambda run: ((run / "history.csv").unlink(),
+                                     os.mkfifo(run / "history.csv")),
+        "fifo-provenance": lambda run: ((run / "bundle" / "provenance.json").unlink(),
+                                        os.mkfifo(run / "bundle" / "provenance.json")),
+    }
+    for name, damaging in damage.items():
+        shutil.copytree(trained_run, root / name, ignore=shutil.ignore_patterns("eval*"))
+        damaging(root / name)
+    for args in (["runs", root], ["runs", root, "--json"],
+                 ["runs", "--compare", root / "extra-field", root / "fifo-history"]):
+        done = subprocess.run([sys.executable, "-m", "pawnet.cli", *map(str, args)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    rows = {Path(r["run"]).name: r for r in json.loads(subprocess.run(
+        [sys.executable, "-m", "pawnet.cli", "runs", str(root), "--json"],
+        capture_output=True, text=True, timeout=120).stdout)}
+    assert set(rows) == set(damage) and rows["extra-field"]["best_epoch"] == 1
+    assert rows["short-manifest-row"]["data_fingerprint"]  # from provenance.json
+
+
+# --- names are text: never parsed as mathtext, never a second line on the terminal -------
+
+MATH_CLASS, FORGING_CLASS = "$\\foo$", "dog\nforged row\x1b[31m"
+FORGING_PHOTO = "new\nforged row\x1b[2J.jpg"
+
+
+@pytest.fixture(scope="module")
+def odd_names(tmp_path_factory) -> tuple[Path, Path, str]:
+    """Photos in class folders named `$\\foo$` (mathtext) and with a newline and terminal
+    escapes, one photo named so too, and a tiny run trained on them (its output too)."""
+    root = tmp_path_factory.mktemp("odd-names")
+    photos = copy_photos(root / "photos", 10)
+    (photos / "cat").rename(photos / MATH_CLASS)
+    (photos / "dog").rename(photos / FORGING_CLASS)
+    shutil.copy(real_photos("cat", 11)[10], photos / MATH_CLASS / FORGING_PHOTO)
+    result = CliRunner().invoke(app, ["train", str(photos), "--model", "pawnet-cnn",
+                                      "--epochs", "1", "--image-size", "32", "--out",
+                                      str(root / "run"), "--test-fraction", "0.3"])
+    assert result.exit_code == 0, result.output
+    return photos, root / "run", result.output
+
+
+def _one_line_per_name(output: str) -> None:
+    assert "\x1b" not in output
+    assert not [line for line in output.splitlines() if line.startswith("forged row")], output
+
+
+def test_every_commands_text_keeps_each_name_on_its_line(odd_names, tmp_path):
+    # before: a class or file name with a newline forged a row in evaluate, runs, explain
+    # and the training log, and escape sequences reached the terminal
+    photos, run, train_output = odd_names
+    _one_line_per_name(train_output)
+    shutil.copytree(run, tmp_path / "run2", ignore=shutil.ignore_patterns("eval*", "export"))
+    photo = str(photos / MATH_CLASS / FORGING_PHOTO)
+    commands = [["data", "check", str(photos)],
+                ["evaluate", str(run), "--out", str(tmp_path / "eval")],
+                ["predict", str(run), str(photos)],
+                ["explain", str(run), photo, "--out", str(tmp_path / "explain")],
+                ["export", str(run), "--format", "onnx", "--out", str(tmp_path / "onnx")],
+                ["runs", str(tmp_path)],
+                ["runs", "--compare", str(run), str(tmp_path / "run2")],
+                ["data", "show", str(photos), "--out", str(tmp_path / "grid.png")],
+                ["data", "issues", str(photos), "--out", str(tmp_path / "sheet.html")]]
+    for command in commands:
+        result = CliRunner().invoke(app, command, color=True)
+        assert result.exit_code == 0, (command, result.output)
+        _one_line_per_name(result.output)
+
+
+def test_class_names_with_mathtext_are_drawn_as_text(odd_names, tmp_path):
+    # before: matplotlib parsed `$\foo$` and evaluate stopped with a traceback
+    _, run, _ = odd_names
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    for name in ("confusion.png", "roc.png", "reliability.png", "risk_coverage.png",
+                 "report.html"):
+        assert (tmp_path / "eval" / name).stat().st_size > 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["classes"] == sorted([MATH_CLASS, FORGING_CLASS])
+
+
+@pytest.mark.parametrize("workers", ["localhost:1", [1, 2], ["a:1", None], {"0": "a:1"},
+                                     ["a:1", "evil\x1b[31m\n:2"]])
+def test_a_tf_config_whose_workers_are_not_host_port_strings_is_one_error_line(
+        monkeypatch, tmp_path, workers):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers},
+                                                "task": {"type": "worker", "index": 0}}))
+    photos = copy_photos(tmp_path / "photos", 2)
+    result = CliRunner().invoke(app, ["train", str(photos), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith('error: TF_CONFIG\'s job "worker" must be a list of HOST:PORT '
+                               "strings, received: ")
+    assert lines[0].isprintable() and not (tmp_path / "run").exists()

@@ -70,19 +70,22 @@ def data_issues(
     photos: Photos,
     json_out: JsonFlag = False,
     out: Annotated[Path | None, typer.Option(help="Where to write the HTML contact sheet "
-                                             "(default: data_issues.html here).")] = None,
+                                             "(default: data_issues.html here); an existing "
+                                             "file must be an earlier sheet.")] = None,
 ) -> None:
     """Probably wrong labels, near-duplicates (across splits: leaks), outliers, in a folder
     of photos or a training run's splits. Changes nothing in the folder."""
-    from pawnet.data_issues import find_issues, format_issues, write_sheet
+    from pawnet.data_issues import find_issues, format_issues, is_sheet, write_sheet
+    from pawnet.storage import check_output_file
 
+    sheet = check_output_file(out or "data_issues.html", "contact sheet", is_sheet)
     result = find_issues(photos)
-    sheet = write_sheet(result, out or Path("data_issues.html"))
+    write_sheet(result, sheet)
     if json_out:
         typer.echo(json.dumps({**result, "sheet": str(sheet)}, indent=2))
         return
     typer.echo(format_issues(result))
-    typer.echo(f"Contact sheet: {sheet}")
+    typer.echo(f"Contact sheet: {one_line(sheet)}")
 
 
 @command(data_app, "show")

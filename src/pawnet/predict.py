@@ -327,14 +327,15 @@ def _table(results: Sequence[Prediction], classes: list[str]) -> str:
     paths = [one_line(r.path) for r in results]
     width = max([len(p) for p in paths] + [4])
     scored = any(r.ood_score is not None for r in results)
-    lines = [f"{'path'.ljust(width)}  {'label':<10}" + "".join(f"{c:>10}" for c in classes)
+    lines = [f"{'path'.ljust(width)}  {'label':<10}"
+             + "".join(f"{one_line(c):>10}" for c in classes)
              + (f"{'ood_score':>10}" if scored else "")]
     for r, path in zip(results, paths, strict=True):
         if r.error:
             lines.append(f"{path.ljust(width)}  error: {one_line(r.error)}")
         else:
             score = f"{r.ood_score:>10.4f}" if r.ood_score is not None else ""
-            lines.append(f"{path.ljust(width)}  {r.label:<10}"
+            lines.append(f"{path.ljust(width)}  {one_line(r.label):<10}"
                          + "".join(f"{r.probabilities[c]:>10.4f}" for c in classes) + score)
     return "\n".join(lines)
 
