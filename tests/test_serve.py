@@ -4,6 +4,7 @@ a smoke load test, and a clean SIGTERM with requests in flight."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -723,3 +724,217 @@ def test_the_server_can_average_each_photo_with_its_mirror(predictor, trained_ru
         assert c.get("/v1/model").json()["tta"] is True
     want = load(trained_run, tta=True).predict([PHOTO])[0].probabilities
     assert response.json()[0]["probabilities"] == pytest.approx(want, abs=1e-5)
+
+
+def test_the_real_server_takes_every_setting(trained_run, predictor):
+    small, big = io.BytesIO(), io.BytesIO()  # under and over --max-pixels
+    Image.open(io.BytesIO(PHOTO)).resize((200, 150)).save(small, "JPEG")
+    Image.open(io.BytesIO(PHOTO)).resize((400, 300)).save(big, "PNG")  # never drafted
+    small, big = small.getvalue(), big.getvalue()
+    assert predictor.min_confidence > 0  # the toy model is timid: its own is 1.0
+    with serve_load.served(trained_run, "--min-confidence", "0", "--tta", "--max-pixels",
+                           "100000", "--runtime", "keras") as server:
+        with urllib.request.urlopen(server.url + "/v1/model") as response:
+            info = json.loads(response.read())
+        status, [answer] = _post(server.url, small)
+        refused, reason = _post(server.url, big, "image/png")
+    assert server.exit_code in serve_load.CLEAN_EXIT
+    assert (info["min_confidence"], info["tta"], info["runtime"]) == (0.0, True, "keras")
+    assert status == 200 and answer["label"] in (*predictor.classes, "neither")  # not unsure
+    want = load(trained_run, tta=True).predict([small])[0].probabilities
+    plain = load(trained_run).predict([small])[0].probabilities
+    assert answer["probabilities"] == pytest.approx(want, abs=1e-5)
+    assert answer["probabilities"] != pytest.approx(plain, abs=1e-5)
+    assert refused == 422 and "too many pixels" in reason["detail"]
+    assert "\n" not in reason["detail"]
+
+
+def test_a_given_predictor_gets_the_settings_without_being_changed(predictor):
+    from pawnet.data.images import MAX_PIXELS
+    from pawnet.serve.app import serving_predictor
+
+    served = serving_predictor(predictor, ServeSettings(min_confidence=0.9, tta=True,
+                                                        max_pixels=1000, max_batch=4))
+    assert (served.min_confidence, served.tta, served.max_pixels, served.batch_size) == (
+        0.9, True, 1000, 4)
+    assert served.runtime is predictor.runtime  # "auto" keeps the one it has
+    assert (predictor.tta, predictor.max_pixels) == (False, MAX_PIXELS)
+    keras = serving_predictor(predictor, ServeSettings(runtime="keras"))
+    assert keras.runtime.name == "keras" and keras.min_confidence == predictor.min_confidence
+
+
+# --- heat-maps: their own thread and queue, one deadline per request -----------------------
+
+
+class _SlowHeatMaps:
+    """`pawnet.explain.grad_cam`, slowed down: `per_photo` seconds a photo, and held at a
+    gate while `closed` is set; records which thread drew how many photos, and when."""
+
+    def __init__(self, monkeypatch, per_photo: float = 0.0):
+        from pawnet import explain
+
+        self.real, self.per_photo = explain.grad_cam, per_photo
+        self.closed, self.gate, self.entered = threading.Event(), threading.Event(), \
+            threading.Event()
+        self.calls: list[tuple[float, int, str]] = []
+        monkeypatch.setattr(explain, "grad_cam", self)
+
+    def __call__(self, model, pixels, class_index=None):
+        self.calls.append((time.monotonic(), len(pixels), threading.current_thread().name))
+        self.entered.set()
+        if self.closed.is_set():
+            self.gate.wait(15)
+        time.sleep(self.per_photo * len(pixels))
+        return self.real(model, pixels, class_index)
+
+
+def _photos(n: int) -> list:
+    return [("file", (f"cat{i}.jpg", PHOTO, "image/jpeg")) for i in range(n)]
+
+
+def test_explain_answers_in_order_as_one_photo_at_a_time_would(client, predictor):
+    from pawnet.explain import explained
+
+    paths = [CATS[0], DOG, CATS[1]]
+    files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+    files.insert(2, ("file", ("notes.txt", b"hi", "text/plain")))
+    response = client.post("/v1/explain", files=files)
+    assert response.status_code == 200, response.text
+    answers = response.json()
+    assert [a["path"] for a in answers] == [CATS[0].name, DOG.name, "notes.txt", CATS[1].name]
+    assert "error" in answers[2]
+    for path, answer in zip(paths, answers[:2] + answers[3:], strict=True):
+        pixels = predictor.decode(path)
+        alone = explained(predictor, predictor.predict([path])[0], pixels)
+        assert answer["explained_class"] == alone["explained_class"]
+        assert np.allclose(answer["heatmap"], alone["heatmap"], atol=1e-3)
+
+
+def _until(condition, seconds: float = 15) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_explain_has_one_time_limit_for_the_whole_request(predictor, monkeypatch):
+    with TestClient(create_app(predictor, ServeSettings(timeout_s=1, max_wait_ms=2))) as c:
+        _SlowHeatMaps(monkeypatch, per_photo=0.5)  # before: 8 photos, 4 s, then 200
+        start = time.monotonic()
+        response = c.post("/v1/explain", files=_photos(8))
+        took = time.monotonic() - start
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert response.json()["detail"] == "busy: no heat-maps within 1 s"
+        assert took < 2.5
+
+
+def test_a_full_explain_queue_gets_503_with_retry_after(predictor, monkeypatch):
+    settings = ServeSettings(explain_queue_size=2, max_wait_ms=2)
+    with TestClient(create_app(predictor, settings)) as c:
+        slow = _SlowHeatMaps(monkeypatch)
+        slow.closed.set()
+        answers = []
+
+        def post(n):
+            answers.append(c.post("/v1/explain", files=_photos(n)).status_code)
+
+        first = threading.Thread(target=post, args=(2,))  # held in Grad-CAM
+        first.start()
+        assert slow.entered.wait(15)
+        second = threading.Thread(target=post, args=(2,))  # waits in the queue
+        second.start()
+        assert _until(lambda: "pawnet_explain_queue_depth 2.0" in c.get("/metrics").text)
+        response = c.post("/v1/explain", files=_photos(1))
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "busy" in response.json()["detail"]
+        slow.gate.set()
+        first.join(15)
+        second.join(15)
+        assert answers == [200, 200]
+        assert c.post("/v1/explain", files=_photos(2)).status_code == 200
+        too_many = c.post("/v1/explain", files=_photos(3))
+        assert too_many.status_code == 413 and "allowed: 2" in too_many.json()["detail"]
+
+
+def test_healthz_answers_at_once_while_explain_requests_wait(predictor, monkeypatch):
+    with TestClient(create_app(predictor, ServeSettings(max_wait_ms=2))) as c:
+        slow = _SlowHeatMaps(monkeypatch)
+        slow.closed.set()
+        answers = []
+        posts = [threading.Thread(target=lambda: answers.append(
+            c.post("/v1/explain", files=_photos(1)).status_code)) for _ in range(44)]
+        for t in posts:  # before: each held a thread of the pool that /healthz needs
+            t.start()
+        assert slow.entered.wait(15)
+        time.sleep(1.0)  # the others queue up behind the first
+        start = time.monotonic()
+        assert c.get("/healthz").status_code == 200
+        took = time.monotonic() - start
+        queued = c.app.state.pawnet.explainer.depth
+        slow.gate.set()
+        for t in posts:
+            t.join(30)
+        assert took < 1 and queued > 0
+        assert answers == [200] * 44
+
+
+@contextlib.contextmanager
+def _uvicorn(app):
+    """`app` served by uvicorn on a free loopback port in a thread of this process, so
+    that a test can slow its heat-maps down; yields the URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=serve_load.free_port(),
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        assert _until(lambda: server.started, 60)
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _multipart(n: int) -> tuple[bytes, bytes]:
+    """(request head, body) of a multipart POST /v1/explain of `n` photos."""
+    body = b"".join(b'--b\r\nContent-Disposition: form-data; name="file"; filename="c.jpg"'
+                    b"\r\nContent-Type: image/jpeg\r\n\r\n" + PHOTO + b"\r\n"
+                    for _ in range(n)) + b"--b--\r\n"
+    head = (f"POST /v1/explain HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n\r\n").encode()
+    return head, body
+
+
+def test_abandoned_explain_requests_leave_no_work_and_no_threads_behind(predictor,
+                                                                         monkeypatch):
+    app = create_app(predictor, ServeSettings(timeout_s=3, max_wait_ms=2,
+                                              explain_queue_size=128))
+    with _uvicorn(app) as url:
+        slow = _SlowHeatMaps(monkeypatch)
+        slow.closed.set()
+        host, port = url.removeprefix("http://").split(":")
+        head, body = _multipart(16)  # four Grad-CAM calls of 4 photos
+        clients = []
+        for _ in range(6):  # each client sends its photos, waits a little, then leaves
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(head + body)
+            clients.append(sock)
+        metrics = lambda: urllib.request.urlopen(url + "/metrics").read().decode()  # noqa: E731
+        _until(lambda: "pawnet_explain_queue_depth 92.0" in metrics(), 20)
+        threads_waiting = threading.active_count()
+        for sock in clients:
+            sock.close()
+        left = time.monotonic()
+        time.sleep(0.5)  # the server notices the clients have gone
+        slow.gate.set()  # the one call already drawing may finish; nothing else may start
+        time.sleep(1.5)
+        started_after = [photos for at, photos, _ in slow.calls if at > left]
+        assert started_after == [], slow.calls
+        assert {name for _, _, name in slow.calls} == {"pawnet-explain"}
+        assert "pawnet_explain_queue_depth 0.0" in metrics()
+        assert threading.active_count() <= threads_waiting + 2
+        status, _ = _post(url, PHOTO)  # and the service still works
+        assert status == 200

@@ -33,9 +33,11 @@ def server():
     assert running.exit_code in serve_load.CLEAN_EXIT
 
 
-def chromium(profile, size: str = "1000,800", *, console: bool = False):
+def chromium(profile, size: str = "1000,800", *, console: bool = False,
+             network: bool = False):
     """Debian's headless Chromium through Selenium, with a profile folder of its own;
-    `console`: keep the page's console messages for `get_log("browser")`."""
+    `console`: keep the page's console messages for `get_log("browser")`; `network`: keep
+    every request for `get_log("performance")`, and resolve no host but 127.0.0.1."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -45,8 +47,12 @@ def chromium(profile, size: str = "1000,800", *, console: bool = False):
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     options.add_argument(f"--window-size={size}")
-    if console:
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    logs = {"browser": "ALL"} if console else {}
+    if network:
+        options.add_argument("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+        logs["performance"] = "ALL"
+    if logs:
+        options.set_capability("goog:loggingPrefs", logs)
     return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
 
 
@@ -146,3 +152,28 @@ def test_the_page_shows_where_the_model_looked_on_request(server, browser):
     assert card.find_element(By.CSS_SELECTOR, "img").get_attribute("src").startswith(
         "data:image/png;base64,")
     assert "where the model looked for cat" in card.text
+
+
+def test_the_api_docs_page_works_offline(server, tmp_path):
+    import json
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chromium(tmp_path / "chromium-profile", network=True)
+    try:
+        driver.get(server + "/docs")
+        operations = WebDriverWait(driver, 30).until(lambda d: [
+            e.text for e in d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")])
+        messages = [json.loads(entry["message"])["message"]
+                    for entry in driver.get_log("performance")]
+    finally:
+        driver.quit()
+        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+    assert {"/v1/predict", "/v1/explain", "/v1/model"} <= set(operations)
+    requested = {m["params"]["request"]["url"] for m in messages
+                 if m["method"] == "Network.requestWillBeSent"}
+    assert server + "/docs-assets/swagger-ui-bundle.js" in requested
+    away = [url for url in requested if url.split(":")[0] in ("http", "https", "ws", "wss")
+            and not url.startswith(server + "/")]
+    assert away == []

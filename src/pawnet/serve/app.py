@@ -3,26 +3,31 @@
 ```
 GET  /            the web page: pick or drop photos, see each label and a bar per class
 POST /v1/predict  multipart fields named `file` (repeatable), or one raw image as the body
+POST /v1/explain  the same uploads; each answer adds its Grad-CAM heat-map and an overlay
 GET  /v1/model    class names, image size, model name, provenance summary
 GET  /healthz     200 once the model is loaded and warmed up, while its worker runs
-GET  /metrics     Prometheus text: requests, latency, batch sizes, queue depth
-GET  /docs        the OpenAPI page
+GET  /metrics     Prometheus text: requests, latency, batch sizes, queue depths
+GET  /docs        the OpenAPI page (its script and style served from here, no CDN)
 ```
 
 Requests decode their photos in a thread pool with the `Predictor`'s own decoder (the one
 training and `pawnet predict` use), then hand the pixels to one `Batcher` thread that
-gathers images from concurrent requests into one model call. The queue is bounded, so a
-flood gets 503 with Retry-After instead of unbounded memory; every request has a time limit.
-Anything a client can send gets a 4xx with a one-line reason, never a 5xx.
+gathers images from concurrent requests into one model call. Heat-maps have a thread and a
+queue of their own (`Explainer`). Both queues are bounded, so a flood gets 503 with
+Retry-After instead of unbounded memory; every request has a time limit (an explain request
+one for all of it). Anything a client can send gets a 4xx with a one-line reason, never a
+5xx.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import ctypes
 import hmac
-import threading
-from collections.abc import AsyncIterator
+import importlib.resources
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,19 +35,22 @@ from pathlib import Path
 import anyio
 import numpy as np
 from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
 from pawnet.bundle import Bundle
-from pawnet.errors import ConfigError, one_line
-from pawnet.predict import Prediction, Predictor, load
+from pawnet.predict import Prediction, Predictor, check_confidence, load
 from pawnet.serve.batcher import Batcher, QueueFull
+from pawnet.serve.explainer import GONE, Explainer, ExplainQueueFull, heat_maps_of
 from pawnet.serve.metrics import Metrics, MetricsMiddleware
 from pawnet.serve.settings import LOOPBACK, ServeSettings
 from pawnet.serve.uploads import TooLarge, fail, read_uploads
 
 STATIC = Path(__file__).parent / "static"
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's script, style and icon, from fastapi-offline
 PREDICT_DOC = {
     "summary": "Label one or more photos",
     "description": "Multipart fields named `file` (repeatable), or one raw image as the body. "
@@ -68,6 +76,7 @@ class _State:
 
     predictor: Predictor | None = None
     batcher: Batcher | None = None
+    explainer: Explainer | None = None
     metrics: Metrics | None = None
     ready: bool = False
 
@@ -89,25 +98,56 @@ def provenance_summary(bundle: Bundle) -> dict:
     }
 
 
+def serving_predictor(model: str | Path | Predictor, settings: ServeSettings) -> Predictor:
+    """The predictor a server runs: `model` loaded, or a copy of a given `Predictor`, with
+    the settings' runtime, test-time augmentation, minimum confidence, pixel limit and
+    batch size. The one way `run` and `create_app` get theirs.
+
+    A given predictor keeps its runtime when `settings.runtime` is "auto", and its minimum
+    confidence when `settings.min_confidence` is None.
+
+    Raises:
+        BundleError: the model cannot be loaded.
+        ConfigError: an unknown runtime, or one that is not installed.
+    """
+    if not isinstance(model, Predictor):
+        return load(model, batch_size=settings.max_batch, max_pixels=settings.max_pixels,
+                    runtime=settings.runtime, tta=settings.tta,
+                    min_confidence=settings.min_confidence)
+    min_confidence = (model.min_confidence if settings.min_confidence is None
+                      else settings.min_confidence)
+    if settings.runtime not in ("auto", model.runtime.name):
+        return Predictor(model.bundle, batch_size=settings.max_batch,
+                         max_pixels=settings.max_pixels, runtime=settings.runtime,
+                         tta=settings.tta, min_confidence=min_confidence)
+    served = copy.copy(model)  # the caller's predictor keeps its own settings
+    served.batch_size, served.max_pixels = settings.max_batch, settings.max_pixels
+    served.tta, served.min_confidence = settings.tta, check_confidence(min_confidence)
+    return served
+
+
 def _lifespan(model: str | Path | Predictor, settings: ServeSettings, state: _State):
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        predictor = (model if isinstance(model, Predictor) else await anyio.to_thread.run_sync(
-            lambda: load(model, max_pixels=settings.max_pixels, runtime=settings.runtime,
-                         min_confidence=settings.min_confidence)))
-        batcher = Batcher(lambda pixels: predictor.rows(pixels, settings.tta),
-                          settings.max_batch, settings.max_wait_ms / 1000, settings.queue_size)
+        predictor = await anyio.to_thread.run_sync(serving_predictor, model, settings)
+        batcher = Batcher(predictor.rows, settings.max_batch, settings.max_wait_ms / 1000,
+                          settings.queue_size)
         shape = (predictor.image_size, predictor.image_size, 3)
         await anyio.to_thread.run_sync(batcher.warm_up, shape)
-        state.metrics = Metrics(lambda: batcher.depth)
+        explainer = Explainer(predictor, settings.explain_queue_size)
+        await anyio.to_thread.run_sync(explainer.warm_up)
+        state.metrics = Metrics(lambda: batcher.depth, lambda: explainer.depth)
         batcher.on_batch = state.metrics.batch_size.observe
         batcher.start()
-        state.predictor, state.batcher, state.ready = predictor, batcher, True
+        explainer.start()
+        state.predictor, state.batcher, state.explainer = predictor, batcher, explainer
+        state.ready = True
         try:
             yield
         finally:  # uvicorn has let in-flight requests finish; finish their queued images
             state.ready = False
             await anyio.to_thread.run_sync(batcher.stop, settings.timeout_s)
+            await anyio.to_thread.run_sync(explainer.stop, settings.timeout_s)
 
     return lifespan
 
@@ -127,8 +167,8 @@ def create_app(model: str | Path | Predictor, settings: ServeSettings | None = N
     settings = settings or ServeSettings()
     state = _State()
     app = FastAPI(title="pawnet", summary="Label photos with a pawnet model.",
-                  lifespan=_lifespan(model, settings, state))
-    app.state.pawnet = state  # the predictor and batcher, for tests and embedding apps
+                  lifespan=_lifespan(model, settings, state), docs_url=None, redoc_url=None)
+    app.state.pawnet = state  # predictor, batcher, explainer: for tests and embedding apps
     app.add_middleware(MetricsMiddleware, metrics=lambda: state.metrics)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -145,8 +185,22 @@ def _add_pages(app: FastAPI, state: _State) -> None:
     def page() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
+    assets = importlib.resources.files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=root + app.openapi_url, title="pawnet API",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None})  # else it asks swagger.io
+
+    # async: answered on the event loop, never waiting for a thread of the busy pool
     @app.get("/healthz", summary="200 once the model is loaded and warmed up")
-    def healthz() -> JSONResponse:
+    async def healthz() -> JSONResponse:
         if not state.ready:
             return JSONResponse({"status": "loading"}, status_code=503,
                                 headers={"Retry-After": "1"})
@@ -156,7 +210,7 @@ def _add_pages(app: FastAPI, state: _State) -> None:
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
-    def metrics_page() -> Response:
+    async def metrics_page() -> Response:
         if state.metrics is None:
             return Response(b"", media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -191,71 +245,75 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
             "output": spec.output,
             "resize_method": spec.resize_method,
             "runtime": predictor.runtime.name,
-            "tta": settings.tta,
+            "tta": predictor.tta,
             "min_confidence": predictor.min_confidence,
             "ood_threshold": spec.ood_threshold,
             "provenance": provenance_summary(predictor.bundle),
             "limits": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
                        "max_upload_mb": settings.max_upload_mb,
-                       "max_files": settings.max_files, "timeout_s": settings.timeout_s},
+                       "max_files": settings.max_files, "timeout_s": settings.timeout_s,
+                       "explain_queue_size": settings.explain_queue_size},
         }
 
-    async def labelled(request: Request) -> tuple[Predictor, list]:
+    async def labelled(request: Request, time_left: Callable[[], float]) -> list:
         """The request's photos as (name, pixels or the reason they cannot be read,
-        their prediction or None), within the limits, labelled by the batcher."""
+        their prediction or None), within the limits, labelled by the batcher; the upload
+        and the model each get `time_left()` seconds."""
         predictor = ready()
-        uploads = await _uploads(request, settings)
-        decoded = await asyncio.gather(*(
-            anyio.to_thread.run_sync(predictor.decode, data, settings.max_pixels)
-            for _, data in uploads))
-        rows = await _run_model(state, settings, [name for name, _ in uploads], decoded)
-        return predictor, [(name, d, None if isinstance(d, str)
-                            else predictor.prediction(name, next(rows)))
-                           for (name, _), d in zip(uploads, decoded, strict=True)]
+        uploads = await _uploads(request, settings, time_left())
+        decoded = await asyncio.gather(*(anyio.to_thread.run_sync(predictor.decode, data)
+                                         for _, data in uploads))
+        rows = await _run_model(state, settings, [name for name, _ in uploads], decoded,
+                                time_left())
+        return [(name, d, None if isinstance(d, str) else predictor.prediction(name, next(rows)))
+                for (name, _), d in zip(uploads, decoded, strict=True)]
 
     @app.post("/v1/predict", dependencies=[Depends(check_key)], **PREDICT_DOC)
     async def predict(request: Request) -> list[dict]:
-        _, photos = await labelled(request)
+        photos = await labelled(request, lambda: settings.timeout_s)
         return [(Prediction(name, error=d) if found is None else found).to_dict()
                 for name, d, found in photos]
 
-    _add_explain(app, settings, labelled, check_key)
+    _add_explain(app, settings, state, labelled, check_key)
 
 
-def _add_explain(app: FastAPI, settings: ServeSettings, labelled, check_key) -> None:
+def _add_explain(app: FastAPI, settings: ServeSettings, state: _State, labelled,
+                 check_key) -> None:
     """`POST /v1/explain`: the labels of `/v1/predict`, each with its Grad-CAM heat-map."""
-    explaining = threading.Lock()  # Grad-CAM runs the Keras model eagerly: one at a time
 
-    def heat_map(predictor: Predictor, prediction: Prediction, pixels: np.ndarray) -> dict:
-        from pawnet.explain import explained
-
-        with explaining:
-            return explained(predictor, prediction, pixels)
+    def busy(reason: str) -> Exception:
+        return fail(503, f"busy: {reason}. Try: again in a second", {"Retry-After": "1"})
 
     @app.post("/v1/explain", dependencies=[Depends(check_key)], **EXPLAIN_DOC)
     async def explain(request: Request) -> list[dict]:
-        predictor, photos = await labelled(request)
-        answers = []
-        for name, d, prediction in photos:
-            if prediction is None:
-                answers.append(Prediction(name, error=d).to_dict())
-                continue
-            try:
-                answers.append(await asyncio.wait_for(anyio.to_thread.run_sync(
-                    heat_map, predictor, prediction, d), settings.timeout_s))
-            except ConfigError as exc:
-                raise fail(422, one_line(exc)) from None
-            except TimeoutError:
-                raise fail(503, f"busy: no heat-map within {settings.timeout_s:g} s",
-                           {"Retry-After": "1"}) from None
-        return answers
+        deadline = time.monotonic() + settings.timeout_s
+        explainer = state.explainer
+        if explainer is not None and explainer.refusal is not None:
+            raise fail(422, explainer.refusal)
+        if explainer is not None and explainer.depth >= explainer.queue_size:
+            raise busy(f"{explainer.depth} photos already wait for a heat-map")  # unread
+        photos = await labelled(request, lambda: max(0.0, deadline - time.monotonic()))
+        readable = [(prediction, d) for _, d, prediction in photos if prediction is not None]
+        if len(readable) > state.explainer.queue_size:
+            raise fail(413, f"too many photos to explain at once; allowed: "
+                            f"{state.explainer.queue_size}. Try: fewer photos per request")
+        if await request.is_disconnected():
+            raise fail(400, GONE)
+        try:
+            job = state.explainer.submit(readable, deadline)
+        except ExplainQueueFull as exc:
+            raise busy(str(exc)) from None
+        heat_maps = iter(await heat_maps_of(job, request, settings.timeout_s))
+        return [Prediction(name, error=d).to_dict() if prediction is None else next(heat_maps)
+                for name, d, prediction in photos]
 
 
-async def _uploads(request: Request, settings: ServeSettings) -> list[tuple[str, bytes]]:
+async def _uploads(request: Request, settings: ServeSettings, limit_s: float
+                   ) -> list[tuple[str, bytes]]:
     """The request's photos, within the size and time limits."""
     max_bytes = int(settings.max_upload_mb * 1024 * 1024)
     try:
-        with anyio.fail_after(settings.timeout_s):
+        with anyio.fail_after(limit_s):
             return await read_uploads(request, max_bytes, settings.max_files)
     except TooLarge:  # fail() closes the connection, so the rest of the upload is not read
         raise fail(413, f"upload too large; allowed: {settings.max_upload_mb:g} MB per "
@@ -267,7 +325,7 @@ async def _uploads(request: Request, settings: ServeSettings) -> list[tuple[str,
 
 
 async def _run_model(state: _State, settings: ServeSettings, names: list[str],
-                     decoded: list[np.ndarray | str]):
+                     decoded: list[np.ndarray | str], limit_s: float):
     """Probabilities of the readable photos, in order, from the batcher."""
     ok = [d for d in decoded if not isinstance(d, str)]
     state.metrics.images.labels("unreadable").inc(len(decoded) - len(ok))
@@ -279,8 +337,8 @@ async def _run_model(state: _State, settings: ServeSettings, names: list[str],
     except QueueFull as exc:
         raise fail(503, f"busy: {exc}. Try: again in a second", {"Retry-After": "1"}) from None
     try:
-        rows = await asyncio.wait_for(
-            asyncio.gather(*(asyncio.wrap_future(f) for f in futures)), settings.timeout_s)
+        rows = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)),
+                                      limit_s)
     except TimeoutError:
         raise fail(503, f"busy: no answer from the model within {settings.timeout_s:g} s",
                    {"Retry-After": "1"}) from None
@@ -318,7 +376,7 @@ def run(model: str | Path, settings: ServeSettings | None = None) -> None:
 
     settings = settings or ServeSettings()
     _return_freed_memory()
-    predictor = load(model, max_pixels=settings.max_pixels, runtime=settings.runtime)
+    predictor = serving_predictor(model, settings)
     app = create_app(predictor, settings)
     host = settings.host
     shown = f"[{host}]" if ":" in host else host

@@ -1,5 +1,5 @@
 """The service's Prometheus metrics: requests by endpoint and status, latency, batch sizes,
-images by outcome and queue depth, in a registry of the app's own."""
+images by outcome and the depths of both queues, in a registry of the app's own."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 class Metrics:
     """The Prometheus metrics of one app, in a registry of its own."""
 
-    def __init__(self, queue_depth: Callable[[], int]):
+    def __init__(self, queue_depth: Callable[[], int],
+                 explain_depth: Callable[[], int] = lambda: 0):
         self.registry = CollectorRegistry()
         self.requests = Counter("pawnet_requests", "HTTP requests by endpoint and status.",
                                 ["endpoint", "status"], registry=self.registry)
@@ -29,6 +30,9 @@ class Metrics:
         depth = Gauge("pawnet_queue_depth", "Images waiting for the model.",
                       registry=self.registry)
         depth.set_function(queue_depth)
+        explaining = Gauge("pawnet_explain_queue_depth", "Photos waiting for a heat-map.",
+                           registry=self.registry)
+        explaining.set_function(explain_depth)
 
 
 class MetricsMiddleware:

@@ -37,8 +37,12 @@ class ServeSettings:
                               range=(1, MAX_PIXELS))
     queue_size: int = setting(256, "Most images waiting for the model; beyond it requests "
                               "get 503 with Retry-After.", range=(1, 1_000_000))
+    explain_queue_size: int = setting(64, "Most photos waiting for a heat-map (/v1/explain); "
+                                      "beyond it requests get 503 with Retry-After.",
+                                      range=(1, 1_000_000))
     timeout_s: float = setting(30.0, "Time limit per request, for the upload and for the "
-                               "model.", range=(0.001, 3600.0))
+                               "model; for all of a /v1/explain request, heat-maps "
+                               "included.", range=(0.001, 3600.0))
     header_timeout_s: float = setting(10.0, "Time a client has to send a request's headers; "
                                       "slower connections are closed.", range=(0.1, 3600.0))
     keep_alive_s: float = setting(5.0, "How long an idle connection stays open between "
