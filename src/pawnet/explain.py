@@ -211,17 +211,22 @@ def _free_stem(used: set[str], stem: str) -> str:
 
 
 def explained(predictor, prediction, pixels: np.ndarray) -> dict[str, Any]:
-    """A prediction with its Grad-CAM for the most probable class: the heat-map at the
-    feature maps' resolution (rows of 0..1) and the photo as the model saw it with the map
-    over it (a PNG data URL), for the web service."""
+    """A prediction with its Grad-CAM for the most probable class (see `answer`), for the
+    web service."""
+    cam, _ = grad_cam(predictor.model, pixels[None],
+                      predictor.classes.index(prediction.top_class))
+    return answer(prediction, pixels, cam[0])
+
+
+def answer(prediction, pixels: np.ndarray, cam: np.ndarray) -> dict[str, Any]:
+    """A prediction with its heat-map: the map at the feature maps' resolution (rows of
+    0..1) and the photo as the model saw it with the map over it (a PNG data URL)."""
     import base64
 
     from PIL import Image
 
-    cam, _ = grad_cam(predictor.model, pixels[None],
-                      predictor.classes.index(prediction.top_class))
     buffer = io.BytesIO()
-    Image.fromarray(blend(pixels, cam[0])).save(buffer, "PNG")
+    Image.fromarray(blend(pixels, cam)).save(buffer, "PNG")
     return {**prediction.to_dict(), "explained_class": prediction.top_class,
-            "heatmap": np.round(cam[0], 4).tolist(),
+            "heatmap": np.round(cam, 4).tolist(),
             "overlay": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}

@@ -11,9 +11,7 @@ request's photos that have not started are dropped. A request's photos go throug
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
-import io
 import logging
 import threading
 import time
@@ -166,7 +164,7 @@ class Explainer:
             pixels = np.stack([job.photos[i][1] for i in chunk])
             cams, _ = explain.grad_cam(self.predictor.model, pixels, index[chunk[0]])
             for i, cam in zip(chunk, cams, strict=True):
-                answers[i] = _answer(*job.photos[i], cam)
+                answers[i] = explain.answer(*job.photos[i], cam)
         job.future.set_result(answers)
 
 
@@ -208,17 +206,3 @@ def _chunks(index: list[int]) -> list[list[int]]:
         by_class.setdefault(c, []).append(i)
     return [group[start : start + EXPLAIN_BATCH] for group in by_class.values()
             for start in range(0, len(group), EXPLAIN_BATCH)]
-
-
-def _answer(prediction: Prediction, pixels: np.ndarray, cam: np.ndarray) -> dict:
-    """What `pawnet.explain.explained` answers: the prediction, the class it explains, the
-    heat-map (rows of 0..1) and the photo as the model saw it with the map over it."""
-    from PIL import Image
-
-    from pawnet.explain import blend
-
-    buffer = io.BytesIO()
-    Image.fromarray(blend(pixels, cam)).save(buffer, "PNG")
-    return {**prediction.to_dict(), "explained_class": prediction.top_class,
-            "heatmap": np.round(cam, 4).tolist(),
-            "overlay": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}

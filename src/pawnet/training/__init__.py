@@ -33,6 +33,7 @@ from pawnet.training.ood import fit_ood
 from pawnet.training.plan import (
     Plan,
     already_finished,
+    check_resumable,
     log,
     new_plan,
     provenance,
@@ -66,9 +67,10 @@ def train(photos: str | Path | None = None, *, config: str | Path | dict | None 
     >>> run = pawnet.train("photos/", epochs=5)
     """
     photos = str(photos) if photos is not None else None
-    if settings.get("resume") and already_finished(Path(settings["resume"]),
-                                                   settings.get("epochs")):
-        return Path(settings["resume"])
+    if settings.get("resume"):
+        check_resumable(Path(settings["resume"]), photos=photos, config=config, **settings)
+        if already_finished(Path(settings["resume"]), settings.get("epochs")):
+            return Path(settings["resume"])
     resumed = resume_plan(Path(settings["resume"]), photos=photos, config=config, **settings
                           ) if settings.get("resume") else None
     cfg = resumed.cfg if resumed else resolve_config(config, photos=photos, **settings)

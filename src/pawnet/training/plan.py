@@ -144,13 +144,10 @@ def _flag(key: str) -> str:
 RESUME_MAY_CHANGE = ("epochs", "strategy", "workers", "worker_index", "startup_timeout")
 
 
-def resume_plan(run_dir: Path, **given: Any) -> Plan:
-    """The plan of a run to continue with its saved settings; only `epochs` and where it
-    trains (`strategy`, `workers`, `worker_index`) may change.
-
-    Raises:
-        ConfigError: not a run folder, or settings other than epochs given.
-        DataError: photos of its split are gone.
+def check_resumable(run_dir: Path, **given: Any) -> None:
+    """Raises:
+        ConfigError: `run_dir` is not a run folder, or settings that may not change are
+            given with `--resume`.
     """
     if not (run_dir / "config.yaml").exists():
         raise ConfigError(f"cannot resume {run_dir}: no config.yaml there (not a pawnet run)")
@@ -162,6 +159,17 @@ def resume_plan(run_dir: Path, **given: Any) -> Plan:
             f"{', '.join(_flag(k) for k in RESUME_MAY_CHANGE)} may change, received: "
             f"{', '.join(_flag(k) for k in extra)}"
         )
+
+
+def resume_plan(run_dir: Path, **given: Any) -> Plan:
+    """The plan of a run to continue with its saved settings; only `epochs` and where it
+    trains (`strategy`, `workers`, `worker_index`) may change.
+
+    Raises:
+        ConfigError: not a run folder, or settings other than epochs given.
+        DataError: photos of its split are gone.
+    """
+    check_resumable(run_dir, **given)
     saved = read_config_file(run_dir / "config.yaml")
     for key in RESUME_MAY_CHANGE[1:]:
         saved.pop(key, None)  # where the run trained before says nothing of where it goes on
