@@ -230,17 +230,25 @@ def load_pixels(
         ImageError: the file is empty, not an image, unsupported, too large, truncated or
             corrupt.
     """
+    return _decode(source, max_pixels, lambda _: (image_size, image_size),
+                   RESIZE_METHODS[resize_method])
+
+
+def _decode(source: Source, max_pixels: int,
+            target: Callable[[tuple[int, int]], tuple[int, int]], resample: int) -> np.ndarray:
+    """Decode a photo to 8-bit RGB of size `target(its size)`: asked once before decoding
+    (JPEG draft scaling) and again after EXIF rotation; checked and budgeted."""
     img = _open(source, max_pixels)
     try:
         with img:
             if img.format in ("JPEG", "MPO"):
-                img.draft(img.mode, (image_size, image_size))
+                img.draft(img.mode, target(img.size))
             with _DECODES.hold(_checked_bytes(img, max_pixels)):
                 img.load()
                 ImageOps.exif_transpose(img, in_place=True)  # no copy (docs/decisions.md)
-                resample = RESIZE_METHODS[resize_method]
-                img = _to_8bit(img, (image_size, image_size), resample)
-                img = img.resize((image_size, image_size), resample)  # a copy if done already
+                size = target(img.size)
+                img = _to_8bit(img, size, resample)
+                img = img.resize(size, resample)  # a copy if done already
                 return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except ImageError:
         raise
@@ -260,27 +268,11 @@ def load_preview(source: Source, longest: int = PREVIEW_SIZE,
     Raises:
         ImageError: as `load_pixels`.
     """
-    img = _open(source, max_pixels)
-    try:
-        with img:
-            scale = min(1.0, longest / max(img.size))
-            if img.format in ("JPEG", "MPO"):
-                img.draft(img.mode, (max(1, round(img.width * scale)),
-                                     max(1, round(img.height * scale))))
-            with _DECODES.hold(_checked_bytes(img, max_pixels)):
-                img.load()
-                ImageOps.exif_transpose(img, in_place=True)
-                scale = min(1.0, longest / max(img.size))
-                size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-                resample = RESIZE_METHODS[RESIZE_METHOD]
-                img = _to_8bit(img, size, resample)
-                if img.size != size:
-                    img = img.resize(size, resample)
-                return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except ImageError:
-        raise
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(f"truncated or corrupt image ({exc})") from None
+    def shrunk(size: tuple[int, int]) -> tuple[int, int]:
+        scale = min(1.0, longest / max(size))
+        return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+    return _decode(source, max_pixels, shrunk, RESIZE_METHODS[RESIZE_METHOD])
 
 
 def inspect_image(source: Source, max_pixels: int = MAX_PIXELS) -> ImageInfo:

@@ -47,7 +47,7 @@ from pawnet.serve.batcher import Batcher, QueueFull
 from pawnet.serve.explainer import GONE, Explainer, ExplainQueueFull, heat_maps_of
 from pawnet.serve.metrics import Metrics, MetricsMiddleware
 from pawnet.serve.settings import LOOPBACK, ServeSettings
-from pawnet.serve.uploads import TooLarge, fail, read_uploads
+from pawnet.serve.uploads import TooLarge, busy, fail, read_uploads
 
 STATIC = Path(__file__).parent / "static"
 DOCS_ASSETS = "/docs-assets"  # Swagger UI's script, style and icon, from fastapi-offline
@@ -281,9 +281,6 @@ def _add_explain(app: FastAPI, settings: ServeSettings, state: _State, labelled,
                  check_key) -> None:
     """`POST /v1/explain`: the labels of `/v1/predict`, each with its Grad-CAM heat-map."""
 
-    def busy(reason: str) -> Exception:
-        return fail(503, f"busy: {reason}. Try: again in a second", {"Retry-After": "1"})
-
     @app.post("/v1/explain", dependencies=[Depends(check_key)], **EXPLAIN_DOC)
     async def explain(request: Request) -> list[dict]:
         deadline = time.monotonic() + settings.timeout_s
@@ -291,7 +288,8 @@ def _add_explain(app: FastAPI, settings: ServeSettings, state: _State, labelled,
         if explainer is not None and explainer.refusal is not None:
             raise fail(422, explainer.refusal)
         if explainer is not None and explainer.depth >= explainer.queue_size:
-            raise busy(f"{explainer.depth} photos already wait for a heat-map")  # unread
+            raise busy(f"{explainer.depth} photos already wait for a heat-map. Try: again "
+                       "in a second")  # the upload is left unread
         photos = await labelled(request, lambda: max(0.0, deadline - time.monotonic()))
         readable = [(prediction, d) for _, d, prediction in photos if prediction is not None]
         if len(readable) > state.explainer.queue_size:
@@ -302,7 +300,7 @@ def _add_explain(app: FastAPI, settings: ServeSettings, state: _State, labelled,
         try:
             job = state.explainer.submit(readable, deadline)
         except ExplainQueueFull as exc:
-            raise busy(str(exc)) from None
+            raise busy(f"{exc}. Try: again in a second") from None
         heat_maps = iter(await heat_maps_of(job, request, settings.timeout_s))
         return [Prediction(name, error=d).to_dict() if prediction is None else next(heat_maps)
                 for name, d, prediction in photos]
@@ -335,13 +333,12 @@ async def _run_model(state: _State, settings: ServeSettings, names: list[str],
     try:
         futures = state.batcher.submit(ok)
     except QueueFull as exc:
-        raise fail(503, f"busy: {exc}. Try: again in a second", {"Retry-After": "1"}) from None
+        raise busy(f"{exc}. Try: again in a second") from None
     try:
         rows = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)),
                                       limit_s)
     except TimeoutError:
-        raise fail(503, f"busy: no answer from the model within {settings.timeout_s:g} s",
-                   {"Retry-After": "1"}) from None
+        raise busy(f"no answer from the model within {settings.timeout_s:g} s") from None
     state.metrics.images.labels("predicted").inc(len(ok))
     return iter(rows)
 

@@ -23,7 +23,7 @@ from fastapi import Request
 
 from pawnet.errors import ConfigError, one_line
 from pawnet.predict import Prediction, Predictor
-from pawnet.serve.uploads import fail
+from pawnet.serve.uploads import busy, fail
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class Explainer:
 async def heat_maps_of(job: ExplainJob, request: Request, timeout_s: float) -> list[dict]:
     """The job's answers, once drawn; when its deadline passes or the client leaves first,
     the job is abandoned, so none of its photos still waiting is drawn."""
-    late = fail(503, f"busy: no heat-maps within {timeout_s:g} s", {"Retry-After": "1"})
+    late = busy(f"no heat-maps within {timeout_s:g} s")
     answer = asyncio.wrap_future(job.future)
     gone = asyncio.ensure_future(_client_gone(request))
     try:

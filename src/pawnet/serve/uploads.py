@@ -30,6 +30,11 @@ def fail(status: int, detail: str, headers: dict[str, str] | None = None) -> HTT
     return HTTPException(status_code=status, detail=one_line(detail), headers=headers)
 
 
+def busy(reason: str) -> HTTPException:
+    """503 with Retry-After: the service cannot take this request now, but may soon."""
+    return fail(503, f"busy: {reason}", {"Retry-After": "1"})
+
+
 def upload_name(name: str | None, index: int) -> str:
     """The name to report for an upload: the client's file name, shown back, never opened."""
     base = PurePath((name or "").replace("\\", "/")).name.strip()
