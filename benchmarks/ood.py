@@ -1,89 +1,85 @@
-"""What a trained model says about photos that are not its classes, and about its own.
+"""What trained models say about photos that are not their classes, and about their own.
 
-Prints, per set of photos, the share labelled `neither`, `unsure` and each class: the
-non-pet CIFAR-10 photos in `ood/`, the sample photos that ship inside scikit-learn and
-scikit-image (when installed), and folders of real cats and dogs as they are and shrunk
-to 32 px (a small photo of a cat is still a cat).
+For each run and each folder, prints the share of photos flagged (`unsure` or `neither`),
+the count per reason (too small, unlike the training photos, no class likely enough), and,
+where the folder's class folders are the model's classes, the share answered and the
+accuracy on those answered. With no folders given, the shared sets are used: everyday
+photos with no animal (`ood_photos/`), 32-px CIFAR-10 vehicles (`ood/`), and two test sets
+of cats and dogs (`tongpython/test`, `cvtricks/test`).
 
-    .venv/bin/python benchmarks/ood.py RUN ../shared/data/ood \
-        ../shared/data/cvtricks/test ../shared/data/tongpython/test
+    .venv/bin/python benchmarks/ood.py RUN [RUN ...] [-- FOLDER ...]
 """
 
-import glob
-import io
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image
-
 import pawnet
+from pawnet.data.scan import scan
 from pawnet.predict import expand_paths
+from pawnet.verdict import NEITHER, REASONS, UNSURE, reason_kind
 
-SKIMAGE_PETS = ("chelsea",)  # scikit-image's sample photos include one cat
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, "PNG")
-    return buffer.getvalue()
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+FOLDERS = ("ood_photos", "ood", "tongpython/test", "cvtricks/test")
 
 
-def _shrunk(paths: list[str], side: int = 32) -> list[bytes]:
-    out = []
-    for path in paths:
-        image = Image.open(path)
-        image.thumbnail((side, side))
-        out.append(_png(image))
-    return out
-
-
-def _samples() -> dict[str, tuple[list, list[str]]]:
-    from sklearn.datasets import load_sample_images
-
-    found = {"sklearn samples": ([_png(Image.fromarray(a)) for a in
-                                  load_sample_images().images], ["china", "flower"])}
+def _photos(folder: str) -> tuple[list[str], list[str | None]]:
+    """Paths, and the class of each when the folder has class folders."""
     try:
-        import skimage
-    except ImportError:
-        return found
-    paths = sorted(p for p in glob.glob(str(Path(skimage.data.data_dir) / "*"))
-                   if p.endswith((".png", ".jpg")))
-    photos = [p for p in paths if Image.open(p).mode in ("RGB", "RGBA")]
-    pets = [p for p in photos if Path(p).stem in SKIMAGE_PETS]
-    others = [p for p in photos if Path(p).stem not in SKIMAGE_PETS]
-    found["skimage colour samples (not pets)"] = (others, [Path(p).stem for p in others])
-    found["skimage cat (chelsea)"] = (pets, [Path(p).stem for p in pets])
-    return found
-
-
-def report(predictor, name: str, sources: list, names: list[str] | None = None) -> None:
-    started = time.monotonic()
-    results = [r for r in predictor.predict(sources, names=names) if not r.error]
-    labels = Counter(r.label for r in results)
-    n = sum(labels.values())
-    shares = ", ".join(f"{label} {count / n:.1%}" for label, count in labels.most_common())
-    print(f"{name:44s} {n:5d} photos: {shares}  ({time.monotonic() - started:.1f}s)")
-    if n <= 30:  # a handful of named photos: say what each was called
-        print("    " + ", ".join(f"{Path(r.path).stem}: {r.label} ({r.ood_score:.3f})"
-                                 for r in results if r.ood_score is not None))
-
-
-def main(run: str, folders: list[str]) -> None:
-    predictor = pawnet.load(run)
-    spec = predictor.spec
-    print(f"{run}: {spec.model_name}, neither above OOD score {spec.ood_threshold}, unsure "
-          f"below {predictor.min_confidence:.4f}")
-    for folder in folders:
+        found = scan(folder)
+        return [p.path for p in found.photos], [p.label for p in found.photos]
+    except Exception:  # not a folder of classes: plain photos
         paths = expand_paths([folder])
-        report(predictor, folder, paths)
-        if "ood" not in Path(folder).parts:
-            report(predictor, f"{folder} shrunk to 32 px", _shrunk(paths),
-                   [f"{p} (32 px)" for p in paths])
-    for name, (sources, names) in _samples().items():
-        report(predictor, name, sources, names)
+        return paths, [None] * len(paths)
+
+
+def measure(predictor, folder: str) -> dict:
+    paths, truth = _photos(folder)
+    started = time.monotonic()
+    results = predictor.predict(paths)
+    seconds = time.monotonic() - started
+    kept = [(r, t) for r, t in zip(results, truth, strict=True) if not r.error]
+    flagged = [r for r, _ in kept if r.label in (UNSURE, NEITHER)]
+    reasons = Counter(reason_kind(r.reason) for r in flagged)
+    row = {"folder": folder, "photos": len(kept), "flagged": len(flagged) / max(1, len(kept)),
+           **{kind: reasons[kind] for kind in REASONS}, "seconds": seconds}
+    known = [(r, t) for r, t in kept if t in predictor.classes]
+    if known:
+        answered = [(r, t) for r, t in known if r.label not in (UNSURE, NEITHER)]
+        row["answered"] = len(answered) / len(known)
+        row["accuracy"] = sum(r.top_class == t for r, t in known) / len(known)
+        row["answered_accuracy"] = (sum(r.label == t for r, t in answered) / len(answered)
+                                    if answered else None)
+    return row
+
+
+def _share(value) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def main(runs: list[str], folders: list[str]) -> None:
+    print("| run | photos | n | flagged | too small | unlike | not likely | answered | "
+          "accuracy (all) | accuracy (answered) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for run in runs:
+        predictor = pawnet.load(run)
+        spec = predictor.spec
+        print(f"<!-- {run}: {spec.model_name}; too small under {spec.min_side} px, neither "
+              f"above {spec.ood_threshold}, unsure below {predictor.min_confidence:.4f} -->")
+        for folder in folders:
+            r = measure(predictor, folder)
+            accuracy = "-" if "accuracy" not in r else f"{r['accuracy']:.4f}"
+            answered_accuracy = ("-" if r.get("answered_accuracy") is None
+                                 else f"{r['answered_accuracy']:.4f}")
+            name = folder.split("shared/data/")[-1]
+            print(f"| {Path(run).name} | {name} | {r['photos']} | {r['flagged']:.1%} | "
+                  f"{r['too small']} | {r['unlike the training photos']} | "
+                  f"{r['no class likely enough']} | {_share(r.get('answered'))} | {accuracy} | "
+                  f"{answered_accuracy} |", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    args = sys.argv[1:]
+    split = args.index("--") if "--" in args else len(args)
+    main(args[:split], args[split + 1:] or [str(SHARED / f) for f in FOLDERS])

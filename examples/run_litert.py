@@ -14,9 +14,12 @@ info = json.loads((folder / "pawnet.json").read_text())
 size = info["image_size"]
 
 image = Image.open(photo)
+width, height = image.size  # its own size: below min_side, too small to judge
 if image.format == "JPEG":  # decode at reduced size when the photo is 2x the input or more
     image.draft(image.mode, (size, size))
 image = ImageOps.exif_transpose(image)
+if (image.width > image.height) != (width > height):
+    width, height = height, width  # turned a quarter by its EXIF orientation
 if image.mode in ("RGBA", "LA", "P"):  # transparency goes onto white, as in training
     image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
 pixels = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
@@ -33,10 +36,14 @@ if info.get("ood_threshold") is not None:  # the last column is the OOD score
 probs = np.array([1 - out[0], out[0]] if info["output"] == "sigmoid" else out, np.float64)
 logits = np.log(np.clip(probs, 1e-7, 1.0)) / info["temperature"]  # calibration
 probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
-label = info["class_names"][int(np.argmax(probs))]
-if score is not None and score > info["ood_threshold"]:
-    label = "neither"  # unlike the photos the model was trained on
+label, reason = info["class_names"][int(np.argmax(probs))], None
+if min(width, height) < info.get("min_side", 0):
+    label, reason = "unsure", f"too small ({width}x{height})"
+elif score is not None and score > info["ood_threshold"]:
+    label = "neither"
+    reason = f"unlike the training photos (score {score:.4g} > {info['ood_threshold']:.4g})"
 elif probs.max() < info.get("min_confidence", 0.0):
     label = "unsure"
-print(json.dumps({"label": label, "ood_score": score, "probabilities": dict(
+    reason = f"no class likely enough ({probs.max():.4g} < {info['min_confidence']:.4g})"
+print(json.dumps({"label": label, "reason": reason, "ood_score": score, "probabilities": dict(
     zip(info["class_names"], map(float, probs), strict=True))}))

@@ -97,11 +97,29 @@ def test_the_minimum_confidence_answers_the_most_photos_within_the_error_rate():
     confidence = np.linspace(0.99, 0.51, 200)
     probs = np.column_stack([confidence, 1 - confidence])
     truth = np.zeros(200, int)
-    assert choose_min_confidence(probs, truth, 0.005) == 0.0  # all right: never unsure
+    assert choose_min_confidence(probs, truth, max_error=0.005) == 0.0  # all right: never unsure
     truth[[150, 180, 190]] = 1  # three wrong among the least confident
-    found = choose_min_confidence(probs, truth, 0.005)
+    found = choose_min_confidence(probs, truth, max_error=0.005)
     answered = confidence >= found
     assert (probs[answered].argmax(1) != truth[answered]).mean() <= 0.005
     assert answered.sum() == 150  # up to the first error: 1 in 151 would be 0.66%
     truth[0] = 1  # the most confident photo is wrong
-    assert choose_min_confidence(probs[:1], truth[:1], 0.005) == 1.0
+    assert choose_min_confidence(probs[:1], truth[:1], max_error=0.005) == 1.0
+
+
+def test_the_default_leaves_half_the_error_share_unanswered_and_answers_most():
+    from pawnet.calibration import MIN_ANSWERED, choose_min_confidence
+
+    rng = np.random.default_rng(0)
+    confidence = np.sort(rng.uniform(0.3, 1.0, 1000))[::-1]
+    probs = np.column_stack([confidence, (1 - confidence) / 2, (1 - confidence) / 2])
+    truth = np.zeros(1000, int)
+    truth[rng.random(1000) > confidence] = 1  # calibrated: wrong as often as unsure
+    wrong = (truth != 0).mean()
+    found = choose_min_confidence(probs, truth)
+    answered = confidence >= found
+    assert answered.mean() == pytest.approx(max(MIN_ANSWERED, 1 - wrong / 2), abs=0.002)
+    assert (truth[answered] == 0).mean() > (truth == 0).mean()  # answered: more often right
+    share = choose_min_confidence(probs, truth, answer_share=0.6)
+    assert (confidence >= share).mean() == pytest.approx(0.6, abs=0.002)
+    assert choose_min_confidence(probs[:10], np.zeros(10, int)) == 0.0  # none wrong: all

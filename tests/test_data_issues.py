@@ -107,14 +107,17 @@ def _planted(monkeypatch, features: np.ndarray, photos: list, label_issues: bool
 
 
 def _brute_force(features: np.ndarray, photos: list) -> tuple[list, list]:
-    """Near-duplicate pairs and outliers from the whole similarity matrix at once."""
+    """Near-duplicate pairs and outliers from the whole similarity matrices at once."""
     unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     similarity = unit @ unit.T
     first, second = np.nonzero(np.triu(similarity >= data_issues.NEAR_DUPLICATE, k=1))
     pairs = sorted(((float(similarity[i, j]), i, j) for i, j in zip(first, second, strict=True)),
                    key=lambda p: -p[0])
-    np.fill_diagonal(similarity, -1.0)
-    score = 1.0 - np.sort(similarity, axis=1)[:, -5]
+    centred = features - features.mean(axis=0)  # outliers: the OOD score, centred features
+    centred /= np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+    others = centred @ centred.T
+    np.fill_diagonal(others, -1.0)
+    score = 1.0 - np.sort(others, axis=1)[:, -5]
     order = np.argsort(-score)[: max(1, round(0.01 * len(photos)))]
     return ([(photos[i].path, photos[j].path, s) for s, i, j in pairs],
             [(photos[i].path, float(score[i])) for i in order])

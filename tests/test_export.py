@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import CVTRICKS, invoke, real_photos
+from PIL import Image
 
 import pawnet
 from pawnet import convert, exporting
@@ -111,14 +112,18 @@ def test_example_labels_a_photo_without_tensorflow_or_pawnet(trained_run, tmp_pa
     pytest.importorskip("onnxruntime" if fmt == "onnx" else "ai_edge_litert")
     exporting.export(trained_run, fmt, out=tmp_path / fmt)
     photo = real_photos("dog", 1, "test", CVTRICKS)[0]
-    ran = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, str(EXAMPLES / f"run_{fmt}.py"),
-                          str(tmp_path / fmt), str(photo)],
-                         capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": ""})
-    assert ran.returncode == 0, ran.stderr
-    got = json.loads(ran.stdout.strip().splitlines()[-1])
-    want = pawnet.load(trained_run).predict([photo])[0]
-    assert got["label"] == want.label
-    assert got["ood_score"] == pytest.approx(want.ood_score, abs=1e-4)
-    np.testing.assert_allclose([got["probabilities"][c] for c in want.probabilities],
-                               list(want.probabilities.values()), atol=1e-4)
+    tiny = tmp_path / "tiny.jpg"  # below the model's min_side: too small, whatever it shows
+    Image.open(photo).resize((12, 9)).save(tiny)
+    for path in (photo, tiny):
+        ran = subprocess.run([sys.executable, "-c", NO_TENSORFLOW,
+                              str(EXAMPLES / f"run_{fmt}.py"), str(tmp_path / fmt), str(path)],
+                             capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": ""})
+        assert ran.returncode == 0, ran.stderr
+        got = json.loads(ran.stdout.strip().splitlines()[-1])
+        want = pawnet.load(trained_run).predict([path])[0]
+        assert (got["label"], got["reason"]) == (want.label, want.reason)
+        assert got["ood_score"] == pytest.approx(want.ood_score, abs=1e-4)
+        np.testing.assert_allclose([got["probabilities"][c] for c in want.probabilities],
+                                   list(want.probabilities.values()), atol=1e-4)
+    assert got["reason"] == "too small (12x9)"

@@ -105,7 +105,7 @@ RESULTS = [Prediction.from_row("/p/cat.12.jpg", ["cat", "dog"], np.array([0.75, 
 def test_prediction_from_a_row_of_probabilities():
     first = RESULTS[0]
     assert (first.label, first.confidence) == ("cat", 0.75)
-    assert first.to_dict() == {"path": "/p/cat.12.jpg", "label": "cat",
+    assert first.to_dict() == {"path": "/p/cat.12.jpg", "label": "cat", "reason": None,
                                "probabilities": {"cat": 0.75, "dog": 0.25}}
     assert RESULTS[1].to_dict() == {"path": "/p/broken.jpg",
                                     "error": "truncated or corrupt image"}
@@ -123,10 +123,13 @@ def test_neither_wins_over_unsure_and_unsure_over_the_top_class():
     assert label([0.6, 0.4], 0.2, min_confidence=0.7) == "unsure"
     assert label([0.3, 0.7], 0.2, min_confidence=0.7) == "dog"  # at the threshold: answered
     assert label([0.9, 0.1], 0.6, ood_threshold=None) == "cat"  # a model without OOD score
+    small = Prediction.from_row("p", ["cat", "dog"], np.array([0.9, 0.1]), 0.6, size=(40, 30),
+                                min_side=48, ood_threshold=0.5)
+    assert (small.label, small.reason) == ("unsure", "too small (40x30)")  # before neither
     scored = Prediction.from_row("p", ["cat", "dog"], np.array([0.9, 0.1]), 0.25)
     assert scored.to_dict()["ood_score"] == 0.25
     line = format_predictions([scored], ["cat", "dog"], "csv").splitlines()[1]
-    assert line == "p,cat,0.900000,0.100000,0.250000,"
+    assert line == "p,cat,0.900000,0.100000,0.250000,,"
     table = format_predictions([scored], ["cat", "dog"]).splitlines()
     assert table[0].split()[-1] == "ood_score" and table[1].split()[-1] == "0.2500"
 
@@ -144,9 +147,9 @@ def test_every_output_format():
     assert [r["path"] for r in json.loads(format_predictions(RESULTS, classes, "json"))] == [
         r.path for r in RESULTS]
     csv_lines = format_predictions(RESULTS, classes, "csv").splitlines()
-    assert csv_lines[0] == "path,label,cat,dog,ood_score,error"
-    assert csv_lines[1] == "/p/cat.12.jpg,cat,0.750000,0.250000,,"
-    assert csv_lines[2] == "/p/broken.jpg,,,,,truncated or corrupt image"
+    assert csv_lines[0] == "path,label,cat,dog,ood_score,reason,error"
+    assert csv_lines[1] == "/p/cat.12.jpg,cat,0.750000,0.250000,,,"
+    assert csv_lines[2] == "/p/broken.jpg,,,,,,truncated or corrupt image"
     kaggle = format_predictions(RESULTS, classes, "kaggle").splitlines()
     assert kaggle == ["id,label", "3,0.900000", "12,0.250000"]  # by id, unreadable left out
 
@@ -272,4 +275,4 @@ def test_an_empty_shard_is_a_header_and_no_failure(trained_run, tmp_path):
     other = (_key(photo) + 1) % 2
     result = invoke("predict", trained_run, photo, "--format", "csv", "--shard", f"{other}/2")
     assert result.exit_code == 0, result.output
-    assert result.stdout == "path,label,cat,dog,ood_score,error\n"
+    assert result.stdout == "path,label,cat,dog,ood_score,reason,error\n"

@@ -134,7 +134,8 @@ def test_an_answer_that_is_not_a_class_says_why(trained_run, browser):
         label = card.find_element(By.CSS_SELECTOR, ".label")
         assert label.text in ("unsure", "neither") and "doubt" in label.get_attribute("class")
         why = card.find_element(By.CSS_SELECTOR, ".why").text
-        assert why.startswith("unlike the photos" if label.text == "neither" else "no class")
+        assert why.startswith("unlike the training photos" if label.text == "neither"
+                               else "no class likely enough")
         bars = card.find_elements(By.CSS_SELECTOR, ".bar")
         assert [b.get_attribute("data-class") for b in bars] == ["cat", "dog"]
 

@@ -6,6 +6,7 @@ from conftest import copy_photos, real_photos
 from test_runtimes import assert_runtimes_agree
 
 import pawnet
+from pawnet import features
 from pawnet.data.images import load_pixels
 from pawnet.data.splits import read_manifest
 from pawnet.training import transfer
@@ -41,10 +42,10 @@ def test_features_on_the_fast_runtime_match_keras(photos):
 
     backbone = load_backbone(get_model_spec("efficientnet-lite0"), 64)
     paths = [str(p) for p in real_photos("cat", 5) + real_photos("dog", 5)]
-    runtime = transfer.backbone_runtime(backbone, "test-lite0-64")
+    runtime = features.backbone_runtime(backbone, "test-lite0-64")
     assert runtime.name == "onnx"
-    fast = transfer.extract_features(runtime, paths, 64, 4)
-    slow = transfer.extract_features(KerasRuntime(backbone), paths, 64, 4)
+    fast = features.extract_features(runtime, paths, 64, 4)
+    slow = features.extract_features(KerasRuntime(backbone), paths, 64, 4)
     assert fast.shape == (10, 1280)
     np.testing.assert_allclose(fast, slow, atol=1e-4)
 
@@ -52,9 +53,9 @@ def test_features_on_the_fast_runtime_match_keras(photos):
 def test_features_are_computed_once_per_photo(photos, tmp_path, monkeypatch):
     pawnet.train(photos, out=str(tmp_path / "a"), **SMALL)
     calls = []
-    real = transfer.extract_features
-    monkeypatch.setattr(transfer, "extract_features",
-                        lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    real = features.extract_features
+    monkeypatch.setattr(features, "extract_features",
+                        lambda *a, **k: calls.append((len(a[1]), k["desc"])) or real(*a, **k))
     pawnet.train(photos, out=str(tmp_path / "b"), **SMALL)
     assert calls == []
     before = {p.path for p in read_manifest(tmp_path / "b" / "manifest.csv")}
@@ -62,7 +63,10 @@ def test_features_are_computed_once_per_photo(photos, tmp_path, monkeypatch):
     run = pawnet.train(photos, out=str(tmp_path / "c"), **SMALL)
     new = [p for p in read_manifest(run / "manifest.csv") if p.path not in before]
     # only the new photos in train or val, and the shrunk copies of those in val
-    assert sum(calls) == sum({"train": 1, "val": 2}.get(p.split, 0) for p in new) > 0
+    assert sum(n for n, desc in calls if "shrunk" not in desc) == sum(
+        p.split in ("train", "val") for p in new) > 0
+    new_val = sum(p.split == "val" for p in new)
+    assert all(n == new_val for n, desc in calls if "shrunk" in desc)
 
 
 def test_a_run_repeats_whatever_the_cache_holds(photos, tmp_path):

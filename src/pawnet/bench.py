@@ -208,10 +208,10 @@ def _bench_scratch(result: dict, plan, spec, in_memory, epochs: int) -> Any:
 
 def _bench_transfer(result: dict, plan, spec, paths: list[str], in_memory) -> Any:
 
+    from pawnet.features import backbone_id, backbone_runtime, extract_features
     from pawnet.models.pretrained import build_head, compose, load_backbone
     from pawnet.models.spec import output_kind
     from pawnet.training.recipe import head_training_set, targets
-    from pawnet.training.transfer import backbone_id, backbone_runtime, extract_features
 
     photos, cfg = plan.photos, plan.cfg
     backbone = load_backbone(spec, cfg.image_size)

@@ -25,8 +25,8 @@ from pawnet.data.images import RESIZE_METHOD, RESIZE_METHODS
 from pawnet.errors import BundleError
 from pawnet.storage import Output, atomic_path
 
-FORMAT_VERSION = 3  # 2 added `temperature`; 3 `min_confidence` and `ood_threshold`
-READABLE_FORMATS = (1, 2, 3)  # older bundles read with temperature 1.0, no unsure, no OOD
+FORMAT_VERSION = 4  # 2 added `temperature`; 3 `min_confidence`, `ood_threshold`; 4 `min_side`
+READABLE_FORMATS = (1, 2, 3, 4)  # older: temperature 1.0, no unsure, no OOD, no size limit
 BUNDLE_DIRNAME = "bundle"
 BUNDLE_OUTPUT = Output("bundle", r"model\.keras|bundle\.json|provenance\.json|config\.yaml",
                        r"bundle\.json")
@@ -47,6 +47,7 @@ class BundleSpec:
     temperature: float = 1.0  # calibration of the model's probabilities (pawnet.calibration)
     min_confidence: float = 0.0  # below this top probability a photo is "unsure"
     ood_threshold: float | None = None  # set: the last output column is an OOD score
+    min_side: int = 0  # a photo whose shorter side is below this is "unsure" (too small)
     resize_method: str = RESIZE_METHOD
     aspect: str = "stretch"
     input_range: tuple[int, int] = (0, 255)
@@ -94,6 +95,9 @@ def _spec_problem(spec: BundleSpec) -> str:
     if (isinstance(spec.min_confidence, bool) or not isinstance(spec.min_confidence, int | float)
             or not 0 <= spec.min_confidence <= 1):
         return f"min_confidence must be a number from 0 to 1, not {spec.min_confidence!r}"
+    if type(spec.min_side) is not int or not 0 <= spec.min_side <= MAX_IMAGE_SIZE:
+        return f"min_side must be a whole number from 0 to {MAX_IMAGE_SIZE}, " \
+               f"not {spec.min_side!r}"
     if spec.ood_threshold is not None and (isinstance(spec.ood_threshold, bool) or not
                                            isinstance(spec.ood_threshold, int | float)):
         return f"ood_threshold must be a number or null, not {spec.ood_threshold!r}"

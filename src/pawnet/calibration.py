@@ -89,22 +89,44 @@ def risk_coverage(probs: np.ndarray, truth: np.ndarray) -> dict[str, list]:
             "at": [row(max(1, round(c * n))) for c in COVERAGES]}
 
 
-UNSURE_ERROR_RATE = 0.005  # the default min_confidence keeps errors among answers below this
+MIN_ANSWERED = 0.85  # the default policy never leaves more validation photos unanswered
+UNANSWERED_WARNING = 0.15  # training warns when a policy leaves more than this unanswered
 
 
-def choose_min_confidence(probs: np.ndarray, truth: np.ndarray,
-                          error_rate: float = UNSURE_ERROR_RATE) -> float:
-    """The lowest top probability to answer at: the most photos answered (most confident
-    first) with at most `error_rate` of them wrong; 0.0 when all of them can be."""
-    if len(truth) == 0:
+def choose_min_confidence(probs: np.ndarray, truth: np.ndarray, *,
+                          max_error: float | None = None,
+                          answer_share: float | None = None) -> float:
+    """The lowest top probability to answer at, chosen on validation photos (most confident
+    first) for one of three policies:
+
+    - `max_error`: the most photos answered with at most that share of them wrong;
+    - `answer_share`: that share of the photos answered;
+    - neither (the default): as many left unanswered as half the share the model gets
+      wrong, and at least `MIN_ANSWERED` answered, so a hard task is still answered
+      mostly and an easy one almost always (docs/decisions.md).
+
+    0.0 when every photo is answered; 1.0 when no photo can be (`max_error` unreachable).
+    """
+    n = len(truth)
+    if n == 0:
         return 0.0
     confidence = probs.max(axis=1)
     order = np.argsort(-confidence, kind="stable")
-    wrong = np.cumsum(probs.argmax(axis=1)[order] != truth[order])
-    ok = np.flatnonzero(wrong <= error_rate * np.arange(1, len(truth) + 1))
-    if len(ok) == 0:
-        return 1.0
-    answered = int(ok[-1]) + 1
-    if answered == len(truth):
+    wrong = probs.argmax(axis=1)[order] != truth[order]
+    if max_error is not None:
+        ok = np.flatnonzero(np.cumsum(wrong) <= max_error * np.arange(1, n + 1))
+        if len(ok) == 0:
+            return 1.0
+        answered = int(ok[-1]) + 1
+    else:
+        share = (answer_share if answer_share is not None
+                 else min(1.0, max(MIN_ANSWERED, 1.0 - wrong.mean() / 2)))
+        answered = max(1, int(np.ceil(share * n - 1e-9)))
+    if answered >= n:
         return 0.0
     return float(confidence[order[answered - 1]])
+
+
+def unanswered(probs: np.ndarray, min_confidence: float) -> float:
+    """The share of photos whose top probability is below `min_confidence`."""
+    return float((probs.max(axis=1) < min_confidence).mean()) if len(probs) else 0.0

@@ -96,6 +96,13 @@ class Config:
                              "0 = off.", range=(0, 100))
     fine_tune_epochs: int = setting(5, "Maximum epochs of fine-tuning.", range=(1, 10_000))
     fine_tune_lr: float = setting(1e-4, "Learning rate of fine-tuning.", range=(1e-8, 1.0))
+    # -- when to say "unsure" (default: half the validation errors' share, >= 85% answered)
+    max_error: float | None = setting(None, "Answer as many photos as possible with at most "
+                                      "this share of the answers wrong on validation "
+                                      "photos; the rest are unsure.", range=(0.0, 1.0))
+    answer_share: float | None = setting(None, "Answer this share of the validation photos "
+                                         "(the most confident); the rest are unsure.",
+                                         range=(0.0, 1.0))
     # -- augmentation: which ones, then their strengths
     augment: list[str] = setting(["flip", "zoom", "rotate", "contrast"],
                                  "Augmentations, e.g. flip,zoom,shear, or none: "
@@ -205,6 +212,9 @@ def _check(cfg: Config) -> None:
             "val_fraction + test_fraction leaves almost nothing to train on, received: "
             f"{cfg.val_fraction} + {cfg.test_fraction}. Try: keep their sum below 0.5"
         )
+    if cfg.max_error is not None and cfg.answer_share is not None:
+        raise ConfigError("max_error and answer_share are two ways to choose when to say "
+                          "unsure; give one. Try: --max-error 0.01 or --answer-share 0.95")
     augment = [name.lower() for name in cfg.augment]
     augment = [] if augment == ["none"] else augment
     for name in augment:

@@ -6,11 +6,11 @@ Everything works on the frozen EfficientNet-Lite0 features of the photos (cached
 training's). Labels: out-of-fold probabilities of a logistic regression (5 folds), and a
 photo is suspect when the probability of its own label is below that class's mean and
 another class wins (confident learning, Northcutt et al., 2021), most suspect first.
-Near-duplicates: cosine similarity of features at least `NEAR_DUPLICATE`. Outliers: the
-largest distance to the 5th nearest other photo (as the OOD score). Both come from one pass
+Near-duplicates: cosine similarity of features at least `NEAR_DUPLICATE`, from one pass
 over the similarities, a block of rows at a time, so memory grows linearly with the photos;
 every pair is counted, and the `PAIRS_KEPT` most similar are listed (those that straddle
-splits first).
+splits first). Outliers: the highest OOD scores, each photo against all the others
+(`pawnet.ood.leave_one_out`, blockwise too).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import numpy as np
 
 from pawnet.data.scan import scan
 from pawnet.errors import DataError, one_line
+from pawnet.ood import leave_one_out, normalised
 
 NEAR_DUPLICATE = 0.90  # cosine similarity of Lite0 features (docs/decisions.md)
 FOLDS = 5
-NEIGHBOURS = 5  # an outlier's score: distance to its 5th nearest other photo
 SHOWN = 20  # rows of each table on the terminal
 PAIRS_KEPT = 10_000  # near-duplicate pairs listed in the result; all are counted
 SHEET_CARDS = 200  # cards per section of the contact sheet; --json has the rest
@@ -37,14 +37,9 @@ BLOCK_BYTES = 16 * 2**20  # float32 similarities held at once (docs/decisions.md
 
 
 def _features(photos: list) -> np.ndarray:
+    from pawnet.features import FeatureStore, backbone_id, backbone_runtime, cached_features
     from pawnet.models.pretrained import load_backbone
     from pawnet.models.registry import get_model_spec
-    from pawnet.training.transfer import (
-        FeatureStore,
-        backbone_id,
-        backbone_runtime,
-        cached_features,
-    )
 
     spec = get_model_spec("efficientnet-lite0")
     backbone = load_backbone(spec, spec.image_size)
@@ -78,15 +73,13 @@ def _label_issues(features: np.ndarray, labels: np.ndarray, classes: list[str],
 @dataclass
 class Neighbours:
     """What one pass over all similarities finds. `first`, `second`, `similarity`: the
-    kept near-duplicate pairs (`first < second`), most similar first; `kth`: each photo's
-    similarity to its k-th nearest other photo."""
+    kept near-duplicate pairs (`first < second`), most similar first."""
 
     first: np.ndarray
     second: np.ndarray
     similarity: np.ndarray
     total: int  # near-duplicate pairs found, kept or not
     straddling: int  # of those, pairs whose photos are in different groups
-    kth: np.ndarray
 
 
 def _merge(kept: tuple[np.ndarray, ...], found: tuple[np.ndarray, ...],
@@ -100,16 +93,15 @@ def _merge(kept: tuple[np.ndarray, ...], found: tuple[np.ndarray, ...],
     return first[best], second[best], similarity[best], across[best]
 
 
-def neighbours(unit: np.ndarray, groups: np.ndarray, k: int = NEIGHBOURS,
+def neighbours(unit: np.ndarray, groups: np.ndarray,
                threshold: float = NEAR_DUPLICATE, keep: int = PAIRS_KEPT,
                block_bytes: int = BLOCK_BYTES) -> Neighbours:
-    """Near-duplicate pairs and k-th nearest neighbour similarities of unit vectors, from
-    their cosine similarities computed a block of rows at a time.
+    """Near-duplicate pairs of unit vectors, from their cosine similarities computed a
+    block of rows at a time.
 
     Args:
         unit: (n, d) unit-length rows, compared as float32.
         groups: (n,) integer group (split) of each row; a pair straddles when they differ.
-        k: which nearest other row `kth` holds (at most n - 1). Defaults to 5.
         threshold: the similarity a pair needs to count. Defaults to `NEAR_DUPLICATE`.
         keep: the most pairs returned; all are counted. Defaults to `PAIRS_KEPT`.
         block_bytes: the most bytes of similarities held at once (at least two rows).
@@ -124,7 +116,6 @@ def neighbours(unit: np.ndarray, groups: np.ndarray, k: int = NEIGHBOURS,
     # blocks of equal size: a one-row block would go through BLAS's matrix-vector product,
     # whose sums can differ from the matrix product's in the last bit
     bounds = [int(b) for b in np.linspace(0, n, -(-n // rows) + 1)]
-    kth = np.empty(n, np.float32)
     kept = (np.empty(0, np.intp), np.empty(0, np.intp), np.empty(0, np.float32),
             np.empty(0, bool))
     total = straddling = 0
@@ -136,11 +127,9 @@ def neighbours(unit: np.ndarray, groups: np.ndarray, k: int = NEIGHBOURS,
         total, straddling = total + len(i), straddling + int(across.sum())
         if len(i):
             kept = _merge(kept, (i, j, block[i - start, j], across), keep)
-        block[np.arange(stop - start), np.arange(start, stop)] = -1.0
-        kth[start:stop] = np.partition(block, n - k, axis=1)[:, n - k]
     first, second, similarity, _ = kept
     order = np.lexsort((second, first, -similarity))
-    return Neighbours(first[order], second[order], similarity[order], total, straddling, kth)
+    return Neighbours(first[order], second[order], similarity[order], total, straddling)
 
 
 def _near_duplicates(found: Neighbours, photos: list) -> list[dict[str, Any]]:
@@ -150,8 +139,11 @@ def _near_duplicates(found: Neighbours, photos: list) -> list[dict[str, Any]]:
             for i, j, s in zip(found.first, found.second, found.similarity, strict=True)]
 
 
-def _outliers(found: Neighbours, photos: list, share: float = 0.01) -> list[dict[str, Any]]:
-    score = 1.0 - found.kth
+def _outliers(features: np.ndarray, photos: list, share: float = 0.01
+              ) -> list[dict[str, Any]]:
+    """The photos least like the others by the OOD score (`pawnet.ood`), each scored
+    against all the others."""
+    score = leave_one_out(normalised(features - features.mean(axis=0)))
     order = np.argsort(-score)[: max(1, round(share * len(photos)))]
     return [{"path": photos[i].path, "label": photos[i].label, "score": float(score[i])}
             for i in order]
@@ -189,11 +181,10 @@ def find_issues(folder: str | Path) -> dict[str, Any]:
         raise DataError(f"{folder} needs photos of at least two classes to look for label "
                         "errors. Try: pawnet data check " + str(folder))
     features = _features(photos)
-    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    unit = normalised(features)
     labels = np.array([classes.index(p.label) for p in photos])
     splits = {split: code for code, split in enumerate(dict.fromkeys(p.split for p in photos))}
-    found = neighbours(unit, np.array([splits[p.split] for p in photos]),
-                       min(NEIGHBOURS, len(photos) - 1))
+    found = neighbours(unit, np.array([splits[p.split] for p in photos]))
     pairs = _near_duplicates(found, photos)
     return {"folder": str(folder), "photos": len(photos), "classes": classes,
             "label_issues": _label_issues(features, labels, classes, photos),
@@ -201,7 +192,7 @@ def find_issues(folder: str | Path) -> dict[str, Any]:
             "near_duplicates_total": found.total,
             "near_duplicates_left_out": found.total - len(pairs),
             "straddling_pairs": found.straddling,
-            "outliers": _outliers(found, photos)}
+            "outliers": _outliers(features, photos)}
 
 
 def _leaks_first(pairs: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ from pawnet.calibration import (
 from pawnet.data.scan import SPLIT_FOLDER_NAMES, scan
 from pawnet.data.splits import read_manifest
 from pawnet.errors import DataError, one_line
-from pawnet.ood import NEITHER, UNSURE
 from pawnet.plots import (
     plot_confusion,
     plot_grid,
@@ -34,6 +34,7 @@ from pawnet.plots import (
 )
 from pawnet.predict import Predictor
 from pawnet.storage import Output, atomic_path, atomic_write_text, check_output_folder, next_run_dir
+from pawnet.verdict import NEITHER, REASONS, UNSURE, reason_kind
 
 MAX_MISCLASSIFIED_SHOWN = 64
 LEAST_CONFIDENT_SHOWN = 16
@@ -207,19 +208,23 @@ def _verdicts(predictor: Predictor, predictions: list, truth: np.ndarray) -> dic
     classes = predictor.classes
     answered = [i for i, label in enumerate(labels) if label not in (UNSURE, NEITHER)]
     right = sum(labels[i] == classes[truth[i]] for i in answered)
+    kinds = Counter(reason_kind(p.reason) for p in predictions if p.reason)
     return {"min_confidence": predictor.min_confidence,
             "ood_threshold": predictor.spec.ood_threshold,
+            "min_side": predictor.spec.min_side,
             "answered": len(answered), "unsure": labels.count(UNSURE),
             "neither": labels.count(NEITHER),
+            "reasons": {kind: kinds[kind] for kind in REASONS},
             "answered_accuracy": right / len(answered) if answered else None}
 
 
 def _verdict_line(report: dict[str, Any]) -> str:
     v = report["verdicts"]
     accuracy = "-" if v["answered_accuracy"] is None else f"{v['answered_accuracy']:.4f}"
+    reasons = v.get("reasons", {})
+    why = "; ".join(f"{n} {kind}" for kind, n in reasons.items() if n)
     return (f"answered {v['answered']} of {report['n']} (accuracy {accuracy}); unsure "
-            f"{v['unsure']} (top probability below {v['min_confidence']:g}); neither "
-            f"{v['neither']}")
+            f"{v['unsure']}, neither {v['neither']}" + (f" ({why})" if why else ""))
 
 
 def _heat_maps(predictor: Predictor, images: np.ndarray, shown: list[dict]) -> list | None:

@@ -194,7 +194,7 @@ def explain(model: str | Path, photos: list[str], out: str | Path | None = None
         np.save(buffer, heat)
         atomic_write_bytes(heatmap_path, buffer.getvalue())
         results.append({"path": photo, "label": prediction.label,
-                        "explained_class": prediction.top_class,
+                        "reason": prediction.reason, "explained_class": prediction.top_class,
                         "overlay": str(overlay_path), "heatmap": str(heatmap_path),
                         "heatmap_size": [heat.shape[1], heat.shape[0]]})
     return results

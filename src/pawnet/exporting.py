@@ -134,6 +134,7 @@ def _describe(bundle: Bundle, fmt: str, int8: bool, calibrated: int) -> dict[str
         # set: the model's last output column is an OOD score; above it, the label is neither
         "ood_threshold": spec.ood_threshold,
         "min_confidence": spec.min_confidence,  # top probability below it: the label is unsure
+        "min_side": spec.min_side,  # a photo's shorter side below it: unsure, too small
         "input": {"dtype": "float32", "layout": "NHWC", "range": list(spec.input_range),
                   "channels": spec.channels},
         "preprocessing": {

@@ -1,30 +1,32 @@
 """Saying "neither": photos unlike anything the model was trained on (out of distribution).
 
-A photo's OOD score is one minus the cosine similarity of its features (the input of the
-model's classifier: the backbone's pooled features for transfer learning) to its `NEIGHBOURS`-th
-nearest training photo (deep nearest neighbours, Sun et al., 2022). The training photos'
+A photo's OOD score is one minus the cosine similarity of its centred features (the input
+of the model's classifier, minus the training photos' mean) to its `NEIGHBOURS`-th nearest
+training photo (deep nearest neighbours, Sun et al., 2022). The training photos' centred,
 normalised features are kept in the model as a bank of at most `BANK_SIZE` rows, so the
 score is one more output column in every runtime and export
 (`pawnet.models.ood.with_ood`).
 
-The threshold is set on validation photos only: at most `FALSE_NEITHER_RATE` of them,
-counted once as they are and once shrunk to `SMALL_SIDE` pixels, score above it. The
-shrunk copies keep small and blurry photos of the classes from being called neither just
-for their size. Why these choices and values: docs/decisions.md.
+The threshold is set on photos of the classes only, as they are: the validation photos,
+and for a frozen backbone also the training photos scored against the others
+(leave-one-out), so that it rests on thousands of scores rather than a few hundred; at
+most `FALSE_NEITHER_RATE` of them score above it. Photos too small to judge are not in it:
+they get their own reason (`pawnet.verdict`). Why these choices and values:
+docs/decisions.md.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
 NEIGHBOURS = 5
 BANK_SIZE = 2048
-FALSE_NEITHER_RATE = 0.01
-SMALL_SIDE = 32
-NEITHER = "neither"  # the label of a photo that is out of distribution
-UNSURE = "unsure"  # the label of a photo whose top probability is below min_confidence
+FALSE_NEITHER_RATE = 0.0025
+BLOCK_BYTES = 16 * 2**20  # float32 similarities held at once
 
 
 def normalised(features: np.ndarray) -> np.ndarray:
@@ -32,37 +34,84 @@ def normalised(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
-def feature_bank(features: np.ndarray, seed: int, size: int = BANK_SIZE) -> np.ndarray:
-    """The normalised training features kept for the score: all of them, or `size` drawn
-    at random with `seed` when there are more."""
-    rows = normalised(features)
-    if len(rows) <= size:
-        return rows
-    keep = np.sort(np.random.default_rng(seed).choice(len(rows), size, replace=False))
-    return rows[keep]
+@dataclass(frozen=True)
+class OodScore:
+    """What the score needs: the training features' mean and the bank of their centred,
+    normalised rows `(M, D)`, and the threshold above which a photo is `neither`."""
+
+    mean: np.ndarray
+    bank: np.ndarray
+    threshold: float
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return scores(features, self.bank, self.mean)
 
 
-def scores(features: np.ndarray, bank: np.ndarray, neighbours: int = NEIGHBOURS) -> np.ndarray:
-    """OOD scores `(N,)` of features against a bank: 1 - cosine similarity to the
-    `neighbours`-th nearest bank row (0: a copy of a training photo; up to 2)."""
-    similarity = normalised(features) @ bank.T
+def _blocks(n: int, width: int, block_bytes: int = BLOCK_BYTES) -> list[tuple[int, int]]:
+    rows = max(2, block_bytes // (4 * max(width, 1)))
+    return list(pairwise(int(b) for b in np.linspace(0, n, -(-n // rows) + 1)))
+
+
+def scores(features: np.ndarray, bank: np.ndarray, mean: np.ndarray | None = None,
+           neighbours: int = NEIGHBOURS) -> np.ndarray:
+    """OOD scores `(N,)` of features against a bank: 1 - cosine similarity of the centred
+    features to the `neighbours`-th nearest bank row (0: a copy of a training photo; up to
+    2), a block of rows at a time."""
+    centred = np.asarray(features, np.float32) - (0.0 if mean is None else mean)
     k = min(neighbours, bank.shape[0])
-    return 1.0 - np.sort(similarity, axis=1)[:, -k]
+    out = np.empty(len(centred), np.float32)
+    for start, stop in _blocks(len(centred), bank.shape[0]):
+        similarity = normalised(centred[start:stop]) @ bank.T
+        out[start:stop] = 1.0 - np.partition(similarity, -k, axis=1)[:, -k]
+    return out
 
 
-def threshold(validation_scores: np.ndarray, rate: float = FALSE_NEITHER_RATE) -> float:
-    """The score above which at most `rate` of the validation photos lie."""
-    return float(np.quantile(np.asarray(validation_scores, dtype=np.float64), 1.0 - rate,
+def leave_one_out(unit: np.ndarray, neighbours: int = NEIGHBOURS) -> np.ndarray:
+    """Each row's score against all the other rows of `unit` (centred, normalised features),
+    a block of rows at a time: memory O(n d + BLOCK_BYTES)."""
+    n = len(unit)
+    k = min(neighbours, n - 1)
+    out = np.empty(n, np.float32)
+    for start, stop in _blocks(n, n):
+        block = unit[start:stop] @ unit.T
+        block[np.arange(stop - start), np.arange(start, stop)] = -1.0
+        out[start:stop] = 1.0 - np.partition(block, n - k, axis=1)[:, n - k]
+    return out
+
+
+def threshold(in_distribution: np.ndarray, rate: float = FALSE_NEITHER_RATE) -> float:
+    """The score above which at most `rate` of the photos of the classes lie."""
+    return float(np.quantile(np.asarray(in_distribution, dtype=np.float64), 1.0 - rate,
                              method="higher"))
 
 
-def small_view(source, max_pixels: int | None = None, side: int = SMALL_SIDE) -> bytes:
-    """A photo shrunk to `side` x `side` pixels, as PNG bytes, so that it goes through the
-    decoding a small photo would."""
+def fit(train: np.ndarray, val: np.ndarray, seed: int, *, frozen: bool,
+        size: int = BANK_SIZE) -> OodScore:
+    """The score fitted on training features and its threshold on validation features
+    (and, for `frozen` features that training did not shape, the training photos'
+    leave-one-out scores too)."""
+    mean = np.asarray(train, np.float32).mean(axis=0)
+    rows = normalised(np.asarray(train, np.float32) - mean)
+    keep = (np.arange(len(rows)) if len(rows) <= size else
+            np.sort(np.random.default_rng(seed).choice(len(rows), size, replace=False)))
+    bank = rows[keep]
+    found = [scores(val, bank, mean)]
+    if frozen and len(bank) > NEIGHBOURS:
+        found.append(leave_one_out(bank))
+    return OodScore(mean, bank, round(threshold(np.concatenate(found)), 6))
+
+
+def small_view(source, side: int, max_pixels: int | None = None) -> bytes:
+    """A photo shrunk so that its shorter side is `side` pixels (its aspect kept), as PNG
+    bytes, so that it goes through the decoding a small photo would."""
     from PIL import Image
 
-    from pawnet.data.images import MAX_PIXELS, load_pixels
+    from pawnet.data.images import MAX_PIXELS, load_preview
 
+    pixels = load_preview(source, 8 * side, max_pixels or MAX_PIXELS)
+    height, width = pixels.shape[:2]
+    scale = side / min(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
     buffer = io.BytesIO()
-    Image.fromarray(load_pixels(source, side, max_pixels or MAX_PIXELS)).save(buffer, "PNG")
+    Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR).save(buffer, "PNG")
     return buffer.getvalue()

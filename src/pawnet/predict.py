@@ -20,12 +20,18 @@ import numpy as np
 
 from pawnet.bundle import Bundle, check_io, resolve, split_outputs
 from pawnet.calibration import calibrate
-from pawnet.data.images import IMAGE_SUFFIXES, MAX_PIXELS, decode_ahead, load_pixels
+from pawnet.data.images import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    decode_ahead,
+    load_photo,
+    load_pixels,
+)
 from pawnet.data.shards import in_shard
 from pawnet.data.splits import read_manifest
 from pawnet.errors import ConfigError, ImageError, one_line
-from pawnet.ood import NEITHER, UNSURE
 from pawnet.runtimes import choose, on_every_core, synthetic_images
+from pawnet.verdict import verdict
 
 FORMATS = ("table", "json", "csv", "kaggle")
 
@@ -34,9 +40,8 @@ FORMATS = ("table", "json", "csv", "kaggle")
 class Prediction:
     """The result for one photo, or an error.
 
-    `label` is the most probable class; `neither` when the photo is unlike the training
-    photos (its `ood_score` is above the model's threshold); `unsure` when the top
-    probability is below the minimum confidence.
+    `label` is the most probable class, or `unsure` / `neither` with the `reason` (too
+    small, unlike the training photos, no class likely enough; see `pawnet.verdict`).
     """
 
     path: str
@@ -44,19 +49,19 @@ class Prediction:
     probabilities: dict[str, float] | None = None
     error: str | None = None
     ood_score: float | None = None
+    reason: str | None = None
 
     @classmethod
     def from_row(cls, path: str, classes: Sequence[str], row: np.ndarray,
-                 ood_score: float | None = None, *, min_confidence: float = 0.0,
+                 ood_score: float | None = None, *, size: tuple[int, int] | None = None,
+                 min_side: int = 0, min_confidence: float = 0.0,
                  ood_threshold: float | None = None) -> Prediction:
-        """The prediction for one row of class probabilities (in `classes` order)."""
-        if ood_score is not None and ood_threshold is not None and ood_score > ood_threshold:
-            label = NEITHER
-        elif float(np.max(row)) < min_confidence:
-            label = UNSURE
-        else:
-            label = classes[int(np.argmax(row))]
-        return cls(path, label=label, ood_score=None if ood_score is None else float(ood_score),
+        """The prediction for one row of class probabilities (in `classes` order), of a
+        photo of `size` (width, height) when known."""
+        score = None if ood_score is None else float(ood_score)
+        label, reason = verdict(classes, row, size=size, min_side=min_side, ood_score=score,
+                                ood_threshold=ood_threshold, min_confidence=min_confidence)
+        return cls(path, label=label, ood_score=score, reason=reason,
                    probabilities={c: float(p) for c, p in zip(classes, row, strict=True)})
 
     @property
@@ -72,7 +77,8 @@ class Prediction:
     def to_dict(self) -> dict:
         if self.error is not None:
             return {"path": self.path, "error": self.error}
-        out = {"path": self.path, "label": self.label, "probabilities": self.probabilities}
+        out = {"path": self.path, "label": self.label, "reason": self.reason,
+               "probabilities": self.probabilities}
         return out if self.ood_score is None else {**out, "ood_score": self.ood_score}
 
 
@@ -151,11 +157,14 @@ class Predictor:
         probabilities = calibrate(probabilities, self.spec.temperature)
         return probabilities if scores is None else np.column_stack([probabilities, scores])
 
-    def prediction(self, name: str, row: np.ndarray) -> Prediction:
-        """The `Prediction` for one of `rows`' rows."""
+    def prediction(self, name: str, row: np.ndarray, size: tuple[int, int] | None = None
+                   ) -> Prediction:
+        """The `Prediction` for one of `rows`' rows, of a photo of `size` (width, height;
+        None: not known, never too small)."""
         n = len(self.classes)
         return Prediction.from_row(name, self.classes, row[:n],
-                                   float(row[n]) if len(row) > n else None,
+                                   float(row[n]) if len(row) > n else None, size=size,
+                                   min_side=self.spec.min_side,
                                    min_confidence=self.min_confidence,
                                    ood_threshold=self.spec.ood_threshold)
 
@@ -166,9 +175,15 @@ class Predictor:
         Args:
             max_pixels: a limit for this call instead of the predictor's own.
         """
+        found = self.decode_sized(source, max_pixels)
+        return found if isinstance(found, str) else found[0]
+
+    def decode_sized(self, source: str | Path | bytes, max_pixels: int | None = None
+                     ) -> tuple[np.ndarray, tuple[int, int]] | str:
+        """`decode`, with the photo's own (width, height): (pixels, size), or the reason."""
         try:
-            return load_pixels(source, self.image_size, max_pixels or self.max_pixels,
-                               self.spec.resize_method)
+            return load_photo(source, self.image_size, max_pixels or self.max_pixels,
+                              self.spec.resize_method)
         except ImageError as exc:
             return str(exc)
         except FileNotFoundError:
@@ -205,7 +220,7 @@ class Predictor:
         if single is not None:
             return self._predict_each(single(), sources, names)
         results: list[Prediction] = []
-        for start, decoded in decode_ahead(sources, self.decode, self.batch_size):
+        for start, decoded in decode_ahead(sources, self.decode_sized, self.batch_size):
             results += self._results(names[start : start + len(decoded)], decoded, self.rows)
         return results
 
@@ -215,19 +230,19 @@ class Predictor:
         (docs/decisions.md)."""
         def label(chunk: range) -> list[Prediction]:
             return self._results([names[i] for i in chunk],
-                                 [self.decode(sources[i]) for i in chunk],
+                                 [self.decode_sized(sources[i]) for i in chunk],
                                  lambda pixels: self._run(runtime, pixels, self.tta))
 
         parts = on_every_core(label, len(sources), runtime.photos_per_call)
         return [p for part in parts for p in part]
 
     def _results(self, names: Sequence, decoded: list, rows) -> list[Prediction]:
-        """One `Prediction` per decoded photo (pixels, or the reason it could not be read),
-        with `rows` run once on all the readable ones."""
+        """One `Prediction` per decoded photo ((pixels, size), or the reason it could not be
+        read), with `rows` run once on all the readable ones."""
         ok = [d for d in decoded if not isinstance(d, str)]
-        found = iter(rows(np.stack(ok)) if ok else ())
+        found = iter(rows(np.stack([pixels for pixels, _ in ok])) if ok else ())
         return [Prediction(str(name), error=d) if isinstance(d, str)
-                else self.prediction(str(name), next(found))
+                else self.prediction(str(name), next(found), d[1])
                 for name, d in zip(names, decoded, strict=True)]
 
 
@@ -329,14 +344,16 @@ def _table(results: Sequence[Prediction], classes: list[str]) -> str:
     scored = any(r.ood_score is not None for r in results)
     lines = [f"{'path'.ljust(width)}  {'label':<10}"
              + "".join(f"{one_line(c):>10}" for c in classes)
-             + (f"{'ood_score':>10}" if scored else "")]
+             + (f"{'ood_score':>10}" if scored else "")
+             + ("  reason" if any(r.reason for r in results) else "")]
     for r, path in zip(results, paths, strict=True):
         if r.error:
             lines.append(f"{path.ljust(width)}  error: {one_line(r.error)}")
         else:
             score = f"{r.ood_score:>10.4f}" if r.ood_score is not None else ""
             lines.append(f"{path.ljust(width)}  {one_line(r.label):<10}"
-                         + "".join(f"{r.probabilities[c]:>10.4f}" for c in classes) + score)
+                         + "".join(f"{r.probabilities[c]:>10.4f}" for c in classes) + score
+                         + (f"  {r.reason}" if r.reason else ""))
     return "\n".join(lines)
 
 
@@ -359,12 +376,12 @@ def format_predictions(results: Sequence[Prediction], classes: list[str],
     if fmt == "table":
         return _table(results, classes)
     if fmt == "csv":
-        rows = [["path", "label", *classes, "ood_score", "error"]]
+        rows = [["path", "label", *classes, "ood_score", "reason", "error"]]
         for r in results:
             probs = ([f"{r.probabilities[c]:.6f}" for c in classes] if r.probabilities
                      else [""] * len(classes))
             score = "" if r.ood_score is None else f"{r.ood_score:.6f}"
-            rows.append([r.path, r.label or "", *probs, score, r.error or ""])
+            rows.append([r.path, r.label or "", *probs, score, r.reason or "", r.error or ""])
     elif fmt == "kaggle":
         rows = _kaggle(results, classes)
     else:

@@ -230,26 +230,41 @@ def load_pixels(
         ImageError: the file is empty, not an image, unsupported, too large, truncated or
             corrupt.
     """
+    return load_photo(source, image_size, max_pixels, resize_method)[0]
+
+
+def load_photo(
+    source: Source, image_size: int, max_pixels: int = MAX_PIXELS,
+    resize_method: str = RESIZE_METHOD,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """`load_pixels`, and the photo's own (width, height) as a person sees it (EXIF
+    rotation applied), before any resizing: what says whether it is too small to judge."""
     return _decode(source, max_pixels, lambda _: (image_size, image_size),
-                   RESIZE_METHODS[resize_method])
+                   RESIZE_METHODS[resize_method], with_size=True)
 
 
 def _decode(source: Source, max_pixels: int,
-            target: Callable[[tuple[int, int]], tuple[int, int]], resample: int) -> np.ndarray:
+            target: Callable[[tuple[int, int]], tuple[int, int]], resample: int,
+            with_size: bool = False):
     """Decode a photo to 8-bit RGB of size `target(its size)`: asked once before decoding
-    (JPEG draft scaling) and again after EXIF rotation; checked and budgeted."""
+    (JPEG draft scaling) and again after EXIF rotation; checked and budgeted. With
+    `with_size`, also its (width, height) before scaling, EXIF rotation applied."""
     img = _open(source, max_pixels)
     try:
         with img:
+            original = img.size
             if img.format in ("JPEG", "MPO"):
                 img.draft(img.mode, target(img.size))
             with _DECODES.hold(_checked_bytes(img, max_pixels)):
                 img.load()
                 ImageOps.exif_transpose(img, in_place=True)  # no copy (docs/decisions.md)
+                if (img.width > img.height) != (original[0] > original[1]):
+                    original = original[::-1]  # turned a quarter by its EXIF orientation
                 size = target(img.size)
                 img = _to_8bit(img, size, resample)
                 img = img.resize(size, resample)  # a copy if done already
-                return np.asarray(img.convert("RGB"), dtype=np.uint8)
+                pixels = np.asarray(img.convert("RGB"), dtype=np.uint8)
+                return (pixels, original) if with_size else pixels
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

@@ -261,12 +261,14 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
         and the model each get `time_left()` seconds."""
         predictor = ready()
         uploads = await _uploads(request, settings, time_left())
-        decoded = await asyncio.gather(*(anyio.to_thread.run_sync(predictor.decode, data)
-                                         for _, data in uploads))
+        sized = await asyncio.gather(*(anyio.to_thread.run_sync(predictor.decode_sized, data)
+                                       for _, data in uploads))
+        decoded = [d if isinstance(d, str) else d[0] for d in sized]
         rows = await _run_model(state, settings, [name for name, _ in uploads], decoded,
                                 time_left())
-        return [(name, d, None if isinstance(d, str) else predictor.prediction(name, next(rows)))
-                for (name, _), d in zip(uploads, decoded, strict=True)]
+        return [(name, d, None if isinstance(d, str)
+                 else predictor.prediction(name, next(rows), s[1]))
+                for (name, _), d, s in zip(uploads, decoded, sized, strict=True)]
 
     @app.post("/v1/predict", dependencies=[Depends(check_key)], **PREDICT_DOC)
     async def predict(request: Request) -> list[dict]:

@@ -29,7 +29,7 @@ from pawnet.models.registry import get_model_spec
 from pawnet.models.spec import output_kind
 from pawnet.training import scratch, transfer
 from pawnet.training.callbacks import read_history, require_tensorboard
-from pawnet.training.ood import fit_ood
+from pawnet.training.ood import fit_unknowns
 from pawnet.training.plan import (
     Plan,
     already_finished,
@@ -103,27 +103,40 @@ def _check_inputs(cfg) -> None:
 
 def _calibration(plan: Plan, output: str, val_out: np.ndarray) -> dict[str, float]:
     """Fitted on the validation photos: the temperature, their calibration error (ECE)
-    before and after it, and the minimum confidence to answer at."""
+    before and after it, and the minimum confidence to answer at (the run's `max_error` or
+    `answer_share`, or the default policy)."""
     from pawnet.calibration import (
-        UNSURE_ERROR_RATE,
+        UNANSWERED_WARNING,
         calibrate,
         choose_min_confidence,
         expected_calibration_error,
         fit_temperature,
+        unanswered,
     )
 
+    cfg = plan.cfg
     probabilities = class_probabilities(val_out, output)
     truth = np.array([plan.classes.index(p.label) for p in plan.split("val")])
     temperature = round(fit_temperature(probabilities, truth), 4)
     calibrated = calibrate(probabilities, temperature)
+    min_confidence = round(choose_min_confidence(calibrated, truth, max_error=cfg.max_error,
+                                                 answer_share=cfg.answer_share), 6)
+    left = unanswered(calibrated, min_confidence)
     found = {"temperature": temperature,
              "val_ece_uncalibrated": expected_calibration_error(probabilities, truth),
              "val_ece": expected_calibration_error(calibrated, truth),
-             "min_confidence": round(choose_min_confidence(calibrated, truth), 6)}
+             "min_confidence": min_confidence, "val_unanswered": round(left, 6)}
+    policy = (f"at most {cfg.max_error:.1%} of the answers wrong" if cfg.max_error is not None
+              else f"{cfg.answer_share:.1%} answered" if cfg.answer_share is not None
+              else "half as many unanswered as wrong, at least 85% answered")
     log(f"Calibrated on validation photos: temperature {temperature:.3f}, expected "
         f"calibration error {found['val_ece_uncalibrated']:.4f} -> {found['val_ece']:.4f}; "
-        f"'unsure' below {found['min_confidence']:.4f} (at most {UNSURE_ERROR_RATE:.1%} "
-        "of the validation photos answered are wrong)")
+        f"'unsure' below {min_confidence:.4f} ({policy}): {left:.1%} of the validation "
+        "photos unanswered")
+    if left > UNANSWERED_WARNING:
+        log(f"warning: 'unsure' would leave {left:.0%} of the validation photos unanswered. "
+            "Try: --answer-share 0.9 (answer 90%), a larger --max-error, or more epochs or "
+            "photos")
     return found
 
 
@@ -147,21 +160,22 @@ def _fit(plan: Plan) -> Path:
     fitted = (transfer if spec.pretrained else scratch).fit(plan, spec, weights)
     if fitted is None:  # a worker other than the chief, whose part is done
         return run_dir
-    model, (val_loss, val_accuracy), val_out = fitted
+    model, (val_loss, val_accuracy), val_out, features = fitted
     fit_seconds = time.monotonic() - started
     log(f"Saved model on validation photos: val_loss {val_loss:.4f}, "
         f"val_accuracy {val_accuracy:.4f}")
     output = output_kind(model)
     calibration = _calibration(plan, output, val_out)
-    model, ood_threshold = fit_ood(plan, model, spec)
+    model, score, min_side = fit_unknowns(plan, model, spec, features)
+    ood_threshold = None if score is None else score.threshold
 
     bundle_spec = BundleSpec(model_name=cfg.model, class_names=plan.classes,
                              image_size=cfg.image_size, output=output,
                              temperature=calibration["temperature"],
                              min_confidence=calibration["min_confidence"],
-                             ood_threshold=ood_threshold)
+                             ood_threshold=ood_threshold, min_side=min_side)
     metrics = {"val_loss": val_loss, "val_accuracy": val_accuracy, **calibration,
-               "ood_threshold": ood_threshold}
+               "ood_threshold": ood_threshold, "min_side": min_side}
     record = provenance(plan, read_history(run_dir / "history.csv"), metrics, fit_seconds)
     bundle_dir = save_bundle(run_dir / "bundle", model, bundle_spec, record, cfg.to_yaml())
     shutil.rmtree(plan.pixel_cache, ignore_errors=True)

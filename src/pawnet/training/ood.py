@@ -1,47 +1,62 @@
-"""Fitting the OOD score at the end of training: the bank of training features the score
-compares against, and its threshold from the validation photos (see `pawnet.ood`)."""
+"""What a trained model needs to say "I don't know", fitted at the end of training: the OOD
+score (`pawnet.ood`) and the size below which photos are too small to judge
+(`pawnet.verdict`)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
 
-from pawnet.models.spec import ModelSpec
-from pawnet.ood import feature_bank, scores, small_view, threshold
+from pawnet.bundle import class_probabilities
+from pawnet.models.spec import ModelSpec, output_kind
+from pawnet.ood import OodScore, fit, small_view
 from pawnet.training.plan import Plan, log
+from pawnet.verdict import choose_min_side, sides_to_try
+
+SIZE_PHOTOS = 1000  # training photos whose sizes are read (headers only)
+SHRUNK_PHOTOS = 256  # validation photos shrunk to measure accuracy by size
 
 
-def _transfer_features(plan: Plan, model, spec: ModelSpec):
-    """Backbone features of the training photos, the validation photos and their shrunk
-    copies, from the feature cache where they are in it."""
-    from pawnet.training.transfer import (
-        FeatureStore,
-        backbone_id,
-        backbone_runtime,
-        cached_features,
-    )
+def shorter_sides(paths: list[str], seed: int) -> list[int]:
+    """The shorter side of up to `SIZE_PHOTOS` of the photos (drawn with `seed`), from their
+    headers."""
+    from PIL import Image
+
+    if len(paths) > SIZE_PHOTOS:
+        paths = [paths[i] for i in np.random.default_rng(seed).choice(len(paths), SIZE_PHOTOS,
+                                                                     replace=False)]
+    sides = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except OSError:
+            continue  # changed since the scan; its size is not needed
+    return sides
+
+
+def _transfer_parts(plan: Plan, model, spec: ModelSpec):
+    """(the head, and a function giving features of photos or of their views)."""
+    from pawnet.features import FeatureStore, backbone_id, backbone_runtime, cached_features
 
     cfg = plan.cfg
-    backbone = model.layers[-2]
+    backbone, head = model.layers[-2], model.layers[-1]
     key = backbone_id(backbone, "+".join(spec.backbones), cfg.image_size)
     runtime = backbone_runtime(backbone, key)
-    store = FeatureStore(key)
-    args = (cfg.image_size, cfg.batch_size)
-    train = cached_features(runtime, store, plan.split("train"), *args, "Features (train)",
-                            cfg.max_pixels)
-    val = cached_features(runtime, store, plan.split("val"), *args, "Features (val)",
-                          cfg.max_pixels)
-    small = cached_features(runtime, FeatureStore(key, "small"), plan.split("val"), *args,
-                            "Features (val, shrunk)", cfg.max_pixels,
-                            view=partial(small_view, max_pixels=cfg.max_pixels))
-    return train, val, small
+
+    def features(photos, view: str = "", make=None, desc: str = "Features") -> np.ndarray:
+        return cached_features(runtime, FeatureStore(key, view), photos, cfg.image_size,
+                               cfg.batch_size, desc, cfg.max_pixels, view=make)
+
+    return head, features
 
 
-def _scratch_features(plan: Plan, model):
-    """Features the trained model classifies, of the training photos, the validation photos
-    and their shrunk copies."""
+def _scratch_features(plan: Plan, model) -> Callable:
+    """A function giving the features a from-scratch model classifies, of photos or of
+    their views."""
     from pawnet.data.images import load_pixels
     from pawnet.models.ood import feature_model
     from pawnet.runtimes import KerasRuntime
@@ -49,30 +64,87 @@ def _scratch_features(plan: Plan, model):
     cfg = plan.cfg
     features = KerasRuntime(feature_model(model))
 
-    def of(sources) -> np.ndarray:
+    def of(photos, view: str = "", make=None, desc: str = "") -> np.ndarray:
+        sources = [make(p.path) if make else p.path for p in photos]
         out = [features(np.stack([load_pixels(s, cfg.image_size, cfg.max_pixels)
                                   for s in sources[i : i + cfg.batch_size]]))
                for i in range(0, len(sources), cfg.batch_size)]
         return np.concatenate(out)
 
-    val = [p.path for p in plan.split("val")]
-    return (of([p.path for p in plan.split("train")]), of(val),
-            of([small_view(path, cfg.max_pixels) for path in val]))
+    return of
 
 
-def fit_ood(plan: Plan, model, spec: ModelSpec):
-    """`model` with an OOD score column, and the score's threshold; the model unchanged and
-    None when there are no validation photos to set it on."""
+def fit_unknowns(plan: Plan, model, spec: ModelSpec, found: dict[str, np.ndarray] | None
+                 ) -> tuple[object, OodScore | None, int]:
+    """`model` with an OOD score column, the score, and the too-small cut (`min_side`).
+
+    Args:
+        found: the training and validation photos' features ("train", "val") when training
+            computed them already (transfer learning), so they are not computed again.
+
+    Returns:
+        The model unchanged, None and 0 when there are no validation photos to fit on.
+    """
     from pawnet.models.ood import with_ood
 
     if not plan.split("val"):
-        log("No validation photos: the model cannot say 'neither' (no OOD threshold)")
-        return model, None
+        log("No validation photos: the model cannot say 'neither' or 'too small'")
+        return model, None, 0
     started = time.monotonic()
-    train, val, small = (_transfer_features(plan, model, spec) if spec.pretrained
-                         else _scratch_features(plan, model))
-    bank = feature_bank(train, plan.cfg.seed)
-    found = threshold(np.concatenate([scores(val, bank), scores(small, bank)]))
-    log(f"OOD score fitted in {time.monotonic() - started:.1f}s on {len(bank)} training "
-        f"photos: 'neither' above {found:.4f}")
-    return with_ood(model, bank), round(found, 6)
+    train_photos, val_photos = plan.split("train"), plan.split("val")
+    if spec.pretrained:
+        head, features = _transfer_parts(plan, model, spec)
+        classify = partial(_predict, head)
+    else:
+        features, classify = _scratch_features(plan, model), None
+    found = found or {"train": features(train_photos, desc="Features (train)"),
+                      "val": features(val_photos, desc="Features (val)")}
+    frozen = spec.pretrained and not plan.cfg.fine_tune
+    score = fit(found["train"], found["val"], plan.cfg.seed, frozen=frozen)
+    log(f"OOD score fitted in {time.monotonic() - started:.1f}s on {len(score.bank)} "
+        f"training photos: 'neither' above {score.threshold:.4f}")
+    min_side = _min_side(plan, model, features, classify, found["val"])
+    return with_ood(model, score), score, min_side
+
+
+def _predict(head, features: np.ndarray) -> np.ndarray:
+    return np.asarray(head.predict(features, verbose=0, batch_size=256))
+
+
+def _classify_features(layer, features: np.ndarray) -> np.ndarray:
+    """A from-scratch model's last layer on its features."""
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(layer(features.astype(np.float32))))
+
+
+def _min_side(plan: Plan, model, features: Callable, classify: Callable | None,
+              val_features: np.ndarray) -> int:
+    """The too-small cut: the smallest size at which shrunk validation photos are judged
+    about as well as at full size, at most the training photos' usual smallest size."""
+    cfg = plan.cfg
+    photos = plan.split("val")
+    if len(photos) > SHRUNK_PHOTOS:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(photos), SHRUNK_PHOTOS,
+                                                               replace=False))
+        photos, val_features = [photos[i] for i in keep], val_features[keep]
+    truth = np.array([plan.classes.index(p.label) for p in photos])
+    output = output_kind(model)
+    run = classify or partial(_classify_features, model.get_layer("predictions"))
+
+    def accuracy(rows: np.ndarray) -> float:
+        return float((class_probabilities(run(rows), output).argmax(1) == truth).mean())
+
+    def accuracy_at(side: int) -> float:
+        return accuracy(features(photos, f"shorter-side-{side}",
+                                 partial(small_view, side=side, max_pixels=cfg.max_pixels),
+                                 f"Features (val shrunk to {side} px)"))
+
+    sides, ceiling = sides_to_try(shorter_sides([p.path for p in plan.split("train")],
+                                                cfg.seed), cfg.image_size)
+    full = accuracy(val_features)
+    chosen, measured = choose_min_side(sides, ceiling, full, accuracy_at)
+    shown = ", ".join(f"{side} px {acc:.3f}" for side, acc in sorted(measured.items()))
+    log(f"Too small to judge: photos under {chosen} px on their shorter side (validation "
+        f"accuracy {full:.3f} at full size" + (f"; shrunk: {shown})" if shown else ")"))
+    return chosen

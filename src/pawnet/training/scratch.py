@@ -162,13 +162,15 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
     return validated(in_float32(model, plan, spec), plan, binary, val_ds)
 
 
-def validated(model, plan: Plan, binary: bool, val_ds) -> tuple[object, list[float], np.ndarray]:
+def validated(model, plan: Plan, binary: bool, val_ds
+              ) -> tuple[object, list[float], np.ndarray, None]:
     """The trained model (on this worker), its [val_loss, val_accuracy] and its outputs on
-    the validation photos, in their order (`val_ds` unless it is spread over workers)."""
+    the validation photos, in their order (`val_ds` unless it is spread over workers); no
+    features (None): the OOD fit computes them from the trained model."""
     if plan.multi_worker:
         model = on_this_worker(model, plan)
         plan = dataclasses.replace(plan, cluster=None)
         compile_model(model, plan.cfg, 1)
         _, val_ds = image_datasets(plan, binary, augment=False)
     return (model, [float(v) for v in model.evaluate(val_ds, verbose=0)],
-            np.asarray(model.predict(val_ds, verbose=0)))
+            np.asarray(model.predict(val_ds, verbose=0)), None)

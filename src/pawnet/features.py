@@ -1,0 +1,167 @@
+"""Features of photos from a frozen pretrained backbone, computed once and cached per user by
+photo content: what training a head, fitting the OOD score, `pawnet data issues` and
+`pawnet bench` all use.
+
+`backbone_runtime` runs the backbone on the fastest runtime that agrees with Keras;
+`extract_features` runs photos (or augmented views) through it; `cached_features` computes
+only what the `FeatureStore` does not hold yet, and on several workers shares the work out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import keras
+import numpy as np
+
+from pawnet.data.images import MAX_PIXELS, decode_ahead, load_pixels
+from pawnet.distribute import Cluster, all_sum, gather_rows
+from pawnet.runtimes import Runtime, choose, core_chunks, synthetic_images, threads
+from pawnet.storage import atomic_write_bytes, cache_dir, progress
+
+_SAVE_EVERY = 20  # batches between writes of the feature cache, so a kill loses little
+
+
+class FeatureStore:
+    """Backbone features of one view (plain unless named) per photo content hash, cached
+    per user."""
+
+    def __init__(self, backbone_id: str, view: str = ""):
+        name = f"{backbone_id}-{view}" if view else backbone_id
+        self.path = cache_dir() / "features" / f"{name}.npz"
+        self.features: dict[str, np.ndarray] = {}
+        try:
+            with np.load(self.path) as stored:
+                self.features = {k: stored[k] for k in stored.files}
+        except (OSError, ValueError, EOFError):
+            self.features = {}  # missing or damaged: recompute
+
+    def save(self) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **self.features)
+        atomic_write_bytes(self.path, buffer.getvalue())
+
+
+def backbone_id(backbone: keras.Model, variant: str, image_size: int) -> str:
+    """Names a backbone's exact weights and input size, to key cached features."""
+    digest = hashlib.sha256()
+    for w in backbone.weights[:4] + backbone.weights[-4:]:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
+    name = variant.replace(":", "-")  # keras:ResNet50 names a file
+    return f"{name}-{image_size}px-{digest.hexdigest()[:12]}"
+
+
+def backbone_runtime(backbone: keras.Model, key: str) -> Runtime:
+    """The frozen backbone on the fastest runtime that agrees with Keras, converted once per
+    backbone and image size and cached like the weights."""
+    size = int(backbone.input.shape[1])
+    return choose("auto", f"backbone-{key}", lambda: backbone, lambda: synthetic_images(size))
+
+
+def extract_features(
+    backbone: Runtime,
+    paths: Sequence[str | bytes],
+    image_size: int,
+    batch_size: int,
+    *,
+    augment: Callable | None = None,
+    desc: str = "Extracting features",
+    on_batch: Callable[[int, np.ndarray], None] | None = None,
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """Pooled backbone features `(len(paths), dim)` of photos, optionally augmented first.
+
+    `backbone` is a runtime (see `backbone_runtime`); without augmentation, a runtime whose
+    calls can overlap decodes and runs a few photos per core at a time, like `predict`.
+    """
+    def decode(path: str) -> np.ndarray:
+        return load_pixels(path, image_size, max_pixels or MAX_PIXELS)
+
+    single = getattr(backbone, "single_threaded", None)
+    if single is not None and augment is None:
+        runtime = single()
+
+        def run(chunk: range) -> np.ndarray:
+            return runtime(np.stack([decode(paths[i]) for i in chunk]))
+
+        chunks = _map_threads(run, core_chunks(len(paths), runtime.photos_per_call))
+        batches = _batched((row for chunk in chunks for row in chunk), batch_size)
+    else:
+        batches = (backbone(np.stack(pixels) if augment is None else
+                            np.asarray(augment(keras.ops.cast(np.stack(pixels), "float32"))))
+                   for _, pixels in decode_ahead(paths, decode, batch_size))
+    out = []
+    with progress(len(paths), desc) as bar:
+        for i, feats in enumerate(batches):
+            out.append(feats)
+            if on_batch:
+                on_batch(i, feats)
+            bar.update(len(feats))
+    return np.concatenate(out) if out else np.zeros((0, 0), "float32")
+
+
+def _map_threads(func: Callable, items: Sequence) -> Iterator:
+    """`func` over items on one thread per core, results in order, a few ahead."""
+    with ThreadPoolExecutor(max_workers=threads()) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(func, item))
+            if len(pending) > 4 * threads():
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _batched(rows: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    batch: list[np.ndarray] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def cached_features(
+    backbone: Runtime,
+    store: FeatureStore,
+    photos: Sequence,
+    image_size: int,
+    batch_size: int,
+    desc: str,
+    max_pixels: int | None = None,
+    view: Callable[[str], bytes] | None = None,
+    cluster: tuple[Cluster, int] | None = None,
+) -> np.ndarray:
+    """Features of photos (of `view(path)`, the photo made into another image, when
+    given), computing only those not in the store yet. On several workers, `cluster` is
+    (the cluster, the feature size): the photos missing on any worker are shared out, each
+    computes its share, then all get all of them."""
+    cluster, dim = cluster or (None, 0)
+    missing = np.array([p.sha256 not in store.features for p in photos], np.float64)
+    if cluster is not None:
+        missing = all_sum(cluster, missing)
+    todo = list({p.sha256: p for p, m in zip(photos, missing, strict=True) if m}.values())
+    mine = cluster.shard(todo) if cluster is not None else todo
+    if mine:
+        def keep(i: int, feats: np.ndarray) -> None:
+            for photo, f in zip(mine[i * batch_size:], feats, strict=False):
+                store.features[photo.sha256] = f
+            if (i + 1) % _SAVE_EVERY == 0:
+                store.save()
+
+        sources = [view(p.path) if view else p.path for p in mine]
+        extract_features(backbone, sources, image_size, batch_size,
+                         desc=desc, on_batch=keep, max_pixels=max_pixels)
+    if cluster is not None and todo:
+        rows = np.stack([store.features[p.sha256] for p in mine]) if mine else np.zeros((0, dim))
+        every = gather_rows(cluster, rows.astype(np.float32), len(todo))
+        store.features.update({p.sha256: f for p, f in zip(todo, every, strict=True)})
+    if todo:
+        store.save()
+    return np.stack([store.features[p.sha256] for p in photos])
