@@ -8,9 +8,17 @@ photos with no animal (`ood_photos/`), 32-px CIFAR-10 vehicles (`ood/`), and two
 of cats and dogs (`tongpython/test`, `cvtricks/test`).
 
     .venv/bin/python benchmarks/ood.py RUN [RUN ...] [-- FOLDER ...]
+    .venv/bin/python benchmarks/ood.py --tasks [SETTING=VALUE ...]
+
+`--tasks` trains on two multi-class tasks instead (with the settings given, e.g.
+`model=pawnet-cnn`) and measures each on its own test split: the four vehicle classes of
+`ood/` (32-px photos, 250 each), and those four with 250 cats and 250 dogs of
+`cvtricks/train` (full-size photos) as six classes.
 """
 
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -54,6 +62,39 @@ def measure(predictor, folder: str) -> dict:
     return row
 
 
+VEHICLES = ("airplane", "automobile", "ship", "truck")
+
+
+def _task(folder: Path, with_pets: bool) -> Path:
+    for kind in VEHICLES:
+        shutil.copytree(SHARED / "ood" / kind, folder / kind)
+    for kind in ("cat", "dog") if with_pets else ():
+        (folder / kind).mkdir()
+        for path in sorted((SHARED / "cvtricks" / "train" / kind).glob("*.jpg"))[:250]:
+            shutil.copy(path, folder / kind / path.name)
+    return folder
+
+
+def tasks(settings: dict) -> None:
+    """Train on each multi-class task and print its test split's row."""
+    print("| task | n | flagged | too small | unlike | not likely | answered | "
+          "accuracy (all) | accuracy (answered) | min_confidence |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, with_pets in (("4 vehicles (32 px)", False), ("4 vehicles + cat, dog", True)):
+            photos = _task(Path(tmp) / name.split(" ")[0] / ("pets" if with_pets else "v"),
+                           with_pets)
+            run = pawnet.train(photos, out=f"{photos}-run", **settings)
+            report = pawnet.evaluate(run, out=f"{photos}-eval")
+            v = report["verdicts"]
+            flagged = (v["unsure"] + v["neither"]) / report["n"]
+            answered = "-" if v["answered_accuracy"] is None else f"{v['answered_accuracy']:.4f}"
+            print(f"| {name} | {report['n']} | {flagged:.1%} | "
+                  + " | ".join(str(v["reasons"][kind]) for kind in REASONS)
+                  + f" | {v['answered'] / report['n']:.1%} | {report['accuracy']:.4f} | "
+                  f"{answered} | {v['min_confidence']:.4f} |", flush=True)
+
+
 def _share(value) -> str:
     return "-" if value is None else f"{value:.1%}"
 
@@ -81,5 +122,8 @@ def main(runs: list[str], folders: list[str]) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if args[:1] == ["--tasks"]:
+        tasks(dict(arg.split("=", 1) for arg in args[1:]))
+        sys.exit()
     split = args.index("--") if "--" in args else len(args)
     main(args[:split], args[split + 1:] or [str(SHARED / f) for f in FOLDERS])

@@ -67,7 +67,8 @@ def test_train_evaluate_predict_end_to_end(class_folders, tmp_path):
     result = invoke("predict", run, *photos, "--format", "json")
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
-    assert [set(r) for r in rows] == [{"path", "label", "probabilities", "ood_score"}] * 2
+    keys = {"path", "label", "reason", "probabilities", "ood_score"}
+    assert [set(r) for r in rows] == [keys] * 2
 
     result = invoke("predict", run, photos[0], "--format", "csv")
     [row] = list(csv.DictReader(io.StringIO(result.stdout)))

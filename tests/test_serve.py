@@ -340,6 +340,18 @@ def test_min_confidence_setting_makes_timid_answers_unsure(predictor):
                           headers={"Content-Type": "image/jpeg"}).json()
     assert max(answer["probabilities"].values()) < 0.9999  # the toy model is timid
     assert answer["label"] in ("unsure", "neither")
+    assert answer["reason"].startswith(("no class likely enough (", "unlike the training"))
+
+
+def test_every_answer_says_why_it_is_not_a_class(client, predictor):
+    tiny = io.BytesIO()
+    Image.open(CATS[0]).resize((6, 5)).save(tiny, "PNG")  # below the model's min_side
+    assert predictor.spec.min_side > 6
+    answers = client.post("/v1/predict", files=[
+        ("file", ("tiny.png", tiny.getvalue(), "image/png")),
+        ("file", ("cat.jpg", PHOTO, "image/jpeg"))]).json()
+    assert (answers[0]["label"], answers[0]["reason"]) == ("unsure", "too small (6x5)")
+    assert answers[1]["reason"] is None or answers[1]["label"] in ("unsure", "neither")
 
 
 def test_settings_parse_like_the_flags():

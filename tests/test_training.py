@@ -32,7 +32,7 @@ def test_trained_run_holds_bundle_curves_history_manifest_and_config(trained_run
     spec = json.loads((trained_run / "bundle" / "bundle.json").read_text())
     assert spec["class_names"] == ["cat", "dog"]
     assert spec["image_size"] == 32
-    assert spec["format_version"] == 3
+    assert spec["format_version"] == 4 and 8 <= spec["min_side"] <= 32  # trained at 32 px
     assert 0.05 <= spec["temperature"] <= 20
     provenance = json.loads((trained_run / "bundle" / "provenance.json").read_text())
     assert provenance["metrics"]["temperature"] == spec["temperature"]
@@ -210,3 +210,17 @@ def test_mixed_precision_trains_and_saves_a_float32_bundle(tmp_path):
         pawnet.train(resume=str(run), epochs=3)  # the loss-scaled optimizer's state too
     assert not [w for w in caught if "Skipping variable loading" in str(w.message)]
     assert len(_history(run)) == 3
+
+
+def test_a_policy_that_leaves_many_photos_unanswered_is_one_warning_line(tmp_path, capsys):
+    photos = copy_photos(tmp_path / "photos", 12)
+    run = pawnet.train(photos, model="pawnet-cnn", epochs=1, image_size=32, batch_size=8,
+                       val_fraction=0.3, test_fraction=0.0, max_error=0.0,
+                       out=str(tmp_path / "run"))
+    warnings = [line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("warning:")]
+    assert len(warnings) == 1 and "unanswered" in warnings[0] and "Try: " in warnings[0]
+    metrics = json.loads((run / "bundle" / "provenance.json").read_text())["metrics"]
+    assert metrics["val_unanswered"] > 0.15
+    with pytest.raises(pawnet.ConfigError, match="give one"):
+        pawnet.train(photos, max_error=0.01, answer_share=0.9)

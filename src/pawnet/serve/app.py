@@ -261,14 +261,7 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
         and the model each get `time_left()` seconds."""
         predictor = ready()
         uploads = await _uploads(request, settings, time_left())
-        sized = await asyncio.gather(*(anyio.to_thread.run_sync(predictor.decode_sized, data)
-                                       for _, data in uploads))
-        decoded = [d if isinstance(d, str) else d[0] for d in sized]
-        rows = await _run_model(state, settings, [name for name, _ in uploads], decoded,
-                                time_left())
-        return [(name, d, None if isinstance(d, str)
-                 else predictor.prediction(name, next(rows), s[1]))
-                for (name, _), d, s in zip(uploads, decoded, sized, strict=True)]
+        return await _label(predictor, state, settings, uploads, time_left())
 
     @app.post("/v1/predict", dependencies=[Depends(check_key)], **PREDICT_DOC)
     async def predict(request: Request) -> list[dict]:
@@ -322,6 +315,19 @@ async def _uploads(request: Request, settings: ServeSettings, limit_s: float
         raise fail(408, f"the upload took longer than {settings.timeout_s:g} s") from None
     except ClientDisconnect:
         raise fail(400, "the client disconnected during the upload") from None
+
+
+async def _label(predictor: Predictor, state: _State, settings: ServeSettings,
+                 uploads: list[tuple[str, bytes]], limit_s: float) -> list:
+    """(name, pixels or the reason they cannot be read, prediction or None) per upload:
+    decoded in the thread pool, run by the batcher within `limit_s`."""
+    sized = await asyncio.gather(*(anyio.to_thread.run_sync(predictor.decode_sized, data)
+                                   for _, data in uploads))
+    decoded = [d if isinstance(d, str) else d[0] for d in sized]
+    rows = await _run_model(state, settings, [name for name, _ in uploads], decoded, limit_s)
+    return [(name, d, None if isinstance(d, str)
+             else predictor.prediction(name, next(rows), s[1]))
+            for (name, _), d, s in zip(uploads, decoded, sized, strict=True)]
 
 
 async def _run_model(state: _State, settings: ServeSettings, names: list[str],
