@@ -91,7 +91,7 @@ def _summary(report: dict[str, Any]) -> str:
              f"(uncalibrated {report['expected_calibration_error_uncalibrated']:.4f})"],
             ["answered / unsure / neither", f"{v['answered']} / {v['unsure']} / {v['neither']}"],
             ["accuracy of those answered", answered],
-            *[[f"{kind} (unsure or neither, why)", n]
+            *[[f"not answered: {kind}", n]
               for kind, n in v.get("reasons", {}).items()],
             ["test-time augmentation", "on" if report.get("tta") else "off"]]
     return (f'<p class="big">accuracy {report["accuracy"]:.4f}</p>'

@@ -247,7 +247,7 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
             "runtime": predictor.runtime.name,
             "tta": predictor.tta,
             "min_confidence": predictor.min_confidence,
-            "ood_threshold": spec.ood_threshold,
+            "ood_threshold": spec.ood_threshold, "min_side": spec.min_side,
             "provenance": provenance_summary(predictor.bundle),
             "limits": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
                        "max_upload_mb": settings.max_upload_mb,
