@@ -14,6 +14,7 @@ shares, `scratch` and `transfer` fit, `callbacks` record and checkpoint.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from pathlib import Path
@@ -119,8 +120,9 @@ def _calibration(plan: Plan, output: str, val_out: np.ndarray) -> dict[str, floa
     truth = np.array([plan.classes.index(p.label) for p in plan.split("val")])
     temperature = round(fit_temperature(probabilities, truth), 4)
     calibrated = calibrate(probabilities, temperature)
-    min_confidence = round(choose_min_confidence(calibrated, truth, max_error=cfg.max_error,
-                                                 answer_share=cfg.answer_share), 6)
+    chosen = choose_min_confidence(calibrated, truth, max_error=cfg.max_error,
+                                   answer_share=cfg.answer_share)
+    min_confidence = math.floor(chosen * 1e6) / 1e6  # rounded down: the photo at it answers
     left = unanswered(calibrated, min_confidence)
     found = {"temperature": temperature,
              "val_ece_uncalibrated": expected_calibration_error(probabilities, truth),
