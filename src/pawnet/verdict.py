@@ -27,7 +27,7 @@ UNLIKE = "unlike the training photos"
 NOT_LIKELY = "no class likely enough"
 REASONS = (TOO_SMALL, UNLIKE, NOT_LIKELY)
 
-SIDES = (16, 24, 32, 48, 64, 96, 128, 160, 192)  # shrunk sizes tried for `min_side`
+SIDES = (16, 24, 32, 48, 64, 96, 128)  # shrunk sizes tried for `min_side`
 SIZE_QUANTILE = 0.05  # training photos this small or smaller are still "seen" sizes
 ACCURACY_DROP = 0.05  # shrunk photos within this of full-size accuracy can be judged
 

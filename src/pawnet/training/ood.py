@@ -17,7 +17,7 @@ from pawnet.training.plan import Plan, log
 from pawnet.verdict import choose_min_side, sides_to_try
 
 SIZE_PHOTOS = 1000  # training photos whose sizes are read (headers only)
-SHRUNK_PHOTOS = 256  # validation photos shrunk to measure accuracy by size
+SHRUNK_PHOTOS = 128  # validation photos shrunk to measure accuracy by size
 
 
 def shorter_sides(paths: list[str], seed: int) -> list[int]:
