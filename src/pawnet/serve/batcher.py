@@ -25,7 +25,30 @@ class _Job:
     enqueued: float
 
 
-class Batcher:
+class QueueWorker:
+    """One daemon thread named `name` that runs `self._run`, with the condition its queue
+    is guarded by; `stop` lets it finish the work already queued."""
+
+    def __init__(self, name: str):
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the work already queued, then end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+
+class Batcher(QueueWorker):
     """One thread that runs the model on images gathered from concurrent requests.
 
     A batch starts when `max_batch` images are waiting, or when the oldest waiting image has
@@ -49,9 +72,7 @@ class Batcher:
         self.queue_size = queue_size
         self.on_batch = on_batch
         self._jobs: collections.deque[_Job] = collections.deque()
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="pawnet-batcher", daemon=True)
+        super().__init__("pawnet-batcher")
 
     @property
     def depth(self) -> int:
@@ -63,16 +84,6 @@ class Batcher:
         in the latency tail of the first requests that happen to form that size."""
         for size in range(1, min(self.max_batch, WARM_UP_SIZES) + 1):
             self.predict_fn(np.zeros((size, *image_shape), np.uint8))
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Finish the images already queued, then end the thread."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        self._thread.join(timeout)
 
     def submit(self, images: Sequence[np.ndarray]) -> list[Future]:
         """Queue all of a request's images, or none of them.

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from fastapi import Request
 
 from pawnet.errors import ConfigError, one_line
 from pawnet.predict import Prediction, Predictor
+from pawnet.serve.batcher import QueueWorker
 from pawnet.serve.uploads import busy, fail
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class ExplainJob:
         return self.abandoned or time.monotonic() >= self.deadline
 
 
-class Explainer:
+class Explainer(QueueWorker):
     """One thread that draws the heat-maps of `/v1/explain` requests, one request at a time.
 
     Args:
@@ -71,24 +71,12 @@ class Explainer:
         self.refusal: str | None = None  # why this model cannot be explained
         self._jobs: collections.deque[ExplainJob] = collections.deque()
         self._waiting = 0
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="pawnet-explain", daemon=True)
+        super().__init__("pawnet-explain")
 
     @property
     def depth(self) -> int:
         """Photos waiting for a heat-map."""
         return self._waiting
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Finish the requests already queued, then end the thread."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        self._thread.join(timeout)
 
     def submit(self, photos: list[tuple[Prediction, np.ndarray]], deadline: float
                ) -> ExplainJob:
