@@ -18,7 +18,6 @@ from __future__ import annotations
 import html
 import io
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +25,13 @@ import numpy as np
 
 from pawnet.data.scan import scan
 from pawnet.errors import DataError, one_line
-from pawnet.ood import leave_one_out, normalised
+from pawnet.ood import BLOCK_BYTES, leave_one_out, normalised, row_blocks
 
 NEAR_DUPLICATE = 0.90  # cosine similarity of Lite0 features (docs/decisions.md)
 FOLDS = 5
 SHOWN = 20  # rows of each table on the terminal
 PAIRS_KEPT = 10_000  # near-duplicate pairs listed in the result; all are counted
 SHEET_CARDS = 200  # cards per section of the contact sheet; --json has the rest
-BLOCK_BYTES = 16 * 2**20  # float32 similarities held at once (docs/decisions.md)
 
 
 def _features(photos: list) -> np.ndarray:
@@ -112,14 +110,10 @@ def neighbours(unit: np.ndarray, groups: np.ndarray,
     """
     unit = np.asarray(unit, np.float32)
     n = len(unit)
-    rows = max(2, block_bytes // (4 * n))
-    # blocks of equal size: a one-row block would go through BLAS's matrix-vector product,
-    # whose sums can differ from the matrix product's in the last bit
-    bounds = [int(b) for b in np.linspace(0, n, -(-n // rows) + 1)]
     kept = (np.empty(0, np.intp), np.empty(0, np.intp), np.empty(0, np.float32),
             np.empty(0, bool))
     total = straddling = 0
-    for start, stop in pairwise(bounds):
+    for start, stop in row_blocks(n, n, block_bytes):
         block = unit[start:stop] @ unit.T
         i, j = np.nonzero(np.triu(block[:, start:] >= threshold, k=1))
         i, j = i + start, j + start

@@ -17,7 +17,6 @@ docs/decisions.md.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -26,7 +25,7 @@ import numpy as np
 NEIGHBOURS = 5
 BANK_SIZE = 2048
 FALSE_NEITHER_RATE = 0.0025
-BLOCK_BYTES = 16 * 2**20  # float32 similarities held at once
+BLOCK_BYTES = 16 * 2**20  # float32 similarities held at once (docs/decisions.md)
 
 
 def normalised(features: np.ndarray) -> np.ndarray:
@@ -47,7 +46,11 @@ class OodScore:
         return scores(features, self.bank, self.mean)
 
 
-def _blocks(n: int, width: int, block_bytes: int = BLOCK_BYTES) -> list[tuple[int, int]]:
+def row_blocks(n: int, width: int, block_bytes: int = BLOCK_BYTES) -> list[tuple[int, int]]:
+    """(start, stop) of blocks of `n` rows whose float32 products with `width` columns hold
+    at most `block_bytes` (at least two rows). Blocks are of equal size: a one-row block
+    would go through BLAS's matrix-vector product, whose sums can differ from the matrix
+    product's in the last bit."""
     rows = max(2, block_bytes // (4 * max(width, 1)))
     return list(pairwise(int(b) for b in np.linspace(0, n, -(-n // rows) + 1)))
 
@@ -60,7 +63,7 @@ def scores(features: np.ndarray, bank: np.ndarray, mean: np.ndarray | None = Non
     centred = np.asarray(features, np.float32) - (0.0 if mean is None else mean)
     k = min(neighbours, bank.shape[0])
     out = np.empty(len(centred), np.float32)
-    for start, stop in _blocks(len(centred), bank.shape[0]):
+    for start, stop in row_blocks(len(centred), bank.shape[0]):
         similarity = normalised(centred[start:stop]) @ bank.T
         out[start:stop] = 1.0 - np.partition(similarity, -k, axis=1)[:, -k]
     return out
@@ -72,7 +75,7 @@ def leave_one_out(unit: np.ndarray, neighbours: int = NEIGHBOURS) -> np.ndarray:
     n = len(unit)
     k = min(neighbours, n - 1)
     out = np.empty(n, np.float32)
-    for start, stop in _blocks(n, n):
+    for start, stop in row_blocks(n, n):
         block = unit[start:stop] @ unit.T
         block[np.arange(stop - start), np.arange(start, stop)] = -1.0
         out[start:stop] = 1.0 - np.partition(block, n - k, axis=1)[:, n - k]
@@ -99,19 +102,3 @@ def fit(train: np.ndarray, val: np.ndarray, seed: int, *, frozen: bool,
     if frozen and len(bank) > NEIGHBOURS:
         found.append(leave_one_out(bank))
     return OodScore(mean, bank, round(threshold(np.concatenate(found)), 6))
-
-
-def small_view(source, side: int, max_pixels: int | None = None) -> bytes:
-    """A photo shrunk so that its shorter side is `side` pixels (its aspect kept), as PNG
-    bytes, so that it goes through the decoding a small photo would."""
-    from PIL import Image
-
-    from pawnet.data.images import MAX_PIXELS, load_preview
-
-    pixels = load_preview(source, 8 * side, max_pixels or MAX_PIXELS)
-    height, width = pixels.shape[:2]
-    scale = side / min(width, height)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR).save(buffer, "PNG")
-    return buffer.getvalue()
