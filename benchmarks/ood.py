@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pawnet
 from pawnet.data.scan import scan
+from pawnet.errors import DataError
 from pawnet.predict import expand_paths
 from pawnet.verdict import NEITHER, REASONS, UNSURE, reason_kind
 
@@ -38,7 +39,7 @@ def _photos(folder: str) -> tuple[list[str], list[str | None]]:
     try:
         found = scan(folder)
         return [p.path for p in found.photos], [p.label for p in found.photos]
-    except Exception:  # not a folder of classes: plain photos
+    except DataError:  # not a folder of classes: plain photos
         paths = expand_paths([folder])
         return paths, [None] * len(paths)
 

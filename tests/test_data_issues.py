@@ -9,7 +9,7 @@ import shutil
 import tracemalloc
 
 import numpy as np
-from conftest import CVTRICKS, SHARED_DATA, invoke, real_photos
+from conftest import CVTRICKS, SHARED_DATA, copy_photos, invoke, real_photos
 from PIL import Image
 
 import pawnet.data_issues as data_issues
@@ -66,11 +66,7 @@ def test_planted_label_error_duplicate_and_outlier_are_found(tmp_path):
 def test_a_runs_own_splits_are_checked_for_leaks(tmp_path):
     import pawnet
 
-    photos = tmp_path / "photos"
-    for label in ("cat", "dog"):
-        (photos / label).mkdir(parents=True)
-        for src in real_photos(label, 12):
-            shutil.copy(src, photos / label / src.name)
+    photos = copy_photos(tmp_path / "photos", 12)
     for i, src in enumerate(real_photos("cat", 6)):  # resaved copies: the split scatters them
         copy = io.BytesIO()
         Image.open(src).resize((200, 150)).save(copy, "JPEG", quality=70)
@@ -194,11 +190,7 @@ def test_a_thousand_near_identical_photos_are_counted_all_but_listed_capped(monk
 
 
 def test_a_file_name_cannot_forge_a_terminal_row(tmp_path):
-    root = tmp_path / "odd\nfolder\x1b[2J"
-    for label in ("cat", "dog"):
-        (root / label).mkdir(parents=True)
-        for src in real_photos(label, 6):
-            shutil.copy(src, root / label / src.name)
+    root = copy_photos(tmp_path / "odd\nfolder\x1b[2J", 6)
     odd = "new\nline\x1b[31m.jpg"
     _resaved(real_photos("cat", 1)[0], root / "cat" / odd)
 

@@ -107,6 +107,7 @@ def _calibration(plan: Plan, output: str, val_out: np.ndarray) -> dict[str, floa
     before and after it, and the minimum confidence to answer at (the run's `max_error` or
     `answer_share`, or the default policy)."""
     from pawnet.calibration import (
+        MIN_ANSWERED,
         UNANSWERED_WARNING,
         calibrate,
         choose_min_confidence,
@@ -130,7 +131,7 @@ def _calibration(plan: Plan, output: str, val_out: np.ndarray) -> dict[str, floa
              "min_confidence": min_confidence, "val_unanswered": round(left, 6)}
     policy = (f"at most {cfg.max_error:.1%} of the answers wrong" if cfg.max_error is not None
               else f"{cfg.answer_share:.1%} answered" if cfg.answer_share is not None
-              else "half as many unanswered as wrong, at least 85% answered")
+              else f"half as many unanswered as wrong, at least {MIN_ANSWERED:.0%} answered")
     log(f"Calibrated on validation photos: temperature {temperature:.3f}, expected "
         f"calibration error {found['val_ece_uncalibrated']:.4f} -> {found['val_ece']:.4f}; "
         f"'unsure' below {min_confidence:.4f} ({policy}): {left:.1%} of the validation "

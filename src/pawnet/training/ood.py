@@ -4,6 +4,7 @@ score (`pawnet.ood`) and the size below which photos are too small to judge
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from functools import partial
@@ -12,7 +13,7 @@ import numpy as np
 
 from pawnet.bundle import class_probabilities
 from pawnet.models.spec import ModelSpec, output_kind
-from pawnet.ood import OodScore, fit, small_view
+from pawnet.ood import OodScore, fit
 from pawnet.training.plan import Plan, log
 from pawnet.verdict import choose_min_side, sides_to_try
 
@@ -38,8 +39,25 @@ def shorter_sides(paths: list[str], seed: int) -> list[int]:
     return sides
 
 
-def _transfer_parts(plan: Plan, model, spec: ModelSpec):
-    """(the head, and a function giving features of photos or of their views)."""
+def small_view(source, side: int, max_pixels: int | None = None) -> bytes:
+    """A photo shrunk so that its shorter side is `side` pixels (its aspect kept), as PNG
+    bytes, so that it goes through the decoding a small photo would."""
+    from PIL import Image
+
+    from pawnet.data.images import MAX_PIXELS, load_preview
+
+    pixels = load_preview(source, 8 * side, max_pixels or MAX_PIXELS)
+    height, width = pixels.shape[:2]
+    scale = side / min(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _transfer_parts(plan: Plan, model, spec: ModelSpec) -> tuple[Callable, Callable]:
+    """(a function giving the backbone's features of photos or of their views, cached; the
+    head on those features)."""
     from pawnet.features import FeatureStore, backbone_id, backbone_runtime, cached_features
 
     cfg = plan.cfg
@@ -51,27 +69,34 @@ def _transfer_parts(plan: Plan, model, spec: ModelSpec):
         return cached_features(runtime, FeatureStore(key, view), photos, cfg.image_size,
                                cfg.batch_size, desc, cfg.max_pixels, view=make)
 
-    return head, features
+    def classify(rows: np.ndarray) -> np.ndarray:
+        return np.asarray(head.predict(rows, verbose=0, batch_size=256))
+
+    return features, classify
 
 
-def _scratch_features(plan: Plan, model) -> Callable:
-    """A function giving the features a from-scratch model classifies, of photos or of
-    their views."""
-    from pawnet.data.images import load_pixels
+def _scratch_parts(plan: Plan, model) -> tuple[Callable, Callable]:
+    """(a function giving the features a from-scratch model classifies, of photos or of
+    their views; its last layer on those features)."""
+    import keras
+
+    from pawnet.features import extract_features
     from pawnet.models.ood import feature_model
     from pawnet.runtimes import KerasRuntime
 
     cfg = plan.cfg
-    features = KerasRuntime(feature_model(model))
+    runtime = KerasRuntime(feature_model(model))
+    last = model.get_layer("predictions")
 
-    def of(photos, view: str = "", make=None, desc: str = "") -> np.ndarray:
-        sources = [make(p.path) if make else p.path for p in photos]
-        out = [features(np.stack([load_pixels(s, cfg.image_size, cfg.max_pixels)
-                                  for s in sources[i : i + cfg.batch_size]]))
-               for i in range(0, len(sources), cfg.batch_size)]
-        return np.concatenate(out)
+    def features(photos, view: str = "", make=None, desc: str = "Features") -> np.ndarray:
+        return extract_features(runtime, [make(p.path) if make else p.path for p in photos],
+                                cfg.image_size, cfg.batch_size, desc=desc,
+                                max_pixels=cfg.max_pixels)
 
-    return of
+    def classify(rows: np.ndarray) -> np.ndarray:
+        return np.asarray(keras.ops.convert_to_numpy(last(rows.astype(np.float32))))
+
+    return features, classify
 
 
 def fit_unknowns(plan: Plan, model, spec: ModelSpec, found: dict[str, np.ndarray] | None
@@ -92,11 +117,8 @@ def fit_unknowns(plan: Plan, model, spec: ModelSpec, found: dict[str, np.ndarray
         return model, None, 0
     started = time.monotonic()
     train_photos, val_photos = plan.split("train"), plan.split("val")
-    if spec.pretrained:
-        head, features = _transfer_parts(plan, model, spec)
-        classify = partial(_predict, head)
-    else:
-        features, classify = _scratch_features(plan, model), None
+    features, classify = (_transfer_parts(plan, model, spec) if spec.pretrained
+                          else _scratch_parts(plan, model))
     found = found or {"train": features(train_photos, desc="Features (train)"),
                       "val": features(val_photos, desc="Features (val)")}
     frozen = spec.pretrained and not plan.cfg.fine_tune
@@ -107,18 +129,7 @@ def fit_unknowns(plan: Plan, model, spec: ModelSpec, found: dict[str, np.ndarray
     return with_ood(model, score), score, min_side
 
 
-def _predict(head, features: np.ndarray) -> np.ndarray:
-    return np.asarray(head.predict(features, verbose=0, batch_size=256))
-
-
-def _classify_features(layer, features: np.ndarray) -> np.ndarray:
-    """A from-scratch model's last layer on its features."""
-    import keras
-
-    return np.asarray(keras.ops.convert_to_numpy(layer(features.astype(np.float32))))
-
-
-def _min_side(plan: Plan, model, features: Callable, classify: Callable | None,
+def _min_side(plan: Plan, model, features: Callable, classify: Callable,
               val_features: np.ndarray) -> int:
     """The too-small cut: the smallest size at which shrunk validation photos are judged
     about as well as at full size, at most the training photos' usual smallest size."""
@@ -130,10 +141,9 @@ def _min_side(plan: Plan, model, features: Callable, classify: Callable | None,
         photos, val_features = [photos[i] for i in keep], val_features[keep]
     truth = np.array([plan.classes.index(p.label) for p in photos])
     output = output_kind(model)
-    run = classify or partial(_classify_features, model.get_layer("predictions"))
 
     def accuracy(rows: np.ndarray) -> float:
-        return float((class_probabilities(run(rows), output).argmax(1) == truth).mean())
+        return float((class_probabilities(classify(rows), output).argmax(1) == truth).mean())
 
     def accuracy_at(side: int) -> float:
         return accuracy(features(photos, f"shorter-side-{side}",
