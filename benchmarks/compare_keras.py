@@ -9,7 +9,7 @@
 (a') the same with TensorFlow's oneDNN kernels switched on (TF_ENABLE_ONEDNN_OPTS=1), which
     TensorFlow leaves off on CPUs without AVX-512 and pawnet switches on: the ratio against
     it is what pawnet wins beyond that one setting.
-(b) pawnet: `pawnet.bench.bench` with `tutorial-a-cnn` and the same augmentation, which
+(b) pawnet: `pawnet.tools.bench.bench` with `tutorial-a-cnn` and the same augmentation, which
     trains through the same pipeline as `pawnet train`.
 
 Each side runs in its own fresh process, so peak memory (ru_maxrss) is its own. Printed:
@@ -104,8 +104,8 @@ def pawnet_route(folder: str, epochs: int) -> dict:
     # No `import keras` before pawnet: pawnet switches TensorFlow's oneDNN kernels on, which
     # only works before TensorFlow is imported (importing keras first had measured pawnet
     # at plain Keras' speed).
-    from pawnet.bench import bench
     from pawnet.models.registry import get_model_spec
+    from pawnet.tools.bench import bench
 
     result = bench(folder, model="tutorial-a-cnn", image_size=IMAGE_SIZE,
                    batch_size=BATCH_SIZE, augment=AUGMENT, epochs=epochs)

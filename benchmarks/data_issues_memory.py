@@ -41,8 +41,8 @@ VALIDATION_SHARE = 5  # every 5th file goes to validation/
 CHILD = """
 import importlib.util, sys
 if sys.argv[1]:
-    spec = importlib.util.spec_from_file_location("pawnet.data_issues", sys.argv[1])
-    sys.modules["pawnet.data_issues"] = module = importlib.util.module_from_spec(spec)
+    spec = importlib.util.spec_from_file_location("pawnet.data.issues", sys.argv[1])
+    sys.modules["pawnet.data.issues"] = module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 from pawnet.cli import main
 sys.argv = ["pawnet", *sys.argv[2:]]

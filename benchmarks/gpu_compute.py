@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import keras
 import numpy as np
 
-from pawnet.bench import repeat_rate
 from pawnet.data.images import IMAGE_SUFFIXES, load_pixels
+from pawnet.tools.bench import repeat_rate
 
 MEASURE_SECONDS = 3.0
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")

@@ -27,8 +27,8 @@ from pathlib import Path
 import pawnet
 from pawnet.data.scan import scan
 from pawnet.errors import DataError
-from pawnet.predict import expand_paths
-from pawnet.verdict import NEITHER, REASONS, UNSURE, reason_kind
+from pawnet.inference.predictor import expand_paths
+from pawnet.trust.verdict import NEITHER, REASONS, UNSURE, reason_kind
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FOLDERS = ("ood_photos", "ood", "tongpython/test", "cvtricks/test")

@@ -19,8 +19,8 @@ import numpy as np
 from ood import SHARED, measure
 
 import pawnet
-from pawnet.calibration import expected_calibration_error
 from pawnet.data.scan import scan
+from pawnet.trust.calibration import expected_calibration_error
 
 CANDIDATES = {
     "lite0": {"model": "efficientnet-lite0"},

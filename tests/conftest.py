@@ -4,39 +4,14 @@ that only need *a* model."""
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from helpers import copy_photos, make_odd_files, real_photos
 
-import pawnet  # sets TensorFlow's environment, so it goes before any test imports TensorFlow
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("PAWNET_SHARED_DATA", REPO.parent / "shared" / "data"))
-CVTRICKS = SHARED_DATA / "cvtricks"
-CDFILTERED = SHARED_DATA / "cdfiltered"
-TONGPYTHON = SHARED_DATA / "tongpython"
-
-if not CVTRICKS.is_dir():
-    raise RuntimeError(f"the shared photos are missing: {SHARED_DATA} (expected ../shared/data)")
-
-
-def invoke(*args):
-    """Run the `pawnet` command in this process; returns click's Result."""
-    from typer.testing import CliRunner
-
-    from pawnet.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def real_photos(label: str, n: int, split: str = "train", dataset: Path = CVTRICKS) -> list[Path]:
-    """The first `n` real photos of a class, in a stable order."""
-    return sorted((dataset / split / label).glob("*.jpg"))[:n]
+import pawnet
 
 
 @pytest.fixture(scope="session")
@@ -52,15 +27,6 @@ def _isolated_cache(tmp_path_factory, monkeypatch, _shared_runtimes):
     cache = tmp_path_factory.mktemp("cache")
     (cache / "runtimes").symlink_to(_shared_runtimes, target_is_directory=True)
     monkeypatch.setenv("PAWNET_CACHE_DIR", str(cache))
-
-
-def copy_photos(dest: Path, per_class: int = 12, classes=("cat", "dog"), split="train",
-                offset: int = 0) -> Path:
-    for label in classes:
-        (dest / label).mkdir(parents=True, exist_ok=True)
-        for src in real_photos(label, offset + per_class, split)[offset:]:
-            shutil.copy(src, dest / label / src.name)
-    return dest
 
 
 @pytest.fixture
@@ -88,52 +54,6 @@ def kaggle_flat(tmp_path) -> Path:
         for src in real_photos(label, 10):
             shutil.copy(src, root / src.name)
     return root
-
-
-def _jpeg_bytes() -> bytes:
-    return real_photos("cat", 1)[0].read_bytes()
-
-
-def make_odd_files(folder: Path) -> dict[str, str | None]:
-    """Write one file of every odd kind into `folder`, made from a real photo.
-
-    Returns {file name: expected skip reason prefix, or None when it must be usable}.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    photo = Image.open(io.BytesIO(_jpeg_bytes())).convert("RGB")
-    data = _jpeg_bytes()
-    expected: dict[str, str | None] = {}
-
-    def save(name, img, reason=None, **kw):
-        img.save(folder / name, **kw)
-        expected[name] = reason
-
-    (folder / "zero.jpg").write_bytes(b"")
-    expected["zero.jpg"] = "empty file"
-    (folder / "notes.txt").write_text("not a photo\n")
-    expected["notes.txt"] = "not an image"
-    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
-    expected["truncated.jpg"] = "truncated or corrupt"
-    junk = np.random.default_rng(0).integers(0, 256, len(data) - 400, dtype=np.uint8)
-    (folder / "corrupt.jpg").write_bytes(data[:400] + junk.tobytes())
-    expected["corrupt.jpg"] = "truncated or corrupt|not an image"
-    save("unsupported.tiff", photo, "unsupported format TIFF")
-    save("grayscale.jpg", photo.convert("L"))
-    save("cmyk.jpg", photo.convert("CMYK"))
-    save("palette.png", photo.convert("P"))
-    alpha = photo.convert("RGBA")
-    alpha.putalpha(128)
-    save("alpha.png", alpha)
-    save("sixteen_bit.png", Image.fromarray(
-        (np.asarray(photo.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)))
-    frames = [photo.convert("P"), photo.rotate(90).convert("P")]
-    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:])
-    expected["animated.gif"] = None
-    save("bitmap.bmp", photo)
-    save("web.webp", photo)
-    Image.new("1", (9500, 9500)).save(folder / "bomb.png")  # 90.25 M pixels, a few KB
-    expected["bomb.png"] = "too many pixels"
-    return expected
 
 
 @pytest.fixture

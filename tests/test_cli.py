@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TONGPYTHON, invoke, real_photos
+from helpers import TONGPYTHON, invoke, real_photos
 from PIL import Image
 
 

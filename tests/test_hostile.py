@@ -15,14 +15,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CVTRICKS, copy_photos, real_photos
 from fastapi.testclient import TestClient
+from helpers import CVTRICKS, copy_photos, real_photos
 from PIL import Image
 from typer.testing import CliRunner
 
 from pawnet.cli import app
 from pawnet.data.scan import scan
-from pawnet.predict import load
+from pawnet.inference.predictor import load
 from pawnet.serve.app import create_app
 from pawnet.serve.settings import ServeSettings
 

@@ -9,7 +9,7 @@ import numpy as np
 from pawnet.config import resolve_config
 from pawnet.data.scan import scan
 from pawnet.data.splits import assign_splits
-from pawnet.plots import is_own_png, plot_grid
+from pawnet.reporting.plots import is_own_png, plot_grid
 from pawnet.storage import check_output_file
 
 GRID_SIZE = 64  # an 8x8 grid

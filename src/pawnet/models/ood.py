@@ -1,12 +1,12 @@
 """The OOD score inside the model: one more output column after the class outputs, so that
-Keras, ONNX Runtime, LiteRT and every export compute it alike (see `pawnet.ood`)."""
+Keras, ONNX Runtime, LiteRT and every export compute it alike (see `pawnet.trust.ood`)."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 
-from pawnet.ood import NEIGHBOURS, OodScore
+from pawnet.trust.ood import NEIGHBOURS, OodScore
 
 
 @keras.saving.register_keras_serializable(package="pawnet")

@@ -41,8 +41,8 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
-from pawnet.bundle import Bundle
-from pawnet.predict import Prediction, Predictor, check_confidence, load
+from pawnet.inference.bundle import Bundle
+from pawnet.inference.predictor import Prediction, Predictor, check_confidence, load
 from pawnet.serve.batcher import Batcher, QueueFull
 from pawnet.serve.explainer import GONE, Explainer, ExplainQueueFull, heat_maps_of
 from pawnet.serve.metrics import Metrics, MetricsMiddleware

@@ -21,7 +21,7 @@ import numpy as np
 from fastapi import Request
 
 from pawnet.errors import ConfigError, one_line
-from pawnet.predict import Prediction, Predictor
+from pawnet.inference.predictor import Prediction, Predictor
 from pawnet.serve.batcher import QueueWorker
 from pawnet.serve.uploads import busy, fail
 
@@ -128,11 +128,11 @@ class Explainer(QueueWorker):
         that the first request does not wait for all that; a model that cannot be
         explained is noted in `refusal`. Call it before serving: importing TensorFlow
         holds back the process's stderr, and with it the server's log lines."""
-        from pawnet import explain
+        from pawnet.reporting import gradcam
 
         size = self.predictor.image_size
         try:
-            explain.grad_cam(self.predictor.model, np.zeros((1, size, size, 3), np.uint8))
+            gradcam.grad_cam(self.predictor.model, np.zeros((1, size, size, 3), np.uint8))
         except ConfigError as exc:
             self.refusal = one_line(exc)
         except Exception:  # a bug: show it, and let the server label photos all the same
@@ -140,7 +140,7 @@ class Explainer(QueueWorker):
                            exc_info=True)
 
     def _explain(self, job: ExplainJob) -> None:
-        from pawnet import explain
+        from pawnet.reporting import gradcam
 
         classes = self.predictor.classes
         index = [classes.index(prediction.top_class) for prediction, _ in job.photos]
@@ -150,9 +150,9 @@ class Explainer(QueueWorker):
                 return  # `_run` fails the request; the rest never starts
             self._take(job, len(chunk))
             pixels = np.stack([job.photos[i][1] for i in chunk])
-            cams, _ = explain.grad_cam(self.predictor.model, pixels, index[chunk[0]])
+            cams, _ = gradcam.grad_cam(self.predictor.model, pixels, index[chunk[0]])
             for i, cam in zip(chunk, cams, strict=True):
-                answers[i] = explain.answer(*job.photos[i], cam)
+                answers[i] = gradcam.answer(*job.photos[i], cam)
         job.future.set_result(answers)
 
 

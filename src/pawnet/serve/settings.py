@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pawnet.config import check_fields, coerce_field, setting
 from pawnet.data.images import MAX_PIXELS
 from pawnet.errors import ConfigError
-from pawnet.runtimes import RUNTIMES
+from pawnet.inference.runtimes import RUNTIMES
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # Lower than the CLI's limit: a 48 MP phone photo passes, and a request of bombs cannot

@@ -5,7 +5,7 @@ runs/train/
   config.yaml      the resolved settings        manifest.csv   path, label, split, sha256
   data.json        skipped files, duplicates    history.csv    one row per epoch
   curves.png       loss and accuracy curves     checkpoints/   last/, best.weights.h5
-  bundle/          the model bundle (see pawnet.bundle)
+  bundle/          the model bundle (see pawnet.inference.bundle)
 ```
 
 `plan` settles what the run does (new or resumed), `recipe` holds what every way of training
@@ -22,15 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from pawnet.bundle import BundleSpec, class_probabilities, save_bundle
 from pawnet.config import resolve_config
 from pawnet.distribute import connect, lost_workers, split_batch
 from pawnet.errors import one_line
+from pawnet.inference.bundle import BundleSpec, class_probabilities, save_bundle
 from pawnet.models.registry import get_model_spec
 from pawnet.models.spec import output_kind
 from pawnet.training import scratch, transfer
 from pawnet.training.callbacks import read_history, require_tensorboard
-from pawnet.training.ood import fit_unknowns
 from pawnet.training.plan import (
     Plan,
     already_finished,
@@ -42,6 +41,7 @@ from pawnet.training.plan import (
     start_resumed,
 )
 from pawnet.training.recipe import class_weights
+from pawnet.training.unknowns import fit_unknowns
 
 
 def train(photos: str | Path | None = None, *, config: str | Path | dict | None = None,
@@ -106,7 +106,7 @@ def _calibration(plan: Plan, output: str, val_out: np.ndarray) -> dict[str, floa
     """Fitted on the validation photos: the temperature, their calibration error (ECE)
     before and after it, and the minimum confidence to answer at (the run's `max_error` or
     `answer_share`, or the default policy)."""
-    from pawnet.calibration import (
+    from pawnet.trust.calibration import (
         MIN_ANSWERED,
         UNANSWERED_WARNING,
         calibrate,

@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 
 from pawnet.errors import ConfigError
-from pawnet.plots import plot_curves
+from pawnet.reporting.plots import plot_curves
 from pawnet.storage import Output, atomic_path, atomic_write_text, committed
 
 # Keras' unzipped model format, the resume checkpoint `checkpoints/last/`

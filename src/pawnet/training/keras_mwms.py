@@ -15,7 +15,7 @@ https://github.com/keras-team/keras/issues/19891. The shim builds the model from
 worker's own first batch, and gives the per-step logs this worker's values (the progress
 line). Gradients are still all-reduced by the strategy, and the epoch's figures still come
 from the metrics' variables, which Keras reads across all workers, so every worker logs
-the same epoch figures. `tests/test_keras_mwms.py` fails the day Keras fixes the
+the same epoch figures. `tests/training/test_keras_mwms.py` fails the day Keras fixes the
 bugs, so that this module can go.
 """
 

@@ -1,0 +1,310 @@
+"""Where a model runs: Keras (TensorFlow), ONNX Runtime or LiteRT, behind one call.
+
+A runtime takes images `(N, size, size, 3)` (uint8 pixels, or float32 after augmentation)
+and returns the model's outputs `(N, units)` as float32. ONNX and LiteRT run a file
+converted from the Keras model once and cached in the user cache, keyed by the model's
+fingerprint; the file's checksum and the result of a parity check against Keras are kept
+next to it, so a damaged or disagreeing file is remade or skipped, never trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pawnet.errors import BundleError, ConfigError
+from pawnet.storage import atomic_path, atomic_write_text, cache_dir
+
+RUNTIMES = ("auto", "keras", "onnx", "litert")
+AUTO_ORDER = ("onnx", "litert", "keras")  # fastest first, measured (docs/decisions.md)
+PACKAGES = {"onnx": "onnxruntime", "litert": "ai_edge_litert"}
+PIP_NAMES = {"onnx": "onnxruntime", "litert": "ai-edge-litert"}
+SUFFIXES = {"onnx": ".onnx", "litert": ".tflite"}
+CALL_SIZES = (1, 2, 4, 8)  # photos per call tried on each core (docs/decisions.md)
+SPLIT_FROM = 16  # larger ONNX batches run as one-thread calls on every core at once
+PARITY_ATOL = 1e-4  # a converted file must give the Keras outputs to this, else it is skipped
+CACHE_VERSION = 2
+
+
+class Runtime(Protocol):
+    name: str
+
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
+
+
+def threads() -> int:
+    return os.cpu_count() or 1
+
+
+def core_chunks(n: int, per_call: int) -> list[range]:
+    """`n` items cut into runs of at most `per_call`, enough for every core, for callers
+    that run one call per core on a runtime whose calls overlap."""
+    size = max(1, min(per_call, math.ceil(n / threads())))
+    return [range(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def on_every_core(func: Callable[[range], Any], n: int, per_call: int) -> list:
+    """`func` over the `core_chunks` of `n` items, one thread per core, results in order."""
+    with ThreadPoolExecutor(max_workers=threads()) as pool:
+        return list(pool.map(func, core_chunks(n, per_call)))
+
+
+class KerasRuntime:
+    """The Keras model itself, through one compiled function for any batch size."""
+
+    name = "keras"
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        from pawnet.data.pipeline import batch_function
+
+        dtype = "uint8" if images.dtype == np.uint8 else "float32"
+        return np.asarray(batch_function(self.model, dtype)(images), dtype=np.float32)
+
+
+class OnnxRuntime:
+    """An ONNX file on ONNX Runtime's CPU provider; safe to call from several threads."""
+
+    name = "onnx"
+
+    def __init__(self, path: Path, num_threads: int | None = None, photos_per_call: int = 1):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads or threads()
+        options.log_severity_level = 3
+        self.path = path
+        self.photos_per_call = photos_per_call  # fastest on one core, measured at conversion
+        self.session = ort.InferenceSession(str(path), options,
+                                            providers=["CPUExecutionProvider"])
+        self._single: OnnxRuntime | None = None
+        self._input = self.session.get_inputs()[0].name
+        self.input_shape = tuple(self.session.get_inputs()[0].shape)
+        self.units = self.session.get_outputs()[0].shape[-1]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(images, dtype=np.float32)
+        if len(batch) < SPLIT_FROM or threads() == 1:
+            return self.session.run(None, {self._input: batch})[0]
+        single = self.single_threaded()  # a few photos per core beat one call on all cores
+
+        def run(chunk: range) -> np.ndarray:
+            return single.session.run(None, {self._input: batch[chunk.start : chunk.stop]})[0]
+
+        return np.concatenate(on_every_core(run, len(batch), self.photos_per_call))
+
+    def single_threaded(self) -> OnnxRuntime:
+        """The same model on one thread per call, for callers that run one call per core."""
+        if self._single is None:
+            self._single = (self if threads() == 1
+                            else OnnxRuntime(self.path, 1, self.photos_per_call))
+        return self._single
+
+    def fastest_call_size(self, images: np.ndarray) -> int:
+        """Photos per one-thread call that run fastest here: one photo keeps activations
+        in cache, several share each read of the weights (large dense layers)."""
+        single = self.single_threaded()
+        batch = np.resize(images, (max(CALL_SIZES), *images.shape[1:]))
+
+        def seconds(size: int) -> float:
+            single(batch[:size])  # first call at a new size sets it up
+            started = time.perf_counter()
+            for start in range(0, len(batch), size):
+                single(batch[start : start + size])
+            return time.perf_counter() - started
+
+        timings = {size: min(seconds(size) for _ in range(3)) for size in CALL_SIZES}
+        return min(timings, key=timings.__getitem__)
+
+
+class LiteRTRuntime:
+    """A LiteRT (TFLite) file on its XNNPACK CPU delegate.
+
+    An interpreter has one input shape at a time and reallocates to change it, so batches
+    are padded to a power of two with one interpreter kept per size; an interpreter runs
+    one call at a time, so calls are serialised.
+    """
+
+    name = "litert"
+
+    def __init__(self, path: Path, num_threads: int | None = None):
+        self.path = path
+        self.num_threads = num_threads or threads()
+        self._interpreters: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        interpreter = self._interpreter(1)
+        self.input_shape = tuple(interpreter.get_input_details()[0]["shape_signature"])
+        self.units = int(interpreter.get_output_details()[0]["shape"][-1])
+
+    def _interpreter(self, batch: int):
+        if batch not in self._interpreters:
+            from ai_edge_litert.interpreter import Interpreter
+
+            from pawnet.quiet import VERBOSE, native_stderr_held
+
+            with contextlib.nullcontext() if VERBOSE else native_stderr_held():  # "INFO: ..."
+                interpreter = Interpreter(model_path=str(self.path),
+                                          num_threads=self.num_threads)
+                index = interpreter.get_input_details()[0]["index"]
+                shape = interpreter.get_input_details()[0]["shape"]
+                interpreter.resize_tensor_input(index, [batch, *shape[1:]])
+                interpreter.allocate_tensors()
+            self._interpreters[batch] = interpreter
+        return self._interpreters[batch]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        n = len(images)
+        size = 1 << max(0, n - 1).bit_length()
+        batch = np.zeros((size, *images.shape[1:]), np.float32)
+        batch[:n] = images
+        with self._lock:
+            interpreter = self._interpreter(size)
+            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
+            interpreter.invoke()
+            return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[:n].copy()
+
+
+def open_file(path: Path, fmt: str, num_threads: int | None = None,
+              photos_per_call: int = 1) -> Runtime:
+    """A runtime for a converted file: "onnx" or "litert"."""
+    if fmt == "onnx":
+        return OnnxRuntime(path, num_threads, photos_per_call)
+    return LiteRTRuntime(path, num_threads)
+
+
+def synthetic_images(size: int) -> np.ndarray:
+    """Fixed uint8 images (a colour ramp and noise) to compare runtimes on when no photos
+    are at hand."""
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, size)
+    smooth = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 255 - ramp[:, None]),
+                      axis=-1)
+    return np.concatenate([smooth[None], rng.integers(0, 256, (7, size, size, 3))]
+                          ).astype(np.uint8)
+
+
+def installed(name: str) -> bool:
+    """Whether runtime `name` can run here (its package is installed)."""
+    return name == "keras" or importlib.util.find_spec(PACKAGES[name]) is not None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cached(model_file: Path, fmt: str) -> tuple[Runtime | None, dict | None]:
+    """The cached runtime and its record, or (None, None) when missing or damaged."""
+    record_file = model_file.with_suffix(".json")
+    try:
+        record = json.loads(record_file.read_text())
+        if record.get("version") != CACHE_VERSION or record["sha256"] != _sha256(model_file):
+            return None, None
+        if not record["agrees"]:
+            return None, record
+        return open_file(model_file, fmt, photos_per_call=int(record["photos_per_call"])), record
+    except Exception:  # missing, unreadable, damaged: remake it
+        return None, None
+
+
+def converted(key: str, fmt: str, keras_model: Callable[[], Any],
+              probe: Callable[[], np.ndarray]) -> Runtime | None:
+    """A runtime for `fmt` running the model called `key`, converted once and cached.
+
+    Args:
+        key: names the model's exact weights and input size (a fingerprint).
+        keras_model: gives the Keras model; called only when the file must be made.
+        probe: gives images to check the converted file against Keras on.
+
+    Returns:
+        The runtime, or None when the converted file disagrees with Keras beyond
+        `PARITY_ATOL` (remembered, so it is not converted again).
+    """
+    from pawnet.inference.convert import write_model
+
+    model_file = cache_dir() / "runtimes" / f"{key}-{fmt}{SUFFIXES[fmt]}"
+    runtime, record = _cached(model_file, fmt)
+    if record is not None:
+        return runtime
+    print(f"Converting the model for {fmt} once (cached in {model_file.parent})",
+          file=sys.stderr, flush=True)
+    model = keras_model()
+    model_file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(model_file) as tmp:
+        write_model(model, fmt, tmp)
+    images = probe()
+    want = KerasRuntime(model)(images)
+    runtime = open_file(model_file, fmt)
+    got = runtime(images)
+    diff = float(np.abs(got - want).max()) if len(images) else 0.0
+    agrees = diff <= PARITY_ATOL and bool((got.argmax(1) == want.argmax(1)).all())
+    per_call = runtime.fastest_call_size(images) if isinstance(runtime, OnnxRuntime) else 1
+    record = {"version": CACHE_VERSION, "format": fmt, "sha256": _sha256(model_file),
+              "max_abs_diff": diff, "checked_on": len(images), "agrees": agrees,
+              "photos_per_call": per_call}
+    atomic_write_text(model_file.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    return open_file(model_file, fmt, photos_per_call=per_call) if agrees else None
+
+
+
+def choose(runtime: str, key: str, keras_model: Callable[[], Any],
+           probe: Callable[[], np.ndarray]) -> Runtime:
+    """The runtime named by `runtime`; "auto" is the first of `AUTO_ORDER` that is
+    installed, converts, and agrees with Keras.
+
+    Raises:
+        ConfigError: an unknown runtime, or a named one that is not installed or whose
+            converter is missing.
+        BundleError: a named runtime whose converted file disagrees with Keras.
+    """
+    from pawnet.inference.convert import check_format
+
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; allowed: {', '.join(RUNTIMES)}")
+    if runtime == "keras":
+        return KerasRuntime(keras_model())
+    if runtime != "auto":
+        if not installed(runtime):
+            raise ConfigError(f"--runtime {runtime} needs {PIP_NAMES[runtime]}, which is "
+                              f"not installed. Try: pip install {PIP_NAMES[runtime]}")
+        check_format(runtime)
+        found = converted(key, runtime, keras_model, probe)
+        if found is None:
+            raise BundleError(f"the {runtime} conversion of this model disagrees with Keras "
+                              f"beyond {PARITY_ATOL:g}. Try: --runtime keras")
+        return found
+    for name in AUTO_ORDER[:-1]:
+        if not installed(name):
+            continue
+        try:
+            check_format(name)
+            found = converted(key, name, keras_model, probe)
+        except ConfigError:
+            continue  # its converter is not installed
+        except BundleError:
+            raise  # the bundle itself is damaged: no runtime will do
+        except Exception as exc:  # a converter bug must not stop predictions: try the next
+            print(f"warning: could not convert the model for {name} ({exc}); trying the "
+                  "next runtime", file=sys.stderr, flush=True)
+            continue
+        if found is not None:
+            return found
+    return KerasRuntime(keras_model())

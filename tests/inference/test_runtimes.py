@@ -1,0 +1,112 @@
+import json
+
+import numpy as np
+import pytest
+from helpers import assert_runtimes_agree, real_photos
+
+import pawnet
+from pawnet.data.images import load_pixels
+from pawnet.errors import ConfigError
+from pawnet.inference import runtimes
+from pawnet.inference.bundle import resolve
+from pawnet.storage import cache_dir
+
+
+def test_every_runtime_agrees_with_keras_on_a_scratch_model(trained_run):
+    photos = real_photos("cat", 4, "test") + real_photos("dog", 4, "test")
+    assert_runtimes_agree(trained_run, photos)
+
+
+def _cached_files(fmt):
+    return sorted((cache_dir() / "runtimes").glob(f"*-{fmt}.*"))
+
+
+@pytest.fixture
+def own_runtime_cache(tmp_path, monkeypatch):
+    """A cache whose runtimes folder is this test's own (conftest shares it otherwise)."""
+    monkeypatch.setenv("PAWNET_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_converted_file_is_made_once_then_used_without_loading_keras(
+        trained_run, own_runtime_cache, capfd):
+    pawnet.load(trained_run, runtime="onnx")
+    assert "Converting the model for onnx once" in capfd.readouterr().err
+    predictor = pawnet.load(trained_run, runtime="onnx")
+    assert "Converting" not in capfd.readouterr().err
+    assert predictor.bundle._model is None  # the Keras model was never loaded
+    record = json.loads(_cached_files("onnx")[0].with_suffix(".json").read_text())
+    assert record["agrees"] and record["max_abs_diff"] <= 1e-5 and record["checked_on"] > 0
+
+
+def test_a_damaged_cached_file_is_remade_not_trusted(trained_run, own_runtime_cache, capfd):
+    photo = real_photos("dog", 1, "test")
+    want = pawnet.load(trained_run, runtime="onnx").predict(photo)[0].probabilities
+    model_file = next(p for p in _cached_files("onnx") if p.suffix == ".onnx")
+    model_file.write_bytes(model_file.read_bytes()[:1000])  # truncated
+    capfd.readouterr()
+    got = pawnet.load(trained_run, runtime="onnx").predict(photo)[0].probabilities
+    assert "Converting" in capfd.readouterr().err
+    assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_a_changed_bundle_gets_its_own_converted_file(trained_run, tmp_path, own_runtime_cache):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run / "bundle", copy)
+    pawnet.load(trained_run, runtime="onnx")
+    spec = json.loads((copy / "bundle.json").read_text())
+    spec["class_names"] = spec["class_names"][::-1]  # same weights, other meaning
+    (copy / "bundle.json").write_text(json.dumps(spec))
+    assert resolve(copy).fingerprint != resolve(trained_run).fingerprint
+    pawnet.load(copy, runtime="onnx")
+    assert len([p for p in _cached_files("onnx") if p.suffix == ".onnx"]) == 2
+
+
+def test_auto_skips_a_runtime_that_disagrees_or_is_missing(trained_run, own_runtime_cache,
+                                                           monkeypatch):
+    assert pawnet.load(trained_run).runtime.name == "onnx"
+    record_file = _cached_files("onnx")[0].with_suffix(".json")
+    record = json.loads(record_file.read_text())
+    record_file.write_text(json.dumps({**record, "agrees": False}))
+    assert pawnet.load(trained_run).runtime.name == "litert"
+    monkeypatch.setattr(runtimes, "installed", lambda name: name == "keras")
+    assert pawnet.load(trained_run).runtime.name == "keras"
+
+
+def test_unknown_or_missing_runtime_is_one_clear_error(trained_run, monkeypatch):
+    with pytest.raises(ConfigError, match="unknown runtime 'tpu'; allowed: auto, keras"):
+        pawnet.load(trained_run, runtime="tpu")
+    monkeypatch.setattr(runtimes, "installed", lambda name: name == "keras")
+    with pytest.raises(ConfigError, match=r"needs onnxruntime.*pip install onnxruntime"):
+        pawnet.load(trained_run, runtime="onnx")
+
+
+def test_litert_pads_odd_batches_and_gives_each_row_its_own_answer(trained_run):
+    predictor = pawnet.load(trained_run, runtime="litert")
+    pixels = np.stack([load_pixels(p, 32) for p in real_photos("cat", 3, "test")
+                       + real_photos("dog", 2, "test")])
+    together = predictor.probabilities(pixels)  # padded to 8 inside
+    one_by_one = np.concatenate([predictor.probabilities(pixels[i : i + 1]) for i in range(5)])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-6)
+
+
+def test_photos_per_call_is_measured_at_conversion_and_every_size_answers_alike(
+        trained_run, own_runtime_cache, tmp_path):
+    predictor = pawnet.load(trained_run, runtime="onnx")
+    record = json.loads(_cached_files("onnx")[0].with_suffix(".json").read_text())
+    assert record["photos_per_call"] in runtimes.CALL_SIZES
+    assert predictor.runtime.photos_per_call == record["photos_per_call"]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a photo")
+    photos = [*real_photos("cat", 3, "test"), broken, *real_photos("dog", 4, "test")]
+    answers = {}
+    for size in runtimes.CALL_SIZES:
+        predictor.runtime.photos_per_call, predictor.runtime._single = size, None
+        answers[size] = predictor.predict(photos)
+    for results in answers.values():
+        assert [r.path for r in results] == [str(p) for p in photos]
+        assert results[3].error and "not an image" in results[3].error
+        for got, want in zip(results, answers[1], strict=True):
+            assert got.label == want.label
+            assert got.probabilities == pytest.approx(want.probabilities, abs=1e-6)
