@@ -18,6 +18,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from pawnet.errors import ClusterError, ConfigError, one_line
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
 STARTUP_TIMEOUT_S = 600  # how long workers wait for each other to start, by default
@@ -234,11 +237,10 @@ def _warn_open_port(config: dict, index: int, count: int) -> None:
     narrows it (docs/decisions.md, "Multi-worker ports are open to the network")."""
     task = config["task"]
     port = config["cluster"][task["type"]][int(task["index"])].rpartition(":")[2]
-    print(f"warning: worker {index} of {count} listens on port {port} of every network "
+    log.warning(f"worker {index} of {count} listens on port {port} of every network "
           "interface, with no authentication: anyone who can reach that port can run code "
           "in this worker (TensorFlow cannot bind one address). Try: keep the workers on an "
-          "isolated network, or behind a firewall that only lets the other workers in",
-          flush=True)
+          "isolated network, or behind a firewall that only lets the other workers in")
 
 
 def _meet_within(config: dict, seconds: int) -> None:

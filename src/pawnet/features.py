@@ -21,7 +21,8 @@ import numpy as np
 from pawnet.data.images import MAX_PIXELS, decode_ahead, load_pixels
 from pawnet.distribute import Cluster, all_sum, gather_rows
 from pawnet.inference.runtimes import Runtime, choose, core_chunks, synthetic_images, threads
-from pawnet.storage import atomic_write_bytes, cache_dir, progress
+from pawnet.logs import progress
+from pawnet.storage import atomic_write_bytes, cache_dir
 
 _SAVE_EVERY = 20  # batches between writes of the feature cache, so a kill loses little
 

@@ -1,7 +1,7 @@
 """Importing TensorFlow without its C++ start-up lines in front of pawnet's own output.
 
 TensorFlow's native start-up lines ignore TF_CPP_MIN_LOG_LEVEL. Code that needs Keras calls
-`import_quietly()` first; the CLI's `--verbose` sets `VERBOSE` to let them through.
+`import_quietly()` first; within `native_logs_shown()` (the CLI's `--verbose`) they pass.
 """
 
 from __future__ import annotations
@@ -11,8 +11,25 @@ import importlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextvars import ContextVar
 
-VERBOSE = False
+_SHOWN: ContextVar[bool] = ContextVar("pawnet_native_logs_shown", default=False)
+
+
+@contextlib.contextmanager
+def native_logs_shown(shown: bool = True) -> Iterator[None]:
+    """Within the block (in this thread or task), TensorFlow's native lines pass."""
+    token = _SHOWN.set(shown)
+    try:
+        yield
+    finally:
+        _SHOWN.reset(token)
+
+
+def held():
+    """`native_stderr_held()`, unless the native lines are shown (`native_logs_shown`)."""
+    return contextlib.nullcontext() if _SHOWN.get() else native_stderr_held()
 
 
 @contextlib.contextmanager
@@ -35,8 +52,8 @@ def native_stderr_held():
 
 
 def import_quietly(module: str = "tensorflow") -> None:
-    """Import `module`, holding back what it writes to stderr unless `VERBOSE`."""
+    """Import `module`, holding back what it writes to stderr (see `held`)."""
     if module in sys.modules:
         return
-    with contextlib.nullcontext() if VERBOSE else native_stderr_held():
+    with held():
         importlib.import_module(module)

@@ -1,5 +1,4 @@
-"""Files pawnet writes: atomic replacement, the per-user cache, numbered run folders, and
-progress bars.
+"""Files pawnet writes: atomic replacement, the per-user cache and numbered run folders.
 
 What pawnet writes itself goes to a temporary name beside its target and is renamed into
 place, so a reader (or a run killed half-way) sees the old file or folder or the new one,
@@ -20,7 +19,6 @@ import secrets
 import shutil
 import socket
 import stat
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,11 +313,3 @@ def next_run_dir(path: str | Path) -> Path:
             continue
     raise ConfigError(f"no free run folder next to {path}. Try: --out OTHER/FOLDER")
 
-
-def progress(total: int | None, desc: str, unit: str = "photo", **options):
-    """A progress bar on stderr, shown only when stderr is a terminal (stdout may be JSON).
-    `options` go to tqdm, e.g. `unit_scale=True` for bytes."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
-                disable=not sys.stderr.isatty(), leave=False, **options)

@@ -6,12 +6,12 @@ import pytest
 from helpers import copy_photos
 from PIL import Image
 
+from pawnet.run_folder import read_history
 from pawnet.training.callbacks import (
     HistoryRecorder,
     ResumableEarlyStopping,
     ResumeCheckpoint,
     last_checkpoint,
-    read_history,
 )
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pawnet import quiet
+from pawnet import logs, quiet
 from pawnet.cli.options import OneLineErrors, command, with_fields
 from pawnet.config import Config
 from pawnet.errors import one_line
@@ -34,10 +34,12 @@ app.add_typer(data_app, name="data")
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show TensorFlow's "
                                           "own log lines.")] = False,
 ) -> None:
-    quiet.VERBOSE = verbose
+    logs.show_on_console()
+    ctx.with_resource(quiet.native_logs_shown(verbose))
 
 
 def _given(values: dict[str, Any]) -> dict[str, Any]:

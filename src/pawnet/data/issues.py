@@ -25,6 +25,7 @@ import numpy as np
 
 from pawnet.data.scan import scan
 from pawnet.errors import DataError, one_line
+from pawnet.run_folder import RunFolder
 from pawnet.trust.ood import BLOCK_BYTES, leave_one_out, normalised, row_blocks
 
 NEAR_DUPLICATE = 0.90  # cosine similarity of Lite0 features (docs/decisions.md)
@@ -147,10 +148,10 @@ def _photos(folder: Path) -> tuple[list, list[str]]:
     """(photos, classes): a training run's own photos and splits (its manifest), or what a
     scan of a folder of photos finds."""
     from pawnet.data.splits import read_manifest
-    from pawnet.tools.runs import is_run
 
-    if is_run(folder):
-        photos = [p for p in read_manifest(folder / "manifest.csv") if Path(p.path).is_file()]
+    run = RunFolder(folder)
+    if run.is_run():
+        photos = [p for p in read_manifest(run.manifest) if Path(p.path).is_file()]
         return photos, sorted({p.label for p in photos})
     found = scan(folder)
     return found.photos, found.classes

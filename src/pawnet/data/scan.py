@@ -31,7 +31,8 @@ from pathlib import Path
 
 from pawnet.data.images import MAX_PIXELS, inspect_image
 from pawnet.errors import DataError, ImageError, one_line
-from pawnet.storage import atomic_write_text, cache_dir, progress
+from pawnet.logs import progress
+from pawnet.storage import atomic_write_text, cache_dir
 
 SPLITS = ("train", "val", "test")
 SPLIT_FOLDER_NAMES = {  # folder name (any case) -> split

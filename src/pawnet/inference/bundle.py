@@ -23,11 +23,11 @@ import numpy as np
 
 from pawnet.data.images import RESIZE_METHOD, RESIZE_METHODS
 from pawnet.errors import BundleError
+from pawnet.run_folder import BUNDLE, RunFolder
 from pawnet.storage import Output, atomic_path
 
 FORMAT_VERSION = 4  # 2 added `temperature`; 3 `min_confidence`, `ood_threshold`; 4 `min_side`
 READABLE_FORMATS = (1, 2, 3, 4)  # older: temperature 1.0, no unsure, no OOD, no size limit
-BUNDLE_DIRNAME = "bundle"
 BUNDLE_OUTPUT = Output("bundle", r"model\.keras|bundle\.json|provenance\.json|config\.yaml",
                        r"bundle\.json")
 ASPECTS = ("stretch",)  # how a photo becomes a square: stretched, never cropped or padded
@@ -152,10 +152,10 @@ class Bundle:
 
     @property
     def run_dir(self) -> Path | None:
-        if self.path is None or self.path.name != BUNDLE_DIRNAME:
+        if self.path is None or self.path.name != BUNDLE:
             return None
-        run_dir = self.path.parent
-        return run_dir if (run_dir / "manifest.csv").exists() else None
+        run = RunFolder(self.path.parent)
+        return run.path if run.manifest.exists() else None
 
 
 def _digest(*parts: bytes) -> str:
@@ -194,8 +194,8 @@ def save_bundle(folder: str | Path, model, spec: BundleSpec, provenance: dict[st
 
 def _bundle_dir(path: Path) -> Path:
     """The bundle folder meant by a run folder (holding `bundle/`) or a bundle folder."""
-    if (path / BUNDLE_DIRNAME / "bundle.json").exists():
-        return path / BUNDLE_DIRNAME
+    if (RunFolder(path).bundle / "bundle.json").exists():
+        return RunFolder(path).bundle
     if (path / "bundle.json").exists():
         return path
     if not path.exists():
@@ -203,7 +203,7 @@ def _bundle_dir(path: Path) -> Path:
             f"no model at {path}. Try: a run folder from `pawnet train` (e.g. runs/train), "
             "its bundle/ folder, or imagenet-catdog"
         )
-    if path.is_dir() and (path / "checkpoints").is_dir():
+    if path.is_dir() and RunFolder(path).checkpoints.is_dir():
         raise BundleError(
             f"{path} holds an unfinished training run without a bundle. "
             f"Try: pawnet train --resume {path}"

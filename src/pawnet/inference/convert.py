@@ -75,12 +75,11 @@ def write_model(model, fmt: str, path: Path,
     Raises:
         ConfigError: the format is unknown or its converter is missing.
     """
-    from pawnet.quiet import VERBOSE, import_quietly, native_stderr_held
+    from pawnet.quiet import held, import_quietly
 
     check_format(fmt, int8=calibration is not None)
     import_quietly()
-    held = contextlib.nullcontext() if VERBOSE else native_stderr_held()
-    with _converter_chatter_held(), held:
+    with _converter_chatter_held(), held():
         if calibration is not None:
             return _write_int8(model, path, calibration)
         if fmt == "onnx":  # tf2onnx traces the model's call, which needs a first call

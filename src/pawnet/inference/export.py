@@ -12,7 +12,7 @@ OUT/
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,10 @@ from pawnet.errors import BundleError, ConfigError, DataError, ImageError, one_l
 from pawnet.inference.bundle import Bundle, BundleSpec, resolve, split_outputs
 from pawnet.inference.convert import MODEL_FILES, check_format, write_model
 from pawnet.inference.runtimes import KerasRuntime, open_file
+from pawnet.run_folder import RunFolder
 from pawnet.storage import Output, atomic_path, check_output_folder
+
+log = logging.getLogger(__name__)
 
 CHECK_PHOTOS = 200  # most photos the exported file is checked on
 CALIBRATION_PHOTOS = (100, 300)  # int8: fewest and most training photos to calibrate on
@@ -56,7 +59,7 @@ def _calibration(bundle: Bundle):
     if bundle.run_dir is None:
         raise ConfigError("--int8 calibrates on the training run's own photos, and this "
                           "model has no run. Try: pawnet export RUN_FOLDER --int8")
-    train = [p.path for p in read_manifest(bundle.run_dir / "manifest.csv")
+    train = [p.path for p in read_manifest(RunFolder(bundle.run_dir).manifest)
              if p.split == "train" and Path(p.path).is_file()]
     fewest, most = CALIBRATION_PHOTOS
     if len(train) < fewest:
@@ -151,7 +154,8 @@ def _describe(bundle: Bundle, fmt: str, int8: bool, calibrated: int) -> dict[str
 def default_out(bundle: Bundle, fmt: str, int8: bool) -> Path:
     name = fmt + ("-int8" if int8 else "")
     if bundle.path is not None:
-        return (bundle.run_dir or bundle.path) / "export" / name
+        folder = RunFolder(bundle.run_dir or bundle.path)
+        return folder.export(name)
     return Path("exports") / bundle.spec.model_name / name
 
 
@@ -181,8 +185,8 @@ def export(model: str | Path, fmt: str = "onnx", *, out: str | Path | None = Non
     paths, labels, source = _check_set(bundle, model, photos)
     calibration, calibrated = _calibration(bundle) if int8 else (None, 0)
     info = _describe(bundle, fmt, int8, calibrated)
-    print(f"Exporting {bundle.spec.model_name} to {fmt}{' int8' if int8 else ''}; checking "
-          f"on {one_line(source)}", file=sys.stderr, flush=True)
+    log.info(f"Exporting {bundle.spec.model_name} to {fmt}{' int8' if int8 else ''}; checking "
+          f"on {one_line(source)}")
     with atomic_path(out, EXPORT_OUTPUT) as tmp:
         tmp.mkdir(parents=True)
         write_model(bundle.model, fmt, tmp / MODEL_FILES[fmt], calibration)

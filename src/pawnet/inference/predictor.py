@@ -30,6 +30,7 @@ from pawnet.data.splits import read_manifest
 from pawnet.errors import ConfigError, ImageError, one_line
 from pawnet.inference.bundle import Bundle, check_io, resolve, split_outputs
 from pawnet.inference.runtimes import choose, on_every_core, synthetic_images
+from pawnet.run_folder import RunFolder
 from pawnet.trust.calibration import calibrate
 from pawnet.trust.verdict import verdict
 
@@ -281,7 +282,7 @@ def probe_images(bundle: Bundle) -> np.ndarray:
     when there is a run, else fixed synthetic images (gradients and noise)."""
     size = bundle.spec.image_size
     if bundle.run_dir is not None:
-        photos = [p for p in read_manifest(bundle.run_dir / "manifest.csv") if p.split == "val"]
+        photos = [p for p in read_manifest(RunFolder(bundle.run_dir).manifest) if p.split == "val"]
         decoded = [load_pixels(p.path, size) for p in photos[:PROBE_PHOTOS]
                    if Path(p.path).is_file()]
         if decoded:

@@ -9,13 +9,12 @@ next to it, so a damaged or disagreeing file is remade or skipped, never trusted
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
+import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,8 @@ import numpy as np
 
 from pawnet.errors import BundleError, ConfigError
 from pawnet.storage import atomic_path, atomic_write_text, cache_dir
+
+log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "keras", "onnx", "litert")
 AUTO_ORDER = ("onnx", "litert", "keras")  # fastest first, measured (docs/decisions.md)
@@ -155,9 +156,9 @@ class LiteRTRuntime:
         if batch not in self._interpreters:
             from ai_edge_litert.interpreter import Interpreter
 
-            from pawnet.quiet import VERBOSE, native_stderr_held
+            from pawnet.quiet import held
 
-            with contextlib.nullcontext() if VERBOSE else native_stderr_held():  # "INFO: ..."
+            with held():  # "INFO: ..."
                 interpreter = Interpreter(model_path=str(self.path),
                                           num_threads=self.num_threads)
                 index = interpreter.get_input_details()[0]["index"]
@@ -244,8 +245,7 @@ def converted(key: str, fmt: str, keras_model: Callable[[], Any],
     runtime, record = _cached(model_file, fmt)
     if record is not None:
         return runtime
-    print(f"Converting the model for {fmt} once (cached in {model_file.parent})",
-          file=sys.stderr, flush=True)
+    log.info(f"Converting the model for {fmt} once (cached in {model_file.parent})")
     model = keras_model()
     model_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(model_file) as tmp:
@@ -302,8 +302,8 @@ def choose(runtime: str, key: str, keras_model: Callable[[], Any],
         except BundleError:
             raise  # the bundle itself is damaged: no runtime will do
         except Exception as exc:  # a converter bug must not stop predictions: try the next
-            print(f"warning: could not convert the model for {name} ({exc}); trying the "
-                  "next runtime", file=sys.stderr, flush=True)
+            log.warning(f"could not convert the model for {name} ({exc}); trying the next "
+                        "runtime")
             continue
         if found is not None:
             return found

@@ -8,7 +8,7 @@ its text for terminals.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from pawnet.reporting.plots import (
     plot_risk_coverage,
     plot_roc,
 )
+from pawnet.run_folder import RunFolder
 from pawnet.storage import Output, atomic_path, atomic_write_text, check_output_folder, next_run_dir
 from pawnet.trust.calibration import (
     calibrate,
@@ -35,6 +36,8 @@ from pawnet.trust.calibration import (
     risk_coverage,
 )
 from pawnet.trust.verdict import NEITHER, REASONS, UNSURE, reason_kind
+
+log = logging.getLogger(__name__)
 
 MAX_MISCLASSIFIED_SHOWN = 64
 LEAST_CONFIDENT_SHOWN = 16
@@ -86,13 +89,13 @@ def select_photos(model: str | Path, run_dir: Path | None, photos: str | Path | 
     if photos is None:
         if run_dir is None:
             raise DataError(f"{model} has no split manifest. Try: pawnet evaluate {model} PHOTOS")
-        chosen = [p for p in read_manifest(run_dir / "manifest.csv") if p.split == split_key]
+        chosen = [p for p in read_manifest(RunFolder(run_dir).manifest) if p.split == split_key]
         if not chosen:
             raise DataError(f"the run {run_dir} has no photos in its {split_key} split. "
                             "Try: --split val, or give PHOTOS")
         return [p.path for p in chosen], [p.label for p in chosen], f"{run_dir} {split_key} split"
     photoset = scan(photos)
-    print(photoset.summary(), file=sys.stderr, flush=True)  # stdout may be --json
+    log.info(photoset.summary())
     chosen = photoset.photos
     description = str(photos)
     if photoset.splits():
@@ -318,7 +321,7 @@ def evaluate(
     measured, probs, truth = _report(predictor, paths, labels, source)
     report = {"model": str(model), "tta": tta, **measured}
     out_dir = Path(out) if out else next_run_dir(
-        run_dir / "eval" if run_dir else Path("runs") / "evaluate")
+        RunFolder(run_dir).reports if run_dir else Path("runs") / "evaluate")
     report["out"] = str(out_dir)
     with atomic_path(out_dir, EVALUATION_OUTPUT) as tmp:
         _write(report, tmp, predictor, probs, truth)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pawnet.errors import ConfigError
+from pawnet.run_folder import RunFolder
 from pawnet.storage import Output
 
 EXPLAIN_OUTPUT = Output("explain", r".+\.cam\.(png|npy)", r".+\.cam\.(png|npy)")
@@ -142,7 +143,8 @@ def _out_folder(out: str | Path | None, run_dir: Path | None) -> Path:
     """The folder heat-maps go to, checked and marked as pawnet's before any work."""
     from pawnet.storage import check_output_folder
 
-    folder = check_output_folder(out or (run_dir or Path("runs")) / "explain", EXPLAIN_OUTPUT)
+    default = RunFolder(run_dir or Path("runs")).explain
+    folder = check_output_folder(out or default, EXPLAIN_OUTPUT)
     folder.mkdir(parents=True, exist_ok=True)
     EXPLAIN_OUTPUT.mark(folder)
     return folder

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pawnet.run_folder import RunFolder
 from pawnet.storage import atomic_write_text
 
 SECTIONS = ("summary", "per-class", "confusion", "roc", "reliability", "risk-coverage",
@@ -151,7 +152,7 @@ def write_html(report: dict[str, Any], out_dir: Path, bundle,
                  f'<div class="grid">{wrong}</div>' if wrong else "<p>none</p>"),
         _section("least-confident", "The least confident right answers",
                  f'<div class="grid">{timid}</div>' if timid else "<p>none</p>"),
-        _section("training", "Training curves", _img(run_dir / "curves.png", "training curves")
+        _section("training", "Training curves", _img(RunFolder(run_dir).curves, "training curves")
                  if run_dir else '<p class="muted">(no training run: a built-in model)</p>'),
         _section("provenance", "Provenance", _provenance(bundle)),
     ]

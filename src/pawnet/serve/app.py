@@ -26,6 +26,7 @@ import copy
 import ctypes
 import hmac
 import importlib.resources
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -48,6 +49,8 @@ from pawnet.serve.explainer import GONE, Explainer, ExplainQueueFull, heat_maps_
 from pawnet.serve.metrics import Metrics, MetricsMiddleware
 from pawnet.serve.settings import LOOPBACK, ServeSettings
 from pawnet.serve.uploads import TooLarge, busy, fail, read_uploads
+
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 DOCS_ASSETS = "/docs-assets"  # Swagger UI's script, style and icon, from fastapi-offline
@@ -385,11 +388,11 @@ def run(model: str | Path, settings: ServeSettings | None = None) -> None:
     app = create_app(predictor, settings)
     host = settings.host
     shown = f"[{host}]" if ":" in host else host
-    print(f"Serving {predictor.spec.model_name} ({', '.join(predictor.classes)}) at "
-          f"http://{shown}:{settings.port}/  (API docs at /docs)", flush=True)
+    log.info(f"Serving {predictor.spec.model_name} ({', '.join(predictor.classes)}) at "
+          f"http://{shown}:{settings.port}/  (API docs at /docs)")
     if settings.api_key_env is None and host not in LOOPBACK:
-        print(f"warning: listening on {host} without an API key; anyone who can reach this "
-              "port can use the model. Try: --api-key-env NAME", flush=True)
+        log.warning(f"listening on {host} without an API key; anyone who can reach this "
+              "port can use the model. Try: --api-key-env NAME")
     uvicorn.run(app, host=host, port=settings.port, log_level=settings.log_level,
                 http=header_timeout_protocol(settings.header_timeout_s),
                 timeout_keep_alive=settings.keep_alive_s,

@@ -20,7 +20,9 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from pawnet.errors import DataError
-from pawnet.storage import cache_dir, progress
+from pawnet.logs import progress
+from pawnet.run_folder import RunFolder
+from pawnet.storage import cache_dir
 
 FILTERED_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
 # SHA-256 over the sorted SHA-256s of the set's 3,000 JPEGs, computed from an unchanged copy
@@ -183,12 +185,12 @@ def run_demo(photos: Path | None = None, epochs: int | None = None) -> Path:
     print(f"Test accuracy {report['accuracy']:.4f} on {report['n']} photos")
     print(confusion_text(report))
     print("== Predicting a few held-out photos", flush=True)
-    test = [p for p in read_manifest(run_dir / "manifest.csv") if p.split == "test"]
+    test = [p for p in read_manifest(RunFolder(run_dir).manifest) if p.split == "test"]
     sample = [p.path for c in sorted({p.label for p in test})
               for p in [p for p in test if p.label == c][:2]]
     sample += [m["path"] for m in report["misclassified"][:2]]
     predictor = load(run_dir)
     print(format_predictions(predictor.predict(sample), predictor.classes))
-    print(f"== Done. Report: {report['out']}/report.md  Bundle: {run_dir / 'bundle'}\n"
+    print(f"== Done. Report: {report['out']}/report.md  Bundle: {RunFolder(run_dir).bundle}\n"
           f"   Try: .venv/bin/pawnet predict {run_dir} YOUR_PHOTO.jpg")
     return run_dir

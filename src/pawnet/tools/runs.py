@@ -8,10 +8,7 @@ checkpoint: `--resume` starts it again from the first epoch). Nothing here write
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +16,11 @@ import yaml
 
 from pawnet.data.splits import fingerprint, read_manifest
 from pawnet.errors import ConfigError, DataError, one_line
+from pawnet.run_folder import RunFolder, read_history
 from pawnet.storage import read_text_file
 
 COMPARED_METRICS = ("status", "model", "data_fingerprint", "best_epoch", "val_loss",
                     "val_accuracy", "test_accuracy", "wall_s")
-
-
-def is_run(folder: Path) -> bool:
-    return (folder / "config.yaml").is_file() and (folder / "manifest.csv").is_file()
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -34,10 +28,10 @@ def find_runs(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"no folder {root}. Try: pawnet runs runs (where pawnet train writes)")
-    if is_run(root):
+    if RunFolder(root).is_run():
         return [root]
-    found = [p for p in root.iterdir() if p.is_dir() and is_run(p)]
-    return sorted(found, key=lambda p: ((p / "config.yaml").stat().st_mtime, p.name))
+    found = [p for p in root.iterdir() if p.is_dir() and RunFolder(p).is_run()]
+    return sorted(found, key=lambda p: (RunFolder(p).config.stat().st_mtime, p.name))
 
 
 def _json(path: Path) -> dict:
@@ -50,45 +44,24 @@ def _json(path: Path) -> dict:
 
 def _settings(run: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(read_text_file(run / "config.yaml"))
+        data = yaml.safe_load(read_text_file(RunFolder(run).config))
     except (OSError, ValueError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def _row(row: dict) -> dict[str, float] | None:
-    """A `history.csv` row as numbers; None when it is damaged (a field too many or not a
-    number)."""
-    if None in row:
-        return None
-    try:
-        numbers = {k: float(v) for k, v in row.items() if v}
-    except ValueError:
-        return None
-    return numbers if math.isfinite(numbers.get("epoch", math.nan)) else None
-
-
-def _epochs(run: Path) -> list[dict[str, float]]:
-    """`history.csv`'s rows that are not damaged, read without Keras (so listing runs stays
-    instant)."""
-    try:
-        reader = csv.DictReader(io.StringIO(read_text_file(run / "history.csv"), newline=""))
-        return [row for row in map(_row, reader) if row is not None]
-    except (OSError, ValueError, csv.Error):
-        return []
-
-
 def _status(run: Path) -> str:
-    if (run / "bundle" / "bundle.json").is_file():
+    folder = RunFolder(run)
+    if (folder.bundle / "bundle.json").is_file():
         return "finished"
-    checkpoints = run / "checkpoints"
+    checkpoints = folder.checkpoints
     if (checkpoints / "state.json").is_file() and (checkpoints / "last").exists():
         return "resumable"
     return "interrupted"
 
 
 def _latest_evaluation(run: Path) -> dict:
-    reports = [p for p in run.glob("eval*/report.json") if p.is_file()]
+    reports = RunFolder(run).report_files()
     return _json(max(reports, key=lambda p: p.stat().st_mtime)) if reports else {}
 
 
@@ -97,7 +70,7 @@ def _data_fingerprint(run: Path, provenance: dict) -> str | None:
     if isinstance(data, dict) and isinstance(data.get("fingerprint"), str):
         return data["fingerprint"]
     try:
-        return fingerprint(read_manifest(run / "manifest.csv"))
+        return fingerprint(read_manifest(RunFolder(run).manifest))
     except (OSError, DataError, ValueError, KeyError):
         return None
 
@@ -110,13 +83,13 @@ def summary(run: str | Path) -> dict[str, Any]:
         DataError: `run` is not a run folder.
     """
     run = Path(run)
-    if not is_run(run):
+    if not RunFolder(run).is_run():
         raise DataError(f"{run} is not a pawnet run folder (no config.yaml and manifest.csv). "
                         "Try: pawnet runs to list the runs")
-    provenance = _json(run / "bundle" / "provenance.json")
+    provenance = _json(RunFolder(run).bundle / "provenance.json")
     metrics = provenance.get("metrics") if isinstance(provenance.get("metrics"), dict) else {}
     training = provenance.get("training") if isinstance(provenance.get("training"), dict) else {}
-    history = _epochs(run)
+    history = read_history(RunFolder(run).history)
     scored = [row for row in history if "val_loss" in row]
     best = min(scored, key=lambda row: row["val_loss"]) if scored else {}
     evaluation = _latest_evaluation(run)

@@ -14,6 +14,7 @@ shares, `scratch` and `transfer` fit, `callbacks` record and checkpoint.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -28,13 +29,13 @@ from pawnet.errors import one_line
 from pawnet.inference.bundle import BundleSpec, class_probabilities, save_bundle
 from pawnet.models.registry import get_model_spec
 from pawnet.models.spec import output_kind
+from pawnet.run_folder import RunFolder, read_history
 from pawnet.training import scratch, transfer
-from pawnet.training.callbacks import read_history, require_tensorboard
+from pawnet.training.callbacks import require_tensorboard
 from pawnet.training.plan import (
     Plan,
     already_finished,
     check_resumable,
-    log,
     new_plan,
     provenance,
     resume_plan,
@@ -42,6 +43,8 @@ from pawnet.training.plan import (
 )
 from pawnet.training.recipe import class_weights
 from pawnet.training.unknowns import fit_unknowns
+
+log = logging.getLogger(__name__)
 
 
 def train(photos: str | Path | None = None, *, config: str | Path | dict | None = None,
@@ -78,7 +81,7 @@ def train(photos: str | Path | None = None, *, config: str | Path | dict | None 
     cluster = connect(cfg.strategy, cfg.workers, cfg.worker_index, cfg.startup_timeout)
     split_batch(cfg.batch_size, cluster)
     if cluster.kind != "one":
-        log(f"Training with the {cluster.describe()}")
+        log.info(f"Training with the {cluster.describe()}")
     with lost_workers(cluster):
         if not resumed:
             _check_inputs(cfg)
@@ -132,14 +135,14 @@ def _calibration(plan: Plan, output: str, val_out: np.ndarray) -> dict[str, floa
     policy = (f"at most {cfg.max_error:.1%} of the answers wrong" if cfg.max_error is not None
               else f"{cfg.answer_share:.1%} answered" if cfg.answer_share is not None
               else f"half as many unanswered as wrong, at least {MIN_ANSWERED:.0%} answered")
-    log(f"Calibrated on validation photos: temperature {temperature:.3f}, expected "
-        f"calibration error {found['val_ece_uncalibrated']:.4f} -> {found['val_ece']:.4f}; "
-        f"'unsure' below {min_confidence:.4f} ({policy}): {left:.1%} of the validation "
-        "photos unanswered")
+    log.info(f"Calibrated on validation photos: temperature {temperature:.3f}, expected "
+             f"calibration error {found['val_ece_uncalibrated']:.4f} -> {found['val_ece']:.4f}; "
+             f"'unsure' below {min_confidence:.4f} ({policy}): {left:.1%} of the validation "
+             "photos unanswered")
     if left > UNANSWERED_WARNING:
-        log(f"warning: 'unsure' would leave {left:.0%} of the validation photos unanswered. "
-            "Try: --answer-share 0.9 (answer 90%), a larger --max-error, or more epochs or "
-            "photos")
+        log.warning(f"'unsure' would leave {left:.0%} of the validation photos unanswered. "
+                    "Try: --answer-share 0.9 (answer 90%), a larger --max-error, or more epochs or "
+                    "photos")
     return found
 
 
@@ -148,15 +151,15 @@ def _fit(plan: Plan) -> Path:
 
     cfg, run_dir = plan.cfg, plan.run_dir
     keras.utils.set_random_seed(cfg.seed)
-    log("Using " + "; ".join(
-        f"{split} {sum(c.values())} ({', '.join(f'{one_line(k)} {v}' for k, v in c.items())})"
-        for split, c in plan.counts().items()
+    log.info("Using " + "; ".join(
+             f"{split} {sum(c.values())} ({', '.join(f'{one_line(k)} {v}' for k, v in c.items())})"
+             for split, c in plan.counts().items()
     ))
     weights = (class_weights(plan.split("train"), plan.classes)
                if cfg.class_weight == "auto" else None)
     if weights:
-        log("Classes are imbalanced; class weights: "
-            + ", ".join(f"{one_line(plan.classes[i])} {w:.2f}" for i, w in weights.items()))
+        log.info("Classes are imbalanced; class weights: "
+                 + ", ".join(f"{one_line(plan.classes[i])} {w:.2f}" for i, w in weights.items()))
 
     spec = get_model_spec(cfg.model)
     started = time.monotonic()
@@ -165,8 +168,8 @@ def _fit(plan: Plan) -> Path:
         return run_dir
     model, (val_loss, val_accuracy), val_out, features = fitted
     fit_seconds = time.monotonic() - started
-    log(f"Saved model on validation photos: val_loss {val_loss:.4f}, "
-        f"val_accuracy {val_accuracy:.4f}")
+    log.info(f"Saved model on validation photos: val_loss {val_loss:.4f}, "
+             f"val_accuracy {val_accuracy:.4f}")
     output = output_kind(model)
     calibration = _calibration(plan, output, val_out)
     model, score, min_side = fit_unknowns(plan, model, spec, features)
@@ -179,8 +182,8 @@ def _fit(plan: Plan) -> Path:
                              ood_threshold=ood_threshold, min_side=min_side)
     metrics = {"val_loss": val_loss, "val_accuracy": val_accuracy, **calibration,
                "ood_threshold": ood_threshold, "min_side": min_side}
-    record = provenance(plan, read_history(run_dir / "history.csv"), metrics, fit_seconds)
-    bundle_dir = save_bundle(run_dir / "bundle", model, bundle_spec, record, cfg.to_yaml())
+    record = provenance(plan, read_history(RunFolder(run_dir).history), metrics, fit_seconds)
+    bundle_dir = save_bundle(RunFolder(run_dir).bundle, model, bundle_spec, record, cfg.to_yaml())
     shutil.rmtree(plan.pixel_cache, ignore_errors=True)
-    log(f"Saved bundle to {one_line(bundle_dir)}")
+    log.info(f"Saved bundle to {one_line(bundle_dir)}")
     return run_dir

@@ -12,21 +12,12 @@ import keras
 
 from pawnet.errors import ConfigError
 from pawnet.reporting.plots import plot_curves
+from pawnet.run_folder import RunFolder
 from pawnet.storage import Output, atomic_path, atomic_write_text, committed
 
 # Keras' unzipped model format, the resume checkpoint `checkpoints/last/`
 CHECKPOINT_OUTPUT = Output("checkpoint", r"config\.json|metadata\.json|model\.weights\.h5|assets",
                            r"config\.json")
-
-
-def read_history(path: Path, upto_epoch: int | None = None) -> list[dict[str, float]]:
-    """Rows of `history.csv` (epoch numbers start at 1), optionally only up to an epoch."""
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        rows = [{k: int(float(v)) if k == "epoch" else float(v) for k, v in row.items() if v}
-                for row in csv.DictReader(f)]
-    return [r for r in rows if upto_epoch is None or r["epoch"] <= upto_epoch]
 
 
 class HistoryRecorder(keras.callbacks.Callback):
@@ -38,8 +29,8 @@ class HistoryRecorder(keras.callbacks.Callback):
 
     def __init__(self, run_dir: Path, rows: list[dict[str, float]] | None = None):
         super().__init__()
-        self.csv_path = run_dir / "history.csv"
-        self.png_path = run_dir / "curves.png"
+        self.csv_path = RunFolder(run_dir).history
+        self.png_path = RunFolder(run_dir).curves
         self.rows = list(rows or [])
         self._plotted_at = time.monotonic()  # the first drawing waits PLOT_INTERVAL too
 
@@ -132,5 +123,5 @@ def tensorboard(run_dir: Path, enabled: bool, name: str = "") -> list[keras.call
     if not enabled:
         return []
     require_tensorboard()
-    return [keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / name),
+    return [keras.callbacks.TensorBoard(log_dir=str(RunFolder(run_dir).tensorboard / name),
                                         write_graph=False)]

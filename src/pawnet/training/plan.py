@@ -5,6 +5,7 @@ what the bundle will record about it."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -20,16 +21,14 @@ from pawnet.data.scan import Photo, count_classes, scan
 from pawnet.data.splits import assign_splits, fingerprint, read_manifest, write_manifest
 from pawnet.distribute import Cluster, check_same_run
 from pawnet.errors import ConfigError, DataError, one_line
+from pawnet.run_folder import SUPERSEDED, RunFolder, read_history
 from pawnet.storage import atomic_write_text, next_run_dir
-from pawnet.training.callbacks import ResumeCheckpoint, read_history
+from pawnet.training.callbacks import ResumeCheckpoint
+
+log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
 SHOWN_SKIPPED = 10  # bad files listed on the terminal; data.json has them all
-
-
-def log(message: str) -> None:
-    """One line of the training log; names in it (files, classes, folders) stay on it."""
-    print(one_line(message), flush=True)
 
 
 @dataclass
@@ -86,12 +85,12 @@ def new_plan(cfg: Config, cluster: Cluster | None = None) -> Plan:
         raise ConfigError("no photos given. Try: pawnet train PATH/TO/PHOTOS, or "
                           "pawnet train --resume RUN_DIR")
     photoset = scan(cfg.photos, max_pixels=cfg.max_pixels)
-    log(photoset.summary())
+    log.info(photoset.summary())
     for skipped in photoset.skipped[:SHOWN_SKIPPED]:
-        log(f"  skipped {one_line(skipped.path)}: {one_line(skipped.reason)}")
+        log.info(f"  skipped {one_line(skipped.path)}: {one_line(skipped.reason)}")
     if len(photoset.skipped) > SHOWN_SKIPPED:
-        log(f"  ... and {len(photoset.skipped) - SHOWN_SKIPPED} more (see data.json in the "
-            "run folder)")
+        log.info(f"  ... and {len(photoset.skipped) - SHOWN_SKIPPED} more (see data.json in the "
+                 "run folder)")
     if len(photoset.classes) < 2:
         raise DataError(
             f"training needs at least 2 classes, found {photoset.classes} in {cfg.photos}. "
@@ -105,9 +104,10 @@ def new_plan(cfg: Config, cluster: Cluster | None = None) -> Plan:
         cfg.out = str(run_dir)
     else:
         run_dir = Path(tempfile.mkdtemp(prefix=f"pawnet-worker{cluster.index}-"))
-    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-    write_manifest(run_dir / "manifest.csv", photos)
-    atomic_write_text(run_dir / "data.json", json.dumps(photoset.to_json(), indent=2) + "\n")
+    run = RunFolder(run_dir)
+    atomic_write_text(run.config, cfg.to_yaml())
+    write_manifest(run.manifest, photos)
+    atomic_write_text(run.data, json.dumps(photoset.to_json(), indent=2) + "\n")
     return Plan(cfg, run_dir, photoset.classes, photos, cluster=cluster)
 
 
@@ -132,9 +132,9 @@ def _check_splits(photos: list[Photo]) -> None:
                                                           for p in photos)]
         if missing:
             count = sum(p.label == label for p in photos)
-            log(f"warning: class {label!r} has {count} photo{'s' * (count != 1)}, none in "
-                f"{' or '.join(missing)}; its figures there mean nothing. Try: add photos "
-                "of it")
+            log.warning(f"class {label!r} has {count} photo{'s' * (count != 1)}, none in "
+                        f"{' or '.join(missing)}; its figures there mean nothing. Try: add photos "
+                        "of it")
 
 
 def _flag(key: str) -> str:
@@ -149,7 +149,7 @@ def check_resumable(run_dir: Path, **given: Any) -> None:
         ConfigError: `run_dir` is not a run folder, or settings that may not change are
             given with `--resume`.
     """
-    if not (run_dir / "config.yaml").exists():
+    if not RunFolder(run_dir).config.exists():
         raise ConfigError(f"cannot resume {run_dir}: no config.yaml there (not a pawnet run)")
     extra = sorted(k for k, v in given.items()
                    if v is not None and k not in (*RESUME_MAY_CHANGE, "resume"))
@@ -170,31 +170,30 @@ def resume_plan(run_dir: Path, **given: Any) -> Plan:
         DataError: photos of its split are gone.
     """
     check_resumable(run_dir, **given)
-    saved = read_config_file(run_dir / "config.yaml")
+    saved = read_config_file(RunFolder(run_dir).config)
     for key in RESUME_MAY_CHANGE[1:]:
         saved.pop(key, None)  # where the run trained before says nothing of where it goes on
     cfg = resolve_config(saved, **{k: given.get(k) for k in RESUME_MAY_CHANGE})
-    photos = read_manifest(run_dir / "manifest.csv")
+    photos = read_manifest(RunFolder(run_dir).manifest)
     missing = [p.path for p in photos if not Path(p.path).exists()]
     if missing:
         raise DataError(f"cannot resume {run_dir}: {len(missing)} photos of its split are gone, "
                         f"e.g. {missing[0]}")
     plan = Plan(cfg, run_dir, sorted({p.label for p in photos}), photos, resumed=True,
-                state=ResumeCheckpoint.load_state(run_dir / "checkpoints"))
+                state=ResumeCheckpoint.load_state(RunFolder(run_dir).checkpoints))
     return plan
 
 
-SUPERSEDED = ("bundle", "eval*", "export", "explain")  # what describes a finished run's model
 
 
 def finished_epochs(run_dir: Path) -> int | None:
     """The epochs a finished run (one holding a bundle) was set to train; None when the run
     is not finished."""
-    bundle = run_dir / "bundle"
+    bundle = RunFolder(run_dir).bundle
     if not (bundle / "bundle.json").is_file():
         return None
     saved = read_config_file(bundle / "config.yaml") if (bundle / "config.yaml").is_file() \
-        else read_config_file(run_dir / "config.yaml")
+        else read_config_file(RunFolder(run_dir).config)
     return int(saved.get("epochs") or 0)
 
 
@@ -204,11 +203,11 @@ def already_finished(run_dir: Path, epochs: int | None) -> bool:
     done = finished_epochs(run_dir)
     if done is None or (epochs is not None and epochs > done):
         return False
-    ran = len(read_history(run_dir / "history.csv"))
+    ran = len(read_history(RunFolder(run_dir).history))
     early = f", stopped early after {ran}" if 0 < ran < done else ""
-    log(f"{one_line(run_dir)} is finished ({done} epochs{early}; its bundle is "
-        f"{one_line(run_dir / 'bundle')}): nothing to do. To train it for longer: pawnet "
-        f"train --resume {one_line(run_dir)} --epochs N, with N more than {done}")
+    log.info(f"{one_line(run_dir)} is finished ({done} epochs{early}; its bundle is "
+             f"{one_line(run_dir / 'bundle')}): nothing to do. To train it for longer: pawnet "
+             f"train --resume {one_line(run_dir)} --epochs N, with N more than {done}")
     return True
 
 
@@ -220,7 +219,7 @@ def _set_aside(run_dir: Path, epochs: int) -> None:
              if p.is_dir() and not p.is_symlink()]
     if not found:
         return
-    previous = next_run_dir(run_dir / "previous" / "1")
+    previous = next_run_dir(RunFolder(run_dir).previous / "1")
     for path in found:
         os.replace(path, previous / path.name)
     when = datetime.now(UTC).isoformat(timespec="seconds")
@@ -229,8 +228,8 @@ def _set_aside(run_dir: Path, epochs: int) -> None:
                       f"train --resume {run_dir} --epochs {epochs}` on {when}. The run's "
                       "bundle/ holds the model trained on; this bundle/ is still usable as "
                       "a MODEL.\n")
-    log(f"{one_line(run_dir)} was finished: its bundle and reports moved to "
-        f"{one_line(previous)}; training on to {epochs} epochs")
+    log.info(f"{one_line(run_dir)} was finished: its bundle and reports moved to "
+             f"{one_line(previous)}; training on to {epochs} epochs")
 
 
 def start_resumed(plan: Plan, cluster: Cluster | None = None) -> Plan:
@@ -244,8 +243,9 @@ def start_resumed(plan: Plan, cluster: Cluster | None = None) -> Plan:
         shutil.rmtree(plan.pixel_cache, ignore_errors=True)
         return plan
     copy = Path(tempfile.mkdtemp(prefix=f"pawnet-worker{cluster.index}-"))
-    for name in ("history.csv", "checkpoints"):
-        source = plan.run_dir / name
+    run = RunFolder(plan.run_dir)
+    for source in (run.history, run.checkpoints):
+        name = source.name
         if source.is_dir():
             shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns(".*"))
         elif source.exists():

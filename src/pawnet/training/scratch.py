@@ -7,21 +7,25 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import sys
 
 import numpy as np
 
+from pawnet import logs
 from pawnet.models.spec import ModelSpec, output_kind
+from pawnet.run_folder import RunFolder, read_history
 from pawnet.training.callbacks import (
     HistoryRecorder,
     ResumableEarlyStopping,
     ResumeCheckpoint,
     last_checkpoint,
-    read_history,
     tensorboard,
 )
-from pawnet.training.plan import Plan, log
+from pawnet.training.plan import Plan
 from pawnet.training.recipe import compile_model, image_datasets, steps_per_epoch
+
+log = logging.getLogger(__name__)
 
 
 def fit_on_images(model, plan: Plan, train_ds, val_ds, weights, *, epochs: int,
@@ -31,7 +35,7 @@ def fit_on_images(model, plan: Plan, train_ds, val_ds, weights, *, epochs: int,
     import keras
 
     run_dir, cfg = plan.run_dir, plan.cfg
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = RunFolder(run_dir).checkpoints
     ckpt_dir.mkdir(exist_ok=True)
     state = state or {}
     early = ResumableEarlyStopping(monitor="val_loss", patience=cfg.patience, state=state)
@@ -42,7 +46,7 @@ def fit_on_images(model, plan: Plan, train_ds, val_ds, weights, *, epochs: int,
             initial_value_threshold=state.get("best"),
         ),
         early,
-        HistoryRecorder(run_dir, read_history(run_dir / "history.csv", initial_epoch)),
+        HistoryRecorder(run_dir, read_history(RunFolder(run_dir).history, initial_epoch)),
         ResumeCheckpoint(ckpt_dir, early),
         *tensorboard(run_dir, cfg.tensorboard, "images"),
     ]
@@ -54,13 +58,13 @@ def fit_on_images(model, plan: Plan, train_ds, val_ds, weights, *, epochs: int,
         class_weight=None if plan.multi_worker else weights,  # else in the datasets
         shuffle=False,  # the tf.data pipeline shuffles, with the run's seed
         callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 2,
+        verbose=(1 if sys.stdout.isatty() else 2) if logs.shown() else 0,
     )
     if best_path.exists():
         model.load_weights(best_path)
     if plan.multi_worker:
-        log(f"Worker {plan.cluster.index} weights after training: sha256 "
-            f"{weights_digest(model)} (the same on every worker)")
+        log.info(f"Worker {plan.cluster.index} weights after training: sha256 "
+                 f"{weights_digest(model)} (the same on every worker)")
     return model
 
 
@@ -123,16 +127,16 @@ def _start_or_resume(plan: Plan, spec: ModelSpec):
     import keras
 
     cfg = plan.cfg
-    checkpoint = last_checkpoint(plan.run_dir / "checkpoints") if plan.resumed else None
+    checkpoint = last_checkpoint(RunFolder(plan.run_dir).checkpoints) if plan.resumed else None
     if plan.resumed and (plan.state is None or checkpoint is None):
-        log(f"No epoch of {plan.run_dir} finished before it stopped; training it from the "
-            "first epoch, on its saved split and settings")
+        log.info(f"No epoch of {plan.run_dir} finished before it stopped; training it from the "
+                 "first epoch, on its saved split and settings")
         plan.state = None
     if plan.state is None or checkpoint is None:
         model = spec.build(len(plan.classes), cfg.image_size)
         compile_model(model, cfg, steps_per_epoch(len(plan.split("train")), cfg))
         return model
-    log(f"Resuming {plan.run_dir} after epoch {plan.initial_epoch} of {cfg.epochs}")
+    log.info(f"Resuming {plan.run_dir} after epoch {plan.initial_epoch} of {cfg.epochs}")
     return keras.models.load_model(checkpoint)
 
 
@@ -151,10 +155,10 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
         model = _start_or_resume(plan, spec)
     binary = output_kind(model) == "sigmoid"
     train_ds, val_ds = image_datasets(plan, binary, weights=weights)
-    log(f"Training {cfg.model} at {cfg.image_size}px, batch {cfg.batch_size}, "
-        f"up to {cfg.epochs} epochs, lr {cfg.lr:g} ({cfg.lr_schedule}), "
-        f"augment: {', '.join(cfg.augment) or 'none'}"
-        f"{', mixed precision' if policy != 'float32' else ''}; run folder {plan.run_dir}")
+    log.info(f"Training {cfg.model} at {cfg.image_size}px, batch {cfg.batch_size}, "
+             f"up to {cfg.epochs} epochs, lr {cfg.lr:g} ({cfg.lr_schedule}), "
+             f"augment: {', '.join(cfg.augment) or 'none'}"
+             f"{', mixed precision' if policy != 'float32' else ''}; run folder {plan.run_dir}")
     model = fit_on_images(model, plan, train_ds, val_ds, weights, epochs=cfg.epochs,
                           initial_epoch=plan.initial_epoch, state=plan.state)
     if not plan.is_chief:

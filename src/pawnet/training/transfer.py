@@ -11,12 +11,14 @@ mode. The bundle saves one model from raw pixels to probabilities.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 
 import keras
 import numpy as np
 
+from pawnet import logs
 from pawnet.data.augment import build_augmenter
 from pawnet.data.pipeline import pixel_dataset
 from pawnet.distribute import broadcast, gather_rows
@@ -30,7 +32,7 @@ from pawnet.features import (
 from pawnet.models.pretrained import build_head, compose, load_backbone
 from pawnet.models.spec import ModelSpec, output_kind
 from pawnet.training.callbacks import HistoryRecorder, tensorboard
-from pawnet.training.plan import Plan, log
+from pawnet.training.plan import Plan
 from pawnet.training.recipe import (
     compile_model,
     head_training_set,
@@ -39,6 +41,8 @@ from pawnet.training.recipe import (
     targets,
 )
 from pawnet.training.scratch import fit_on_images, validated
+
+log = logging.getLogger(__name__)
 
 
 def unfreeze_top_blocks(backbone: keras.Model, blocks: int) -> list[str]:
@@ -89,8 +93,8 @@ def _features(plan: Plan, spec: ModelSpec, backbone: keras.Model):
         views.append(gather_rows(cluster, rows.astype(np.float32), len(paths))
                      if shared else rows)
     n_photos = len(train_photos) * len(views) + len(val_photos)
-    log(f"Features of {n_photos} photo views ready in {time.monotonic() - started:.1f}s "
-        f"({len(store.features)} cached for {spec.name})")
+    log.info(f"Features of {n_photos} photo views ready in {time.monotonic() - started:.1f}s "
+             f"({len(store.features)} cached for {spec.name})")
     return np.concatenate(views), val_x, len(views)
 
 
@@ -111,12 +115,12 @@ def _fit_head(plan: Plan, head: keras.Model, x: np.ndarray, y: np.ndarray, val_x
                                                  restore_best_weights=True),
                    HistoryRecorder(plan.run_dir),
                    *tensorboard(plan.run_dir, cfg.tensorboard, "head")],
-        verbose=0 if sys.stdout.isatty() else 2,
+        verbose=0 if sys.stdout.isatty() or not logs.shown() else 2,
     )
     epochs_done = len(head.history.epoch)
     loss, accuracy = head.evaluate(val_x, val_y, verbose=0)
-    log(f"Head trained in {time.monotonic() - started:.1f}s ({epochs_done} epochs): "
-        f"val_loss {loss:.4f}, val_accuracy {accuracy:.4f}")
+    log.info(f"Head trained in {time.monotonic() - started:.1f}s ({epochs_done} epochs): "
+             f"val_loss {loss:.4f}, val_accuracy {accuracy:.4f}")
     return epochs_done, float(loss), float(accuracy)
 
 
@@ -153,7 +157,7 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
     multi_worker, chief = plan.multi_worker, plan.is_chief
     backbone = load_backbone(spec, cfg.image_size, weights=cfg.weights,
                              trainable_later=cfg.fine_tune > 0 and not multi_worker)
-    log(f"Transfer learning from {spec.name} at {cfg.image_size}px; run folder {plan.run_dir}")
+    log.info(f"Transfer learning from {spec.name} at {cfg.image_size}px; run folder {plan.run_dir}")
     train_x, val_x, views = _features(plan, spec, backbone)
     keras.utils.set_random_seed(cfg.seed)  # the head starts alike however the backbone loaded
     head = build_head(len(plan.classes), backbone)
@@ -193,8 +197,8 @@ def _fine_tune(plan: Plan, backbone: keras.Model, head: keras.Model, spec: Model
                weights: dict[int, float] | None, epochs_done: int):
     cfg, cluster = plan.cfg, plan.cluster
     opened = unfreeze_top_blocks(backbone, cfg.fine_tune)
-    log(f"Fine-tuning the top {cfg.fine_tune} blocks ({len(opened)} layers, batch norm "
-        f"frozen) at lr {cfg.fine_tune_lr:g} for up to {cfg.fine_tune_epochs} epochs")
+    log.info(f"Fine-tuning the top {cfg.fine_tune} blocks ({len(opened)} layers, batch norm "
+             f"frozen) at lr {cfg.fine_tune_lr:g} for up to {cfg.fine_tune_epochs} epochs")
     binary = output_kind(head) == "sigmoid"
     train_ds, val_ds = image_datasets(plan, binary, weights=weights)
     with cluster.scope() if cluster else contextlib.nullcontext():

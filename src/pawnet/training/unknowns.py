@@ -5,6 +5,7 @@ score (`pawnet.trust.ood`) and the size below which photos are too small to judg
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Callable
 from functools import partial
@@ -13,9 +14,11 @@ import numpy as np
 
 from pawnet.inference.bundle import class_probabilities
 from pawnet.models.spec import ModelSpec, output_kind
-from pawnet.training.plan import Plan, log
+from pawnet.training.plan import Plan
 from pawnet.trust.ood import OodScore, fit
 from pawnet.trust.verdict import choose_min_side, sides_to_try
+
+log = logging.getLogger(__name__)
 
 SIZE_PHOTOS = 1000  # training photos whose sizes are read (headers only)
 SHRUNK_PHOTOS = 128  # validation photos shrunk to measure accuracy by size
@@ -113,7 +116,7 @@ def fit_unknowns(plan: Plan, model, spec: ModelSpec, found: dict[str, np.ndarray
     from pawnet.models.ood import with_ood
 
     if not plan.split("val"):
-        log("No validation photos: the model cannot say 'neither' or 'too small'")
+        log.info("No validation photos: the model cannot say 'neither' or 'too small'")
         return model, None, 0
     started = time.monotonic()
     train_photos, val_photos = plan.split("train"), plan.split("val")
@@ -123,8 +126,8 @@ def fit_unknowns(plan: Plan, model, spec: ModelSpec, found: dict[str, np.ndarray
                       "val": features(val_photos, desc="Features (val)")}
     frozen = spec.pretrained and not plan.cfg.fine_tune
     score = fit(found["train"], found["val"], plan.cfg.seed, frozen=frozen)
-    log(f"OOD score fitted in {time.monotonic() - started:.1f}s on {len(score.bank)} "
-        f"training photos: 'neither' above {score.threshold:.4f}")
+    log.info(f"OOD score fitted in {time.monotonic() - started:.1f}s on {len(score.bank)} "
+             f"training photos: 'neither' above {score.threshold:.4f}")
     min_side = _min_side(plan, model, features, classify, found["val"])
     return with_ood(model, score), score, min_side
 
@@ -155,6 +158,6 @@ def _min_side(plan: Plan, model, features: Callable, classify: Callable,
     full = accuracy(val_features)
     chosen, measured = choose_min_side(sides, ceiling, full, accuracy_at)
     shown = ", ".join(f"{side} px {acc:.3f}" for side, acc in sorted(measured.items()))
-    log(f"Too small to judge: photos under {chosen} px on their shorter side (validation "
-        f"accuracy {full:.3f} at full size" + (f"; shrunk: {shown})" if shown else ")"))
+    log.info(f"Too small to judge: photos under {chosen} px on their shorter side (validation "
+             f"accuracy {full:.3f} at full size" + (f"; shrunk: {shown})" if shown else ")"))
     return chosen

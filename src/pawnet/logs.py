@@ -1,0 +1,79 @@
+"""What pawnet tells people while it works: one `logging` logger per module under
+`pawnet`, shown by the CLI and by the public functions' `verbose=`, and progress bars.
+
+A line is one line (names in it stay on it) and a warning starts with `warning:`. The
+inference and reporting packages' lines go to stderr: they run under commands whose stdout is
+data (`predict`, `evaluate --json`, `export --json`); the rest go to stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+
+from pawnet.errors import one_line
+
+ROOT = "pawnet"
+TO_STDERR = ("pawnet.inference", "pawnet.reporting")
+
+
+class Console(logging.Handler):
+    """Writes each record as one line to the stream of the moment (so redirections and
+    test runners that swap `sys.stdout` see it)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = one_line(record.getMessage())
+        return f"warning: {line}" if record.levelno == logging.WARNING else line
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.name.startswith(TO_STDERR) else sys.stdout
+        try:
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # what logging.Handler promises: report it, never raise
+            self.handleError(record)
+
+
+def show_on_console() -> None:
+    """The CLI's logging: pawnet's INFO lines and warnings on the terminal, as `print`
+    would write them. Calling it again changes nothing."""
+    logger = logging.getLogger(ROOT)
+    if not any(isinstance(h, Console) for h in logger.handlers):
+        logger.addHandler(Console())
+    logger.setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def verbosity(verbose: bool) -> Iterator[None]:
+    """Within the block pawnet's INFO lines are shown (`verbose`) or held back; warnings
+    always pass. They go to the console unless a handler is already there for them: the
+    CLI's, or the application's own logging configuration, which then decides."""
+    logger = logging.getLogger(ROOT)
+    level, console = logger.level, None
+    if not logger.handlers and not logging.getLogger().handlers:
+        console = Console()
+        logger.addHandler(console)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if console is not None:
+            logger.removeHandler(console)
+
+
+def shown() -> bool:
+    """Whether pawnet's INFO lines are shown now (Keras' own progress follows them)."""
+    return logging.getLogger(ROOT).isEnabledFor(logging.INFO)
+
+
+def progress(total: int | None, desc: str, unit: str = "photo", **options):
+    """A progress bar on stderr, shown only when stderr is a terminal (stdout may be JSON)
+    and pawnet's INFO lines are shown. `options` go to tqdm, e.g. `unit_scale=True`."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
+                disable=not (sys.stderr.isatty() and shown()),
+                leave=False, **options)
