@@ -122,7 +122,7 @@ class Config:
                             "here; multi-worker, several machines from TF_CONFIG; auto picks.",
                             choices=STRATEGIES)
     workers: str | None = setting(None, "Multi-worker: every worker's HOST:PORT, "
-                                  "comma-separated, the same on all; writes TF_CONFIG. Each "
+                                  "comma-separated, the same on all (in place of TF_CONFIG). Each "
                                   "worker listens on its port on every network interface, "
                                   "with no authentication: keep the workers on an isolated "
                                   "network or behind a firewall.")

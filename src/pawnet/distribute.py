@@ -176,12 +176,10 @@ def connect(strategy: str = "auto", workers: str | None = None,
     if (workers is None) != (worker_index is None):
         raise ConfigError("--workers and --worker-index go together. Try: --workers "
                           "node1:12345,node2:12345 --worker-index 0")
-    if workers is not None:
-        if strategy not in ("auto", "multi-worker"):
-            raise ConfigError(f"--workers trains with --strategy multi-worker, received: "
-                              f"--strategy {strategy}")
-        os.environ["TF_CONFIG"] = json.dumps(tf_config(workers, worker_index))
-    config = _read_tf_config()
+    if workers is not None and strategy not in ("auto", "multi-worker"):
+        raise ConfigError(f"--workers trains with --strategy multi-worker, received: "
+                          f"--strategy {strategy}")
+    config = tf_config(workers, worker_index) if workers is not None else _read_tf_config()
     if strategy == "auto":
         strategy = "multi-worker" if config and _task_index(config)[1] > 1 else (
             "mirrored" if _gpus() > 1 else "one")
@@ -209,6 +207,17 @@ def _mirrored() -> Cluster:
     return Cluster(tf.distribute.MirroredStrategy(devices), "mirrored")
 
 
+def _resolver(config: dict):
+    """The cluster of `config` (TF_CONFIG's form) handed to the strategy as it is, so the
+    process environment is never written."""
+    import tensorflow as tf
+
+    task = config["task"]
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(config["cluster"]), task_type=task["type"],
+        task_id=int(task["index"]), rpc_layer="grpc")
+
+
 def _multi_worker(config: dict, startup_timeout: int) -> Cluster:
     import tensorflow as tf
 
@@ -219,7 +228,7 @@ def _multi_worker(config: dict, startup_timeout: int) -> Cluster:
     keras_mwms.apply()
     _meet_within(config, startup_timeout)
     try:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=_resolver(config))
     except tf.errors.DeadlineExceededError:
         raise ClusterError(f"worker {index} of {count} gave up after {startup_timeout} s: "
                            "not every worker started. Try: start every worker with the "

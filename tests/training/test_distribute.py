@@ -292,6 +292,8 @@ def test_bad_strategy_settings_are_one_clear_error(monkeypatch):
         connect("multi-worker")
     monkeypatch.delenv("TF_CONFIG")
     assert connect("auto").kind == "one"  # no TF_CONFIG, no GPUs
+    assert connect("auto", "127.0.0.1:1", 0).kind == "one"  # a cluster of one worker
+    assert "TF_CONFIG" not in os.environ  # --workers is handed to TensorFlow, not written
     assert split_batch(32, local()) == 32
     four = Cluster(SimpleNamespace(num_replicas_in_sync=4), "multi-worker", 0, 4)
     assert split_batch(32, four) == 8

@@ -1,32 +1,24 @@
-"""`train`: from a folder of photos to a run folder holding a model bundle.
+"""`train`: from a folder of photos to a run folder holding a model bundle (its layout:
+`pawnet.run_folder`).
 
-```
-runs/train/
-  config.yaml      the resolved settings        manifest.csv   path, label, split, sha256
-  data.json        skipped files, duplicates    history.csv    one row per epoch
-  curves.png       loss and accuracy curves     checkpoints/   last/, best.weights.h5
-  bundle/          the model bundle (see pawnet.inference.bundle)
-```
-
-`plan` settles what the run does (new or resumed), `recipe` holds what every way of training
-shares, `scratch` and `transfer` fit, `callbacks` record and checkpoint.
+One step per function: `plan` settles what the run does (new or resumed), `scratch` or
+`transfer` fits (`recipe` holds what they share, `callbacks` record and checkpoint), `trust`
+fits calibration and the unknowns on the validation photos, then the bundle is saved.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pawnet.config import resolve_config
-from pawnet.distribute import connect, lost_workers, split_batch
+from pawnet import logs
+from pawnet.config import Config, resolve_config
+from pawnet.distribute import Cluster, connect, lost_workers, split_batch
 from pawnet.errors import one_line
-from pawnet.inference.bundle import BundleSpec, class_probabilities, save_bundle
+from pawnet.inference.bundle import BundleSpec, save_bundle
 from pawnet.models.registry import get_model_spec
 from pawnet.models.spec import output_kind
 from pawnet.run_folder import RunFolder, read_history
@@ -41,20 +33,21 @@ from pawnet.training.plan import (
     resume_plan,
     start_resumed,
 )
-from pawnet.training.recipe import class_weights
-from pawnet.training.unknowns import fit_unknowns
+from pawnet.training.recipe import Fitted, class_weights
+from pawnet.training.trust import Calibration, Unknowns, fit_calibration, fit_unknowns
 
 log = logging.getLogger(__name__)
 
 
 def train(photos: str | Path | None = None, *, config: str | Path | dict | None = None,
-          **settings: Any) -> Path | None:
+          verbose: bool = True, **settings: Any) -> Path | None:
     """Train a model on a folder of photos and save a bundle in a new run folder.
 
     Args:
         photos: folder of photos (class folders, train/val/test folders, or Kaggle-style
             `cat.1.jpg` files). Defaults to None: the `photos` of `config`.
         config: a YAML file or dict of settings; keyword arguments win over it.
+        verbose: show progress (pawnet's log lines and Keras' epochs); warnings always.
         **settings: any `Config` field, e.g. `model="tutorial-a-cnn"`, `epochs=10`,
             `image_size=150`, `augment=["flip", "zoom"]`, `resume="runs/train"`.
 
@@ -71,30 +64,37 @@ def train(photos: str | Path | None = None, *, config: str | Path | dict | None 
     >>> run = pawnet.train("photos/", epochs=5)
     """
     photos = str(photos) if photos is not None else None
-    if settings.get("resume"):
-        check_resumable(Path(settings["resume"]), photos=photos, config=config, **settings)
-        if already_finished(Path(settings["resume"]), settings.get("epochs")):
-            return Path(settings["resume"])
-    resumed = resume_plan(Path(settings["resume"]), photos=photos, config=config, **settings
-                          ) if settings.get("resume") else None
-    cfg = resumed.cfg if resumed else resolve_config(config, photos=photos, **settings)
+    resume = Path(settings["resume"]) if settings.get("resume") else None
+    with logs.verbosity(verbose):
+        if resume is not None:
+            check_resumable(resume, photos=photos, config=config, **settings)
+            if already_finished(resume, settings.get("epochs")):
+                return resume
+        resumed = (resume_plan(resume, photos=photos, config=config, **settings)
+                   if resume is not None else None)
+        cfg = resumed.cfg if resumed else resolve_config(config, photos=photos, **settings)
+        cluster = _connect(cfg)
+        with lost_workers(cluster):
+            if not resumed:
+                _check_inputs(cfg)
+            plan = start_resumed(resumed, cluster) if resumed else new_plan(cfg, cluster)
+            try:
+                _run(plan)
+            finally:
+                if not cluster.is_chief:
+                    shutil.rmtree(plan.run_dir, ignore_errors=True)
+    return plan.run_dir if cluster.is_chief else None
+
+
+def _connect(cfg: Config) -> Cluster:
     cluster = connect(cfg.strategy, cfg.workers, cfg.worker_index, cfg.startup_timeout)
     split_batch(cfg.batch_size, cluster)
     if cluster.kind != "one":
         log.info(f"Training with the {cluster.describe()}")
-    with lost_workers(cluster):
-        if not resumed:
-            _check_inputs(cfg)
-        plan = start_resumed(resumed, cluster) if resumed else new_plan(cfg, cluster)
-        try:
-            run_dir = _fit(plan)
-        finally:
-            if not cluster.is_chief:
-                shutil.rmtree(plan.run_dir, ignore_errors=True)
-    return run_dir if cluster.is_chief else None
+    return cluster
 
 
-def _check_inputs(cfg) -> None:
+def _check_inputs(cfg: Config) -> None:
     """What can be wrong with the settings, found before a run folder is made for them:
     TensorBoard asked for but missing, a --weights file that does not load."""
     if cfg.tensorboard:
@@ -105,85 +105,65 @@ def _check_inputs(cfg) -> None:
         load_backbone(get_model_spec(cfg.model), cfg.image_size, weights=cfg.weights)
 
 
-def _calibration(plan: Plan, output: str, val_out: np.ndarray) -> dict[str, float]:
-    """Fitted on the validation photos: the temperature, their calibration error (ECE)
-    before and after it, and the minimum confidence to answer at (the run's `max_error` or
-    `answer_share`, or the default policy)."""
-    from pawnet.trust.calibration import (
-        MIN_ANSWERED,
-        UNANSWERED_WARNING,
-        calibrate,
-        choose_min_confidence,
-        expected_calibration_error,
-        fit_temperature,
-        unanswered,
-    )
-
-    cfg = plan.cfg
-    probabilities = class_probabilities(val_out, output)
-    truth = np.array([plan.classes.index(p.label) for p in plan.split("val")])
-    temperature = round(fit_temperature(probabilities, truth), 4)
-    calibrated = calibrate(probabilities, temperature)
-    chosen = choose_min_confidence(calibrated, truth, max_error=cfg.max_error,
-                                   answer_share=cfg.answer_share)
-    min_confidence = math.floor(chosen * 1e6) / 1e6  # rounded down: the photo at it answers
-    left = unanswered(calibrated, min_confidence)
-    found = {"temperature": temperature,
-             "val_ece_uncalibrated": expected_calibration_error(probabilities, truth),
-             "val_ece": expected_calibration_error(calibrated, truth),
-             "min_confidence": min_confidence, "val_unanswered": round(left, 6)}
-    policy = (f"at most {cfg.max_error:.1%} of the answers wrong" if cfg.max_error is not None
-              else f"{cfg.answer_share:.1%} answered" if cfg.answer_share is not None
-              else f"half as many unanswered as wrong, at least {MIN_ANSWERED:.0%} answered")
-    log.info(f"Calibrated on validation photos: temperature {temperature:.3f}, expected "
-             f"calibration error {found['val_ece_uncalibrated']:.4f} -> {found['val_ece']:.4f}; "
-             f"'unsure' below {min_confidence:.4f} ({policy}): {left:.1%} of the validation "
-             "photos unanswered")
-    if left > UNANSWERED_WARNING:
-        log.warning(f"'unsure' would leave {left:.0%} of the validation photos unanswered. "
-                    "Try: --answer-share 0.9 (answer 90%), a larger --max-error, or more epochs or "
-                    "photos")
-    return found
-
-
-def _fit(plan: Plan) -> Path:
+def _run(plan: Plan) -> None:
+    """Every worker fits; the chief alone finishes the run."""
     import keras
 
-    cfg, run_dir = plan.cfg, plan.run_dir
-    keras.utils.set_random_seed(cfg.seed)
-    log.info("Using " + "; ".join(
-             f"{split} {sum(c.values())} ({', '.join(f'{one_line(k)} {v}' for k, v in c.items())})"
-             for split, c in plan.counts().items()
-    ))
-    weights = (class_weights(plan.split("train"), plan.classes)
-               if cfg.class_weight == "auto" else None)
+    keras.utils.set_random_seed(plan.cfg.seed)
+    _describe(plan)
+    fitted = _fit(plan, _class_weights(plan))
+    if fitted is not None:
+        _finish(plan, fitted)
+
+
+def _describe(plan: Plan) -> None:
+    counts = (f"{split} {sum(c.values())} "
+              f"({', '.join(f'{one_line(k)} {v}' for k, v in c.items())})"
+              for split, c in plan.counts().items())
+    log.info("Using " + "; ".join(counts))
+
+
+def _class_weights(plan: Plan) -> dict[int, float] | None:
+    if plan.cfg.class_weight != "auto":
+        return None
+    weights = class_weights(plan.split("train"), plan.classes)
     if weights:
         log.info("Classes are imbalanced; class weights: "
                  + ", ".join(f"{one_line(plan.classes[i])} {w:.2f}" for i, w in weights.items()))
+    return weights
 
-    spec = get_model_spec(cfg.model)
+
+def _fit(plan: Plan, weights: dict[int, float] | None) -> Fitted | None:
+    """The trained model on the chief (None on the other workers)."""
+    spec = get_model_spec(plan.cfg.model)
     started = time.monotonic()
     fitted = (transfer if spec.pretrained else scratch).fit(plan, spec, weights)
-    if fitted is None:  # a worker other than the chief, whose part is done
-        return run_dir
-    model, (val_loss, val_accuracy), val_out, features = fitted
-    fit_seconds = time.monotonic() - started
-    log.info(f"Saved model on validation photos: val_loss {val_loss:.4f}, "
-             f"val_accuracy {val_accuracy:.4f}")
-    output = output_kind(model)
-    calibration = _calibration(plan, output, val_out)
-    model, score, min_side = fit_unknowns(plan, model, spec, features)
-    ood_threshold = None if score is None else score.threshold
+    if fitted is not None:
+        fitted.seconds = time.monotonic() - started
+        log.info(f"Saved model on validation photos: val_loss {fitted.val_loss:.4f}, "
+                 f"val_accuracy {fitted.val_accuracy:.4f}")
+    return fitted
 
-    bundle_spec = BundleSpec(model_name=cfg.model, class_names=plan.classes,
-                             image_size=cfg.image_size, output=output,
-                             temperature=calibration["temperature"],
-                             min_confidence=calibration["min_confidence"],
-                             ood_threshold=ood_threshold, min_side=min_side)
-    metrics = {"val_loss": val_loss, "val_accuracy": val_accuracy, **calibration,
-               "ood_threshold": ood_threshold, "min_side": min_side}
-    record = provenance(plan, read_history(RunFolder(run_dir).history), metrics, fit_seconds)
-    bundle_dir = save_bundle(RunFolder(run_dir).bundle, model, bundle_spec, record, cfg.to_yaml())
+
+def _finish(plan: Plan, fitted: Fitted) -> None:
+    calibration = fit_calibration(plan, fitted)
+    unknowns = fit_unknowns(plan, get_model_spec(plan.cfg.model), fitted)
+    bundle_dir = _save(plan, fitted, calibration, unknowns)
     shutil.rmtree(plan.pixel_cache, ignore_errors=True)
     log.info(f"Saved bundle to {one_line(bundle_dir)}")
-    return run_dir
+
+
+def _save(plan: Plan, fitted: Fitted, calibration: Calibration, unknowns: Unknowns) -> Path:
+    """The bundle: the model with its OOD score, what it needs to be used the way it was
+    trained (`bundle.json`), and how it came to be (`provenance.json`)."""
+    cfg, run = plan.cfg, RunFolder(plan.run_dir)
+    spec = BundleSpec(model_name=cfg.model, class_names=plan.classes,
+                      image_size=cfg.image_size, output=output_kind(fitted.model),
+                      temperature=calibration.temperature,
+                      min_confidence=calibration.min_confidence,
+                      ood_threshold=unknowns.ood_threshold, min_side=unknowns.min_side)
+    metrics = {"val_loss": fitted.val_loss, "val_accuracy": fitted.val_accuracy,
+               **calibration.metrics(), "ood_threshold": unknowns.ood_threshold,
+               "min_side": unknowns.min_side}
+    record = provenance(plan, read_history(run.history), metrics, fitted.seconds)
+    return save_bundle(run.bundle, unknowns.model, spec, record, cfg.to_yaml())

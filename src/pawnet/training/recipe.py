@@ -1,10 +1,12 @@
 """The ingredients every way of training shares: targets, class weights, the compiled
-optimizer and loss, and the image pipelines. `pawnet bench` uses them too, so it measures
-exactly what `pawnet train` runs."""
+optimizer and loss, the image pipelines, and what fitting gives back (`Fitted`).
+`pawnet bench` uses them too, so it measures exactly what `pawnet train` runs."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +15,22 @@ from pawnet.data.scan import Photo, count_classes
 from pawnet.training.plan import Plan
 
 IMBALANCE_RATIO = 1.5  # class weights turn on when the largest class is this much bigger
+
+
+@dataclass
+class Fitted:
+    """A trained model and how it did on the validation photos, as the chief measured it.
+
+    `val_outputs` are its outputs on those photos, in their order; `features` the frozen
+    backbone's features its head was trained on ("train", "val"), so they need not be
+    computed again (None from scratch, or once fine-tuning changed them)."""
+
+    model: Any  # keras.Model
+    val_loss: float
+    val_accuracy: float
+    val_outputs: np.ndarray
+    features: dict[str, np.ndarray] | None = None
+    seconds: float = 0.0  # fitting time in this session
 
 
 def targets(photos: list[Photo], classes: list[str], binary: bool) -> np.ndarray:

@@ -23,7 +23,7 @@ from pawnet.training.callbacks import (
     tensorboard,
 )
 from pawnet.training.plan import Plan
-from pawnet.training.recipe import compile_model, image_datasets, steps_per_epoch
+from pawnet.training.recipe import Fitted, compile_model, image_datasets, steps_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +140,10 @@ def _start_or_resume(plan: Plan, spec: ModelSpec):
     return keras.models.load_model(checkpoint)
 
 
-def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
-        ) -> tuple[object, list[float], np.ndarray] | None:
-    """Train `spec` from scratch (or on from the resume checkpoint).
-
-    Returns:
-        The model with its best weights, its [val_loss, val_accuracy], and its outputs on
-        the validation photos; None on a worker other than the chief.
-    """
+def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None) -> Fitted | None:
+    """Train `spec` from scratch (or on from the resume checkpoint): the model with its
+    best weights, measured on the validation photos; None on a worker other than the
+    chief, which alone finishes the run."""
     cfg = plan.cfg
     policy = dtype_policy(cfg)
     with (plan.cluster.scope() if plan.cluster else contextlib.nullcontext(),
@@ -166,15 +162,13 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
     return validated(in_float32(model, plan, spec), plan, binary, val_ds)
 
 
-def validated(model, plan: Plan, binary: bool, val_ds
-              ) -> tuple[object, list[float], np.ndarray, None]:
-    """The trained model (on this worker), its [val_loss, val_accuracy] and its outputs on
-    the validation photos, in their order (`val_ds` unless it is spread over workers); no
-    features (None): the OOD fit computes them from the trained model."""
+def validated(model, plan: Plan, binary: bool, val_ds) -> Fitted:
+    """The trained model (on this worker) measured on the validation photos, in their
+    order (`val_ds` unless it is spread over workers)."""
     if plan.multi_worker:
         model = on_this_worker(model, plan)
         plan = dataclasses.replace(plan, cluster=None)
         compile_model(model, plan.cfg, 1)
         _, val_ds = image_datasets(plan, binary, augment=False)
-    return (model, [float(v) for v in model.evaluate(val_ds, verbose=0)],
-            np.asarray(model.predict(val_ds, verbose=0)), None)
+    loss, accuracy = (float(v) for v in model.evaluate(val_ds, verbose=0))
+    return Fitted(model, loss, accuracy, np.asarray(model.predict(val_ds, verbose=0)))

@@ -34,6 +34,7 @@ from pawnet.models.spec import ModelSpec, output_kind
 from pawnet.training.callbacks import HistoryRecorder, tensorboard
 from pawnet.training.plan import Plan
 from pawnet.training.recipe import (
+    Fitted,
     compile_model,
     head_training_set,
     image_datasets,
@@ -141,17 +142,15 @@ def _check_composed(model, head, plan: Plan, val_x: np.ndarray) -> None:
                            f"{np.abs(got - want).max():.2g} on validation photos")
 
 
-def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
-        ) -> tuple[keras.Model, list[float], np.ndarray, dict | None] | None:
+def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None) -> Fitted | None:
     """Phase 1: the head on cached backbone features; phase 2 (optional): fine-tune the top
     blocks. A resumed run redoes phase 1 from the feature cache, in seconds. On several
     workers, all share out the features, the chief trains the head, and all fine-tune.
 
     Returns:
-        The composed model (pixels to probabilities), its [val_loss, val_accuracy], its
-        outputs on the validation photos, and the features the head was trained on
-        ("train", "val"; None after fine-tuning changed them); None on a worker other
-        than the chief.
+        The composed model (pixels to probabilities) measured on the validation photos,
+        with the features its head was trained on unless fine-tuning changed them; None
+        on a worker other than the chief, which alone finishes the run.
     """
     cfg = plan.cfg
     multi_worker, chief = plan.multi_worker, plan.is_chief
@@ -174,7 +173,8 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None
         model = compose(backbone, head, spec.name)
         _check_composed(model, head, plan, val_x)
         plain = {"train": train_x[: len(plan.split("train"))], "val": val_x}
-        return model, [loss, accuracy], np.asarray(head.predict(val_x, verbose=0)), plain
+        return Fitted(model, loss, accuracy, np.asarray(head.predict(val_x, verbose=0)),
+                      plain)
     if multi_worker:
         backbone, head, epochs_done = _on_every_worker(plan, spec, head, epochs_done)
     return _fine_tune(plan, backbone, head, spec, weights, epochs_done)
@@ -194,7 +194,7 @@ def _on_every_worker(plan: Plan, spec: ModelSpec, head: keras.Model, epochs_done
 
 
 def _fine_tune(plan: Plan, backbone: keras.Model, head: keras.Model, spec: ModelSpec,
-               weights: dict[int, float] | None, epochs_done: int):
+               weights: dict[int, float] | None, epochs_done: int) -> Fitted | None:
     cfg, cluster = plan.cfg, plan.cluster
     opened = unfreeze_top_blocks(backbone, cfg.fine_tune)
     log.info(f"Fine-tuning the top {cfg.fine_tune} blocks ({len(opened)} layers, batch norm "

@@ -1,13 +1,17 @@
-"""What a trained model needs to say "I don't know", fitted at the end of training: the OOD
-score (`pawnet.trust.ood`) and the size below which photos are too small to judge
-(`pawnet.trust.verdict`)."""
+"""What makes a trained model trustworthy, fitted on the validation photos at the end of
+training: calibrated probabilities and the confidence to answer at (`pawnet.trust.
+calibration`), the OOD score (`pawnet.trust.ood`) and the size below which photos are too
+small to judge (`pawnet.trust.verdict`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
+import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -15,13 +19,78 @@ import numpy as np
 from pawnet.inference.bundle import class_probabilities
 from pawnet.models.spec import ModelSpec, output_kind
 from pawnet.training.plan import Plan
-from pawnet.trust.ood import OodScore, fit
+from pawnet.training.recipe import Fitted
+from pawnet.trust.ood import fit
 from pawnet.trust.verdict import choose_min_side, sides_to_try
 
 log = logging.getLogger(__name__)
 
 SIZE_PHOTOS = 1000  # training photos whose sizes are read (headers only)
 SHRUNK_PHOTOS = 128  # validation photos shrunk to measure accuracy by size
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The temperature, the validation photos' calibration error (ECE) before and after it,
+    the minimum confidence to answer at, and the share of them it leaves unanswered."""
+
+    temperature: float
+    val_ece_uncalibrated: float
+    val_ece: float
+    min_confidence: float
+    val_unanswered: float
+
+    def metrics(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Unknowns:
+    """The model with its OOD score column, the score's threshold, and the too-small cut
+    (no threshold and 0 when there were no validation photos to fit them on)."""
+
+    model: object  # keras.Model
+    ood_threshold: float | None
+    min_side: int
+
+
+def fit_calibration(plan: Plan, fitted: Fitted) -> Calibration:
+    """Fitted on the validation photos: the temperature, and the minimum confidence (the
+    run's `max_error` or `answer_share`, or the default policy)."""
+    from pawnet.trust.calibration import (
+        MIN_ANSWERED,
+        UNANSWERED_WARNING,
+        calibrate,
+        choose_min_confidence,
+        expected_calibration_error,
+        fit_temperature,
+        unanswered,
+    )
+
+    cfg = plan.cfg
+    probabilities = class_probabilities(fitted.val_outputs, output_kind(fitted.model))
+    truth = np.array([plan.classes.index(p.label) for p in plan.split("val")])
+    temperature = round(fit_temperature(probabilities, truth), 4)
+    calibrated = calibrate(probabilities, temperature)
+    chosen = choose_min_confidence(calibrated, truth, max_error=cfg.max_error,
+                                   answer_share=cfg.answer_share)
+    min_confidence = math.floor(chosen * 1e6) / 1e6  # rounded down: the photo at it answers
+    left = unanswered(calibrated, min_confidence)
+    found = Calibration(temperature, expected_calibration_error(probabilities, truth),
+                        expected_calibration_error(calibrated, truth), min_confidence,
+                        round(left, 6))
+    policy = (f"at most {cfg.max_error:.1%} of the answers wrong" if cfg.max_error is not None
+              else f"{cfg.answer_share:.1%} answered" if cfg.answer_share is not None
+              else f"half as many unanswered as wrong, at least {MIN_ANSWERED:.0%} answered")
+    log.info(f"Calibrated on validation photos: temperature {temperature:.3f}, expected "
+             f"calibration error {found.val_ece_uncalibrated:.4f} -> {found.val_ece:.4f}; "
+             f"'unsure' below {min_confidence:.4f} ({policy}): {left:.1%} of the validation "
+             "photos unanswered")
+    if left > UNANSWERED_WARNING:
+        log.warning(f"'unsure' would leave {left:.0%} of the validation photos unanswered. "
+                    "Try: --answer-share 0.9 (answer 90%), a larger --max-error, or more "
+                    "epochs or photos")
+    return found
 
 
 def shorter_sides(paths: list[str], seed: int) -> list[int]:
@@ -102,34 +171,26 @@ def _scratch_parts(plan: Plan, model) -> tuple[Callable, Callable]:
     return features, classify
 
 
-def fit_unknowns(plan: Plan, model, spec: ModelSpec, found: dict[str, np.ndarray] | None
-                 ) -> tuple[object, OodScore | None, int]:
-    """`model` with an OOD score column, the score, and the too-small cut (`min_side`).
-
-    Args:
-        found: the training and validation photos' features ("train", "val") when training
-            computed them already (transfer learning), so they are not computed again.
-
-    Returns:
-        The model unchanged, None and 0 when there are no validation photos to fit on.
-    """
+def fit_unknowns(plan: Plan, spec: ModelSpec, fitted: Fitted) -> Unknowns:
+    """The OOD score, fitted on the training photos' features (those the head was trained
+    on when there are some, else computed from the trained model), and the too-small cut."""
     from pawnet.models.ood import with_ood
 
     if not plan.split("val"):
         log.info("No validation photos: the model cannot say 'neither' or 'too small'")
-        return model, None, 0
+        return Unknowns(fitted.model, None, 0)
     started = time.monotonic()
     train_photos, val_photos = plan.split("train"), plan.split("val")
-    features, classify = (_transfer_parts(plan, model, spec) if spec.pretrained
-                          else _scratch_parts(plan, model))
-    found = found or {"train": features(train_photos, desc="Features (train)"),
-                      "val": features(val_photos, desc="Features (val)")}
+    features, classify = (_transfer_parts(plan, fitted.model, spec) if spec.pretrained
+                          else _scratch_parts(plan, fitted.model))
+    found = fitted.features or {"train": features(train_photos, desc="Features (train)"),
+                                "val": features(val_photos, desc="Features (val)")}
     frozen = spec.pretrained and not plan.cfg.fine_tune
     score = fit(found["train"], found["val"], plan.cfg.seed, frozen=frozen)
     log.info(f"OOD score fitted in {time.monotonic() - started:.1f}s on {len(score.bank)} "
              f"training photos: 'neither' above {score.threshold:.4f}")
-    min_side = _min_side(plan, model, features, classify, found["val"])
-    return with_ood(model, score), score, min_side
+    min_side = _min_side(plan, fitted.model, features, classify, found["val"])
+    return Unknowns(with_ood(fitted.model, score), score.threshold, min_side)
 
 
 def _min_side(plan: Plan, model, features: Callable, classify: Callable,
