@@ -26,7 +26,7 @@ from pawnet.inference.predictor import load
 from pawnet.serve.app import create_app
 from pawnet.serve.settings import ServeSettings
 
-FORMATS = {"jpg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP"}
+IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP"}
 ODD_NAMES = ['quote"d \'name\'.jpg', "new\nline.jpg", "ünïcödé 猫.jpg", "comma, semi;.jpg",
              "tab\tname.jpg", "escape\x1b[31mred.jpg", "-starts-with-dash.jpg"]
 
@@ -52,7 +52,7 @@ def make_hostile_files(root) -> dict[str, bool]:
         (cats / name).write_bytes(data)
         usable[f"cat/{name}"] = ok
 
-    for suffix, fmt in FORMATS.items():
+    for suffix, fmt in IMAGE_FORMATS.items():
         whole = _encoded(photo, fmt)
         put(f"whole.{suffix}", whole, True)
         put(f"truncated.{suffix}", whole[: len(whole) // 2], False)

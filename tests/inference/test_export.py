@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pawnet.errors import BundleError, ConfigError
 from pawnet.inference import convert
 from pawnet.inference import export as exporting
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NO_TENSORFLOW = ("import runpy, sys\n"
                  "for name in ('tensorflow', 'keras', 'pawnet'):\n"
                  "    sys.modules[name] = None  # importing it now fails\n"
@@ -91,7 +92,7 @@ def _keras_outputs(run, images):
 
 @pytest.mark.parametrize("max_drop", [1.0, -1.0])
 def test_int8_export_is_calibrated_and_its_accuracy_drop_is_policed(
-        trained_run, tmp_path, monkeypatch, max_drop):
+        trained_run, tmp_path, monkeypatch, caplog, max_drop):
     monkeypatch.setattr(exporting, "CALIBRATION_PHOTOS", (8, 300))
     monkeypatch.setattr(exporting, "INT8_MAX_DROP", max_drop)
     out = tmp_path / "int8"
@@ -102,7 +103,11 @@ def test_int8_export_is_calibrated_and_its_accuracy_drop_is_policed(
         return
     report = exporting.export(trained_run, "litert", int8=True, out=out)
     assert report["quantization"] == "int8" and report["calibration_photos"] >= 8
-    fp32 = exporting.export(trained_run, "litert", out=tmp_path / "fp32")
+    assert "Exporting pawnet-cnn to litert int8; checking on" in caplog.text  # verbose
+    caplog.clear()
+    fp32 = exporting.export(trained_run, "litert", out=tmp_path / "fp32", verbose=False)
+    assert not [r for r in caplog.records if r.name.startswith("pawnet")
+                and r.levelno < logging.WARNING]
     assert (out / "model.tflite").stat().st_size < 0.5 * (tmp_path / "fp32" /
                                                            "model.tflite").stat().st_size
     assert 0 < report["check"]["accuracy"] <= 1 and fp32["check"]["max_abs_diff"] < 1e-5

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -27,25 +28,34 @@ def own_runtime_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PAWNET_CACHE_DIR", str(tmp_path / "cache"))
 
 
+def _said(caplog) -> str:
+    """pawnet's log lines since the last call (INFO ones too: the CLI shows them)."""
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("pawnet"))
+    caplog.clear()
+    return text
+
+
 def test_converted_file_is_made_once_then_used_without_loading_keras(
-        trained_run, own_runtime_cache, capfd):
+        trained_run, own_runtime_cache, caplog):
+    caplog.set_level(logging.INFO, logger="pawnet")
     pawnet.load(trained_run, runtime="onnx")
-    assert "Converting the model for onnx once" in capfd.readouterr().err
+    assert "Converting the model for onnx once" in _said(caplog)
     predictor = pawnet.load(trained_run, runtime="onnx")
-    assert "Converting" not in capfd.readouterr().err
+    assert "Converting" not in _said(caplog)
     assert predictor.bundle._model is None  # the Keras model was never loaded
     record = json.loads(_cached_files("onnx")[0].with_suffix(".json").read_text())
     assert record["agrees"] and record["max_abs_diff"] <= 1e-5 and record["checked_on"] > 0
 
 
-def test_a_damaged_cached_file_is_remade_not_trusted(trained_run, own_runtime_cache, capfd):
+def test_a_damaged_cached_file_is_remade_not_trusted(trained_run, own_runtime_cache, caplog):
+    caplog.set_level(logging.INFO, logger="pawnet")
     photo = real_photos("dog", 1, "test")
     want = pawnet.load(trained_run, runtime="onnx").predict(photo)[0].probabilities
     model_file = next(p for p in _cached_files("onnx") if p.suffix == ".onnx")
     model_file.write_bytes(model_file.read_bytes()[:1000])  # truncated
-    capfd.readouterr()
+    _said(caplog)
     got = pawnet.load(trained_run, runtime="onnx").predict(photo)[0].probabilities
-    assert "Converting" in capfd.readouterr().err
+    assert "Converting" in _said(caplog)
     assert got == pytest.approx(want, abs=1e-6)
 
 
@@ -110,3 +120,51 @@ def test_photos_per_call_is_measured_at_conversion_and_every_size_answers_alike(
         for got, want in zip(results, answers[1], strict=True):
             assert got.label == want.label
             assert got.probabilities == pytest.approx(want.probabilities, abs=1e-6)
+
+
+def test_auto_skips_a_runtime_whose_converter_fails_and_says_so(trained_run, monkeypatch,
+                                                                caplog):
+    def failing(key, fmt, keras_model, probe):
+        raise RuntimeError(f"{fmt} has no kernel for this op")
+
+    monkeypatch.setattr(runtimes, "converted", failing)
+    assert pawnet.load(trained_run).runtime.name == "keras"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"could not convert the model for {name} ({name} has no kernel for "
+                        "this op); trying the next runtime" for name in ("onnx", "litert")]
+
+
+def test_a_bug_in_a_conversion_is_raised_not_swallowed(trained_run, monkeypatch):
+    def buggy(key, fmt, keras_model, probe):
+        return {}["photos_per_call"]  # KeyError: pawnet's own mistake, not the converter's
+
+    monkeypatch.setattr(runtimes, "converted", buggy)
+    with pytest.raises(KeyError, match="photos_per_call"):
+        pawnet.load(trained_run)
+
+
+def test_conversion_failures_are_the_converters_and_runtimes_own(tmp_path):
+    import onnxruntime
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(runtimes.conversion_failures()) as failed:
+        onnxruntime.InferenceSession(str(bad), providers=["CPUExecutionProvider"])
+    assert not isinstance(failed.value, OSError | ValueError | RuntimeError)  # its own class
+    assert KeyError not in runtimes.conversion_failures()
+    assert TypeError not in runtimes.conversion_failures()
+
+
+def test_a_cached_file_its_runtime_cannot_open_or_a_bad_record_is_remade(
+        trained_run, own_runtime_cache):
+    pawnet.load(trained_run, runtime="onnx")
+    model_file = next(p for p in _cached_files("onnx") if p.suffix == ".onnx")
+    record_file = model_file.with_suffix(".json")
+    model_file.write_bytes(b"not an onnx file")  # ONNX Runtime's own InvalidProtobuf
+    record = json.loads(record_file.read_text())
+    record_file.write_text(json.dumps({**record, "sha256": runtimes._sha256(model_file)}))
+    assert pawnet.load(trained_run, runtime="onnx").runtime.name == "onnx"
+    assert model_file.read_bytes() != b"not an onnx file"
+    record_file.write_text("[1, 2]")  # JSON, but no record
+    assert pawnet.load(trained_run, runtime="onnx").runtime.name == "onnx"
+    assert json.loads(record_file.read_text())["agrees"]

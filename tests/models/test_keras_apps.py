@@ -14,7 +14,7 @@ import pytest
 from helpers import assert_runtimes_agree, copy_photos, invoke, real_photos
 
 import pawnet
-from pawnet.errors import ConfigError
+from pawnet.errors import ConfigError, WeightsError
 
 APP = "MobileNetV3Small"
 FILE = "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"  # the name Keras asks for
@@ -97,7 +97,7 @@ def test_a_download_with_the_wrong_checksum_is_refused(weights_server, keras_fet
                                                        tmp_path):
     url, _, _ = weights_server
     keras_fetches_from(url, "0" * 64)
-    with pytest.raises(ConfigError, match="do not match the checksum Keras expects"):
+    with pytest.raises(WeightsError, match="do not match the checksum Keras expects"):
         pawnet.train(copy_photos(tmp_path / "photos", 4), out=str(tmp_path / "run"), **SMALL)
     assert not (tmp_path / "run" / "bundle").exists()
 
@@ -128,13 +128,29 @@ def test_a_weights_file_trains_without_any_download(weights_server, keras_fetche
     assert np.isclose(sum(result.probabilities.values()), 1.0)
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    ({"model": "keras:ResNet51"}, "no model 'ResNet51'. Did you mean: keras:ResNet50"),
-    ({"model": "efficientnet-lite0", "weights": "w.h5"}, "--weights is for keras.applications"),
-    ({"model": f"keras:{APP}", "weights": "missing.h5"}, "--weights missing.h5: no such file"),
-    ({"model": f"keras:{APP}", "fine_tune": 1}, "fine-tuning is for the EfficientNet-Lite"),
+@pytest.mark.parametrize(("settings", "error", "message"), [
+    ({"model": "keras:ResNet51"}, ConfigError,
+     "no model 'ResNet51'. Did you mean: keras:ResNet50"),
+    ({"model": "efficientnet-lite0", "weights": "w.h5"}, ConfigError,
+     "--weights is for keras.applications"),
+    ({"model": f"keras:{APP}", "weights": "missing.h5"}, WeightsError,
+     "--weights missing.h5: no such file"),
+    ({"model": f"keras:{APP}", "fine_tune": 1}, ConfigError,
+     "fine-tuning is for the EfficientNet-Lite"),
 ])
-def test_bad_keras_settings_are_clear_errors(tmp_path, settings, message):
-    with pytest.raises(ConfigError, match=message):
+def test_bad_keras_settings_are_clear_errors(tmp_path, settings, error, message):
+    with pytest.raises(error, match=message):
         pawnet.train(copy_photos(tmp_path / "photos", 4), out=str(tmp_path / "run"),
                      image_size=96, **settings)
+
+
+def test_weights_that_cannot_be_read_or_fetched_are_a_weights_error(tmp_path):
+    from pawnet.models.keras_apps import _weights_error, app_backbone
+
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(b"not an HDF5 file")
+    with pytest.raises(WeightsError, match=f"the weights of {APP} could not be loaded"):
+        app_backbone(f"keras:{APP}", 96, str(damaged))
+    offline = Exception("URL fetch failure on http://host/w.h5: None -- refused")
+    assert isinstance(_weights_error(APP, offline), WeightsError)
+    assert "cannot download the ImageNet weights" in str(_weights_error(APP, offline))

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pawnet.data.images import RESIZE_METHOD, RESIZE_METHODS
-from pawnet.errors import BundleError
+from pawnet.errors import BundleError, ConfigError
 from pawnet.run_folder import BUNDLE, RunFolder
 from pawnet.storage import Output, atomic_path
 
@@ -92,8 +92,9 @@ def _spec_problem(spec: BundleSpec) -> str:
     if (isinstance(spec.temperature, bool) or not isinstance(spec.temperature, int | float)
             or not 0.01 <= spec.temperature <= 100):
         return f"temperature must be a number from 0.01 to 100, not {spec.temperature!r}"
-    if (isinstance(spec.min_confidence, bool) or not isinstance(spec.min_confidence, int | float)
-            or not 0 <= spec.min_confidence <= 1):
+    try:
+        check_confidence(spec.min_confidence)
+    except ConfigError:
         return f"min_confidence must be a number from 0 to 1, not {spec.min_confidence!r}"
     if type(spec.min_side) is not int or not 0 <= spec.min_side <= MAX_IMAGE_SIZE:
         return f"min_side must be a whole number from 0 to {MAX_IMAGE_SIZE}, " \
@@ -106,6 +107,19 @@ def _spec_problem(spec: BundleSpec) -> str:
     if len(names) < 2 or (spec.output == "sigmoid" and len(names) != 2):
         return f"{len(names)} classes with {spec.output} output"
     return ""
+
+
+def check_confidence(value: object) -> float:
+    """A minimum confidence, checked: a number from 0 to 1. The one check of it, for the
+    bundle's own and for one given to `pawnet.load` (the CLI's, the server's).
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(f"min_confidence must be a number from 0 to 1 (0: never unsure), "
+                          f"received: {value!r}")
+    return float(value)
 
 
 def split_outputs(out: np.ndarray, spec: BundleSpec) -> tuple[np.ndarray, np.ndarray | None]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from pawnet.errors import ConfigError
 
-FORMATS = ("saved_model", "litert", "onnx")
+EXPORT_FORMATS = ("saved_model", "litert", "onnx")  # what `pawnet export --format` writes
 MODEL_FILES = {"saved_model": "saved_model", "litert": "model.tflite", "onnx": "model.onnx"}
 KERAS_FORMATS = {"saved_model": "tf_saved_model", "litert": "litert", "onnx": "onnx"}
 CONVERTERS = {"onnx": ("tf2onnx", "onnx")}  # packages a format needs beyond TensorFlow
@@ -31,8 +31,9 @@ def check_format(fmt: str, int8: bool = False) -> None:
     Raises:
         ConfigError: with the fix.
     """
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; allowed: "
+                          f"{', '.join(EXPORT_FORMATS)}")
     if int8 and fmt != "litert":
         raise ConfigError(f"--int8 is for --format litert; {fmt} has no int8 export here. "
                           "Try: --format litert --int8")
@@ -65,11 +66,11 @@ def _converter_chatter_held():
 
 
 def write_model(model, fmt: str, path: Path,
-                calibration: Callable[[], Iterable[np.ndarray]] | None = None) -> Path:
+                int8_photos: Callable[[], Iterable[np.ndarray]] | None = None) -> Path:
     """Write `model` (raw 0-255 RGB float input) as `fmt` at `path`.
 
     Args:
-        calibration: for int8 LiteRT only: yields uint8 images `(size, size, 3)` decoded as
+        int8_photos: for int8 LiteRT only: yields uint8 images `(size, size, 3)` decoded as
             at predict time; activations are quantized to the ranges they reach.
 
     Raises:
@@ -77,25 +78,25 @@ def write_model(model, fmt: str, path: Path,
     """
     from pawnet.quiet import held, import_quietly
 
-    check_format(fmt, int8=calibration is not None)
+    check_format(fmt, int8=int8_photos is not None)
     import_quietly()
     with _converter_chatter_held(), held():
-        if calibration is not None:
-            return _write_int8(model, path, calibration)
+        if int8_photos is not None:
+            return _write_int8(model, path, int8_photos)
         if fmt == "onnx":  # tf2onnx traces the model's call, which needs a first call
             model(np.zeros((1, *model.inputs[0].shape[1:]), "float32"))
         model.export(str(path), format=KERAS_FORMATS[fmt], verbose=False)
     return path
 
 
-def _write_int8(model, path: Path, calibration: Callable[[], Iterable[np.ndarray]]) -> Path:
+def _write_int8(model, path: Path, int8_photos: Callable[[], Iterable[np.ndarray]]) -> Path:
     """Full-integer weights and activations, float input and output (so the same
     preprocessing works), with TensorFlow's converter; ops without an int8 kernel stay
     float."""
     import tensorflow as tf
 
     def representative():
-        for image in calibration():
+        for image in int8_photos():
             yield [image[None].astype(np.float32)]
 
     with tempfile.TemporaryDirectory() as tmp:

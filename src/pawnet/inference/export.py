@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pawnet import __version__
+from pawnet import __version__, logs
 from pawnet.data.images import MAX_PIXELS, load_pixels
 from pawnet.data.splits import read_manifest
 from pawnet.errors import BundleError, ConfigError, DataError, ImageError, one_line
@@ -37,9 +37,9 @@ EXPORT_OUTPUT = Output("export", r"model\.onnx|model\.tflite|saved_model|pawnet\
                        r"pawnet\.json")
 
 
-def _check_set(bundle: Bundle, model: str | Path, photos: str | Path | None):
-    """(paths, labels, description): photos to check the export on; the run's test split
-    (or validation split) unless `photos` is given."""
+def _photos_to_check(bundle: Bundle, model: str | Path, photos: str | Path | None):
+    """(paths, labels, description) of the photos to check the export on: `photos`, or
+    the run's test split (or validation split)."""
     from pawnet.reporting.evaluate import select_photos
 
     if photos is None and bundle.run_dir is None:
@@ -54,8 +54,9 @@ def _check_set(bundle: Bundle, model: str | Path, photos: str | Path | None):
     raise AssertionError("unreachable")
 
 
-def _calibration(bundle: Bundle):
-    """A function yielding the run's own training photos, decoded as at predict time."""
+def _int8_calibration_photos(bundle: Bundle):
+    """(a function yielding them, how many): the run's own training photos that int8
+    quantization measures activation ranges on, decoded as at predict time."""
     if bundle.run_dir is None:
         raise ConfigError("--int8 calibrates on the training run's own photos, and this "
                           "model has no run. Try: pawnet export RUN_FOLDER --int8")
@@ -160,7 +161,8 @@ def default_out(bundle: Bundle, fmt: str, int8: bool) -> Path:
 
 
 def export(model: str | Path, fmt: str = "onnx", *, out: str | Path | None = None,
-           int8: bool = False, photos: str | Path | None = None) -> dict[str, Any]:
+           int8: bool = False, photos: str | Path | None = None,
+           verbose: bool = True) -> dict[str, Any]:
     """Export a model to `fmt` ("saved_model", "litert" or "onnx") and check it on photos.
 
     Args:
@@ -170,6 +172,7 @@ def export(model: str | Path, fmt: str = "onnx", *, out: str | Path | None = Non
         int8: LiteRT only: integer weights and activations, calibrated on the run's own
             training photos.
         photos: photos to check the export on. Defaults to the run's test split (or val).
+        verbose: say what is exported and checked on; warnings always.
 
     Returns:
         What `pawnet.json` says, with `out` and the check's figures under `check`.
@@ -180,19 +183,20 @@ def export(model: str | Path, fmt: str = "onnx", *, out: str | Path | None = Non
         BundleError: the export disagrees with the bundle (nothing is left behind).
     """
     check_format(fmt, int8)
-    bundle = resolve(model)
-    out = check_output_folder(out or default_out(bundle, fmt, int8), EXPORT_OUTPUT)
-    paths, labels, source = _check_set(bundle, model, photos)
-    calibration, calibrated = _calibration(bundle) if int8 else (None, 0)
-    info = _describe(bundle, fmt, int8, calibrated)
-    log.info(f"Exporting {bundle.spec.model_name} to {fmt}{' int8' if int8 else ''}; checking "
-          f"on {one_line(source)}")
-    with atomic_path(out, EXPORT_OUTPUT) as tmp:
-        tmp.mkdir(parents=True)
-        write_model(bundle.model, fmt, tmp / MODEL_FILES[fmt], calibration)
-        info["check"] = {"source": source,
-                         **_compare(bundle, fmt, tmp / MODEL_FILES[fmt], paths, labels, int8)}
-        (tmp / "pawnet.json").write_text(json.dumps(info, indent=2) + "\n")
+    with logs.verbosity(verbose):
+        bundle = resolve(model)
+        out = check_output_folder(out or default_out(bundle, fmt, int8), EXPORT_OUTPUT)
+        paths, labels, source = _photos_to_check(bundle, model, photos)
+        int8_photos, calibrated = _int8_calibration_photos(bundle) if int8 else (None, 0)
+        info = _describe(bundle, fmt, int8, calibrated)
+        log.info(f"Exporting {bundle.spec.model_name} to {fmt}{' int8' if int8 else ''}; "
+                 f"checking on {one_line(source)}")
+        with atomic_path(out, EXPORT_OUTPUT) as tmp:
+            tmp.mkdir(parents=True)
+            write_model(bundle.model, fmt, tmp / MODEL_FILES[fmt], int8_photos)
+            info["check"] = {"source": source, **_compare(bundle, fmt, tmp / MODEL_FILES[fmt],
+                                                          paths, labels, int8)}
+            (tmp / "pawnet.json").write_text(json.dumps(info, indent=2) + "\n")
     return {**info, "out": str(out)}
 
 

@@ -7,6 +7,8 @@ kind) from the bundle, never from a training config, so it cannot disagree with 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import csv
 import glob
 import io
@@ -18,23 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pawnet.data.images import (
-    IMAGE_SUFFIXES,
-    MAX_PIXELS,
-    decode_ahead,
-    load_photo,
-    load_pixels,
-)
+from pawnet.data.images import IMAGE_SUFFIXES, MAX_PIXELS, decode_ahead, load_photo, load_pixels
 from pawnet.data.shards import in_shard
 from pawnet.data.splits import read_manifest
 from pawnet.errors import ConfigError, ImageError, one_line
-from pawnet.inference.bundle import Bundle, check_io, resolve, split_outputs
+from pawnet.inference.bundle import Bundle, check_confidence, check_io, resolve, split_outputs
 from pawnet.inference.runtimes import choose, on_every_core, synthetic_images
 from pawnet.run_folder import RunFolder
 from pawnet.trust.calibration import calibrate
 from pawnet.trust.verdict import verdict
 
-FORMATS = ("table", "json", "csv", "kaggle")
+OUTPUT_FORMATS = ("table", "json", "csv", "kaggle")  # what `format_predictions` writes
 
 
 @dataclass(frozen=True)
@@ -84,7 +80,7 @@ class Prediction:
 
 
 class Predictor:
-    """A loaded model plus its preprocessing.
+    """A loaded model plus its preprocessing; `pawnet.load` builds one.
 
     Args:
         bundle: the model and its spec, from `pawnet.inference.bundle.resolve`.
@@ -106,16 +102,19 @@ class Predictor:
     def __init__(self, bundle: Bundle, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
                  runtime: str = "auto", tta: bool = False, min_confidence: float | None = None):
         self.bundle = bundle
-        self.tta = tta
-        self.min_confidence = (bundle.spec.min_confidence if min_confidence is None
-                               else check_confidence(min_confidence))
-        self.batch_size = batch_size
-        self.max_pixels = max_pixels
+        self._settle(batch_size, max_pixels, tta, min_confidence)
         self.runtime = choose(runtime, bundle.fingerprint, lambda: bundle.model,
                               lambda: probe_images(bundle))
         units, side = _io_shape(self.runtime)
         if units is not None:
             check_io(bundle.path or bundle.spec.model_name, bundle.spec, units, side)
+
+    def _settle(self, batch_size: int, max_pixels: int, tta: bool,
+                min_confidence: float | None) -> None:
+        """The settings but the runtime (see the class); `min_confidence` None: the bundle's."""
+        self.batch_size, self.max_pixels, self.tta = batch_size, max_pixels, tta
+        self.min_confidence = (self.spec.min_confidence if min_confidence is None
+                               else check_confidence(min_confidence))
 
     @property
     def model(self):
@@ -169,30 +168,36 @@ class Predictor:
                                    min_confidence=self.min_confidence,
                                    ood_threshold=self.spec.ood_threshold)
 
-    def decode(self, source: str | Path | bytes, max_pixels: int | None = None
-               ) -> np.ndarray | str:
-        """The pixels the model sees for one photo, or the reason it cannot be read.
+    def decode(self, source: str | Path | bytes, max_pixels: int | None = None) -> np.ndarray:
+        """The pixels the model sees for one photo; `max_pixels`: a limit for this call
+        instead of the predictor's own.
 
-        Args:
-            max_pixels: a limit for this call instead of the predictor's own.
+        Raises:
+            ImageError: the photo cannot be read; the message is the reason.
         """
-        found = self.decode_sized(source, max_pixels)
-        return found if isinstance(found, str) else found[0]
+        return self.decode_sized(source, max_pixels)[0]
 
     def decode_sized(self, source: str | Path | bytes, max_pixels: int | None = None
-                     ) -> tuple[np.ndarray, tuple[int, int]] | str:
-        """`decode`, with the photo's own (width, height): (pixels, size), or the reason."""
+                     ) -> tuple[np.ndarray, tuple[int, int]]:
+        """`decode`, with the photo's own (width, height): (pixels, size); raises the same."""
         try:
             return load_photo(source, self.image_size, max_pixels or self.max_pixels,
                               self.spec.resize_method)
-        except ImageError as exc:
-            return str(exc)
         except FileNotFoundError:
-            return "no such file (or no file matches this pattern)"
+            raise ImageError("no such file (or no file matches this pattern)") from None
         except IsADirectoryError:
-            return "a folder with no image files (.jpg, .png, ...)"
+            raise ImageError("a folder with no image files (.jpg, .png, ...)") from None
         except PermissionError as exc:
-            return f"cannot read file ({exc.strerror})"
+            raise ImageError(f"cannot read file ({exc.strerror})") from None
+
+    def decode_or_error(self, source: str | Path | bytes
+                        ) -> tuple[np.ndarray, tuple[int, int]] | ImageError:
+        """`decode_sized`, or the `ImageError` saying why not: for batches, where one
+        unreadable photo gets an error entry of its own (`predict`, the server)."""
+        try:
+            return self.decode_sized(source)
+        except ImageError as exc:
+            return exc
 
     def predict(
         self, sources: Sequence[str | Path | bytes] | str | Path | bytes, names=None,
@@ -221,7 +226,7 @@ class Predictor:
         if single is not None:
             return self._predict_each(single(), sources, names)
         results: list[Prediction] = []
-        for start, decoded in decode_ahead(sources, self.decode_sized, self.batch_size):
+        for start, decoded in decode_ahead(sources, self.decode_or_error, self.batch_size):
             results += self._results(names[start : start + len(decoded)], decoded, self.rows)
         return results
 
@@ -231,47 +236,47 @@ class Predictor:
         (docs/decisions.md)."""
         def label(chunk: range) -> list[Prediction]:
             return self._results([names[i] for i in chunk],
-                                 [self.decode_sized(sources[i]) for i in chunk],
+                                 [self.decode_or_error(sources[i]) for i in chunk],
                                  lambda pixels: self._run(runtime, pixels, self.tta))
 
         parts = on_every_core(label, len(sources), runtime.photos_per_call)
         return [p for part in parts for p in part]
 
     def _results(self, names: Sequence, decoded: list, rows) -> list[Prediction]:
-        """One `Prediction` per decoded photo ((pixels, size), or the reason it could not be
-        read), with `rows` run once on all the readable ones."""
-        ok = [d for d in decoded if not isinstance(d, str)]
+        """One `Prediction` per decoded photo ((pixels, size), or the `ImageError` saying why
+        it could not be read), with `rows` run once on all the readable ones."""
+        ok = [d for d in decoded if not isinstance(d, ImageError)]
         found = iter(rows(np.stack([pixels for pixels, _ in ok])) if ok else ())
-        return [Prediction(str(name), error=d) if isinstance(d, str)
+        return [Prediction(str(name), error=str(d)) if isinstance(d, ImageError)
                 else self.prediction(str(name), next(found), d[1])
                 for name, d in zip(names, decoded, strict=True)]
 
 
-def load(model: str | Path, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
+def load(model: str | Path | Predictor, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
          runtime: str = "auto", tta: bool = False, min_confidence: float | None = None
          ) -> Predictor:
     """Load a model for prediction: a run folder, a bundle folder or a built-in name, on
     `runtime`, with or without `tta`, with the bundle's or a given `min_confidence` (see
-    `Predictor`).
+    `Predictor`). The one way pawnet builds a predictor: the CLI, Python, the server.
+
+    A `Predictor` given as `model` is left as it is: the answer is a copy of it (of its own
+    class) with these settings, which keeps its runtime when `runtime` is "auto" and its
+    minimum confidence when `min_confidence` is None.
 
     Raises:
         BundleError: the bundle is missing, damaged or from an incompatible version.
-        ConfigError: an unknown runtime, or one that is not installed.
+        ConfigError: an unknown runtime, one not installed, or `min_confidence` not in 0..1.
     """
-    return Predictor(resolve(model), batch_size=batch_size, max_pixels=max_pixels,
-                     runtime=runtime, tta=tta, min_confidence=min_confidence)
-
-
-def check_confidence(value: float) -> float:
-    """A minimum confidence, checked: a number from 0 to 1.
-
-    Raises:
-        ConfigError: anything else.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ConfigError(f"min_confidence must be a number from 0 to 1 (0: never unsure), "
-                          f"received: {value!r}")
-    return float(value)
+    if not isinstance(model, Predictor):
+        return Predictor(resolve(model), batch_size=batch_size, max_pixels=max_pixels,
+                         runtime=runtime, tta=tta, min_confidence=min_confidence)
+    kept = model.min_confidence if min_confidence is None else min_confidence
+    if runtime not in ("auto", model.runtime.name):
+        return Predictor(model.bundle, batch_size=batch_size, max_pixels=max_pixels,
+                         runtime=runtime, tta=tta, min_confidence=kept)
+    copied = copy.copy(model)  # the runtime is chosen once; the caller's keeps its settings
+    copied._settle(batch_size, max_pixels, tta, kept)
+    return copied
 
 
 PROBE_PHOTOS = 16  # validation photos a converted model is checked on against Keras
@@ -279,12 +284,15 @@ PROBE_PHOTOS = 16  # validation photos a converted model is checked on against K
 
 def probe_images(bundle: Bundle) -> np.ndarray:
     """Images to check a converted model against Keras on: the run's validation photos
-    when there is a run, else fixed synthetic images (gradients and noise)."""
+    when there is a run (those still there and readable), else fixed synthetic images
+    (gradients and noise)."""
     size = bundle.spec.image_size
     if bundle.run_dir is not None:
         photos = [p for p in read_manifest(RunFolder(bundle.run_dir).manifest) if p.split == "val"]
-        decoded = [load_pixels(p.path, size) for p in photos[:PROBE_PHOTOS]
-                   if Path(p.path).is_file()]
+        decoded = []
+        for photo in photos[:PROBE_PHOTOS]:
+            with contextlib.suppress(ImageError, OSError):  # gone or changed since training
+                decoded.append(load_pixels(photo.path, size))
         if decoded:
             return np.stack(decoded)
     return synthetic_images(size)
@@ -386,7 +394,7 @@ def format_predictions(results: Sequence[Prediction], classes: list[str],
     elif fmt == "kaggle":
         rows = _kaggle(results, classes)
     else:
-        raise ConfigError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown format {fmt!r}; allowed: {', '.join(OUTPUT_FORMATS)}")
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     return buffer.getvalue().rstrip("\n")

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -212,17 +213,57 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Modules whose own exception classes (derived from Exception only) a converter or runtime
+# raises when it cannot handle a model; only a module already imported can have raised one.
+FAILURE_MODULES = {
+    "tensorflow.python.framework.errors_impl": ("OpError",),  # TensorFlow ops, tf.errors
+    "tensorflow.lite.python.convert_phase": ("ConverterError",),  # the LiteRT converter
+}
+ORT_ERRORS = "onnxruntime.capi.onnxruntime_pybind11_state"  # InvalidProtobuf, Fail, ...
+
+
+def conversion_failures() -> tuple[type[Exception], ...]:
+    """What converting a model, or opening or running a converted file, raises when the
+    converter or runtime cannot do it for this model here, rather than because of a bug:
+    OSError (disk, permissions), ImportError (a converter installed but broken),
+    ValueError and RuntimeError (tf2onnx's checks and unsupported ops, Keras' exporters,
+    LiteRT's interpreter on a bad file), TensorFlow's `OpError` and `ConverterError`, and
+    ONNX Runtime's own classes. Anything else is raised."""
+    found: list[type[Exception]] = [OSError, ImportError, ValueError, RuntimeError]
+    for module, names in FAILURE_MODULES.items():
+        if module in sys.modules:
+            found += [getattr(sys.modules[module], name) for name in names]
+    if ORT_ERRORS in sys.modules:
+        found += [value for value in vars(sys.modules[ORT_ERRORS]).values()
+                  if isinstance(value, type) and issubclass(value, Exception)]
+    return tuple(found)
+
+
+def _record(model_file: Path) -> dict | None:
+    """The record kept next to a converted file, or None when it is missing, damaged, of
+    another cache version, or of another file."""
+    try:
+        record = json.loads(model_file.with_suffix(".json").read_text())
+        if not isinstance(record, dict) or record.get("version") != CACHE_VERSION:
+            return None
+        return record if record.get("sha256") == _sha256(model_file) else None
+    except (OSError, ValueError):  # missing or unreadable; not JSON
+        return None
+
+
 def _cached(model_file: Path, fmt: str) -> tuple[Runtime | None, dict | None]:
     """The cached runtime and its record, or (None, None) when missing or damaged."""
-    record_file = model_file.with_suffix(".json")
+    record = _record(model_file)
+    if record is None or not isinstance(record.get("agrees"), bool):
+        return None, None
+    if not record["agrees"]:
+        return None, record
+    per_call = record.get("photos_per_call")
+    if type(per_call) is not int or per_call < 1:
+        return None, None
     try:
-        record = json.loads(record_file.read_text())
-        if record.get("version") != CACHE_VERSION or record["sha256"] != _sha256(model_file):
-            return None, None
-        if not record["agrees"]:
-            return None, record
-        return open_file(model_file, fmt, photos_per_call=int(record["photos_per_call"])), record
-    except Exception:  # missing, unreadable, damaged: remake it
+        return open_file(model_file, fmt, photos_per_call=per_call), record
+    except conversion_failures():  # a file its runtime cannot open after all: remake it
         return None, None
 
 
@@ -299,9 +340,9 @@ def choose(runtime: str, key: str, keras_model: Callable[[], Any],
             found = converted(key, name, keras_model, probe)
         except ConfigError:
             continue  # its converter is not installed
-        except BundleError:
-            raise  # the bundle itself is damaged: no runtime will do
-        except Exception as exc:  # a converter bug must not stop predictions: try the next
+        except conversion_failures() as exc:  # a converter that cannot do this model must
+            # not stop predictions: try the next. A damaged bundle (BundleError), or any
+            # other exception (a bug), is raised: no runtime would do.
             log.warning(f"could not convert the model for {name} ({exc}); trying the next "
                         "runtime")
             continue

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import keras
 
-from pawnet.errors import ConfigError, one_line
+from pawnet.errors import ConfigError, WeightsError, one_line
 
 PREFIX = "keras:"
 IMAGE_SIZE = 224  # the input side every keras.applications model was trained at or near
@@ -64,19 +64,19 @@ class AppPreprocessing(keras.layers.Layer):
         return {**super().get_config(), "app": self.app}
 
 
-def _weights_error(name: str, exc: Exception) -> ConfigError:
+def _weights_error(name: str, exc: Exception) -> WeightsError:
     text = one_line(str(exc) or type(exc).__name__)
     if "hash does not match" in text or "corrupted" in text:
-        return ConfigError(f"the ImageNet weights downloaded for {name} do not match the "
-                           f"checksum Keras expects ({text[:160]}). Try: again (the file is "
-                           "fetched anew), or --weights FILE with the right file")
+        return WeightsError(f"the ImageNet weights downloaded for {name} do not match the "
+                            f"checksum Keras expects ({text[:160]}). Try: again (the file is "
+                            "fetched anew), or --weights FILE with the right file")
     if "URL fetch failure" in text:
         url = text.split("URL fetch failure on ", 1)[-1].split(": ", 1)[0]
-        return ConfigError(f"cannot download the ImageNet weights of {name} from {url} (no "
-                           f"internet?). Try: fetch that file where there is internet and "
-                           f"pass it with --weights FILE, or copy it to ~/.keras/models/")
-    return ConfigError(f"the weights of {name} could not be loaded ({text[:200]}). Try: "
-                       f"--weights with the 'no top' weights file of {name}")
+        return WeightsError(f"cannot download the ImageNet weights of {name} from {url} (no "
+                            f"internet?). Try: fetch that file where there is internet and "
+                            f"pass it with --weights FILE, or copy it to ~/.keras/models/")
+    return WeightsError(f"the weights of {name} could not be loaded ({text[:200]}). Try: "
+                        f"--weights with the 'no top' weights file of {name}")
 
 
 def app_backbone(model: str, image_size: int, weights: str | None = None) -> keras.Model:
@@ -87,22 +87,20 @@ def app_backbone(model: str, image_size: int, weights: str | None = None) -> ker
         weights: a weights file; None: Keras' ImageNet weights, downloaded once.
 
     Raises:
-        ConfigError: an unknown model, a missing or wrong weights file, or no way to
-            download the weights.
+        ConfigError: an unknown model.
+        WeightsError: a missing or wrong weights file, or no way to download the weights.
     """
     name = app_name(model)
     if weights is not None and not Path(weights).is_file():
-        raise ConfigError(f"--weights {weights}: no such file. Try: the path of the 'no top' "
-                          f"weights file of {name}")
+        raise WeightsError(f"--weights {weights}: no such file. Try: the path of the 'no top' "
+                           f"weights file of {name}")
     try:
         with warnings.catch_warnings():  # "weights for input shape (224, 224) will be loaded"
             warnings.simplefilter("ignore", UserWarning)
             network = getattr(keras.applications, name)(
                 include_top=False, weights=weights or "imagenet", pooling="avg",
                 input_shape=(image_size, image_size, 3))
-    except ConfigError:
-        raise
-    except Exception as exc:  # urllib, h5py and Keras each raise their own
+    except Exception as exc:  # urllib, h5py and Keras (a bare Exception) each raise their own
         raise _weights_error(name, exc) from None
     network.trainable = False
     pixels = keras.Input((image_size, image_size, 3), name="pixels")

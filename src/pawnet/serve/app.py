@@ -22,7 +22,6 @@ one for all of it). Anything a client can send gets a 4xx with a one-line reason
 from __future__ import annotations
 
 import asyncio
-import copy
 import ctypes
 import hmac
 import importlib.resources
@@ -42,8 +41,9 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
+from pawnet.errors import ImageError
 from pawnet.inference.bundle import Bundle
-from pawnet.inference.predictor import Prediction, Predictor, check_confidence, load
+from pawnet.inference.predictor import Prediction, Predictor, load
 from pawnet.serve.batcher import Batcher, QueueFull
 from pawnet.serve.explainer import GONE, Explainer, ExplainQueueFull, heat_maps_of
 from pawnet.serve.metrics import Metrics, MetricsMiddleware
@@ -102,31 +102,19 @@ def provenance_summary(bundle: Bundle) -> dict:
 
 
 def serving_predictor(model: str | Path | Predictor, settings: ServeSettings) -> Predictor:
-    """The predictor a server runs: `model` loaded, or a copy of a given `Predictor`, with
-    the settings' runtime, test-time augmentation, minimum confidence, pixel limit and
-    batch size. The one way `run` and `create_app` get theirs.
-
-    A given predictor keeps its runtime when `settings.runtime` is "auto", and its minimum
-    confidence when `settings.min_confidence` is None.
+    """The predictor a server runs: `pawnet.load` of `model` (a copy of a given
+    `Predictor`, which keeps its runtime when `settings.runtime` is "auto" and its minimum
+    confidence when `settings.min_confidence` is None) with the settings' runtime,
+    test-time augmentation, minimum confidence, pixel limit and batch size. The one way
+    `run` and `create_app` get theirs.
 
     Raises:
         BundleError: the model cannot be loaded.
         ConfigError: an unknown runtime, or one that is not installed.
     """
-    if not isinstance(model, Predictor):
-        return load(model, batch_size=settings.max_batch, max_pixels=settings.max_pixels,
-                    runtime=settings.runtime, tta=settings.tta,
-                    min_confidence=settings.min_confidence)
-    min_confidence = (model.min_confidence if settings.min_confidence is None
-                      else settings.min_confidence)
-    if settings.runtime not in ("auto", model.runtime.name):
-        return Predictor(model.bundle, batch_size=settings.max_batch,
-                         max_pixels=settings.max_pixels, runtime=settings.runtime,
-                         tta=settings.tta, min_confidence=min_confidence)
-    served = copy.copy(model)  # the caller's predictor keeps its own settings
-    served.batch_size, served.max_pixels = settings.max_batch, settings.max_pixels
-    served.tta, served.min_confidence = settings.tta, check_confidence(min_confidence)
-    return served
+    return load(model, batch_size=settings.max_batch, max_pixels=settings.max_pixels,
+                runtime=settings.runtime, tta=settings.tta,
+                min_confidence=settings.min_confidence)
 
 
 def _lifespan(model: str | Path | Predictor, settings: ServeSettings, state: _State):
@@ -259,9 +247,9 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
         }
 
     async def labelled(request: Request, time_left: Callable[[], float]) -> list:
-        """The request's photos as (name, pixels or the reason they cannot be read,
-        their prediction or None), within the limits, labelled by the batcher; the upload
-        and the model each get `time_left()` seconds."""
+        """The request's photos as (name, pixels or the `ImageError` saying why they
+        cannot be read, their prediction or None), within the limits, labelled by the
+        batcher; the upload and the model each get `time_left()` seconds."""
         predictor = ready()
         uploads = await _uploads(request, settings, time_left())
         return await _label(predictor, state, settings, uploads, time_left())
@@ -269,7 +257,7 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
     @app.post("/v1/predict", dependencies=[Depends(check_key)], **PREDICT_DOC)
     async def predict(request: Request) -> list[dict]:
         photos = await labelled(request, lambda: settings.timeout_s)
-        return [(Prediction(name, error=d) if found is None else found).to_dict()
+        return [(Prediction(name, error=str(d)) if found is None else found).to_dict()
                 for name, d, found in photos]
 
     _add_explain(app, settings, state, labelled, check_key)
@@ -300,7 +288,8 @@ def _add_explain(app: FastAPI, settings: ServeSettings, state: _State, labelled,
         except ExplainQueueFull as exc:
             raise busy(f"{exc}. Try: again in a second") from None
         heat_maps = iter(await heat_maps_of(job, request, settings.timeout_s))
-        return [Prediction(name, error=d).to_dict() if prediction is None else next(heat_maps)
+        return [Prediction(name, error=str(d)).to_dict() if prediction is None
+                else next(heat_maps)
                 for name, d, prediction in photos]
 
 
@@ -322,21 +311,21 @@ async def _uploads(request: Request, settings: ServeSettings, limit_s: float
 
 async def _label(predictor: Predictor, state: _State, settings: ServeSettings,
                  uploads: list[tuple[str, bytes]], limit_s: float) -> list:
-    """(name, pixels or the reason they cannot be read, prediction or None) per upload:
-    decoded in the thread pool, run by the batcher within `limit_s`."""
-    sized = await asyncio.gather(*(anyio.to_thread.run_sync(predictor.decode_sized, data)
+    """(name, pixels or the `ImageError` saying why they cannot be read, prediction or
+    None) per upload: decoded in the thread pool, run by the batcher within `limit_s`."""
+    sized = await asyncio.gather(*(anyio.to_thread.run_sync(predictor.decode_or_error, data)
                                    for _, data in uploads))
-    decoded = [d if isinstance(d, str) else d[0] for d in sized]
+    decoded = [d if isinstance(d, ImageError) else d[0] for d in sized]
     rows = await _run_model(state, settings, [name for name, _ in uploads], decoded, limit_s)
-    return [(name, d, None if isinstance(d, str)
+    return [(name, d, None if isinstance(d, ImageError)
              else predictor.prediction(name, next(rows), s[1]))
             for (name, _), d, s in zip(uploads, decoded, sized, strict=True)]
 
 
 async def _run_model(state: _State, settings: ServeSettings, names: list[str],
-                     decoded: list[np.ndarray | str], limit_s: float):
+                     decoded: list[np.ndarray | ImageError], limit_s: float):
     """Probabilities of the readable photos, in order, from the batcher."""
-    ok = [d for d in decoded if not isinstance(d, str)]
+    ok = [d for d in decoded if not isinstance(d, ImageError)]
     state.metrics.images.labels("unreadable").inc(len(decoded) - len(ok))
     if not ok:
         reasons = "; ".join(f"{n}: {d}" for n, d in zip(names, decoded, strict=True))
@@ -389,10 +378,10 @@ def run(model: str | Path, settings: ServeSettings | None = None) -> None:
     host = settings.host
     shown = f"[{host}]" if ":" in host else host
     log.info(f"Serving {predictor.spec.model_name} ({', '.join(predictor.classes)}) at "
-          f"http://{shown}:{settings.port}/  (API docs at /docs)")
+             f"http://{shown}:{settings.port}/  (API docs at /docs)")
     if settings.api_key_env is None and host not in LOOPBACK:
         log.warning(f"listening on {host} without an API key; anyone who can reach this "
-              "port can use the model. Try: --api-key-env NAME")
+                    "port can use the model. Try: --api-key-env NAME")
     uvicorn.run(app, host=host, port=settings.port, log_level=settings.log_level,
                 http=header_timeout_protocol(settings.header_timeout_s),
                 timeout_keep_alive=settings.keep_alive_s,

@@ -25,7 +25,7 @@ from pawnet.inference.predictor import Prediction, Predictor
 from pawnet.serve.batcher import QueueWorker
 from pawnet.serve.uploads import busy, fail
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # Photos per Grad-CAM call: four together take half the time of four alone; more save
 # little and each costs ~100 MB at 260 px (docs/decisions.md).
@@ -136,8 +136,8 @@ class Explainer(QueueWorker):
         except ConfigError as exc:
             self.refusal = one_line(exc)
         except Exception:  # a bug: show it, and let the server label photos all the same
-            logger.warning("Grad-CAM failed on a blank photo; /v1/explain may fail too",
-                           exc_info=True)
+            log.warning("Grad-CAM failed on a blank photo; /v1/explain may fail too",
+                        exc_info=True)
 
     def _explain(self, job: ExplainJob) -> None:
         from pawnet.reporting import gradcam
