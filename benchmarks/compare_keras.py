@@ -149,8 +149,8 @@ def time_to_accuracy(folder: str) -> dict:
         subprocess.run([sys.executable, "-m", "pawnet.cli", "train", folder, "--out",
                         str(run_dir)], check=True, capture_output=True, env=cold)
         wall = time.perf_counter() - started
-        code = (f"import json, pawnet; r = pawnet.evaluate({str(run_dir)!r}, split='test', "
-                f"out={tmp + '/eval'!r}); print(json.dumps([r['n'], r['accuracy']]))")
+        code = (f"import json, pawnet; r = pawnet.evaluate({str(run_dir)!r}, split='test'); "
+                f"r.write({tmp + '/eval'!r}); print(json.dumps([r.n, r.accuracy]))")
         out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                              text=True)
         n, accuracy = json.loads(out.stdout.strip().splitlines()[-1])

@@ -87,13 +87,14 @@ def tasks(settings: dict) -> None:
             photos = _task(Path(tmp) / name.split(" ")[0] / ("pets" if with_pets else "v"),
                            with_pets)
             run = pawnet.train(photos, out=f"{photos}-run", **{"test_fraction": 0.3, **settings})
-            report = pawnet.evaluate(run, out=f"{photos}-eval")
-            v = report["verdicts"]
-            flagged = (v["unsure"] + v["neither"]) / report["n"]
+            report = pawnet.evaluate(run)
+            report.write(f"{photos}-eval")
+            v = report.verdicts
+            flagged = (v["unsure"] + v["neither"]) / report.n
             answered = "-" if v["answered_accuracy"] is None else f"{v['answered_accuracy']:.4f}"
-            print(f"| {name} | {report['n']} | {flagged:.1%} | "
+            print(f"| {name} | {report.n} | {flagged:.1%} | "
                   + " | ".join(str(v["reasons"][kind]) for kind in REASONS)
-                  + f" | {v['answered'] / report['n']:.1%} | {report['accuracy']:.4f} | "
+                  + f" | {v['answered'] / report.n:.1%} | {report.accuracy:.4f} | "
                   f"{answered} | {v['min_confidence']:.4f} |", flush=True)
 
 

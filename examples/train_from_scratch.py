@@ -29,9 +29,11 @@ print(photoset.summary())
 run = pawnet.train(args.photos, model="pawnet-cnn", epochs=args.epochs,
                    image_size=args.image_size, augment=["crop", "flip"], out=args.out)
 
-# Evaluate on the run's own held-out test split (or give a folder of other photos).
+# Evaluate on the run's own held-out test split (or give a folder of other photos), then
+# write the report folder (report.html, report.md, report.json, plots) into the run.
 report = pawnet.evaluate(run)
-print(f"test accuracy {report['accuracy']:.4f} on {report['n']} photos")
-for name, metrics in report["per_class"].items():
+print(f"test accuracy {report.accuracy:.4f} on {report.n} photos")
+for name, metrics in report.per_class.items():
     print(f"  {name}: precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}")
-print(f"report: {report['out']}/report.md")
+folder = report.write()
+print(f"report: {folder}/report.md")

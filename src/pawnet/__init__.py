@@ -2,7 +2,7 @@
 
 >>> import pawnet
 >>> run = pawnet.train("photos/", epochs=5)
->>> pawnet.evaluate(run)["accuracy"]
+>>> pawnet.evaluate(run).accuracy
 >>> pawnet.load(run).predict(["new.jpg"])[0].label
 
 Everything in `__all__` is the public API; the rest is internal. Names load on first use,
@@ -37,6 +37,7 @@ _PUBLIC = {  # name -> module that defines it
     "PawnetError": "pawnet.errors",
     "Prediction": "pawnet.inference.predictor",
     "Predictor": "pawnet.inference.predictor",
+    "Report": "pawnet.reporting.report",
     "ServeSettings": "pawnet.serve.settings",
     "WeightsError": "pawnet.errors",
     "create_app": "pawnet.serve.app",

@@ -52,8 +52,10 @@ def test_a_transfer_models_heat_map_falls_on_the_pet(tmp_path):
     shares = _share_inside(predictor.model, predictor.image_size, PETS)
     print("efficientnet-lite0: share of the heat-map inside the photo", np.round(shares, 3))
     assert np.mean(shares) >= 0.5 and min(shares) > 0.25
-    report = pawnet.evaluate(run, CVTRICKS / "test", out=tmp_path / "eval")
-    assert report["misclassified"] and report["heatmaps"] == "misclassified_heatmaps.png"
+    report = pawnet.evaluate(run, CVTRICKS / "test")
+    assert report.heatmaps is None  # drawn when the report is written
+    report.write(tmp_path / "eval")
+    assert report.misclassified and report.heatmaps == "misclassified_heatmaps.png"
     assert (tmp_path / "eval" / "misclassified_heatmaps.png").stat().st_size > 10_000
     assert "misclassified_heatmaps.png" in (tmp_path / "eval" / "report.md").read_text()
 

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.skipif(
 def test_the_html_report_renders_every_section_offline(trained_run, tmp_path):
     from selenium.webdriver.common.by import By
 
-    report = pawnet.evaluate(trained_run, out=tmp_path / "eval")
+    report = pawnet.evaluate(trained_run)
+    report.write(tmp_path / "eval")
     page = tmp_path / "eval" / "report.html"
     text = page.read_text()
     assert "http://" not in text and "https://" not in text and "<script" not in text
@@ -25,13 +26,13 @@ def test_the_html_report_renders_every_section_offline(trained_run, tmp_path):
         driver.get(page.as_uri())
         for key in SECTIONS:
             assert driver.find_element(By.ID, key).is_displayed(), key
-        assert f"accuracy {report['accuracy']:.4f}" in driver.find_element(By.ID, "summary").text
+        assert f"accuracy {report.accuracy:.4f}" in driver.find_element(By.ID, "summary").text
         broken = driver.execute_script(
             "return [...document.images].filter(i => !i.complete || i.naturalWidth === 0)"
             ".length")
         assert broken == 0
         cards = driver.find_elements(By.CSS_SELECTOR, "#misclassified .card")
-        assert len(cards) == min(len(report["misclassified"]), 64)
+        assert len(cards) == min(len(report.misclassified), 64)
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []
         shot = tmp_path / "report.png"

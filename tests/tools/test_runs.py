@@ -19,7 +19,7 @@ def runs(trained_run, tmp_path):
     root = tmp_path / "runs"
     finished = root / "finished"
     shutil.copytree(trained_run, finished)
-    pawnet.evaluate(finished)
+    pawnet.evaluate(finished).write()
     resumable = root / "resumable"
     shutil.copytree(trained_run, resumable, ignore=shutil.ignore_patterns("bundle", "eval*"))
     settings = yaml.safe_load((resumable / "config.yaml").read_text())

@@ -16,11 +16,11 @@ def default_run(tmp_path_factory):
 @pytest.mark.parametrize("held_out", [CVTRICKS, TONGPYTHON], ids=["cvtricks", "tongpython"])
 def test_default_from_scratch_model_beats_the_tutorials(default_run, held_out):
     report = pawnet.evaluate(default_run, held_out, split="test")
-    assert report["accuracy"] >= 0.88
+    assert report.accuracy >= 0.88
 
 
 def test_tutorial_a_with_its_own_settings_learns(tmp_path):
     run = pawnet.train(CDFILTERED, model="tutorial-a-cnn", augment=["flip", "zoom", "shear"],
                        out=str(tmp_path / "tutorial-a"))
     report = pawnet.evaluate(run, CVTRICKS, split="test")
-    assert report["accuracy"] >= 0.65
+    assert report.accuracy >= 0.65

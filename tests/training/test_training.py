@@ -107,7 +107,7 @@ def test_resume_of_a_finished_run_changes_nothing_unless_it_trains_longer(tmp_pa
     # described a model that no longer existed
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    pawnet.evaluate(run)
+    pawnet.evaluate(run).write()
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     for epochs in (None, 1):
         result = invoke("train", "--resume", run, *(["--epochs", epochs] if epochs else []))

@@ -54,11 +54,12 @@ def test_the_bundles_temperature_reaches_every_runtime_and_the_report(trained_ru
         results = pawnet.load(trained_run, runtime=runtime).predict(photos)
         got = np.array([[r.probabilities[c] for c in spec["class_names"]] for r in results])
         np.testing.assert_allclose(got, want, atol=1e-4, err_msg=runtime)
-    report = pawnet.evaluate(trained_run, out=tmp_path / "eval")
-    assert report["temperature"] == spec["temperature"]
-    assert "expected_calibration_error_uncalibrated" in report
+    report = pawnet.evaluate(trained_run)
+    report.write(tmp_path / "eval")
+    assert report.temperature == spec["temperature"]
+    assert "expected_calibration_error_uncalibrated" in report.to_json()
     assert (tmp_path / "eval" / "reliability.png").stat().st_size > 5000
-    assert sum(b["n"] for b in report["reliability"]) == report["n"]
+    assert sum(b["n"] for b in report.reliability) == report.n
 
 
 def test_a_format_1_bundle_still_loads_uncalibrated(trained_run, tmp_path):
@@ -84,9 +85,10 @@ def test_risk_coverage_answers_the_most_confident_first():
 
 
 def test_the_report_shows_risk_coverage(trained_run, tmp_path):
-    report = pawnet.evaluate(trained_run, out=tmp_path / "eval")
-    at = report["risk_coverage"]["at"]
-    assert at[0]["coverage"] == 1.0 and at[0]["accuracy"] == report["accuracy"]
+    report = pawnet.evaluate(trained_run)
+    report.write(tmp_path / "eval")
+    at = report.risk_coverage["at"]
+    assert at[0]["coverage"] == 1.0 and at[0]["accuracy"] == report.accuracy
     assert (tmp_path / "eval" / "risk_coverage.png").stat().st_size > 5000
     assert "risk-coverage" in (tmp_path / "eval" / "report.md").read_text()
 

@@ -1,6 +1,6 @@
 """'neither': the OOD score in the model, its threshold from validation photos, and what it
 says about real photos that are not cats or dogs (`pawnet.trust.ood`, `pawnet.models.ood`,
-`pawnet.training.unknowns`)."""
+`pawnet.training.trust`)."""
 
 import io
 import json
@@ -169,11 +169,11 @@ def test_a_model_trained_on_small_photos_answers_small_photos(tmp_path):
                        test_fraction=0.2)
     predictor = pawnet.load(run)
     assert predictor.spec.min_side <= 32
-    report = pawnet.evaluate(run, out=tmp_path / "eval")
-    verdicts = report["verdicts"]
+    report = pawnet.evaluate(run)
+    verdicts = report.verdicts
     assert verdicts["reasons"]["too small"] == 0
-    assert verdicts["answered"] >= 0.75 * report["n"], verdicts
-    assert verdicts["answered_accuracy"] >= report["accuracy"], verdicts
+    assert verdicts["answered"] >= 0.75 * report.n, verdicts
+    assert verdicts["answered_accuracy"] >= report.accuracy, verdicts
 
 
 def test_the_verdict_travels_to_evaluate_the_cli_and_the_bundle(pets_run, tmp_path):
@@ -183,11 +183,12 @@ def test_the_verdict_travels_to_evaluate_the_cli_and_the_bundle(pets_run, tmp_pa
     metrics = json.loads((pets_run / "bundle" / "provenance.json").read_text())["metrics"]
     assert spec["format_version"] == 4 and spec["ood_threshold"] == metrics["ood_threshold"]
     assert spec["min_side"] == metrics["min_side"] > 0 and 0 <= spec["min_confidence"] <= 1
-    report = pawnet.evaluate(pets_run, CVTRICKS / "test", out=tmp_path / "eval")
-    verdicts = report["verdicts"]
-    assert verdicts["answered"] + verdicts["unsure"] + verdicts["neither"] == report["n"]
+    report = pawnet.evaluate(pets_run, CVTRICKS / "test")
+    report.write(tmp_path / "eval")
+    verdicts = report.verdicts
+    assert verdicts["answered"] + verdicts["unsure"] + verdicts["neither"] == report.n
     assert sum(verdicts["reasons"].values()) == verdicts["unsure"] + verdicts["neither"]
-    assert verdicts["neither"] <= 0.02 * report["n"]
+    assert verdicts["neither"] <= 0.02 * report.n
     assert "answered" in (tmp_path / "eval" / "report.md").read_text()
     assert "no class likely enough" in (tmp_path / "eval" / "report.html").read_text()
     photos = [str(OOD_PHOTOS / "000000000036.jpg"), str(OOD / "truck" / "0000.jpg")]

@@ -1,13 +1,11 @@
-"""`evaluate`: per-class metrics of a saved model on held-out photos, with plots.
+"""`evaluate`: per-class metrics of a saved model on held-out photos.
 
-Writes `report.json`, `report.md`, `confusion.png` and `misclassified.png` into
-`RUN_DIR/eval` (then `eval2`, ...), and returns the report as a dict; `format_report` is
-its text for terminals.
+It computes a `Report` and writes nothing: `Report.write` writes the report folder
+(`report.json`, `report.md`, `report.html`, plots) when asked, as `pawnet evaluate` does.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -15,20 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from pawnet import logs
 from pawnet.data.scan import SPLIT_FOLDER_NAMES, scan
 from pawnet.data.splits import read_manifest
-from pawnet.errors import DataError, one_line
-from pawnet.inference.bundle import resolve
-from pawnet.inference.predictor import Predictor
-from pawnet.reporting.plots import (
-    plot_confusion,
-    plot_grid,
-    plot_reliability,
-    plot_risk_coverage,
-    plot_roc,
-)
+from pawnet.errors import DataError
+from pawnet.inference.predictor import Predictor, load
+from pawnet.reporting.report import Report
 from pawnet.run_folder import RunFolder
-from pawnet.storage import Output, atomic_path, atomic_write_text, check_output_folder, next_run_dir
 from pawnet.trust.calibration import (
     calibrate,
     expected_calibration_error,
@@ -39,10 +30,7 @@ from pawnet.trust.verdict import NEITHER, REASONS, UNSURE, reason_kind
 
 log = logging.getLogger(__name__)
 
-MAX_MISCLASSIFIED_SHOWN = 64
 LEAST_CONFIDENT_SHOWN = 16
-EVALUATION_OUTPUT = Output("evaluation", r"report\.(json|md|html)|[a-z_]+\.png",
-                           r"report\.json")
 
 
 def compute_metrics(probs: np.ndarray, truth: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -116,61 +104,8 @@ def _check_classes(labels: list[str], predictor: Predictor, source: str) -> None
         )
 
 
-def _markdown(report: dict[str, Any]) -> str:
-    lines = [
-        f"# Evaluation of {one_line(report['model'])}",
-        "",
-        f"Photos: {one_line(report['source'])} — {report['n']} evaluated"
-        + (f", {len(report['failed'])} unreadable" if report["failed"] else ""),
-        "",
-        f"**Accuracy: {report['accuracy']:.4f}**"
-        + (f" · ROC-AUC {report['roc_auc']:.4f}" if report.get("roc_auc") is not None else "")
-        + (f" · log loss {report['log_loss']:.4f}" if "log_loss" in report else "")
-        + f" · expected calibration error {report['expected_calibration_error']:.4f} "
-        f"(uncalibrated {report['expected_calibration_error_uncalibrated']:.4f}, temperature "
-        f"{report['temperature']:.3f})",
-        "",
-        _verdict_line(report),
-        "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---|---|---|---|",
-    ]
-    for name, m in report["per_class"].items():
-        lines.append(f"| {one_line(name)} | {m['precision']:.4f} | {m['recall']:.4f} | "
-                     f"{m['f1']:.4f} | {m['support']} |")
-    classes = [one_line(c) for c in report["classes"]]
-    lines += ["", "Confusion matrix (rows: true, columns: predicted)", "",
-              "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
-    for name, row in zip(classes, report["confusion_matrix"], strict=True):
-        lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
-    lines += ["", "![confusion matrix](confusion.png)", "",
-              "Answering only the most confident photos (risk-coverage):", "",
-              "| coverage | accuracy | confidence at least |", "|---|---|---|"]
-    lines += [f"| {r['coverage']:.0%} | {r['accuracy']:.4f} | {r['threshold']:.4f} |"
-              for r in report["risk_coverage"]["at"]]
-    lines += ["", "![risk-coverage](risk_coverage.png) ![reliability](reliability.png)", "",
-              f"Misclassified photos: {len(report['misclassified'])} "
-              "(most confident first, in misclassified.png)", ""]
-    if report.get("heatmaps"):
-        lines += [f"![where the model looked]({report['heatmaps']})", ""]
-    lines += [f"- {one_line(m['path'])}: {one_line(m['true'])} predicted as "
-              f"{one_line(m['predicted'])} ({m['confidence']:.3f})"
-              for m in report["misclassified"][:20]]
-    return "\n".join(lines) + "\n"
-
-
-def confusion_text(report: dict[str, Any]) -> str:
-    """The confusion matrix as aligned text, for terminals."""
-    classes = [one_line(c) for c in report["classes"]]
-    width = max(8, *(len(c) for c in classes)) + 2
-    head = "true \\ pred".ljust(width) + "".join(c.rjust(width) for c in classes)
-    rows = [c.ljust(width) + "".join(str(v).rjust(width) for v in row)
-            for c, row in zip(classes, report["confusion_matrix"], strict=True)]
-    return "\n".join([head, *rows])
-
-
-def _report(predictor: Predictor, paths: list[str], labels: list[str], source: str
-            ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+def _report(predictor: Predictor, paths: list[str], labels: list[str], source: str, *,
+            model: str, tta: bool) -> Report:
     """Predict every photo and measure: metrics, unreadable photos, misclassified ones
     (most confident first), the least confident right ones; with the probabilities and
     true classes they come from."""
@@ -201,7 +136,8 @@ def _report(predictor: Predictor, paths: list[str], labels: list[str], source: s
     right = sorted((i for i in range(len(kept)) if probs[i].argmax() == truth[i]),
                    key=lambda i: probs[i].max())
     report["least_confident_correct"] = [photo(i) for i in right[:LEAST_CONFIDENT_SHOWN]]
-    return report, probs, truth
+    return Report(model=model, tta=tta, **report, predictor=predictor,
+                  paths=[p.path for p, _ in kept], probabilities=probs, truth=truth)
 
 
 def _verdicts(predictor: Predictor, predictions: list, truth: np.ndarray) -> dict[str, Any]:
@@ -221,70 +157,18 @@ def _verdicts(predictor: Predictor, predictions: list, truth: np.ndarray) -> dic
             "answered_accuracy": right / len(answered) if answered else None}
 
 
-def _verdict_line(report: dict[str, Any]) -> str:
-    v = report["verdicts"]
-    accuracy = "-" if v["answered_accuracy"] is None else f"{v['answered_accuracy']:.4f}"
-    reasons = v.get("reasons", {})
-    why = "; ".join(f"{n} {kind}" for kind, n in reasons.items() if n)
-    return (f"answered {v['answered']} of {report['n']} (accuracy {accuracy}); unsure "
-            f"{v['unsure']}, neither {v['neither']}" + (f" ({why})" if why else ""))
-
-
-def _heat_maps(predictor: Predictor, images: np.ndarray, shown: list[dict]) -> list | None:
-    """The misclassified photos with their Grad-CAM for the class predicted over them; None
-    for a model `pawnet explain` cannot reach."""
-    from pawnet.errors import ConfigError
-    from pawnet.reporting.gradcam import blend, grad_cam
-
-    classes = predictor.classes
-    try:
-        maps = [grad_cam(predictor.model, images[i : i + 1], classes.index(m["predicted"]))[0][0]
-                for i, m in enumerate(shown)]
-    except ConfigError:
-        return None
-    return [blend(image, cam) for image, cam in zip(images, maps, strict=True)]
-
-
-def _write(report: dict[str, Any], out_dir: Path, predictor: Predictor, probs: np.ndarray,
-           truth: np.ndarray) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plot_roc(truth, probs, report["classes"], out_dir / "roc.png")
-    plot_confusion(np.array(report["confusion_matrix"]), report["classes"],
-                   out_dir / "confusion.png")
-    plot_reliability(report["reliability"], out_dir / "reliability.png")
-    plot_risk_coverage(report["risk_coverage"]["curve"], out_dir / "risk_coverage.png")
-    shown = report["misclassified"][:MAX_MISCLASSIFIED_SHOWN]
-    images, heat = [], None
-    if shown:
-        images = np.stack([predictor.decode(m["path"]) for m in shown])
-        captions = [f"{m['true']}→{m['predicted']} {m['confidence']:.2f}" for m in shown]
-        plot_grid(images, captions, out_dir / "misclassified.png",
-                  title="misclassified (true→predicted, confidence)")
-        heat = _heat_maps(predictor, images, shown)
-        if heat is not None:
-            plot_grid(np.stack(heat), captions, out_dir / "misclassified_heatmaps.png",
-                      title="where the model looked for the class it predicted (Grad-CAM)")
-            report["heatmaps"] = "misclassified_heatmaps.png"
-    unsure = [predictor.decode(m["path"]) for m in report["least_confident_correct"]]
-    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out_dir / "report.md", _markdown(report))
-    from pawnet.reporting.html import write_html
-
-    write_html(report, out_dir, predictor.bundle, list(zip(images, heat or [None] * len(images),
-                                                           strict=True)), unsure)
-
-
 def evaluate(
     model: str | Path,
     photos: str | Path | None = None,
     *,
     split: str = "test",
-    out: str | Path | None = None,
     runtime: str = "auto",
     tta: bool = False,
     min_confidence: float | None = None,
-) -> dict[str, Any]:
-    """Evaluate a saved model on held-out photos.
+    verbose: bool = True,
+) -> Report:
+    """Evaluate a saved model on held-out photos. Nothing is written: `Report.write` writes
+    the report folder (JSON, Markdown, HTML, plots) when asked.
 
     Args:
         model: a run folder, a bundle folder or a built-in name.
@@ -292,59 +176,28 @@ def evaluate(
             run's own held-out split from its manifest.
         split: which split to use when the photos (or the run) have splits. Defaults to
             "test".
-        out: folder for the report. Defaults to `RUN_DIR/eval` (then `eval2`, ...), or
-            `runs/evaluate` for a bare bundle. An existing folder is replaced only when it
-            is an earlier report (never a folder of the user's).
         runtime: where the model runs (see `pawnet.Predictor`). Defaults to "auto".
         tta: average each photo with its mirror image (see `pawnet.Predictor`).
             Defaults to False.
         min_confidence: below this top probability a photo counts as unsure. Defaults
             to None: the bundle's.
+        verbose: show what is evaluated (pawnet's log lines); warnings always.
 
     Returns:
-        The report: model, tta, source, n, accuracy, classes, per_class, confusion_matrix,
-        roc_auc and log_loss (two classes), expected_calibration_error, reliability,
-        risk_coverage, verdicts (answered, unsure, neither), failed, misclassified, out.
+        The `Report`: model, tta, source, n, accuracy, classes, per_class,
+        confusion_matrix, roc_auc and log_loss (two classes), expected_calibration_error,
+        reliability, risk_coverage, verdicts (answered, unsure, neither), failed,
+        misclassified; `to_json()` for all of them as a dict, `write()` for the folder.
 
     Raises:
         DataError: no photos, or classes the model does not know.
         BundleError: the model cannot be loaded.
-        ConfigError: `out` holds something that is not an earlier report.
+
+    >>> pawnet.evaluate(run).accuracy
     """
-    if out is not None:
-        check_output_folder(out, EVALUATION_OUTPUT)  # before minutes of work, not after
-    predictor = Predictor(resolve(model), runtime=runtime, tta=tta,
-                          min_confidence=min_confidence)
-    run_dir = predictor.bundle.run_dir
-    paths, labels, source = select_photos(model, run_dir, photos, split)
-    _check_classes(labels, predictor, source)
-    measured, probs, truth = _report(predictor, paths, labels, source)
-    report = {"model": str(model), "tta": tta, **measured}
-    out_dir = Path(out) if out else next_run_dir(
-        RunFolder(run_dir).reports if run_dir else Path("runs") / "evaluate")
-    report["out"] = str(out_dir)
-    with atomic_path(out_dir, EVALUATION_OUTPUT) as tmp:
-        _write(report, tmp, predictor, probs, truth)
-    return report
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The report as text for a terminal: accuracy, per-class table, confusion matrix."""
-    lines = [
-        f"Evaluated {report['n']} photos from {one_line(report['source'])}"
-        + (" (with flip test-time augmentation)" if report.get("tta") else ""),
-        f"accuracy {report['accuracy']:.4f}"
-        + (f"  ROC-AUC {report['roc_auc']:.4f}" if report.get("roc_auc") else "")
-        + (f"  log loss {report['log_loss']:.4f}" if "log_loss" in report else "")
-        + f"  ECE {report['expected_calibration_error']:.4f} (uncalibrated "
-        f"{report['expected_calibration_error_uncalibrated']:.4f})",
-        _verdict_line(report),
-        f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
-    ]
-    for name, m in report["per_class"].items():
-        lines.append(f"{one_line(name):<12}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}"
-                     f"{m['support']:>10}")
-    lines.append(confusion_text(report))
-    if report["failed"]:
-        lines.append(f"{len(report['failed'])} photos could not be read (listed in report.json)")
-    return "\n".join(lines)
+    with logs.verbosity(verbose):
+        predictor = load(model, runtime=runtime, tta=tta, min_confidence=min_confidence)
+        run_dir = predictor.bundle.run_dir
+        paths, labels, source = select_photos(model, run_dir, photos, split)
+        _check_classes(labels, predictor, source)
+        return _report(predictor, paths, labels, source, model=str(model), tta=tta)

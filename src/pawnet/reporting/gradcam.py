@@ -170,11 +170,10 @@ def explain(model: str | Path, photos: list[str], out: str | Path | None = None
             or a folder that is not an explain folder.
     """
     from pawnet.errors import ImageError
-    from pawnet.inference.bundle import resolve
-    from pawnet.inference.predictor import Predictor
+    from pawnet.inference.predictor import load
     from pawnet.storage import atomic_write_bytes
 
-    predictor = Predictor(resolve(model), runtime="keras")
+    predictor = load(model, runtime="keras")
     split_at_feature_maps(predictor.model)  # refuse early
     out_dir = _out_folder(out, predictor.bundle.run_dir)
     results, used = [], set()

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pawnet.reporting.figures import Figures
 from pawnet.run_folder import RunFolder
 from pawnet.storage import atomic_write_text
 
@@ -82,21 +83,21 @@ def _photo_card(entry: dict, images: list[str]) -> str:
             f'<div class="muted">{html.escape(Path(entry["path"]).name)}</div></div>')
 
 
-def _summary(report: dict[str, Any]) -> str:
-    v = report["verdicts"]
+def _summary(report: Figures) -> str:
+    v = report.verdicts
     answered = "-" if v["answered_accuracy"] is None else f"{v['answered_accuracy']:.4f}"
-    rows = [["photos", report["n"]], ["unreadable", len(report["failed"])],
-            ["ROC-AUC", f"{report['roc_auc']:.4f}" if report.get("roc_auc") else "-"],
-            ["log loss", f"{report['log_loss']:.4f}" if "log_loss" in report else "-"],
-            ["expected calibration error", f"{report['expected_calibration_error']:.4f} "
-             f"(uncalibrated {report['expected_calibration_error_uncalibrated']:.4f})"],
+    rows = [["photos", report.n], ["unreadable", len(report.failed)],
+            ["ROC-AUC", f"{report.roc_auc:.4f}" if report.roc_auc is not None else "-"],
+            ["log loss", f"{report.log_loss:.4f}" if report.log_loss is not None else "-"],
+            ["expected calibration error", f"{report.expected_calibration_error:.4f} "
+             f"(uncalibrated {report.expected_calibration_error_uncalibrated:.4f})"],
             ["answered / unsure / neither", f"{v['answered']} / {v['unsure']} / {v['neither']}"],
             ["accuracy of those answered", answered],
             *[[f"not answered: {kind}", n]
               for kind, n in v.get("reasons", {}).items()],
-            ["test-time augmentation", "on" if report.get("tta") else "off"]]
-    return (f'<p class="big">accuracy {report["accuracy"]:.4f}</p>'
-            f'<p>{html.escape(report["model"])} on {html.escape(report["source"])}</p>'
+            ["test-time augmentation", "on" if report.tta else "off"]]
+    return (f'<p class="big">accuracy {report.accuracy:.4f}</p>'
+            f'<p>{html.escape(report.model)} on {html.escape(report.source)}</p>'
             + _table(["", "value"], rows))
 
 
@@ -115,23 +116,23 @@ def _provenance(bundle) -> str:
     return _table(["", "value"], rows) + settings
 
 
-def write_html(report: dict[str, Any], out_dir: Path, bundle,
+def write_html(report: Figures, out_dir: Path, bundle,
                misclassified: list[tuple[np.ndarray, np.ndarray | None]],
                least_confident: list[np.ndarray]) -> Path:
     """Write `out_dir/report.html` from an evaluation report and the photos it shows:
     the misclassified ones (pixels, and pixels with their heat-map or None) and the least
     confident right ones."""
-    classes = report["classes"]
+    classes = report.classes
     per_class = [[c, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}",
-                  m["support"]] for c, m in report["per_class"].items()]
-    confusion = [[f"true {c}", *row] for c, row in zip(classes, report["confusion_matrix"],
+                  m["support"]] for c, m in report.per_class.items()]
+    confusion = [[f"true {c}", *row] for c, row in zip(classes, report.confusion_matrix,
                                                        strict=True)]
     coverage = [[f"{r['coverage']:.0%}", f"{r['accuracy']:.4f}", f"{r['threshold']:.4f}"]
-                for r in report["risk_coverage"]["at"]]
+                for r in report.risk_coverage["at"]]
     wrong = "".join(_photo_card(entry, [_png(p)] + ([_png(h)] if h is not None else []))
-                    for entry, (p, h) in zip(report["misclassified"], misclassified, strict=False))
+                    for entry, (p, h) in zip(report.misclassified, misclassified, strict=False))
     timid = "".join(_photo_card(entry, [_png(p)])
-                    for entry, p in zip(report["least_confident_correct"], least_confident,
+                    for entry, p in zip(report.least_confident_correct, least_confident,
                                         strict=True))
     run_dir = bundle.run_dir
     parts = [
@@ -147,7 +148,7 @@ def write_html(report: dict[str, Any], out_dir: Path, bundle,
         _section("risk-coverage", "Answering only the most confident photos", _table(
             ["coverage", "accuracy", "confidence at least"], coverage)
             + _img(out_dir / "risk_coverage.png", "risk-coverage curve")),
-        _section("misclassified", f"Misclassified photos ({len(report['misclassified'])}; "
+        _section("misclassified", f"Misclassified photos ({len(report.misclassified)}; "
                  "each with where the model looked)",
                  f'<div class="grid">{wrong}</div>' if wrong else "<p>none</p>"),
         _section("least-confident", "The least confident right answers",
@@ -157,9 +158,9 @@ def write_html(report: dict[str, Any], out_dir: Path, bundle,
         _section("provenance", "Provenance", _provenance(bundle)),
     ]
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f'<title>pawnet evaluation: {html.escape(report["model"])}</title>'
+            f'<title>pawnet evaluation: {html.escape(report.model)}</title>'
             f"<style>{STYLE}</style></head><body><h1>Evaluation of "
-            f"{html.escape(report['model'])}</h1>{''.join(parts)}</body></html>\n")
+            f"{html.escape(report.model)}</h1>{''.join(parts)}</body></html>\n")
     path = out_dir / "report.html"
     atomic_write_text(path, page)
     return path

@@ -1,8 +1,9 @@
 """Every picture pawnet draws: learning curves, confusion matrix, photo grids.
 
-Matplotlib runs headless (Agg); each figure is written atomically to a PNG. Text in them
-(class names, file names) is drawn as given, never parsed as mathtext, with control
-characters written out as in the terminal.
+Each figure is a `matplotlib.figure.Figure` drawn directly, never through pyplot, so
+importing or drawing never switches matplotlib's backend (a notebook's stays its own); it
+is written atomically to a PNG. Text in them (class names, file names) is drawn as given,
+never parsed as mathtext, with control characters written out as in the terminal.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from pawnet.errors import one_line
 from pawnet.storage import atomic_write_bytes
@@ -40,11 +39,10 @@ def _plain_text(draw: Callable[..., Path]) -> Callable[..., Path]:
     return drawing
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight",
                 metadata={"Software": SOFTWARE})
-    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
 
@@ -53,7 +51,8 @@ def _save(fig, path: str | Path) -> Path:
 def plot_curves(rows: Sequence[dict[str, float]], path: str | Path) -> Path:
     """Loss and accuracy per epoch, training vs validation, side by side."""
     epochs = [int(r["epoch"]) for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for prefix, style in (("", "o-"), ("val_", "s-")):
             values = [r.get(prefix + metric) for r in rows]
@@ -72,7 +71,8 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | Path)
     """Confusion matrix with counts; rows are true classes, columns predicted ones."""
     classes = [one_line(c) for c in classes]
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(2 + 0.8 * n, 1.6 + 0.8 * n))
+    fig = Figure(figsize=(2 + 0.8 * n, 1.6 + 0.8 * n))
+    ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(n), classes, rotation=45, ha="right")
     ax.set_yticks(range(n), classes)
@@ -91,7 +91,8 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | Path)
 def plot_reliability(bins: Sequence[dict], path: str | Path) -> Path:
     """Reliability diagram: accuracy against confidence per bin (a calibrated model lies on
     the diagonal), with the photo counts."""
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="calibrated")
     for b in bins:
         ax.bar(b["low"], b["accuracy"], width=b["high"] - b["low"], align="edge",
@@ -113,7 +114,8 @@ def plot_reliability(bins: Sequence[dict], path: str | Path) -> Path:
 @_plain_text
 def plot_risk_coverage(curve: Sequence[dict], path: str | Path) -> Path:
     """Accuracy against coverage when only the most confident photos are answered."""
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    fig = Figure(figsize=(4.5, 3.5))
+    ax = fig.subplots()
     ax.plot([r["coverage"] for r in curve], [r["accuracy"] for r in curve], color="tab:blue")
     ax.set_xlim(0, 1.0)
     ax.set_xlabel("coverage (share of photos answered, most confident first)")
@@ -131,7 +133,8 @@ def plot_grid(
     """A grid of uint8 images, each with a short caption (a label, or true/predicted)."""
     n = len(images)
     rows = max(1, -(-n // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8))
+    fig = Figure(figsize=(columns * 1.6, rows * 1.8))
+    axes = fig.subplots(rows, columns)
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
     for ax, img, caption in zip(np.atleast_1d(axes).ravel(), images, titles, strict=False):
@@ -148,7 +151,8 @@ def plot_roc(truth: np.ndarray, probs: np.ndarray, classes: Sequence[str],
     """ROC curve of each class against the rest (one curve for two classes)."""
     from sklearn.metrics import auc, roc_curve
 
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.subplots()
     shown = [1] if len(classes) == 2 else range(len(classes))
     for k in shown:
         if len(set((truth == k).tolist())) < 2:

@@ -12,6 +12,7 @@ unchanged copy, while the zip's own bytes could not be (pawnet is built offline)
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import urllib.error
@@ -19,10 +20,13 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from pawnet import logs
 from pawnet.errors import DataError
 from pawnet.logs import progress
 from pawnet.run_folder import RunFolder
 from pawnet.storage import cache_dir
+
+log = logging.getLogger(__name__)
 
 FILTERED_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
 # SHA-256 over the sorted SHA-256s of the set's 3,000 JPEGs, computed from an unchanged copy
@@ -170,27 +174,39 @@ def find_photos() -> Path:
     return download_dataset()
 
 
-def run_demo(photos: Path | None = None, epochs: int | None = None) -> Path:
-    """Train the default model on cats vs dogs, evaluate on held-out photos, predict a few."""
+def _say(text: str) -> None:
+    """Log `text` a line at a time (a log message is one line)."""
+    for line in text.splitlines():
+        log.info(line)
+
+
+def run_demo(photos: Path | None = None, epochs: int | None = None,
+             verbose: bool = True) -> Path:
+    """Train the default model on cats vs dogs, evaluate on held-out photos (writing the
+    report), predict a few; `verbose` shows each step and its figures."""
     from pawnet.data.splits import read_manifest
-    from pawnet.inference.predictor import format_predictions, load
-    from pawnet.reporting.evaluate import confusion_text, evaluate
+    from pawnet.inference.output import format_predictions
+    from pawnet.inference.predictor import load
+    from pawnet.reporting.evaluate import evaluate
+    from pawnet.reporting.text import confusion_text
     from pawnet.training import train
 
-    photos = photos or find_photos()
-    print(f"== pawnet demo: photos from {photos}", flush=True)
-    run_dir = train(photos, epochs=epochs, out="runs/demo")
-    print("== Evaluating on the held-out test split", flush=True)
-    report = evaluate(run_dir)
-    print(f"Test accuracy {report['accuracy']:.4f} on {report['n']} photos")
-    print(confusion_text(report))
-    print("== Predicting a few held-out photos", flush=True)
-    test = [p for p in read_manifest(RunFolder(run_dir).manifest) if p.split == "test"]
-    sample = [p.path for c in sorted({p.label for p in test})
-              for p in [p for p in test if p.label == c][:2]]
-    sample += [m["path"] for m in report["misclassified"][:2]]
-    predictor = load(run_dir)
-    print(format_predictions(predictor.predict(sample), predictor.classes))
-    print(f"== Done. Report: {report['out']}/report.md  Bundle: {RunFolder(run_dir).bundle}\n"
-          f"   Try: .venv/bin/pawnet predict {run_dir} YOUR_PHOTO.jpg")
+    with logs.verbosity(verbose):
+        photos = photos or find_photos()
+        log.info(f"== pawnet demo: photos from {photos}")
+        run_dir = train(photos, epochs=epochs, out="runs/demo")
+        log.info("== Evaluating on the held-out test split")
+        report = evaluate(run_dir)
+        folder = report.write()
+        log.info(f"Test accuracy {report.accuracy:.4f} on {report.n} photos")
+        _say(confusion_text(report))
+        log.info("== Predicting a few held-out photos")
+        test = [p for p in read_manifest(RunFolder(run_dir).manifest) if p.split == "test"]
+        sample = [p.path for c in sorted({p.label for p in test})
+                  for p in [p for p in test if p.label == c][:2]]
+        sample += [m["path"] for m in report.misclassified[:2]]
+        predictor = load(run_dir)
+        _say(format_predictions(predictor.predict(sample), predictor.classes))
+        log.info(f"== Done. Report: {folder}/report.md  Bundle: {RunFolder(run_dir).bundle}")
+        log.info(f"   Try: .venv/bin/pawnet predict {run_dir} YOUR_PHOTO.jpg")
     return run_dir

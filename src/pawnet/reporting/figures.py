@@ -1,0 +1,60 @@
+"""`Figures`: what an evaluation measured, the one object every renderer reads.
+
+The text for terminals, `report.md`, `report.html` and `report.json` are all drawn from
+it, so they cannot disagree. It holds no model and no photos: `Report` (reporting/report.py)
+adds what writing the report folder needs, and the renderers stay below it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+
+@dataclasses.dataclass(kw_only=True)
+class Figures:
+    """An evaluation's figures, field for field and in order as `report.json` holds them.
+
+    `roc_auc` and `log_loss` exist for two classes only (`roc_auc` is None when one class
+    is absent from the photos; 0.0 is a real value). `out` and `heatmaps` are set once the
+    report is written: its folder, and the heat-map grid's file name when Grad-CAM could
+    reach the model.
+    """
+
+    model: str
+    tta: bool
+    source: str
+    n: int
+    accuracy: float
+    classes: list[str]
+    per_class: dict[str, dict[str, Any]]  # precision, recall, f1, support
+    confusion_matrix: list[list[int]]  # rows: true classes, columns: predicted ones
+    expected_calibration_error: float
+    roc_auc: float | None = None
+    log_loss: float | None = None
+    failed: list[dict[str, str]]  # unreadable photos: path, error
+    temperature: float
+    expected_calibration_error_uncalibrated: float
+    reliability: list[dict[str, Any]]
+    risk_coverage: dict[str, Any]  # curve, and at: accuracy at a few coverages
+    verdicts: dict[str, Any]  # answered, unsure, neither, reasons, answered_accuracy
+    misclassified: list[dict[str, Any]]  # most confident first
+    least_confident_correct: list[dict[str, Any]]
+    out: Path | None = None
+    heatmaps: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The content of `report.json` (a copy): every figure, `roc_auc` and `log_loss`
+        with two classes only, `out` and `heatmaps` once written."""
+        data = {f.name: copy.deepcopy(getattr(self, f.name))
+                for f in dataclasses.fields(Figures)}
+        if len(self.classes) != 2:
+            del data["roc_auc"], data["log_loss"]
+        if self.out is not None:
+            data["out"] = str(self.out)
+        for key in ("out", "heatmaps"):
+            if data[key] is None:
+                del data[key]
+        return data

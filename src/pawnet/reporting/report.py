@@ -1,0 +1,135 @@
+"""`Report`: what `pawnet.evaluate` computed, and `Report.write`, the one step that writes it.
+
+Computing writes nothing; writing is asked for (the CLI always does): `report.json`,
+`report.md`, `report.html`, the plots and the misclassified photos with their Grad-CAM
+heat-maps, into `RUN_DIR/eval` (then `eval2`, ...) or a folder of the caller's choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pawnet.inference.predictor import Predictor
+from pawnet.reporting.figures import Figures
+from pawnet.reporting.html import write_html
+from pawnet.reporting.plots import (
+    plot_confusion,
+    plot_grid,
+    plot_reliability,
+    plot_risk_coverage,
+    plot_roc,
+)
+from pawnet.reporting.text import markdown
+from pawnet.run_folder import RunFolder
+from pawnet.storage import Output, atomic_path, atomic_write_text, check_output_folder, next_run_dir
+
+MAX_MISCLASSIFIED_SHOWN = 64
+EVALUATION_OUTPUT = Output("evaluation", r"report\.(json|md|html)|[a-z_]+\.png",
+                           r"report\.json")
+
+
+def check_out_folder(out: str | Path | None) -> None:
+    """Refuse a report folder `out` that holds anything but an earlier report; the CLI
+    asks before minutes of work, not after (None: the default folder, always free).
+
+    Raises:
+        ConfigError: `out` is a file, a link, or a folder of the user's.
+    """
+    if out is not None:
+        check_output_folder(out, EVALUATION_OUTPUT)
+
+
+@dataclasses.dataclass(kw_only=True)
+class Report(Figures):
+    """An evaluation: its figures (`report.accuracy`, `report.per_class`, ...; `to_json()`
+    is `report.json`) and what writing its folder needs: the predictor, the photos
+    evaluated, their probabilities (rows in the order of `paths`, columns in the order of
+    `classes`) and their true classes (indices into `classes`). Unreadable photos are in
+    `failed`, not in `paths`."""
+
+    predictor: Predictor = dataclasses.field(repr=False, compare=False)
+    paths: list[str] = dataclasses.field(repr=False, compare=False)
+    probabilities: np.ndarray = dataclasses.field(repr=False, compare=False)
+    truth: np.ndarray = dataclasses.field(repr=False, compare=False)
+
+    def write(self, out: str | Path | None = None) -> Path:
+        """Write the report folder, whole or not at all: `report.json`, `report.md`,
+        `report.html`, the plots (confusion, ROC, reliability, risk-coverage) and the
+        misclassified photos, with their Grad-CAM heat-maps when the model allows it.
+
+        Args:
+            out: the folder. Defaults to `RUN_DIR/eval` (then `eval2`, ...), or
+                `runs/evaluate` for a bare bundle or a built-in model. An existing folder
+                is replaced only when it is an earlier report (never a folder of the
+                user's).
+
+        Returns:
+            The folder; from now on `report.out` too (and "out" in `to_json()`).
+
+        Raises:
+            ConfigError: `out` holds something that is not an earlier report.
+        """
+        check_out_folder(out)
+        run_dir = self.predictor.bundle.run_dir
+        folder = Path(out) if out else next_run_dir(
+            RunFolder(run_dir).reports if run_dir else Path("runs") / "evaluate")
+        written = dataclasses.replace(self, out=folder, heatmaps=None)
+        with atomic_path(folder, EVALUATION_OUTPUT) as tmp:
+            _write_folder(written, tmp)
+        self.out, self.heatmaps = written.out, written.heatmaps
+        return folder
+
+
+def _write_folder(report: Report, folder: Path) -> None:
+    """Every file of the report into `folder`; the JSON and Markdown name the heat-map grid
+    when there is one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_roc(report.truth, report.probabilities, report.classes, folder / "roc.png")
+    plot_confusion(np.array(report.confusion_matrix), report.classes, folder / "confusion.png")
+    plot_reliability(report.reliability, folder / "reliability.png")
+    plot_risk_coverage(report.risk_coverage["curve"], folder / "risk_coverage.png")
+    shown = report.misclassified[:MAX_MISCLASSIFIED_SHOWN]
+    images, heat = _misclassified(report.predictor, shown, folder)
+    if heat is not None:
+        report.heatmaps = "misclassified_heatmaps.png"
+    unsure = [report.predictor.decode(m["path"]) for m in report.least_confident_correct]
+    atomic_write_text(folder / "report.json", json.dumps(report.to_json(), indent=2) + "\n")
+    atomic_write_text(folder / "report.md", markdown(report))
+    write_html(report, folder, report.predictor.bundle,
+               list(zip(images, heat or [None] * len(images), strict=True)), unsure)
+
+
+def _misclassified(predictor: Predictor, shown: list[dict], folder: Path
+                   ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Draw the grids of the misclassified photos shown, and of their heat-maps; returns
+    their pixels and heat-maps (None when Grad-CAM cannot reach the model)."""
+    if not shown:
+        return [], None
+    images = np.stack([predictor.decode(m["path"]) for m in shown])
+    captions = [f"{m['true']}→{m['predicted']} {m['confidence']:.2f}" for m in shown]
+    plot_grid(images, captions, folder / "misclassified.png",
+              title="misclassified (true→predicted, confidence)")
+    heat = _heat_maps(predictor, images, shown)
+    if heat is not None:
+        plot_grid(np.stack(heat), captions, folder / "misclassified_heatmaps.png",
+                  title="where the model looked for the class it predicted (Grad-CAM)")
+    return list(images), heat
+
+
+def _heat_maps(predictor: Predictor, images: np.ndarray, shown: list[dict]) -> list | None:
+    """The misclassified photos with their Grad-CAM for the class predicted over them; None
+    for a model `pawnet explain` cannot reach."""
+    from pawnet.errors import ConfigError
+    from pawnet.reporting.gradcam import blend, grad_cam
+
+    classes = predictor.classes
+    try:
+        maps = [grad_cam(predictor.model, images[i : i + 1], classes.index(m["predicted"]))[0][0]
+                for i, m in enumerate(shown)]
+    except ConfigError:
+        return None
+    return [blend(image, cam) for image, cam in zip(images, maps, strict=True)]
