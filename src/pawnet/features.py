@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import keras
 import numpy as np
 
-from pawnet.data.images import MAX_PIXELS, decode_ahead, load_pixels
+from pawnet.data.images import MAX_PIXELS, DecodeBudget, decode_ahead, load_pixels
 from pawnet.distribute import Cluster, all_sum, gather_rows
 from pawnet.inference.runtimes import Runtime, choose, core_chunks, synthetic_images, threads
 from pawnet.logs import progress
@@ -79,8 +79,10 @@ def extract_features(
     `backbone` is a runtime (see `backbone_runtime`); without augmentation, a runtime whose
     calls can overlap decodes and runs a few photos per core at a time, like `predict`.
     """
+    budget = DecodeBudget.for_this_machine()
+
     def decode(path: str) -> np.ndarray:
-        return load_pixels(path, image_size, max_pixels or MAX_PIXELS)
+        return load_pixels(path, image_size, max_pixels or MAX_PIXELS, budget=budget)
 
     single = getattr(backbone, "single_threaded", None)
     if single is not None and augment is None:

@@ -106,7 +106,7 @@ def test_the_limit_counts_decoded_bytes_not_only_pixels():
         load_pixels(_png(rgb.convert("RGBA")), 32, max_pixels=1_000_000)
 
 
-def test_no_more_decodes_run_at_once_than_there_are_cores(monkeypatch):
+def test_a_budget_runs_no_more_decodes_at_once_than_there_are_cores(monkeypatch):
     import os
     import threading
     import time
@@ -129,23 +129,37 @@ def test_no_more_decodes_run_at_once_than_there_are_cores(monkeypatch):
 
     monkeypatch.setattr(images, "_to_8bit", slow)
     data = real_photos("cat", 1)[0].read_bytes()
+    budget = images.DecodeBudget.for_this_machine()
     with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(lambda _: load_pixels(data, 32), range(32)))
+        list(pool.map(lambda _: load_pixels(data, 32, budget=budget), range(32)))
     assert 1 <= most <= (os.cpu_count() or 2)
 
     # and together they hold no more decoded bytes than the budget: large ones take turns
     from PIL import Image
 
-    monkeypatch.setattr(images, "_DECODES", images._DecodeBudget(4, 5_000_000))
+    budget = images.DecodeBudget(4, 5_000_000)
     large = _png(Image.open(real_photos("dog", 1)[0]).convert("RGB").resize((1500, 1000)))
     most = 0
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda _: load_pixels(large, 32), range(8)))  # 4.5 MB each
+        list(pool.map(lambda _: load_pixels(large, 32, budget=budget), range(8)))  # 4.5 MB
     assert most == 1
     most = 0
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda _: load_pixels(data, 32), range(16)))  # small: 4 at once
+        list(pool.map(lambda _: load_pixels(data, 32, budget=budget), range(16)))  # small: 4
     assert most == 4
+
+
+def test_a_predictor_decodes_within_its_own_budget(trained_run, monkeypatch):
+    import pawnet
+    from pawnet.data import images
+
+    held = []
+    hold = images.DecodeBudget.hold
+    monkeypatch.setattr(images.DecodeBudget, "hold",
+                        lambda self, nbytes: held.append(self) or hold(self, nbytes))
+    predictor = pawnet.load(trained_run)
+    predictor.predict(real_photos("cat", 2, "test"))
+    assert held and all(b is predictor.decodes for b in held)
 
 
 def test_formats_pawnet_does_not_accept_are_never_parsed(monkeypatch):

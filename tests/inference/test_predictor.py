@@ -13,9 +13,10 @@ import pawnet
 from pawnet.data.images import load_pixels
 from pawnet.data.shards import in_shard, parse_shard, shard_key
 from pawnet.data.splits import read_manifest
-from pawnet.errors import ConfigError
+from pawnet.errors import ConfigError, ImageError
 from pawnet.inference.bundle import split_outputs
-from pawnet.inference.predictor import Prediction, expand_paths, format_predictions
+from pawnet.inference.output import format_predictions
+from pawnet.inference.predictor import Prediction, expand_paths
 from pawnet.trust.calibration import calibrate
 
 
@@ -61,7 +62,7 @@ def test_prediction_is_the_same_from_predict_evaluate_and_python(trained_run):
             assert a.probabilities[c] == pytest.approx(b.probabilities[c], abs=1e-6)
     correct = np.mean([r.top_class == p.label for r, p in zip(together, [
         p for p in read_manifest(trained_run / "manifest.csv") if p.split == "val"], strict=True)])
-    assert report["accuracy"] == pytest.approx(correct)
+    assert report.accuracy == pytest.approx(correct)
 
 
 def test_every_batch_size_runs_one_compiled_function_with_keras_own_outputs(trained_run):
@@ -137,6 +138,11 @@ def test_neither_wins_over_unsure_and_unsure_over_the_top_class():
 def test_a_minimum_confidence_outside_zero_to_one_is_refused(trained_run):
     with pytest.raises(ConfigError, match="min_confidence must be a number from 0 to 1"):
         pawnet.load(trained_run, min_confidence=1.5)
+    predictor = pawnet.load(trained_run)
+    for bad in (1.5, -0.1, True, "0.5"):  # a given predictor's copy is checked the same way
+        with pytest.raises(ConfigError, match=r"from 0 to 1 \(0: never unsure\), received"):
+            pawnet.load(predictor, min_confidence=bad)
+    assert pawnet.load(predictor, min_confidence=0).min_confidence == 0.0
 
 
 def test_every_output_format():
@@ -276,3 +282,19 @@ def test_an_empty_shard_is_a_header_and_no_failure(trained_run, tmp_path):
     result = invoke("predict", trained_run, photo, "--format", "csv", "--shard", f"{other}/2")
     assert result.exit_code == 0, result.output
     assert result.stdout == "path,label,cat,dog,ood_score,reason,error\n"
+
+
+def test_decode_raises_an_image_error_with_the_reason_predict_reports(trained_run, tmp_path):
+    predictor = pawnet.load(trained_run)
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a photo")
+    for source, reason in ((tmp_path / "missing.jpg", "no such file (or no file matches "
+                                                      "this pattern)"),
+                           (tmp_path, "a folder with no image files (.jpg, .png, ...)"),
+                           (notes, None)):
+        with pytest.raises(ImageError) as raised:
+            predictor.decode(source)
+        [entry] = predictor.predict([source])
+        assert entry.error == str(raised.value) == (reason or entry.error)
+        assert isinstance(predictor.decode_or_error(source), ImageError)
+    assert predictor.decode(real_photos("cat", 1, "test")[0]).shape == (32, 32, 3)

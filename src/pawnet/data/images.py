@@ -42,12 +42,15 @@ _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 RESIZE_METHODS = {"bilinear": Image.Resampling.BILINEAR}
 RESIZE_METHOD = "bilinear"  # what training uses
 PREVIEW_SIZE = 1024  # longer side of a photo shown to a person (heat-map overlays)
+DECODE_BYTES = 256 * 1024 * 1024  # decoded bytes held at once by one DecodeBudget
 
 
-class _DecodeBudget:
+class DecodeBudget:
     """At most `slots` decodes at once, together holding at most `budget` decoded bytes (a
     decode larger than the budget runs alone), so many threads, a server's, cannot hold
-    many full-size images at once."""
+    many full-size images at once. Whoever decodes on many threads owns one and passes it
+    to each decode: a `Predictor` (and so the server), a tf.data pipeline, a feature
+    extraction."""
 
     def __init__(self, slots: int, budget: int):
         self._ready = threading.Condition()
@@ -69,8 +72,10 @@ class _DecodeBudget:
                 self._bytes -= nbytes
                 self._ready.notify_all()
 
-
-_DECODES = _DecodeBudget(os.cpu_count() or 2, 256 * 1024 * 1024)
+    @classmethod
+    def for_this_machine(cls) -> DecodeBudget:
+        """One decode per CPU, 256 MiB decoded at once."""
+        return cls(os.cpu_count() or 2, DECODE_BYTES)
 
 Source = str | Path | bytes
 
@@ -207,7 +212,7 @@ def _to_8bit(img: Image.Image, size: tuple[int, int], resample: int) -> Image.Im
 
 def load_pixels(
     source: Source, image_size: int, max_pixels: int = MAX_PIXELS,
-    resize_method: str = RESIZE_METHOD,
+    resize_method: str = RESIZE_METHOD, *, budget: DecodeBudget | None = None,
 ) -> np.ndarray:
     """Decode a photo to a `(image_size, image_size, 3)` uint8 RGB array.
 
@@ -222,6 +227,7 @@ def load_pixels(
             `BYTES_PER_PIXEL` bytes per allowed pixel (RGBA, 32-bit), are refused as
             possible decompression bombs. Defaults to Pillow's threshold, 89,478,485.
         resize_method: a key of `RESIZE_METHODS`. Defaults to "bilinear".
+        budget: shared by the threads that decode at once; None for a lone decode.
 
     Returns:
         A uint8 array of shape `(image_size, image_size, 3)`, values 0-255.
@@ -230,22 +236,22 @@ def load_pixels(
         ImageError: the file is empty, not an image, unsupported, too large, truncated or
             corrupt.
     """
-    return load_photo(source, image_size, max_pixels, resize_method)[0]
+    return load_photo(source, image_size, max_pixels, resize_method, budget=budget)[0]
 
 
 def load_photo(
     source: Source, image_size: int, max_pixels: int = MAX_PIXELS,
-    resize_method: str = RESIZE_METHOD,
+    resize_method: str = RESIZE_METHOD, *, budget: DecodeBudget | None = None,
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """`load_pixels`, and the photo's own (width, height) as a person sees it (EXIF
     rotation applied), before any resizing: what says whether it is too small to judge."""
     return _decode(source, max_pixels, lambda _: (image_size, image_size),
-                   RESIZE_METHODS[resize_method], with_size=True)
+                   RESIZE_METHODS[resize_method], budget, with_size=True)
 
 
 def _decode(source: Source, max_pixels: int,
             target: Callable[[tuple[int, int]], tuple[int, int]], resample: int,
-            with_size: bool = False):
+            budget: DecodeBudget | None = None, with_size: bool = False):
     """Decode a photo to 8-bit RGB of size `target(its size)`: asked once before decoding
     (JPEG draft scaling) and again after EXIF rotation; checked and budgeted. With
     `with_size`, also its (width, height) before scaling, EXIF rotation applied."""
@@ -255,7 +261,8 @@ def _decode(source: Source, max_pixels: int,
             original = img.size
             if img.format in ("JPEG", "MPO"):
                 img.draft(img.mode, target(img.size))
-            with _DECODES.hold(_checked_bytes(img, max_pixels)):
+            nbytes = _checked_bytes(img, max_pixels)
+            with budget.hold(nbytes) if budget else contextlib.nullcontext():
                 img.load()
                 ImageOps.exif_transpose(img, in_place=True)  # no copy (docs/decisions.md)
                 if (img.width > img.height) != (original[0] > original[1]):

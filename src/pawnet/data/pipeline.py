@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
-from pawnet.data.images import MAX_PIXELS, load_pixels
+from pawnet.data.images import MAX_PIXELS, DecodeBudget, load_pixels
 
 MEMORY_CACHE_LIMIT = 3 * 1024**3  # bytes of decoded pixels kept in RAM before using disk
 
@@ -39,8 +39,10 @@ def pixel_dataset(
 ) -> tf.data.Dataset:
     """Dataset of decoded `(image_size, image_size, 3)` uint8 images, in the order given."""
 
+    budget = DecodeBudget.for_this_machine()
+
     def load(path: bytes) -> np.ndarray:
-        return load_pixels(path.decode("utf-8"), image_size, max_pixels)
+        return load_pixels(path.decode("utf-8"), image_size, max_pixels, budget=budget)
 
     def load_op(path):
         pixels = tf.numpy_function(load, [path], tf.uint8, stateful=False)

@@ -9,28 +9,29 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import glob
-import io
-import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pawnet.data.images import IMAGE_SUFFIXES, MAX_PIXELS, decode_ahead, load_photo, load_pixels
+from pawnet.data.images import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    DecodeBudget,
+    decode_ahead,
+    load_photo,
+    load_pixels,
+)
 from pawnet.data.shards import in_shard
 from pawnet.data.splits import read_manifest
-from pawnet.errors import ConfigError, ImageError, one_line
+from pawnet.errors import ImageError
 from pawnet.inference.bundle import Bundle, check_confidence, check_io, resolve, split_outputs
 from pawnet.inference.runtimes import choose, on_every_core, synthetic_images
 from pawnet.run_folder import RunFolder
 from pawnet.trust.calibration import calibrate
 from pawnet.trust.verdict import verdict
-
-OUTPUT_FORMATS = ("table", "json", "csv", "kaggle")  # what `format_predictions` writes
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class Predictor:
 
     def __init__(self, bundle: Bundle, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
                  runtime: str = "auto", tta: bool = False, min_confidence: float | None = None):
-        self.bundle = bundle
+        self.bundle, self.decodes = bundle, DecodeBudget.for_this_machine()
         self._settle(batch_size, max_pixels, tta, min_confidence)
         self.runtime = choose(runtime, bundle.fingerprint, lambda: bundle.model,
                               lambda: probe_images(bundle))
@@ -182,7 +183,7 @@ class Predictor:
         """`decode`, with the photo's own (width, height): (pixels, size); raises the same."""
         try:
             return load_photo(source, self.image_size, max_pixels or self.max_pixels,
-                              self.spec.resize_method)
+                              self.spec.resize_method, budget=self.decodes)
         except FileNotFoundError:
             raise ImageError("no such file (or no file matches this pattern)") from None
         except IsADirectoryError:
@@ -327,74 +328,3 @@ def expand_paths(args: Iterable[str | Path]) -> list[str]:
             matched = sorted(p for p in glob.glob(str(arg), recursive=True) if Path(p).is_file())
             out += matched or [str(arg)]  # so does a pattern that matches nothing
     return out
-
-
-def _kaggle(results: Sequence[Prediction], classes: list[str]) -> list[list]:
-    """`id,label` rows of a Kaggle Dogs vs. Cats submission: the probability of dog."""
-    lowered = [c.lower() for c in classes]
-    if "dog" not in lowered:
-        raise ConfigError(f"--format kaggle needs a 'dog' class; the model has "
-                          f"{', '.join(classes)}. Try: --format csv")
-    dog = classes[lowered.index("dog")]
-    rows = []
-    for r in results:
-        if r.probabilities:
-            numbers = re.findall(r"\d+", Path(r.path).stem)
-            if not numbers:
-                raise ConfigError(f"--format kaggle needs a number in each file name, e.g. "
-                                  f"1.jpg; received: {r.path}")
-            rows.append([int(numbers[-1]), f"{r.probabilities[dog]:.6f}"])
-    return [["id", "label"], *sorted(rows, key=lambda row: row[0])]
-
-
-def _table(results: Sequence[Prediction], classes: list[str]) -> str:
-    paths = [one_line(r.path) for r in results]
-    width = max([len(p) for p in paths] + [4])
-    scored = any(r.ood_score is not None for r in results)
-    lines = [f"{'path'.ljust(width)}  {'label':<10}"
-             + "".join(f"{one_line(c):>10}" for c in classes)
-             + (f"{'ood_score':>10}" if scored else "")
-             + ("  reason" if any(r.reason for r in results) else "")]
-    for r, path in zip(results, paths, strict=True):
-        if r.error:
-            lines.append(f"{path.ljust(width)}  error: {one_line(r.error)}")
-        else:
-            score = f"{r.ood_score:>10.4f}" if r.ood_score is not None else ""
-            lines.append(f"{path.ljust(width)}  {one_line(r.label):<10}"
-                         + "".join(f"{r.probabilities[c]:>10.4f}" for c in classes) + score
-                         + (f"  {r.reason}" if r.reason else ""))
-    return "\n".join(lines)
-
-
-def is_predictions(head: bytes) -> bool:
-    """Whether a file's first bytes are `format_predictions` output (any format)."""
-    text = head.decode("utf-8", "replace").lstrip()
-    return (text.startswith(("path,label,", "id,label\n", "path  ")) or text.startswith("[]")
-            or re.match(r'\[\s*\{\s*"path":', text) is not None)
-
-
-def format_predictions(results: Sequence[Prediction], classes: list[str],
-                       fmt: str = "table") -> str:
-    """Render predictions as a table, JSON, CSV, or a Kaggle Dogs vs. Cats submission.
-
-    Raises:
-        ConfigError: kaggle asked of a model without a dog class or of unnumbered files.
-    """
-    if fmt == "json":
-        return json.dumps([r.to_dict() for r in results], indent=2)
-    if fmt == "table":
-        return _table(results, classes)
-    if fmt == "csv":
-        rows = [["path", "label", *classes, "ood_score", "reason", "error"]]
-        for r in results:
-            probs = ([f"{r.probabilities[c]:.6f}" for c in classes] if r.probabilities
-                     else [""] * len(classes))
-            score = "" if r.ood_score is None else f"{r.ood_score:.6f}"
-            rows.append([r.path, r.label or "", *probs, score, r.reason or "", r.error or ""])
-    elif fmt == "kaggle":
-        rows = _kaggle(results, classes)
-    else:
-        raise ConfigError(f"unknown format {fmt!r}; allowed: {', '.join(OUTPUT_FORMATS)}")
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue().rstrip("\n")
