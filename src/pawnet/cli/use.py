@@ -1,0 +1,159 @@
+"""`pawnet evaluate|predict|export|serve|explain`: put a trained model to work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pawnet.cli.app import JsonFlag, MinConfidence, Model, Runtime, Tta, app, given
+from pawnet.cli.options import command, with_fields
+from pawnet.errors import one_line
+from pawnet.serve.settings import ServeSettings
+
+
+@command(app, "evaluate", tensorflow=False)
+def evaluate(
+    model: Model,
+    photos: Annotated[Path | None, typer.Argument(metavar="PHOTOS",
+                                                  help="Photos (default: the run's split).")]
+    = None,
+    split: Annotated[str, typer.Option(help="Split to use: test, val or train.")] = "test",
+    json_out: JsonFlag = False,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default RUN_DIR/eval).")]
+    = None,
+    runtime: Runtime = "auto",
+    tta: Tta = False,
+    min_confidence: MinConfidence = None,
+) -> None:
+    """Per-class metrics, confusion matrix and misclassified photos on held-out photos."""
+    from pawnet.reporting.evaluate import evaluate as run_evaluation
+    from pawnet.reporting.report import check_out_folder
+    from pawnet.reporting.text import format_report
+
+    check_out_folder(out)  # before minutes of work, not after
+    report = run_evaluation(model, photos, split=split, runtime=runtime, tta=tta,
+                            min_confidence=min_confidence)
+    folder = report.write(out)
+    if json_out:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+        return
+    typer.echo(format_report(report))
+    typer.echo(f"Report: {one_line(folder / 'report.html')} (and report.md)")
+
+
+def _format(value: str) -> str:
+    allowed = ("table", "csv", "kaggle", "json")  # json: the old spelling of --json
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of table, csv, kaggle")
+    return value
+
+
+SHARD_HELP = ("Label only share I of N (0 <= I < N): the photos whose SHA-256 (of the bytes; of "
+              "the path when unreadable), its first 16 hex digits as a number, is I modulo N. "
+              "Each part keeps this command's order, and one folder is listed sorted by "
+              "path, so the parts' rows sorted by path are exactly those of one run.")
+
+
+@command(app, "predict", tensorflow=False)
+def predict(
+    model: Model,
+    paths: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.")],
+    json_out: JsonFlag = False,
+    fmt: Annotated[str, typer.Option("--format", callback=_format,
+                                     help="table, csv, or kaggle (id,label: P(dog)).")]
+    = "table",
+    runtime: Runtime = "auto",
+    tta: Tta = False,
+    min_confidence: MinConfidence = None,
+    shard: Annotated[str | None, typer.Option(metavar="I/N", help=SHARD_HELP)] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the output to this file "
+                                             "(atomically) instead of printing it; an "
+                                             "existing file must be pawnet's own output.")]
+    = None,
+) -> None:
+    """Label photos: a label and every class's probability per photo; 'neither' for a photo
+    unlike the training photos, 'unsure' below the minimum confidence."""
+    from pawnet.data.shards import parse_shard
+    from pawnet.inference.output import format_predictions, is_predictions
+    from pawnet.inference.predictor import expand_paths, load
+    from pawnet.storage import atomic_write_text, check_output_file
+
+    fmt = "json" if json_out else fmt
+    if shard is not None:
+        parse_shard(shard)  # a bad value stops before the model loads
+    if out is not None:
+        check_output_file(out, "predictions", is_predictions)
+    predictor = load(model, runtime=runtime, tta=tta, min_confidence=min_confidence)
+    results = predictor.predict(expand_paths(paths), shard=shard)
+    text = format_predictions(results, predictor.classes, fmt)
+    if out is None:  # color=True: click would strip escape sequences from CSV names
+        typer.echo(text, color=True)
+    else:
+        atomic_write_text(out, text + "\n")
+        typer.echo(f"Wrote {len(results)} predictions to {one_line(out)}", err=True)
+    failed = [r for r in results if r.error]
+    if fmt == "kaggle":
+        for r in failed:
+            typer.echo(f"skipped {one_line(r.path)}: {one_line(r.error)}", err=True)
+    if results and len(failed) == len(results):  # an empty shard is no failure
+        typer.echo("error: no photo could be predicted", err=True)
+        raise typer.Exit(1)
+
+
+@command(app, "export", tensorflow=False)
+def export(
+    model: Model,
+    fmt: Annotated[str, typer.Option("--format", help="saved_model, litert or onnx.")] = "onnx",
+    int8: Annotated[bool, typer.Option("--int8", help="LiteRT only: integer weights and "
+                                       "activations, calibrated on the run's training photos.")]
+    = False,
+    out: Annotated[Path | None, typer.Option(help="Folder to write (default "
+                                             "RUN_DIR/export/FORMAT).")] = None,
+    photos: Annotated[Path | None, typer.Option(help="Photos to check the export on "
+                                                "(default: the run's test split).")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Export a model (SavedModel, LiteRT, ONNX) with a JSON describing how to feed it, and
+    check it against the bundle on real photos."""
+    from pawnet.inference.export import export as run_export
+    from pawnet.inference.export import format_export
+
+    report = run_export(model, fmt, out=out, int8=int8, photos=photos)
+    typer.echo(json.dumps(report, indent=2) if json_out else format_export(report))
+
+
+@command(app, "serve", tensorflow=False)
+@with_fields(ServeSettings)
+def serve(model: Model, **values: Any) -> None:
+    """Serve a model: REST API, web page at /, /healthz, /metrics, /docs."""
+    from pawnet.serve.app import run
+
+    run(model, ServeSettings(**given(values)))
+
+
+@command(app, "explain")
+def explain(
+    model: Model,
+    paths: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.")],
+    out: Annotated[Path | None, typer.Option(help="Folder for the heat-maps (default "
+                                             "RUN_DIR/explain).")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Grad-CAM heat-maps: which part of each photo drove its label (overlay PNG + .npy)."""
+    from pawnet.inference.predictor import expand_paths
+    from pawnet.reporting.gradcam import explain as run_explain
+
+    results = run_explain(model, expand_paths(paths), out)
+    if json_out:
+        typer.echo(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            typer.echo(f"{one_line(r['path'])}: error: {one_line(r['error'])}" if "error" in r
+                       else f"{one_line(r['path'])}: {one_line(r['label'])} -> "
+                            f"{one_line(r['overlay'])}")
+    if all("error" in r for r in results):
+        typer.echo("error: no photo could be explained", err=True)
+        raise typer.Exit(1)
