@@ -36,13 +36,19 @@ class Console(logging.Handler):
             self.handleError(record)
 
 
-def show_on_console() -> None:
-    """The CLI's logging: pawnet's INFO lines and warnings on the terminal, as `print`
-    would write them. Calling it again changes nothing."""
+@contextlib.contextmanager
+def console() -> Iterator[None]:
+    """The CLI's logging for one command: pawnet's INFO lines and warnings on the terminal,
+    as `print` would write them; as it was before once the command ends."""
     logger = logging.getLogger(ROOT)
-    if not any(isinstance(h, Console) for h in logger.handlers):
-        logger.addHandler(Console())
+    handler, level = Console(), logger.level
+    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager

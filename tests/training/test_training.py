@@ -212,14 +212,15 @@ def test_mixed_precision_trains_and_saves_a_float32_bundle(tmp_path):
     assert len(_history(run)) == 3
 
 
-def test_a_policy_that_leaves_many_photos_unanswered_is_one_warning_line(tmp_path, capsys):
+def test_a_policy_that_leaves_many_photos_unanswered_is_one_warning_line(tmp_path, caplog):
     photos = copy_photos(tmp_path / "photos", 12)
     run = pawnet.train(photos, model="pawnet-cnn", epochs=1, image_size=32, batch_size=8,
                        val_fraction=0.3, test_fraction=0.0, max_error=0.0,
-                       out=str(tmp_path / "run"))
-    warnings = [line for line in capsys.readouterr().out.splitlines()
-                if line.startswith("warning:")]
+                       out=str(tmp_path / "run"), verbose=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+                and r.name.startswith("pawnet")]
     assert len(warnings) == 1 and "unanswered" in warnings[0] and "Try: " in warnings[0]
+    assert not [r for r in caplog.records if r.levelname == "INFO" and r.name.startswith("pawnet")]
     metrics = json.loads((run / "bundle" / "provenance.json").read_text())["metrics"]
     assert metrics["val_unanswered"] > 0.15
     with pytest.raises(pawnet.ConfigError, match="give one"):

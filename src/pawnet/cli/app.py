@@ -28,7 +28,7 @@ def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show TensorFlow's "
                                           "own log lines.")] = False,
 ) -> None:
-    logs.show_on_console()
+    ctx.with_resource(logs.console())
     ctx.with_resource(quiet.native_logs_shown(verbose))
 
 
