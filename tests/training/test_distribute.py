@@ -129,7 +129,7 @@ def _compare(run: Path, single: Path, test_photos: Path, keys: tuple[str, ...]) 
 
 def test_a_transfer_model_from_two_workers_predicts_like_one_from_one_process(tmp_path):
     photos = _toy_photos(tmp_path / "photos")
-    settings = {"model": "efficientnet-lite0", "epochs": 5, "batch_size": 16}
+    settings = {"model": "efficientnet-lite0", "image_size": 96, "epochs": 5, "batch_size": 16}
     results = finish(start_workers([str(photos), "--out", str(tmp_path / "run"),
                                     *_flags(settings)], tmp_path))
     for code, output in results:
