@@ -1,0 +1,3 @@
+"""Using a trained model: the bundle (`bundle`), the one way to build a `Predictor` and
+label photos (`predictor`), how predictions are written (`output`), where the model runs
+(`runtimes`, converted by `convert`), and `pawnet export` (`export`)."""
