@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup setup-gpu demo test test-slow lint
+.PHONY: setup setup-gpu demo test test-fast test-slow lint
 
 setup: $(STAMP)
 
@@ -24,8 +24,13 @@ setup-gpu: setup
 demo: setup
 	$(BIN)/pawnet demo
 
+# the whole default suite (every tier but `slow`): what .ci/run runs
 test: setup
 	$(BIN)/python -m pytest
+
+# the unit tier, for the edit-test loop: no training, servers or processes (CONTRIBUTING.md)
+test-fast: setup
+	$(BIN)/python -m pytest -m "not integration and not slow"
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow

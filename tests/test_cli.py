@@ -48,6 +48,7 @@ def test_models_lists_one_line_each():
     assert "Tutorial A" in result.stdout and "built-in, no training" in result.stdout
 
 
+@pytest.mark.integration
 def test_train_evaluate_predict_end_to_end(class_folders, tmp_path):
     run = tmp_path / "run"
     result = invoke("train", class_folders, "--model", "tutorial-d-conv16", "--epochs", "1",
@@ -133,6 +134,7 @@ def test_a_flag_the_parser_refuses_is_one_error_line(class_folders, args, messag
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
 
 
+@pytest.mark.integration
 def test_import_and_help_do_not_load_tensorflow():
     # TensorFlow takes seconds to import; `pawnet --help` and `import pawnet` must not pay it
     code = ("import sys, pawnet, pawnet.cli; "
@@ -142,17 +144,20 @@ def test_import_and_help_do_not_load_tensorflow():
     assert out.strip() == "[]"
 
 
+@pytest.mark.integration
 def test_importing_tensorflow_first_warns_that_onednn_may_be_off():
     # TensorFlow reads TF_ENABLE_ONEDNN_OPTS at import; pawnet sets it too late then
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     code = "import tensorflow, pawnet"
-    late = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, env=env)
-    assert "TensorFlow was imported before pawnet" in late.stderr
-    assert "Fix: import pawnet before keras or tensorflow" in late.stderr
-    chosen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"})
-    assert "imported before pawnet" not in chosen.stderr
+    # the two fresh interpreters start side by side: each spends its seconds importing
+    late, chosen = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=e)
+                    for e in (env, {**env, "TF_ENABLE_ONEDNN_OPTS": "0"})]
+    late_err, chosen_err = late.communicate()[1], chosen.communicate()[1]
+    assert late.returncode == chosen.returncode == 0, late_err + chosen_err
+    assert "TensorFlow was imported before pawnet" in late_err
+    assert "Fix: import pawnet before keras or tensorflow" in late_err
+    assert "imported before pawnet" not in chosen_err
 
 
 def test_json_is_spelled_one_way_and_the_old_spelling_still_works(trained_run):
@@ -169,6 +174,7 @@ def _pawnet(*args, **env):
                           capture_output=True, text=True, env={**os.environ, **env})
 
 
+@pytest.mark.integration
 def test_tensorflow_start_up_lines_are_hidden(tmp_path):
     quiet = _pawnet("evaluate", tmp_path / "nowhere", TF_CPP_MIN_LOG_LEVEL="0")
     assert quiet.returncode == 2

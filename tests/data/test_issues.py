@@ -9,6 +9,7 @@ import shutil
 import tracemalloc
 
 import numpy as np
+import pytest
 from helpers import CVTRICKS, SHARED_DATA, copy_photos, invoke, real_photos
 from PIL import Image
 
@@ -26,6 +27,7 @@ def _tree_hash(folder) -> str:
     return digest.hexdigest()
 
 
+@pytest.mark.integration  # Lite0 features of 120 photos
 def test_planted_label_error_duplicate_and_outlier_are_found(tmp_path):
     root = tmp_path / "photos"
     for split, offset in (("train", 0), ("val", 30)):
@@ -63,6 +65,7 @@ def test_planted_label_error_duplicate_and_outlier_are_found(tmp_path):
     assert "suspected label errors" in text.stdout and "(across splits)" in text.stdout
 
 
+@pytest.mark.integration
 def test_a_runs_own_splits_are_checked_for_leaks(tmp_path):
     import pawnet
 
@@ -189,6 +192,7 @@ def test_a_thousand_near_identical_photos_are_counted_all_but_listed_capped(monk
     assert f"and {total - data_issues.SHEET_CARDS:,} more, see --json" in section
 
 
+@pytest.mark.integration  # Lite0 features of real photos
 def test_a_file_name_cannot_forge_a_terminal_row(tmp_path):
     root = copy_photos(tmp_path / "odd\nfolder\x1b[2J", 6)
     odd = "new\nline\x1b[31m.jpg"

@@ -1,4 +1,6 @@
-"""EfficientNet-Lite in Keras: architecture, torch parity on real photos, ImageNet sanity, cache."""
+"""EfficientNet-Lite in Keras: architecture, torch parity on real photos, ImageNet sanity, cache.
+
+Tests that run the full-size pretrained network on photos are integration tests."""
 
 from __future__ import annotations
 
@@ -31,8 +33,10 @@ def _need_checkpoint(variant: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("weights-cache")
+def cache_dir(shared_cache) -> Path:
+    """The session's weights cache (content-addressed: by the checkpoint's SHA-256), so the
+    checkpoints are converted once per session; tests of the cache itself use their own."""
+    return shared_cache / "pretrained"
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +62,7 @@ def test_missing_checkpoint_package_names_it(monkeypatch):
         weights.load_pretrained("lite1")
 
 
+@pytest.mark.integration
 def test_lite0_logits_match_torch(lite0):
     pixels = _pixels(_photos("cat", 8) + _photos("dog", 8), 224)
     expected = _torch_logits("lite0", pixels)
@@ -82,6 +87,7 @@ def test_bigger_variants_logits_match_torch(variant, cache_dir):
     assert max_diff < 1e-4
 
 
+@pytest.mark.integration
 def test_lite0_top1_falls_in_cat_and_dog_classes(lite0):
     # Measured on the first 20+20 photos of cvtricks/test: cats 0.65, dogs 1.00
     # (on 100+100: cats 0.76, dogs 0.97; many "cats" go to lynx or other ImageNet classes).
@@ -95,6 +101,7 @@ def test_lite0_top1_falls_in_cat_and_dog_classes(lite0):
     assert dog_rate >= 0.85
 
 
+@pytest.mark.integration
 def test_features_model_shares_the_classifier_input(lite0, cache_dir):
     pixels = _pixels(_photos("dog", 2), 224)
     features = weights.load_pretrained("lite0", cache_dir=cache_dir)
@@ -104,6 +111,7 @@ def test_features_model_shares_the_classifier_input(lite0, cache_dir):
     np.testing.assert_allclose(feats @ kernel + bias, lite0.predict(pixels, verbose=0), atol=1e-4)
 
 
+@pytest.mark.integration
 def test_folded_batch_norm_gives_the_same_logits_and_features(lite0, cache_dir):
     pixels = _pixels(_photos("cat", 6) + _photos("dog", 6), 224)
     folded = weights.load_pretrained("lite0", include_top=True, cache_dir=cache_dir, folded=True)
@@ -122,6 +130,7 @@ def _cache_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("efficientnet_lite0-*.weights.h5"))
 
 
+@pytest.mark.integration
 def test_cache_is_written_then_used(tmp_path, monkeypatch, lite0):
     _need_checkpoint("lite0")
     start = time.perf_counter()
@@ -145,6 +154,7 @@ def test_cache_is_written_then_used(tmp_path, monkeypatch, lite0):
     assert t_second < 15
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("damage", ["flip-bytes", "truncate", "forged-checksum", "no-sidecar"])
 def test_damaged_cache_is_rebuilt(tmp_path, lite0, damage):
     weights.load_pretrained("lite0", include_top=True, cache_dir=tmp_path)
@@ -177,6 +187,7 @@ def test_damaged_cache_is_rebuilt(tmp_path, lite0, damage):
     assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name, sidecar.name]
 
 
+@pytest.mark.integration
 def test_folded_form_is_cached_and_equals_a_fresh_fold(tmp_path, monkeypatch, lite0):
     first = weights.load_pretrained("lite0", include_top=True, cache_dir=tmp_path, folded=True)
     assert len(list(tmp_path.glob("efficientnet_lite0-*-folded.weights.h5"))) == 1

@@ -6,6 +6,8 @@ from helpers import copy_photos, invoke
 from pawnet.errors import DataError
 from pawnet.tools.bench import bench, format_bench
 
+pytestmark = pytest.mark.integration  # every test trains (a few epochs, on 16 to 48 photos)
+
 
 @pytest.fixture(autouse=True)
 def _short_measurements(monkeypatch):

@@ -49,6 +49,7 @@ def test_the_shim_applies_to_the_keras_versions_that_need_it():
     assert not keras_mwms.needed("3.16.0")  # unchecked: this test's failure would tell
 
 
+@pytest.mark.integration  # two pairs of worker processes
 def test_keras_still_fails_without_the_shim():
     if not keras_mwms.needed():
         pytest.skip(f"Keras {keras.__version__} is newer than the shim (checked up to "

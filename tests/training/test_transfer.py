@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from pawnet.data.images import load_pixels
 from pawnet.data.splits import read_manifest
 from pawnet.training import transfer
 
+# the settings of the session's `transfer_run` (conftest.py)
 SMALL = {"model": "efficientnet-lite0", "image_size": 64, "batch_size": 8, "epochs": 5}
 
 
@@ -18,8 +20,9 @@ def photos(tmp_path):
     return copy_photos(tmp_path / "photos", 10)
 
 
-def test_transfer_run_saves_one_model_from_pixels_to_probabilities(photos, tmp_path):
-    run = pawnet.train(photos, out=str(tmp_path / "run"), **SMALL)
+@pytest.mark.integration
+def test_transfer_run_saves_one_model_from_pixels_to_probabilities(transfer_run):
+    run = transfer_run
     predictor = pawnet.load(run)
     assert predictor.spec.model_name == "efficientnet-lite0"
     assert predictor.model.input.shape[1:] == (64, 64, 3)
@@ -34,6 +37,7 @@ def test_transfer_run_saves_one_model_from_pixels_to_probabilities(photos, tmp_p
     assert_runtimes_agree(run, [p.path for p in val])
 
 
+@pytest.mark.integration
 def test_features_on_the_fast_runtime_match_keras(photos):
     from pawnet.inference.runtimes import KerasRuntime
     from pawnet.models.pretrained import load_backbone
@@ -49,7 +53,8 @@ def test_features_on_the_fast_runtime_match_keras(photos):
     np.testing.assert_allclose(fast, slow, atol=1e-4)
 
 
-def test_features_are_computed_once_per_photo(photos, tmp_path, monkeypatch):
+@pytest.mark.integration
+def test_features_are_computed_once_per_photo(photos, tmp_path, monkeypatch, own_features):
     pawnet.train(photos, out=str(tmp_path / "a"), **SMALL)
     calls = []
     real = features.extract_features
@@ -68,7 +73,8 @@ def test_features_are_computed_once_per_photo(photos, tmp_path, monkeypatch):
     assert all(n == new_val for n, desc in calls if "shrunk" in desc)
 
 
-def test_a_run_repeats_whatever_the_cache_holds(photos, tmp_path):
+@pytest.mark.integration
+def test_a_run_repeats_whatever_the_cache_holds(photos, tmp_path, fresh_cache):
     cold = pawnet.train(photos, out=str(tmp_path / "cold"), **SMALL)  # converts, extracts
     warm = pawnet.train(photos, out=str(tmp_path / "warm"), **SMALL)  # all from the cache
     history = [(run / "history.csv").read_text().splitlines() for run in (cold, warm)]
@@ -76,6 +82,7 @@ def test_a_run_repeats_whatever_the_cache_holds(photos, tmp_path):
     assert history[0] == history[1]
 
 
+@pytest.mark.integration
 def test_augmented_feature_views_add_rows(photos, tmp_path, monkeypatch):
     calls = []
     real = transfer.extract_features
@@ -85,6 +92,7 @@ def test_augmented_feature_views_add_rows(photos, tmp_path, monkeypatch):
     assert sum(a is not None for a in calls) == 2
 
 
+@pytest.mark.integration
 def test_fine_tuning_changes_top_block_but_not_batch_norm(photos, tmp_path):
     import keras
 
@@ -107,8 +115,9 @@ def test_fine_tuning_changes_top_block_but_not_batch_norm(photos, tmp_path):
     assert len(history) >= 3  # head epochs, then the fine-tuning epoch
 
 
-def test_resume_of_a_transfer_run_reuses_cached_features(photos, tmp_path, monkeypatch):
-    run = pawnet.train(photos, out=str(tmp_path / "run"), **SMALL)
+@pytest.mark.integration
+def test_resume_of_a_transfer_run_reuses_cached_features(transfer_run, tmp_path, monkeypatch):
+    run = shutil.copytree(transfer_run, tmp_path / "run")
     calls = []
     monkeypatch.setattr(transfer, "extract_features", lambda *a, **k: calls.append(1))
     pawnet.train(resume=str(run), epochs=SMALL["epochs"] + 1)  # a finished run, trained on
@@ -117,6 +126,7 @@ def test_resume_of_a_transfer_run_reuses_cached_features(photos, tmp_path, monke
     assert (run / "previous" / "1" / "bundle" / "model.keras").exists()
 
 
+@pytest.mark.integration
 def test_three_classes_with_transfer(tmp_path):
     root = copy_photos(tmp_path / "p", 6)
     copy_photos(tmp_path / "extra", 6, classes=("cat",), split="test")
@@ -141,9 +151,10 @@ def test_unfreeze_top_blocks_keeps_batch_norm_frozen():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)  # BN in inference
 
 
+@pytest.mark.integration
 def test_two_backbones_side_by_side_train_one_head_on_both(photos, tmp_path):
-    run = pawnet.train(photos, out=str(tmp_path / "run"),
-                       **{**SMALL, "model": "efficientnet-lite0+lite2"})
+    run = pawnet.train(photos, out=str(tmp_path / "run"),  # 32 px: its conversions are shorter
+                       **{**SMALL, "model": "efficientnet-lite0+lite2", "image_size": 32})
     predictor = pawnet.load(run)
     backbone = next(layer for layer in predictor.model.layers if layer.name != "head"
                     and hasattr(layer, "layers"))
