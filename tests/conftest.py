@@ -33,51 +33,13 @@ INTEGRATION_FIXTURES = {
 INTEGRATION_MODULES = {
     "tests/serve/test_browser.py",  # `pawnet serve`, and a browser
 }
-# single tests that train a model, start a process or run the built-in model, in modules that
-# mix tiers and are not marked in their own file yet (move each to a mark in its module, then
-# drop it here)
-INTEGRATION_TESTS = {
-    "tests/inference/test_examples.py::test_train_from_scratch",
-    "tests/inference/test_examples.py::test_transfer_and_predict",
-    "tests/inference/test_export.py::test_builtin_model_exports_when_given_photos_to_check_on",
-    "tests/models/test_builtin.py::test_builtin_works_by_name_without_training",
-    "tests/models/test_builtin.py::test_evaluate_builtin_on_a_folder",
-    "tests/models/test_builtin.py::test_non_photos_are_neither",
-    "tests/reporting/test_gradcam.py::test_a_transfer_models_heat_map_falls_on_the_pet",
-    "tests/reporting/test_gradcam.py::test_the_builtin_models_heat_map_falls_on_the_pet",
-    "tests/reporting/test_plots.py::test_importing_and_drawing_keep_the_users_backend",
-    "tests/test_hostile.py::test_a_class_with_one_photo_trains_with_a_warning",
-    "tests/test_hostile.py::test_train_never_writes_into_an_existing_folder",
-    "tests/test_hostile.py::test_training_on_hostile_photos_uses_the_good_ones",
-    "tests/training/test_distribute.py::test_a_killed_worker_stops_the_other_with_a_clear_error",
-    "tests/training/test_distribute.py::test_a_transfer_model_from_two_workers_predicts_like",
-    "tests/training/test_distribute.py::test_a_worker_listens_on_loopback_only_or_warns_that",
-    "tests/training/test_distribute.py::test_a_worker_whose_peers_never_start_gives_up_after",
-    "tests/training/test_distribute.py::test_mirrored_strategy_on_two_logical_cpus_trains_like",
-    "tests/training/test_distribute.py::test_two_workers_train_like_one_process",
-    "tests/training/test_distribute.py::test_workers_with_different_photos_stop_before_training",
-    "tests/training/test_training.py::test_a_policy_that_leaves_many_photos_unanswered",
-    "tests/training/test_training.py::test_bad_files_are_skipped_and_the_run_completes",
-    "tests/training/test_training.py::test_disk_cache_is_used_then_removed",
-    "tests/training/test_training.py::test_mixed_precision_trains_and_saves_a_float32_bundle",
-    "tests/training/test_training.py::test_resume_after_a_kill_continues_from_the_last_finished",
-    "tests/training/test_training.py::test_same_seed_repeats_the_run",
-    "tests/training/test_training.py::test_three_classes",
-    "tests/trust/test_ood.py::test_a_model_trained_on_small_photos_answers_small_photos",
-}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` picks the tiers
 def pytest_collection_modifyitems(config, items):
-    for test in INTEGRATION_TESTS:  # a renamed test would silently go back to the unit tier
-        module, name = test.split("::")
-        if f"def {name}" not in (config.rootpath / module).read_text():
-            raise pytest.UsageError(f"conftest.py INTEGRATION_TESTS names no test: {test}")
     for item in items:
         module = item.nodeid.split("::")[0]
-        if (INTEGRATION_FIXTURES.intersection(item.fixturenames)
-                or module in INTEGRATION_MODULES
-                or any(item.nodeid.startswith(test) for test in INTEGRATION_TESTS)):
+        if INTEGRATION_FIXTURES.intersection(item.fixturenames) or module in INTEGRATION_MODULES:
             item.add_marker(pytest.mark.integration)
 
 

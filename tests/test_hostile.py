@@ -170,6 +170,7 @@ def test_the_server_answers_every_hostile_file_with_200_or_a_one_line_422(traine
         assert client.get("/healthz").status_code == 200
 
 
+@pytest.mark.integration
 def test_training_on_hostile_photos_uses_the_good_ones(hostile, tmp_path):
     import pawnet
 
@@ -197,6 +198,7 @@ def test_folders_that_cannot_train_say_why_in_one_line(tmp_path, layout, message
     assert len(errors) == 1 and message in errors[0]
 
 
+@pytest.mark.integration
 def test_a_class_with_one_photo_trains_with_a_warning(tmp_path):
     import pawnet
 
@@ -310,6 +312,7 @@ def test_pawnets_own_outputs_are_replaced(run_copy, tmp_path):
     assert (tmp_path / "onnx" / "model.onnx").is_file()
 
 
+@pytest.mark.integration
 def test_train_never_writes_into_an_existing_folder(tmp_path):
     mine = _users_folder(tmp_path / "mydocs")
     photos = copy_photos(tmp_path / "photos", 8)

@@ -36,6 +36,7 @@ def test_examples_use_the_public_api_only(script):
             assert node.attr in pawnet.__all__, node.attr
 
 
+@pytest.mark.integration
 def test_train_from_scratch(run, tmp_path):
     photos = copy_photos(tmp_path / "photos", 10)
     out = run(REPO / "examples/train_from_scratch.py", "--photos", photos, "--epochs", 1,
@@ -43,6 +44,7 @@ def test_train_from_scratch(run, tmp_path):
     assert "test accuracy" in out and (tmp_path / "run" / "bundle" / "model.keras").exists()
 
 
+@pytest.mark.integration
 def test_transfer_and_predict(run, tmp_path):
     photos = copy_photos(tmp_path / "photos", 8)
     out = run(REPO / "examples/transfer_and_predict.py", "--photos", photos, "--epochs", 2,

@@ -42,6 +42,7 @@ def test_export_round_trip_of_a_scratch_model(trained_run, tmp_path, fmt):
     assert check["photos"] > 0 and "test split" in check["source"]
 
 
+@pytest.mark.integration
 def test_builtin_model_exports_when_given_photos_to_check_on(tmp_path):
     out = tmp_path / "catdog"
     photos = tmp_path / "photos"

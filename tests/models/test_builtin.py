@@ -20,6 +20,7 @@ def test_verdict_compares_class_means_and_gates_on_mass():
     assert out[1, 0] == pytest.approx((0.01 / 5) / (0.01 / 5 + 0.9 / 118), abs=1e-3)
 
 
+@pytest.mark.integration
 def test_builtin_works_by_name_without_training():
     predictor = pawnet.load("imagenet-catdog")
     assert predictor.classes == ["cat", "dog", "neither"]
@@ -29,6 +30,7 @@ def test_builtin_works_by_name_without_training():
     assert sum(r.label == "dog" for r in dogs) >= 11
 
 
+@pytest.mark.integration
 def test_non_photos_are_neither(tmp_path):
     from PIL import Image
 
@@ -44,6 +46,7 @@ def test_non_photos_are_neither(tmp_path):
     assert [r.label for r in results].count("neither") >= 2
 
 
+@pytest.mark.integration
 def test_evaluate_builtin_on_a_folder(tmp_path):
     report = pawnet.evaluate("imagenet-catdog", CVTRICKS)
     assert report.write(tmp_path / "report") == tmp_path / "report"

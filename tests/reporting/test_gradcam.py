@@ -39,6 +39,7 @@ def _share_inside(model, image_size: int, photos) -> list[float]:
 PETS = real_photos("cat", 4, "test") + real_photos("dog", 4, "test")
 
 
+@pytest.mark.integration
 def test_the_builtin_models_heat_map_falls_on_the_pet():
     predictor = pawnet.load("imagenet-catdog", runtime="keras")
     shares = _share_inside(predictor.model, predictor.image_size, PETS)
@@ -46,6 +47,7 @@ def test_the_builtin_models_heat_map_falls_on_the_pet():
     assert np.mean(shares) >= 0.6 and min(shares) > 0.25  # 0.25: the photo's share of area
 
 
+@pytest.mark.integration
 def test_a_transfer_models_heat_map_falls_on_the_pet(tmp_path):
     run = pawnet.train(CVTRICKS / "train", out=str(tmp_path / "run"), test_fraction=0.0)
     predictor = pawnet.load(run, runtime="keras")

@@ -4,9 +4,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from pawnet.reporting.plots import is_own_png
 
 
+@pytest.mark.integration
 def test_importing_and_drawing_keep_the_users_backend(tmp_path):
     # before: importing pawnet.reporting.plots switched matplotlib to Agg, so a notebook's
     # figures stopped showing after `pawnet.evaluate`

@@ -93,6 +93,7 @@ def _labels(run: Path, photos: Path) -> tuple[list[str], np.ndarray]:
             np.array([list(p.probabilities.values()) for p in predictions]))
 
 
+@pytest.mark.integration
 def test_two_workers_train_like_one_process_of_the_same_global_batch(tmp_path):
     photos = _toy_photos(tmp_path / "photos")
     run = tmp_path / "run"
@@ -127,6 +128,7 @@ def _compare(run: Path, single: Path, test_photos: Path, keys: tuple[str, ...]) 
     assert gap < 1e-4
 
 
+@pytest.mark.integration
 def test_a_transfer_model_from_two_workers_predicts_like_one_from_one_process(tmp_path):
     photos = _toy_photos(tmp_path / "photos")
     settings = {"model": "efficientnet-lite0", "image_size": 96, "epochs": 5, "batch_size": 16}
@@ -138,6 +140,7 @@ def test_a_transfer_model_from_two_workers_predicts_like_one_from_one_process(tm
     _compare(tmp_path / "run", single, photos / "test", ("loss", "val_loss", "val_accuracy"))
 
 
+@pytest.mark.integration
 def test_workers_with_different_photos_stop_before_training(tmp_path):
     photos = _toy_photos(tmp_path / "photos")
     other = _toy_photos(tmp_path / "other")
@@ -152,6 +155,7 @@ def test_workers_with_different_photos_stop_before_training(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.integration
 def test_a_killed_worker_stops_the_other_with_a_clear_error_then_resume_finishes(tmp_path):
     photos = _toy_photos(tmp_path / "photos")
     run = tmp_path / "run"
@@ -192,6 +196,7 @@ def test_a_killed_worker_stops_the_other_with_a_clear_error_then_resume_finishes
     assert (run / "bundle" / "model.keras").exists()
 
 
+@pytest.mark.integration
 def test_a_worker_whose_peers_never_start_gives_up_after_the_startup_timeout(tmp_path):
     photos = _toy_photos(tmp_path / "photos")
     # worker 0, which leads the meeting, and worker 1, which joins it, each alone
@@ -228,6 +233,7 @@ def _loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net")
+@pytest.mark.integration
 def test_a_worker_listens_on_loopback_only_or_warns_that_its_port_is_open(tmp_path):
     photos = _toy_photos(tmp_path / "photos")
     (proc,) = start_workers([str(photos), "--out", str(tmp_path / "run"), "--startup-timeout",
@@ -256,6 +262,7 @@ pawnet.train(sys.argv[1], out=sys.argv[2], strategy="mirrored", **eval(sys.argv[
 """
 
 
+@pytest.mark.integration
 def test_mirrored_strategy_on_two_logical_cpus_trains_like_one_device(tmp_path):
     photos = _toy_photos(tmp_path / "photos")
     run = tmp_path / "run"

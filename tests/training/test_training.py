@@ -46,6 +46,7 @@ def test_trained_run_holds_bundle_curves_history_manifest_and_config(trained_run
     assert [r["epoch"] for r in _history(trained_run)] == ["1"]
 
 
+@pytest.mark.integration
 def test_bad_files_are_skipped_and_the_run_completes(tmp_path):
     photos = copy_photos(tmp_path / "p", 8)
     make_odd_files(photos / "dog")
@@ -57,6 +58,7 @@ def test_bad_files_are_skipped_and_the_run_completes(tmp_path):
     assert (run / "bundle" / "model.keras").exists()
 
 
+@pytest.mark.integration
 def test_same_seed_repeats_the_run(tmp_path):
     photos = copy_photos(tmp_path / "p", 8)
     runs = [pawnet.train(photos, epochs=2, out=str(tmp_path / f"r{i}"), **TINY)
@@ -67,6 +69,7 @@ def test_same_seed_repeats_the_run(tmp_path):
         assert float(row_a["val_loss"]) == pytest.approx(float(row_b["val_loss"]), rel=1e-4)
 
 
+@pytest.mark.integration
 def test_resume_after_a_kill_continues_from_the_last_finished_epoch(tmp_path):
     photos = copy_photos(tmp_path / "p", 10)
     run = tmp_path / "run"
@@ -160,6 +163,7 @@ def test_training_needs_two_classes(tmp_path):
         pawnet.train(photos, epochs=1, out=str(tmp_path / "run"), **TINY)
 
 
+@pytest.mark.integration
 def test_three_classes(tmp_path):
     photos = copy_photos(tmp_path / "p", 8)
     copy_photos(tmp_path / "p" / "other", 8, classes=("cat",), split="test")
@@ -170,6 +174,7 @@ def test_three_classes(tmp_path):
     assert pawnet.load(run).classes == ["cat", "dog", "tabby"]
 
 
+@pytest.mark.integration
 def test_disk_cache_is_used_then_removed(tmp_path, monkeypatch):
     from pawnet.data import pipeline
 
@@ -192,6 +197,7 @@ def test_resume_is_refused_from_a_config_file(tmp_path, trained_run):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.integration
 def test_mixed_precision_trains_and_saves_a_float32_bundle(tmp_path):
     photos = copy_photos(tmp_path / "p", 10)
     run = pawnet.train(photos, epochs=2, out=str(tmp_path / "run"), precision="mixed", **TINY)
@@ -212,6 +218,7 @@ def test_mixed_precision_trains_and_saves_a_float32_bundle(tmp_path):
     assert len(_history(run)) == 3
 
 
+@pytest.mark.integration
 def test_a_policy_that_leaves_many_photos_unanswered_is_one_warning_line(tmp_path, caplog):
     photos = copy_photos(tmp_path / "photos", 12)
     run = pawnet.train(photos, model="pawnet-cnn", epochs=1, image_size=32, batch_size=8,

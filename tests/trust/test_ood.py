@@ -157,6 +157,7 @@ def test_a_photo_far_smaller_than_the_training_photos_is_too_small(pets_run):
     assert {r.reason for r in cifar} == {"too small (32x32)"}
 
 
+@pytest.mark.integration
 def test_a_model_trained_on_small_photos_answers_small_photos(tmp_path):
     """Four classes of 32-px photos (CIFAR-10 vehicles): every size the model saw is judged,
     and the default answers most of the held-out photos, more accurately than all of them."""
