@@ -2,7 +2,9 @@
 photo content: what training a head, fitting the OOD score, `pawnet data issues` and
 `pawnet bench` all use.
 
-`backbone_runtime` runs the backbone on the fastest runtime that agrees with Keras;
+`frozen_backbone` runs a model's backbone(s) on ONNX Runtime: the EfficientNet-Lite graph
+written straight from the checkpoints (`pawnet.models.lite_onnx`, no TensorFlow needed), a
+`keras:NAME` backbone through `backbone_runtime`, the fastest runtime that agrees with Keras.
 `extract_features` runs photos (or augmented views) through it; `cached_features` computes
 only what the `FeatureStore` does not hold yet, and on several workers shares the work out.
 """
@@ -11,18 +13,29 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 
 from pawnet.data.images import MAX_PIXELS, DecodeBudget, decode_ahead, load_pixels
 from pawnet.distribute import Cluster, all_sum, gather_rows
-from pawnet.inference.runtimes import Runtime, choose, core_chunks, synthetic_images, threads
+from pawnet.inference.runtimes import (
+    OnnxRuntime,
+    Runtime,
+    choose,
+    conversion_failures,
+    core_chunks,
+    synthetic_images,
+    threads,
+)
 from pawnet.logs import progress
-from pawnet.storage import atomic_write_bytes, cache_dir
+from pawnet.models.spec import ModelSpec
+from pawnet.storage import atomic_write_bytes, atomic_write_text, cache_dir
 
 _SAVE_EVERY = 20  # batches between writes of the feature cache, so a kill loses little
 
@@ -45,6 +58,44 @@ class FeatureStore:
         buffer = io.BytesIO()
         np.savez(buffer, **self.features)
         atomic_write_bytes(self.path, buffer.getvalue())
+
+
+@dataclass(frozen=True)
+class FrozenBackbone:
+    """A model's frozen feature extractor: the key of its cached features, the runtime that
+    computes them, and their size."""
+
+    key: str
+    runtime: Runtime
+    dim: int
+
+
+def frozen_backbone(spec: ModelSpec, image_size: int, weights: str | None = None
+                    ) -> FrozenBackbone:
+    """The spec's backbone(s) ready to extract features: the Lite backbones' ONNX graph,
+    written from their checkpoints once and cached, without building a Keras model."""
+    if any(":" in b for b in spec.backbones):  # keras:NAME
+        from pawnet.models.pretrained import load_backbone
+
+        backbone = load_backbone(spec, image_size, weights=weights)
+        key = backbone_id(backbone, "+".join(spec.backbones), image_size)
+        return FrozenBackbone(key, backbone_runtime(backbone, key),
+                              int(backbone.output.shape[-1]))
+    from pawnet.models import lite_onnx
+
+    key = lite_onnx.graph_key(spec.backbones, image_size)
+    path = cache_dir() / "runtimes" / f"backbone-{key}.onnx"
+    record = path.with_suffix(".json")
+    try:
+        per_call = int(json.loads(record.read_text())["photos_per_call"])
+        runtime = OnnxRuntime(path, photos_per_call=per_call)
+    except (KeyError, TypeError, *conversion_failures()):  # missing or damaged: remake it
+        atomic_write_bytes(path, lite_onnx.build(spec.backbones, image_size))
+        runtime = OnnxRuntime(path)
+        per_call = runtime.fastest_call_size(synthetic_images(image_size))
+        atomic_write_text(record, json.dumps({"photos_per_call": per_call}) + "\n")
+        runtime = OnnxRuntime(path, photos_per_call=per_call)
+    return FrozenBackbone(key, runtime, 1280 * len(spec.backbones))
 
 
 def backbone_id(backbone: keras.Model, variant: str, image_size: int) -> str:

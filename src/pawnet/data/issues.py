@@ -36,15 +36,13 @@ SHEET_CARDS = 200  # cards per section of the contact sheet; --json has the rest
 
 
 def _features(photos: list) -> np.ndarray:
-    from pawnet.features import FeatureStore, backbone_id, backbone_runtime, cached_features
-    from pawnet.models.pretrained import load_backbone
+    from pawnet.features import FeatureStore, cached_features, frozen_backbone
     from pawnet.models.registry import get_model_spec
 
     spec = get_model_spec("efficientnet-lite0")
-    backbone = load_backbone(spec, spec.image_size)
-    key = backbone_id(backbone, "lite0", spec.image_size)
-    return cached_features(backbone_runtime(backbone, key), FeatureStore(key), photos,
-                           spec.image_size, 32, "Features")
+    frozen = frozen_backbone(spec, spec.image_size)
+    return cached_features(frozen.runtime, FeatureStore(frozen.key), photos, spec.image_size,
+                           32, "Features")
 
 
 def _label_issues(features: np.ndarray, labels: np.ndarray, classes: list[str],

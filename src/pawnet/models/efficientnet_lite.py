@@ -22,10 +22,11 @@ IMAGENET_CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Eg
 IMAGENET_DOG_CLASSES = range(151, 269)  # Chihuahua ... Mexican hairless
 NUM_IMAGENET_CLASSES = 1000
 
-_BN_EPSILON = 1e-3
+BN_EPSILON = 1e-3
 _BN_MOMENTUM = 0.99
-_STEM_FILTERS = 32  # not scaled in the Lite models
-_HEAD_FILTERS = 1280  # not scaled in the Lite models
+STEM_FILTERS = 32  # not scaled in the Lite models
+HEAD_FILTERS = 1280  # not scaled in the Lite models
+RESCALE_SCALE, RESCALE_OFFSET = 1.0 / 128.0, -127.0 / 128.0  # (x - 127) / 128
 
 @dataclass(frozen=True)
 class _Stage:
@@ -103,25 +104,59 @@ def _unit(x, conv: layers.Layer, bn_name: str, relu_name: str | None, folded: bo
     """A convolution, then its batch norm (unless folded into it), then ReLU6 if named."""
     x = conv(x)
     if not folded:
-        x = layers.BatchNormalization(epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM,
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=_BN_MOMENTUM,
                                       name=bn_name)(x)
     return layers.ReLU(max_value=6.0, name=relu_name)(x) if relu_name else x
 
 
-def _block(x, p: str, stage: _Stage, in_filters: int, out_filters: int, stride: int,
-           folded: bool):
+@dataclass(frozen=True)
+class Block:
+    """One inverted-residual block: its layer-name prefix ("block3_"), kernel, stride,
+    expansion and filters in and out."""
+
+    prefix: str
+    kernel: int
+    stride: int
+    expand: int
+    in_filters: int
+    out_filters: int
+
+    @property
+    def residual(self) -> bool:
+        return self.stride == 1 and self.in_filters == self.out_filters
+
+
+def blocks(variant: str) -> list[Block]:
+    """The variant's blocks in order: what the Keras model (`build_backbone`) and the ONNX
+    graph (`pawnet.models.lite_onnx`) are both built from."""
+    spec = get_variant(variant)
+    found: list[Block] = []
+    in_filters = STEM_FILTERS
+    for index, stage in enumerate(_STAGES):
+        out_filters = _round_filters(stage.filters, spec.width)
+        unscaled = index in (0, len(_STAGES) - 1)
+        repeats = stage.repeats if unscaled else math.ceil(spec.depth * stage.repeats)
+        for r in range(repeats):
+            found.append(Block(f"block{len(found)}_", stage.kernel,
+                               stage.stride if r == 0 else 1, stage.expand, in_filters,
+                               out_filters))
+            in_filters = out_filters
+    return found
+
+
+def _block(x, block: Block, folded: bool):
     """One inverted-residual block: expand 1x1, depthwise, project 1x1 (+ shortcut)."""
-    shortcut = x
-    if stage.expand != 1:
-        expand = layers.Conv2D(in_filters * stage.expand, 1, use_bias=folded,
+    shortcut, p = x, block.prefix
+    if block.expand != 1:
+        expand = layers.Conv2D(block.in_filters * block.expand, 1, use_bias=folded,
                                name=p + "expand_conv")
         x = _unit(x, expand, p + "expand_bn", p + "expand_relu", folded)
-    depthwise = layers.DepthwiseConv2D(stage.kernel, strides=stride, padding="same",
+    depthwise = layers.DepthwiseConv2D(block.kernel, strides=block.stride, padding="same",
                                        use_bias=folded, name=p + "dwconv")
     x = _unit(x, depthwise, p + "dw_bn", p + "dw_relu", folded)
-    project = layers.Conv2D(out_filters, 1, use_bias=folded, name=p + "project_conv")
+    project = layers.Conv2D(block.out_filters, 1, use_bias=folded, name=p + "project_conv")
     x = _unit(x, project, p + "project_bn", None, folded)
-    if stride == 1 and in_filters == out_filters:
+    if block.residual:
         x = layers.Add(name=p + "add")([x, shortcut])
     return x
 
@@ -152,28 +187,19 @@ def build_backbone(
     Raises:
         ConfigError: unknown variant.
     """
-    spec = get_variant(variant)
-    side = image_size or spec.image_size
+    side = image_size or get_variant(variant).image_size
     inputs = keras.Input((side, side, 3), name="pixels")
-    x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescale")(inputs)
-    stem = layers.Conv2D(_STEM_FILTERS, 3, strides=2, padding="same", use_bias=folded,
+    x = layers.Rescaling(RESCALE_SCALE, offset=RESCALE_OFFSET, name="rescale")(inputs)
+    stem = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=folded,
                          name="stem_conv")
     x = _unit(x, stem, "stem_bn", "stem_relu", folded)
-    block, in_filters = 0, _STEM_FILTERS
-    for index, stage in enumerate(_STAGES):
-        out_filters = _round_filters(stage.filters, spec.width)
-        unscaled = index in (0, len(_STAGES) - 1)
-        repeats = stage.repeats if unscaled else math.ceil(spec.depth * stage.repeats)
-        for r in range(repeats):
-            x = _block(x, f"block{block}_", stage, in_filters, out_filters,
-                       stage.stride if r == 0 else 1, folded)
-            in_filters = out_filters
-            block += 1
-    head = layers.Conv2D(_HEAD_FILTERS, 1, use_bias=folded, name="head_conv")
+    for block in blocks(variant):
+        x = _block(x, block, folded)
+    head = layers.Conv2D(HEAD_FILTERS, 1, use_bias=folded, name="head_conv")
     x = _unit(x, head, "head_bn", "head_relu", folded)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if include_top:
-        x = layers.Dropout(spec.dropout, name="dropout")(x)
+        x = layers.Dropout(get_variant(variant).dropout, name="dropout")(x)
         x = layers.Dense(NUM_IMAGENET_CLASSES, name="logits")(x)
     return keras.Model(inputs, x, name=f"efficientnet_{variant}")
 

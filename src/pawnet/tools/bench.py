@@ -208,33 +208,33 @@ def _bench_scratch(result: dict, plan, spec, in_memory, epochs: int) -> Any:
 
 def _bench_transfer(result: dict, plan, spec, paths: list[str], in_memory) -> Any:
 
-    from pawnet.features import backbone_id, backbone_runtime, extract_features
+    from pawnet.features import extract_features, frozen_backbone
     from pawnet.models.pretrained import build_head, compose, load_backbone
-    from pawnet.models.spec import output_kind
-    from pawnet.training.recipe import head_training_set, targets
+    from pawnet.training.head import fit_linear
+    from pawnet.training.recipe import targets
 
     photos, cfg = plan.photos, plan.cfg
-    backbone = load_backbone(spec, cfg.image_size)
-    runtime = backbone_runtime(  # what feature extraction runs
-        backbone, backbone_id(backbone, "+".join(spec.backbones), cfg.image_size))
+    runtime = frozen_backbone(spec, cfg.image_size, cfg.weights).runtime  # what training runs
     limit = repeat_rate(lambda: runtime(in_memory), len(in_memory))
 
     started = time.perf_counter()
     features = extract_features(runtime, paths, cfg.image_size, cfg.batch_size,
                                 max_pixels=cfg.max_pixels)
     extract_seconds = time.perf_counter() - started
-    head = build_head(len(plan.classes), backbone)
-    y = targets(photos, plan.classes, binary=output_kind(head) == "sigmoid")
-    batches = head_training_set(head, cfg, features, y)
-    head_seconds = _timed(lambda: head.fit(batches, epochs=cfg.epochs, shuffle=False,
-                                           verbose=0))
+    y = targets(photos, plan.classes, binary=len(plan.classes) == 2)
+    fitted = []
+    head_seconds = _timed(lambda: fitted.append(
+        fit_linear(features, y, features[:0], y[:0], max_iter=cfg.epochs)))
     n = len(photos)
     result["compute_limit"] = {"train": _rate(n, n / limit + head_seconds)}
     result["end_to_end"] = {"train": _rate(n, extract_seconds + head_seconds)}
     result["transfer"] = {"runtime": runtime.name,
                           "feature_extraction": _rate(n, extract_seconds),
                           "backbone_limit": limit, "head_seconds": round(head_seconds, 2),
-                          "head_epochs": cfg.epochs}
+                          "head_iterations": len(fitted[0].rows)}
+    backbone = load_backbone(spec, cfg.image_size, weights=cfg.weights)
+    head = build_head(len(plan.classes), backbone)
+    head.get_layer("predictions").set_weights([fitted[0].kernel, fitted[0].bias])
     return compose(backbone, head, spec.name)
 
 
@@ -332,7 +332,7 @@ def format_bench(result: dict[str, Any]) -> str:
         t = result["transfer"]
         lines.append(f"transfer           features {t['feature_extraction']:.1f} photos/s "
                      f"(backbone limit {t['backbone_limit']:.1f}), head "
-                     f"{t['head_seconds']:.1f}s for {t['head_epochs']} epochs")
+                     f"{t['head_seconds']:.1f}s for {t['head_iterations']} iterations")
     lines.append(f"decoding           {result['decode_ms_per_photo']:.2f} ms a photo on one core")
     for name, r in result["runtimes"].items():
         lines.append(f"runtime {name:<10} " + ", ".join(

@@ -38,14 +38,23 @@ class HistoryRecorder(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         row["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         self.rows.append(row)
+        self._write_csv()
+        if time.monotonic() - self._plotted_at >= self.PLOT_INTERVAL:
+            self._plot()
+
+    def write(self, rows: list[dict[str, float]]) -> None:
+        """Record rows of a fit that ran outside Keras (the transfer head), then draw."""
+        self.rows.extend(rows)
+        self._write_csv()
+        self.on_train_end()
+
+    def _write_csv(self) -> None:
         columns = list(dict.fromkeys(k for r in self.rows for k in r))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.csv_path, buffer.getvalue())
-        if time.monotonic() - self._plotted_at >= self.PLOT_INTERVAL:
-            self._plot()
 
     def on_train_end(self, logs=None):
         if self.rows:
@@ -125,3 +134,23 @@ def tensorboard(run_dir: Path, enabled: bool, name: str = "") -> list[keras.call
     require_tensorboard()
     return [keras.callbacks.TensorBoard(log_dir=str(RunFolder(run_dir).tensorboard / name),
                                         write_graph=False)]
+
+
+def write_scalars(run_dir: Path, enabled: bool, name: str, rows: list[dict[str, float]]) -> None:
+    """History rows of a fit that ran outside Keras as TensorBoard scalars, laid out like
+    Keras' callback (`RUN_DIR/tensorboard/name/{train,validation}`), when asked."""
+    if not enabled:
+        return
+    require_tensorboard()
+    import tensorflow as tf
+
+    folder = RunFolder(run_dir).tensorboard / name
+    for split, prefix in (("train", ""), ("validation", "val_")):
+        writer = tf.summary.create_file_writer(str(folder / split))
+        with writer.as_default():
+            for row in rows:
+                for metric in ("loss", "accuracy"):
+                    if prefix + metric in row:
+                        tf.summary.scalar(f"epoch_{metric}", row[prefix + metric],
+                                          step=int(row["epoch"]) - 1)
+        writer.close()

@@ -1,8 +1,9 @@
 """Transfer learning: a frozen pretrained backbone, features computed once, a new head.
 
-Phase 1 runs every photo through the frozen backbone once (the slow part on a CPU), caches
-the pooled features per user by photo content, and trains only the small head on them, so
-head epochs take well under a second. `feature_views` adds augmented views of each training
+Phase 1 runs every photo through the frozen backbone once (the slow part on a CPU; ONNX
+Runtime, `pawnet.features.frozen_backbone`), caches the pooled features per user by photo
+content, and fits only the head's Dense layer on them (`pawnet.training.head`), in well
+under a second. `feature_views` adds augmented views of each training
 photo as extra feature rows. Phase 2 (`fine_tune` > 0) unfreezes the top blocks and trains
 end to end on the image pipeline at a low learning rate, with batch norm kept in inference
 mode. The bundle saves one model from raw pixels to probabilities.
@@ -12,31 +13,29 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 
 import keras
 import numpy as np
 
-from pawnet import logs
 from pawnet.data.augment import build_augmenter
-from pawnet.data.pipeline import pixel_dataset
+from pawnet.data.images import load_pixels
 from pawnet.distribute import broadcast, gather_rows
 from pawnet.features import (
     FeatureStore,
-    backbone_id,
-    backbone_runtime,
+    FrozenBackbone,
     cached_features,
     extract_features,
+    frozen_backbone,
 )
 from pawnet.models.pretrained import build_head, compose, load_backbone
 from pawnet.models.spec import ModelSpec, output_kind
-from pawnet.training.callbacks import HistoryRecorder, tensorboard
+from pawnet.training.callbacks import HistoryRecorder, write_scalars
+from pawnet.training.head import LinearHead, fit_linear
 from pawnet.training.plan import Plan
 from pawnet.training.recipe import (
     Fitted,
     compile_model,
-    head_training_set,
     image_datasets,
     steps_per_epoch,
     targets,
@@ -67,17 +66,14 @@ def unfreeze_top_blocks(backbone: keras.Model, blocks: int) -> list[str]:
     return opened
 
 
-def _features(plan: Plan, spec: ModelSpec, backbone: keras.Model):
+def _features(plan: Plan, spec: ModelSpec, frozen: FrozenBackbone):
     """(train_x, val_x, views): cached plain-view features, with `feature_views` augmented
     views of each training photo stacked under the plain ones (views in all). On several
     workers each computes its share, and every worker gets all of them."""
     cfg, cluster = plan.cfg, plan.cluster
     train_photos, val_photos = plan.split("train"), plan.split("val")
-    key = backbone_id(backbone, "+".join(spec.backbones), cfg.image_size)
-    store = FeatureStore(key)
-    runtime = backbone_runtime(backbone, key)
-    dim = int(backbone.output.shape[-1])
-    shared = (cluster, dim) if plan.multi_worker else None
+    store, runtime = FeatureStore(frozen.key), frozen.runtime
+    shared = (cluster, frozen.dim) if plan.multi_worker else None
     started = time.monotonic()
     train_x = cached_features(runtime, store, train_photos, cfg.image_size, cfg.batch_size,
                               "Features (train)", cfg.max_pixels, cluster=shared)
@@ -90,7 +86,7 @@ def _features(plan: Plan, spec: ModelSpec, backbone: keras.Model):
         mine = cluster.shard(paths) if shared else paths
         rows = extract_features(runtime, mine, cfg.image_size, cfg.batch_size,
                                 augment=augment, desc=f"Features (augmented view {view})",
-                                max_pixels=cfg.max_pixels) if mine else np.zeros((0, dim))
+                                max_pixels=cfg.max_pixels) if mine else np.zeros((0, frozen.dim))
         views.append(gather_rows(cluster, rows.astype(np.float32), len(paths))
                      if shared else rows)
     n_photos = len(train_photos) * len(views) + len(val_photos)
@@ -99,53 +95,55 @@ def _features(plan: Plan, spec: ModelSpec, backbone: keras.Model):
     return np.concatenate(views), val_x, len(views)
 
 
-def _fit_head(plan: Plan, head: keras.Model, x: np.ndarray, y: np.ndarray, val_x: np.ndarray,
-              val_y: np.ndarray, weights) -> tuple[int, float, float]:
-    """Train the head on features; returns (epochs run, val_loss, val_accuracy)."""
-    import tensorflow as tf
-
+def _fit_head(plan: Plan, x: np.ndarray, y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+              weights: dict[int, float] | None) -> tuple[LinearHead, float, float]:
+    """The head fitted on features, its history written; (head, val_loss, val_accuracy)."""
     cfg = plan.cfg
     started = time.monotonic()
-    head.fit(
-        head_training_set(head, cfg, x, y),
-        validation_data=tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(256),
-        shuffle=False,  # the dataset shuffles, with the run's seed
-        epochs=cfg.epochs,
-        class_weight=weights,
-        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                                 restore_best_weights=True),
-                   HistoryRecorder(plan.run_dir),
-                   *tensorboard(plan.run_dir, cfg.tensorboard, "head")],
-        verbose=0 if sys.stdout.isatty() or not logs.shown() else 2,
-    )
-    epochs_done = len(head.history.epoch)
-    loss, accuracy = head.evaluate(val_x, val_y, verbose=0)
-    log.info(f"Head trained in {time.monotonic() - started:.1f}s ({epochs_done} epochs): "
-             f"val_loss {loss:.4f}, val_accuracy {accuracy:.4f}")
-    return epochs_done, float(loss), float(accuracy)
+    index = y[:, 0].astype(int) if y.shape[1] == 1 else y.argmax(1)
+    sample_weight = np.array([weights[i] for i in index]) if weights else None
+    linear = fit_linear(x, y, val_x, val_y, sample_weight=sample_weight,
+                        label_smoothing=cfg.label_smoothing, max_iter=cfg.epochs,
+                        patience=cfg.patience)
+    HistoryRecorder(plan.run_dir).write(linear.rows)
+    write_scalars(plan.run_dir, cfg.tensorboard, "head", linear.rows)
+    best = min(linear.rows, key=lambda r: r.get("val_loss", 0.0))
+    loss, accuracy = best.get("val_loss", 0.0), best.get("val_accuracy", 0.0)
+    log.info(f"Head fitted in {time.monotonic() - started:.1f}s ({len(linear.rows)} "
+             f"iterations): val_loss {loss:.4f}, val_accuracy {accuracy:.4f}")
+    return linear, loss, accuracy
 
 
 CHECK_PHOTOS = 16  # validation photos run through the saved model to check it
 
 
-def _check_composed(model, head, plan: Plan, val_x: np.ndarray) -> None:
+def _check_composed(model, linear: LinearHead, plan: Plan, val_x: np.ndarray) -> None:
     """The saved model, from pixels, must give what the head gave on cached features, so
     the validation figures measured on features are the saved model's own."""
     val_photos = plan.split("val")
     n = min(CHECK_PHOTOS, len(val_photos))
-    pixels = next(iter(pixel_dataset([p.path for p in val_photos[:n]], plan.cfg.image_size,
-                                     plan.cfg.max_pixels).batch(n)))
-    got = np.asarray(model.predict_on_batch(pixels))
-    want = np.asarray(head.predict_on_batch(val_x[:n]))
+    if not n:
+        return
+    pixels = np.stack([load_pixels(p.path, plan.cfg.image_size, plan.cfg.max_pixels)
+                       for p in val_photos[:n]])
+    got = keras.ops.convert_to_numpy(model(pixels.astype(np.float32), training=False))
+    want = linear.outputs(val_x[:n])
     if not np.allclose(got, want, atol=1e-4):
         raise RuntimeError(f"saved model and trained head disagree by "
                            f"{np.abs(got - want).max():.2g} on validation photos")
 
 
+def _head_with(linear: LinearHead | None, classes: int, backbone: keras.Model) -> keras.Model:
+    head = build_head(classes, backbone)
+    if linear is not None:
+        head.get_layer("predictions").set_weights([linear.kernel, linear.bias])
+    return head
+
+
 def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None) -> Fitted | None:
     """Phase 1: the head on cached backbone features; phase 2 (optional): fine-tune the top
     blocks. A resumed run redoes phase 1 from the feature cache, in seconds. On several
-    workers, all share out the features, the chief trains the head, and all fine-tune.
+    workers, all share out the features, the chief fits the head, and all fine-tune.
 
     Returns:
         The composed model (pixels to probabilities) measured on the validation photos,
@@ -154,27 +152,26 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None) -> Fitted
     """
     cfg = plan.cfg
     multi_worker, chief = plan.multi_worker, plan.is_chief
-    backbone = load_backbone(spec, cfg.image_size, weights=cfg.weights,
-                             trainable_later=cfg.fine_tune > 0 and not multi_worker)
     log.info(f"Transfer learning from {spec.name} at {cfg.image_size}px; run folder {plan.run_dir}")
-    train_x, val_x, views = _features(plan, spec, backbone)
-    keras.utils.set_random_seed(cfg.seed)  # the head starts alike however the backbone loaded
-    head = build_head(len(plan.classes), backbone)
-    binary = output_kind(head) == "sigmoid"
+    frozen = frozen_backbone(spec, cfg.image_size, cfg.weights)
+    train_x, val_x, views = _features(plan, spec, frozen)
     if not chief and not cfg.fine_tune:
         return None
-    epochs_done, loss, accuracy = 0, 0.0, 0.0
+    binary = len(plan.classes) == 2
+    linear, loss, accuracy = None, 0.0, 0.0
     if chief:
         train_y = np.concatenate([targets(plan.split("train"), plan.classes, binary)] * views)
         val_y = targets(plan.split("val"), plan.classes, binary)
-        epochs_done, loss, accuracy = _fit_head(plan, head, train_x, train_y, val_x, val_y,
-                                                weights)
+        linear, loss, accuracy = _fit_head(plan, train_x, train_y, val_x, val_y, weights)
+    backbone = load_backbone(spec, cfg.image_size, weights=cfg.weights,
+                             trainable_later=cfg.fine_tune > 0 and not multi_worker)
+    head = _head_with(linear, len(plan.classes), backbone)
     if not cfg.fine_tune:
         model = compose(backbone, head, spec.name)
-        _check_composed(model, head, plan, val_x)
+        _check_composed(model, linear, plan, val_x)
         plain = {"train": train_x[: len(plan.split("train"))], "val": val_x}
-        return Fitted(model, loss, accuracy, np.asarray(head.predict(val_x, verbose=0)),
-                      plain)
+        return Fitted(model, loss, accuracy, linear.outputs(val_x), plain)
+    epochs_done = len(linear.rows) if linear else 0
     if multi_worker:
         backbone, head, epochs_done = _on_every_worker(plan, spec, head, epochs_done)
     return _fine_tune(plan, backbone, head, spec, weights, epochs_done)

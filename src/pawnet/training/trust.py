@@ -130,21 +130,30 @@ def small_view(source, side: int, max_pixels: int | None = None) -> bytes:
 def _transfer_parts(plan: Plan, model, spec: ModelSpec) -> tuple[Callable, Callable]:
     """(a function giving the backbone's features of photos or of their views, cached; the
     head on those features)."""
-    from pawnet.features import FeatureStore, backbone_id, backbone_runtime, cached_features
+    from pawnet.features import (
+        FeatureStore,
+        backbone_id,
+        backbone_runtime,
+        cached_features,
+        frozen_backbone,
+    )
+    from pawnet.training.head import LinearHead
 
     cfg = plan.cfg
     backbone, head = model.layers[-2], model.layers[-1]
-    key = backbone_id(backbone, "+".join(spec.backbones), cfg.image_size)
-    runtime = backbone_runtime(backbone, key)
+    if cfg.fine_tune:  # the backbone changed: its own features
+        key = backbone_id(backbone, "+".join(spec.backbones), cfg.image_size)
+        runtime = backbone_runtime(backbone, key)
+    else:
+        frozen = frozen_backbone(spec, cfg.image_size, cfg.weights)
+        key, runtime = frozen.key, frozen.runtime
+    linear = LinearHead(*head.get_layer("predictions").get_weights(), rows=[])
 
     def features(photos, view: str = "", make=None, desc: str = "Features") -> np.ndarray:
         return cached_features(runtime, FeatureStore(key, view), photos, cfg.image_size,
                                cfg.batch_size, desc, cfg.max_pixels, view=make)
 
-    def classify(rows: np.ndarray) -> np.ndarray:
-        return np.asarray(head.predict(rows, verbose=0, batch_size=256))
-
-    return features, classify
+    return features, linear.outputs
 
 
 def _scratch_parts(plan: Plan, model) -> tuple[Callable, Callable]:
