@@ -164,6 +164,14 @@ def _task_index(config: dict) -> tuple[int, int]:
     return order.index(task), len(order)
 
 
+def multi_worker_asked(strategy: str, workers: str | None) -> bool:
+    """Whether the settings (or `TF_CONFIG`) ask for several workers; reads no device."""
+    if strategy == "multi-worker" or workers is not None:
+        return True
+    config = _read_tf_config()
+    return strategy == "auto" and config is not None and _task_index(config)[1] > 1
+
+
 def connect(strategy: str = "auto", workers: str | None = None,
             worker_index: int | None = None,
             startup_timeout: int = STARTUP_TIMEOUT_S) -> Cluster:
@@ -382,14 +390,15 @@ def gather_rows(cluster: Cluster, rows: np.ndarray, total: int) -> np.ndarray:
 @contextlib.contextmanager
 def lost_workers(cluster: Cluster) -> Iterator[None]:
     """Turn TensorFlow's errors about an unreachable worker into one ClusterError line."""
+    if not cluster.multi_worker:
+        yield
+        return
     import tensorflow as tf
 
     try:
         yield
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
             tf.errors.CancelledError, tf.errors.AbortedError, tf.errors.InternalError) as exc:
-        if not cluster.multi_worker:
-            raise
         raise ClusterError(f"worker {cluster.index} of {cluster.workers} lost contact with "
                            f"the others ({_reason(exc)}). Try: restart every worker with "
                            "pawnet train --resume RUN_DIR and the same --workers") from None

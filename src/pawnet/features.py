@@ -18,8 +18,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from pawnet.data.images import MAX_PIXELS, DecodeBudget, decode_ahead, load_pixels
@@ -34,8 +34,11 @@ from pawnet.inference.runtimes import (
     threads,
 )
 from pawnet.logs import progress
-from pawnet.models.spec import ModelSpec
+from pawnet.models.spec import KERAS_PREFIX, ModelSpec
 from pawnet.storage import atomic_write_bytes, atomic_write_text, cache_dir
+
+if TYPE_CHECKING:
+    import keras
 
 _SAVE_EVERY = 20  # batches between writes of the feature cache, so a kill loses little
 
@@ -74,7 +77,7 @@ def frozen_backbone(spec: ModelSpec, image_size: int, weights: str | None = None
                     ) -> FrozenBackbone:
     """The spec's backbone(s) ready to extract features: the Lite backbones' ONNX graph,
     written from their checkpoints once and cached, without building a Keras model."""
-    if any(":" in b for b in spec.backbones):  # keras:NAME
+    if any(b.startswith(KERAS_PREFIX) for b in spec.backbones):
         from pawnet.models.pretrained import load_backbone
 
         backbone = load_backbone(spec, image_size, weights=weights)
@@ -100,6 +103,8 @@ def frozen_backbone(spec: ModelSpec, image_size: int, weights: str | None = None
 
 def backbone_id(backbone: keras.Model, variant: str, image_size: int) -> str:
     """Names a backbone's exact weights and input size, to key cached features."""
+    import keras
+
     digest = hashlib.sha256()
     for w in backbone.weights[:4] + backbone.weights[-4:]:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
@@ -110,6 +115,7 @@ def backbone_id(backbone: keras.Model, variant: str, image_size: int) -> str:
 def backbone_runtime(backbone: keras.Model, key: str) -> Runtime:
     """The frozen backbone on the fastest runtime that agrees with Keras, converted once per
     backbone and image size and cached like the weights."""
+
     size = int(backbone.input.shape[1])
     return choose("auto", f"backbone-{key}", lambda: backbone, lambda: synthetic_images(size))
 
@@ -146,7 +152,7 @@ def extract_features(
         batches = _batched((row for chunk in chunks for row in chunk), batch_size)
     else:
         batches = (backbone(np.stack(pixels) if augment is None else
-                            np.asarray(augment(keras.ops.cast(np.stack(pixels), "float32"))))
+                            _augmented(augment, np.stack(pixels)))
                    for _, pixels in decode_ahead(paths, decode, batch_size))
     out = []
     with progress(len(paths), desc) as bar:
@@ -156,6 +162,12 @@ def extract_features(
                 on_batch(i, feats)
             bar.update(len(feats))
     return np.concatenate(out) if out else np.zeros((0, 0), "float32")
+
+
+def _augmented(augment: Callable, pixels: np.ndarray) -> np.ndarray:
+    import keras
+
+    return np.asarray(augment(keras.ops.cast(pixels, "float32")))
 
 
 def _map_threads(func: Callable, items: Sequence) -> Iterator:

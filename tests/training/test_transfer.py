@@ -1,5 +1,7 @@
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -71,6 +73,17 @@ def test_features_are_computed_once_per_photo(photos, tmp_path, monkeypatch, own
         p.split in ("train", "val") for p in new) > 0
     new_val = sum(p.split == "val" for p in new)
     assert all(n == new_val for n, desc in calls if "shrunk" in desc)
+
+
+@pytest.mark.integration
+def test_a_frozen_lite_run_never_starts_tensorflow(photos, tmp_path):
+    code = ("import sys, pawnet; "
+            f"run = pawnet.train(r'{photos}', out=r'{tmp_path / 'run'}', **{SMALL!r}); "
+            "print('tensorflow' in sys.modules, (run / 'bundle' / 'model.keras').is_file())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split()[-2:] == ["False", "True"]
+    assert pawnet.load(tmp_path / "run").predict([str(p) for p in photos.rglob("*.jpg")][:2])
 
 
 @pytest.mark.integration

@@ -29,7 +29,7 @@ def models() -> None:
         typer.echo(f"{builtin.name.ljust(width)}  built-in, no training: {builtin.description}")
 
 
-@command(app, "train")
+@command(app, "train", tensorflow=False)  # the run imports it when it needs it
 @with_fields(Config, skip=("photos",))
 def train(
     photos: Annotated[Path | None, typer.Argument(metavar="PHOTOS", help="Folder of photos.")]

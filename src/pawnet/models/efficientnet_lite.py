@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-from keras import layers
 
 from pawnet.errors import ConfigError
+
+if TYPE_CHECKING:
+    import keras
 
 IMAGENET_CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 IMAGENET_DOG_CLASSES = range(151, 269)  # Chihuahua ... Mexican hairless
@@ -100,8 +102,10 @@ def image_size(variant: str) -> int:
     return get_variant(variant).image_size
 
 
-def _unit(x, conv: layers.Layer, bn_name: str, relu_name: str | None, folded: bool):
+def _unit(x, conv: keras.layers.Layer, bn_name: str, relu_name: str | None, folded: bool):
     """A convolution, then its batch norm (unless folded into it), then ReLU6 if named."""
+    from keras import layers
+
     x = conv(x)
     if not folded:
         x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=_BN_MOMENTUM,
@@ -146,6 +150,8 @@ def blocks(variant: str) -> list[Block]:
 
 def _block(x, block: Block, folded: bool):
     """One inverted-residual block: expand 1x1, depthwise, project 1x1 (+ shortcut)."""
+    from keras import layers
+
     shortcut, p = x, block.prefix
     if block.expand != 1:
         expand = layers.Conv2D(block.in_filters * block.expand, 1, use_bias=folded,
@@ -187,6 +193,9 @@ def build_backbone(
     Raises:
         ConfigError: unknown variant.
     """
+    import keras
+    from keras import layers
+
     side = image_size or get_variant(variant).image_size
     inputs = keras.Input((side, side, 3), name="pixels")
     x = layers.Rescaling(RESCALE_SCALE, offset=RESCALE_OFFSET, name="rescale")(inputs)
@@ -220,6 +229,8 @@ def fold_batch_norm(model: keras.Model, variant: str) -> keras.Model:
     bias + ReLU6 into one kernel (faster, docs/decisions.md). Use it where the backbone is
     frozen for good (feature extraction, saved bundles); fine-tuning keeps the unfolded form.
     """
+    from keras import layers
+
     include_top = "logits" in {layer.name for layer in model.layers}
     folded = build_backbone(variant, include_top=True, image_size=model.input.shape[1],
                             folded=True)
@@ -243,4 +254,6 @@ def fold_batch_norm(model: keras.Model, variant: str) -> keras.Model:
 
 def features(model: keras.Model) -> keras.Model:
     """The same network cut at its pooled features (layer "avg_pool")."""
+    import keras
+
     return keras.Model(model.input, model.get_layer("avg_pool").output, name=model.name)

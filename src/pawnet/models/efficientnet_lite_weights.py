@@ -20,10 +20,9 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-from keras import layers
 
 from pawnet.errors import CheckpointError, WeightsError
 from pawnet.models.efficientnet_lite import (
@@ -35,6 +34,9 @@ from pawnet.models.efficientnet_lite import (
 from pawnet.models.torch_checkpoint import load_state_dict
 from pawnet.storage import atomic_path, atomic_write_text
 from pawnet.storage import cache_dir as default_cache_dir
+
+if TYPE_CHECKING:
+    import keras
 
 _CACHE_FORMAT = 1  # bump when layer names or conversion change, to ignore older caches
 
@@ -87,6 +89,8 @@ def _torch_name(layer_name: str) -> str:
 
 
 def _convert(layer: keras.layers.Layer, state: dict[str, np.ndarray], used: set[str]) -> list:
+    from keras import layers
+
     prefix = _torch_name(layer.name)
 
     def take(suffix: str) -> np.ndarray:
@@ -152,6 +156,8 @@ def _read_cache(model: keras.Model, path: Path, checkpoint_sha: str) -> bool:
 
 def _write_cache(model: keras.Model, path: Path, checkpoint_sha: str) -> None:
     """Save `model`'s weights to `path` atomically, with a checksum sidecar; best effort."""
+    import keras
+
     try:
         with atomic_path(path) as tmp:
             model.save_weights(tmp)

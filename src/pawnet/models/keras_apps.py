@@ -17,8 +17,9 @@ from pathlib import Path
 import keras
 
 from pawnet.errors import ConfigError, WeightsError, one_line
+from pawnet.models.spec import KERAS_PREFIX
 
-PREFIX = "keras:"
+PREFIX = KERAS_PREFIX
 IMAGE_SIZE = 224  # the input side every keras.applications model was trained at or near
 # their ImageNet weights need a fixed input side (224 or 331) with a shape check of its own
 _LEFT_OUT = ("NASNetLarge", "NASNetMobile")

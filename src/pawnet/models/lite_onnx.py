@@ -12,6 +12,7 @@ still saves the Keras model.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -29,6 +30,12 @@ from pawnet.models.torch_checkpoint import load_state_dict
 
 OPSET = 17
 CONVERSION = 1  # bump when the graph changes, so cached files and features are remade
+
+
+@functools.lru_cache(maxsize=3)
+def checkpoint_state(variant: str) -> dict[str, np.ndarray]:
+    """The variant's ImageNet state dict, read from its pip package once per process."""
+    return load_state_dict(_checked_checkpoint(variant)[0])
 
 
 def graph_key(variants: Sequence[str], image_size: int) -> str:
@@ -126,8 +133,7 @@ def build(variants: Sequence[str], image_size: int | None = None) -> bytes:
              "rescaled")
     parts = []
     for variant in variants:
-        state = load_state_dict(_checked_checkpoint(variant)[0])
-        parts.append(_backbone(g, x, variant, side, state))
+        parts.append(_backbone(g, x, variant, side, checkpoint_state(variant)))
     out = parts[0] if len(parts) == 1 else g.op("Concat", parts, "joined", axis=1)
     out = g.op("Identity", [out], "features")
     graph = helper.make_graph(

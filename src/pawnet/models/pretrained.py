@@ -10,27 +10,33 @@ from __future__ import annotations
 
 import re
 from functools import partial
-
-import keras
-from keras import layers
+from typing import TYPE_CHECKING
 
 from pawnet.errors import ConfigError
-from pawnet.models.efficientnet_lite_weights import load_pretrained
-from pawnet.models.keras_apps import IMAGE_SIZE, PREFIX, app_backbone, app_name
-from pawnet.models.spec import ModelSpec, classifier_head
+from pawnet.models.spec import KERAS_PREFIX, ModelSpec, classifier_head
+
+if TYPE_CHECKING:
+    import keras
 
 HEAD_DROPOUT = 0.2
 
 
 def build_head(num_classes: int, backbone: keras.Model) -> keras.Model:
     """The new classifier on top of the backbone's pooled features: dropout, then dense."""
+    import keras
+    from keras import layers
+
     features = keras.Input((backbone.output.shape[-1],), name="features")
     x = layers.Dropout(HEAD_DROPOUT, name="head_dropout")(features)
     return keras.Model(features, classifier_head(x, num_classes), name="head")
 
 
 def _part(name: str, size: int, folded: bool, weights: str | None) -> keras.Model:
-    if name.startswith(PREFIX):
+    from pawnet.models.efficientnet_lite_weights import load_pretrained
+
+    if name.startswith(KERAS_PREFIX):
+        from pawnet.models.keras_apps import app_backbone
+
         return app_backbone(name, size, weights)
     if weights is not None:
         raise ConfigError("--weights is for keras.applications models (--model keras:NAME); "
@@ -43,6 +49,9 @@ def _joined(backbones: tuple[str, ...], size: int, folded: bool,
             weights: str | None = None) -> keras.Model:
     """One feature extractor from one or more backbones on the same pixels (features
     concatenated), frozen."""
+    import keras
+    from keras import layers
+
     parts = [_part(v, size, folded, weights) for v in backbones]
     if len(parts) == 1:
         backbone = parts[0]
@@ -78,15 +87,23 @@ def load_backbone(spec: ModelSpec, image_size: int | None = None, *,
                    weights=weights)
 
 
+def keras_name(model_name: str) -> str:
+    """The Keras name of a transfer model: "efficientnet-lite0+lite2" becomes
+    "efficientnet_lite0_lite2_transfer"."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", model_name) + "_transfer"
+
+
 def compose(backbone: keras.Model, head: keras.Model, model_name: str) -> keras.Model:
     """One model from raw pixels to class probabilities: what the bundle saves.
 
     `model_name` is the registered name ("efficientnet-lite0+lite2" becomes the Keras
     name "efficientnet_lite0_lite2_transfer").
     """
+    import keras
+
     pixels = keras.Input(backbone.input.shape[1:], name="pixels")
-    name = re.sub(r"[^A-Za-z0-9]+", "_", model_name) + "_transfer"
-    return keras.Model(pixels, head(backbone(pixels, training=False)), name=name)
+    return keras.Model(pixels, head(backbone(pixels, training=False)),
+                       name=keras_name(model_name))
 
 
 def build_transfer(backbones: tuple[str, ...], name: str, num_classes: int,
@@ -122,9 +139,11 @@ MODELS = (
 def keras_app_spec(model: str) -> ModelSpec:
     """The `ModelSpec` of `keras:NAME`: transfer learning on that keras.applications model's
     pooled features (see `pawnet.models.keras_apps`)."""
-    name = PREFIX + app_name(model)
+    from pawnet.models.keras_apps import IMAGE_SIZE, app_name
+
+    name = KERAS_PREFIX + app_name(model)
     return ModelSpec(name, partial(build_transfer, (name,), name),
-                     f"{name[len(PREFIX):]} from keras.applications: ImageNet weights "
+                     f"{name[len(KERAS_PREFIX):]} from keras.applications: ImageNet weights "
                      "downloaded by Keras or --weights FILE, new head",
                      image_size=IMAGE_SIZE, lr=1e-3, epochs=60, batch_size=32,
                      backbones=(name,))

@@ -9,11 +9,15 @@ walk the registry, so nothing else needs an edit.
 from __future__ import annotations
 
 import difflib
+import functools
+from typing import TYPE_CHECKING
 
 from pawnet.errors import ConfigError
-from pawnet.models import builtin, keras_apps, pretrained, scratch
-from pawnet.models.builtin import BuiltinModel
-from pawnet.models.spec import ModelSpec
+from pawnet.models import pretrained, scratch
+from pawnet.models.spec import KERAS_PREFIX, ModelSpec
+
+if TYPE_CHECKING:
+    from pawnet.models.builtin import BuiltinModel
 
 
 def _by_name(models: tuple) -> dict:
@@ -24,7 +28,13 @@ def _by_name(models: tuple) -> dict:
 
 
 _ARCHITECTURES: dict[str, ModelSpec] = _by_name((*scratch.MODELS, *pretrained.MODELS))
-_BUILTINS: dict[str, BuiltinModel] = _by_name(builtin.MODELS)
+
+
+@functools.cache
+def _builtins() -> dict[str, BuiltinModel]:
+    from pawnet.models import builtin  # its models are Keras layers: Keras loads with it
+
+    return _by_name(builtin.MODELS)
 
 
 def list_models() -> list[ModelSpec]:
@@ -38,7 +48,7 @@ def get_model_spec(name: str) -> ModelSpec:
     Raises:
         ConfigError: unknown name; the message lists similar and available names.
     """
-    if name.startswith(keras_apps.PREFIX):
+    if name.startswith(KERAS_PREFIX):
         return pretrained.keras_app_spec(name)
     try:
         return _ARCHITECTURES[name]
@@ -53,9 +63,9 @@ def get_model_spec(name: str) -> ModelSpec:
 
 def list_builtins() -> list[BuiltinModel]:
     """The models that work with no training (`pawnet predict imagenet-catdog ...`)."""
-    return list(_BUILTINS.values())
+    return list(_builtins().values())
 
 
 def find_builtin(name: str) -> BuiltinModel | None:
     """The built-in model of that name, or None."""
-    return _BUILTINS.get(name)
+    return _builtins().get(name)

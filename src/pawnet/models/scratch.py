@@ -14,18 +14,26 @@ A new architecture is a builder `(num_classes, image_size) -> keras.Model` plus 
 
 from __future__ import annotations
 
-import keras
-from keras import layers
+from typing import TYPE_CHECKING
 
 from pawnet.models.spec import ModelSpec, classifier_head
 
+if TYPE_CHECKING:
+    import keras
+
 
 def _inputs(image_size: int):
+    import keras
+    from keras import layers
+
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     return inputs, layers.Rescaling(1.0 / 255, name="rescale")(inputs)
 
 
 def tutorial_a_cnn(num_classes: int, image_size: int) -> keras.Model:
+    import keras
+    from keras import layers
+
     inputs, x = _inputs(image_size)
     for filters in (32, 64, 128):
         x = layers.Conv2D(filters, 3, activation="relu")(x)
@@ -37,6 +45,9 @@ def tutorial_a_cnn(num_classes: int, image_size: int) -> keras.Model:
 
 
 def tutorial_b_vgg16(num_classes: int, image_size: int) -> keras.Model:
+    import keras
+    from keras import layers
+
     inputs, x = _inputs(image_size)
     for filters, convs in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)):
         for _ in range(convs):
@@ -49,6 +60,9 @@ def tutorial_b_vgg16(num_classes: int, image_size: int) -> keras.Model:
 
 
 def tutorial_c_3conv(num_classes: int, image_size: int) -> keras.Model:
+    import keras
+    from keras import layers
+
     weights = keras.initializers.TruncatedNormal(stddev=0.05)
     bias = keras.initializers.Constant(0.05)
     inputs, x = _inputs(image_size)
@@ -65,6 +79,9 @@ def tutorial_c_3conv(num_classes: int, image_size: int) -> keras.Model:
 
 
 def _tutorial_d(name: str, filters: tuple[int, ...], num_classes: int, image_size: int):
+    import keras
+    from keras import layers
+
     inputs, x = _inputs(image_size)
     for f in filters:
         x = layers.Conv2D(f, 3, activation="relu")(x)
@@ -75,14 +92,17 @@ def _tutorial_d(name: str, filters: tuple[int, ...], num_classes: int, image_siz
 
 
 def tutorial_d_conv16(num_classes: int, image_size: int) -> keras.Model:
+
     return _tutorial_d("tutorial_d_conv16", (16,), num_classes, image_size)
 
 
 def tutorial_d_conv32(num_classes: int, image_size: int) -> keras.Model:
+
     return _tutorial_d("tutorial_d_conv32", (32,), num_classes, image_size)
 
 
 def tutorial_d_2conv(num_classes: int, image_size: int) -> keras.Model:
+
     return _tutorial_d("tutorial_d_2conv", (16, 32), num_classes, image_size)
 
 
@@ -94,6 +114,8 @@ def _replicated() -> bool:
 
 
 def _conv_bn(x, filters: int, stride: int = 1):
+    from keras import layers
+
     x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
     # on several replicas: the global batch's statistics, the same moving averages on each
     x = layers.BatchNormalization(synchronized=_replicated())(x)
@@ -101,10 +123,15 @@ def _conv_bn(x, filters: int, stride: int = 1):
 
 
 def _residual(x, filters: int):
+    from keras import layers
+
     return layers.add([x, _conv_bn(_conv_bn(x, filters), filters)])
 
 
 def pawnet_cnn(num_classes: int, image_size: int) -> keras.Model:
+    import keras
+    from keras import layers
+
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
     x = _conv_bn(x, 16, stride=2)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import keras
+from typing import TYPE_CHECKING, Any
 
 from pawnet.errors import ConfigError
+
+if TYPE_CHECKING:
+    import keras
+
+KERAS_PREFIX = "keras:"  # `--model keras:NAME`: a keras.applications backbone (`keras_apps`)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class ModelSpec:
 def classifier_head(x, num_classes: int, *, softmax: bool = False):
     """Output layer: one sigmoid unit for two classes, else (or if asked) one softmax unit
     each; in float32 also under mixed precision, so probabilities keep their precision."""
+    import keras
+
     if num_classes == 2 and not softmax:
         return keras.layers.Dense(1, activation="sigmoid", name="predictions",
                                   dtype="float32")(x)
@@ -58,5 +63,8 @@ def classifier_head(x, num_classes: int, *, softmax: bool = False):
 
 
 def output_kind(model: keras.Model) -> str:
-    """"sigmoid" (one unit: P(second class)) or "softmax" (one unit per class)."""
+    """"sigmoid" (one unit: P(second class)) or "softmax" (one unit per class), of a Keras
+    model or of a model described without Keras (`keras_file.FrozenTransfer`)."""
+    if hasattr(model, "output_kind"):
+        return model.output_kind
     return "sigmoid" if model.outputs[0].shape[-1] == 1 else "softmax"

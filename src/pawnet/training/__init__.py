@@ -16,14 +16,14 @@ from typing import Any
 
 from pawnet import logs
 from pawnet.config import Config, resolve_config
-from pawnet.distribute import Cluster, connect, lost_workers, split_batch
+from pawnet.distribute import Cluster, connect, lost_workers, multi_worker_asked, split_batch
 from pawnet.errors import one_line
 from pawnet.inference.bundle import BundleSpec, save_bundle
 from pawnet.models.registry import get_model_spec
 from pawnet.models.spec import output_kind
 from pawnet.run_folder import RunFolder, read_history
-from pawnet.training import scratch, transfer
-from pawnet.training.callbacks import require_tensorboard
+from pawnet.training import transfer
+from pawnet.training.history import require_tensorboard
 from pawnet.training.plan import (
     Plan,
     already_finished,
@@ -87,6 +87,15 @@ def train(photos: str | Path | None = None, *, config: str | Path | dict | None 
 
 
 def _connect(cfg: Config) -> Cluster:
+    """The run's cluster; none at all (and no TensorFlow) for a run in one process that
+    does not need TensorFlow (`transfer.needs_tensorflow`)."""
+    spec = get_model_spec(cfg.model)
+    if (spec.pretrained and not transfer.needs_tensorflow(spec, cfg.fine_tune)
+            and not multi_worker_asked(cfg.strategy, cfg.workers)):
+        return Cluster(None)
+    from pawnet.quiet import import_quietly
+
+    import_quietly()
     cluster = connect(cfg.strategy, cfg.workers, cfg.worker_index, cfg.startup_timeout)
     split_batch(cfg.batch_size, cluster)
     if cluster.kind != "one":
@@ -107,9 +116,10 @@ def _check_inputs(cfg: Config) -> None:
 
 def _run(plan: Plan) -> None:
     """Every worker fits; the chief alone finishes the run."""
-    import keras
+    if plan.cluster.strategy is not None:
+        import keras
 
-    keras.utils.set_random_seed(plan.cfg.seed)
+        keras.utils.set_random_seed(plan.cfg.seed)
     _describe(plan)
     fitted = _fit(plan, _class_weights(plan))
     if fitted is not None:
@@ -137,7 +147,12 @@ def _fit(plan: Plan, weights: dict[int, float] | None) -> Fitted | None:
     """The trained model on the chief (None on the other workers)."""
     spec = get_model_spec(plan.cfg.model)
     started = time.monotonic()
-    fitted = (transfer if spec.pretrained else scratch).fit(plan, spec, weights)
+    if spec.pretrained:
+        fitted = transfer.fit(plan, spec, weights)
+    else:
+        from pawnet.training import scratch
+
+        fitted = scratch.fit(plan, spec, weights)
     if fitted is not None:
         fitted.seconds = time.monotonic() - started
         log.info(f"Saved model on validation photos: val_loss {fitted.val_loss:.4f}, "

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import time
 from pathlib import Path
 
 import keras
 
-from pawnet.errors import ConfigError
-from pawnet.reporting.plots import plot_curves
 from pawnet.run_folder import RunFolder
 from pawnet.storage import Output, atomic_path, atomic_write_text, committed
+from pawnet.training.history import History, require_tensorboard
 
 # Keras' unzipped model format, the resume checkpoint `checkpoints/last/`
 CHECKPOINT_OUTPUT = Output("checkpoint", r"config\.json|metadata\.json|model\.weights\.h5|assets",
@@ -21,48 +17,23 @@ CHECKPOINT_OUTPUT = Output("checkpoint", r"config\.json|metadata\.json|model\.we
 
 
 class HistoryRecorder(keras.callbacks.Callback):
-    """Rewrites `history.csv` after every epoch and `curves.png` after every epoch that is
-    at least `PLOT_INTERVAL` seconds after the last drawing, and at the end (atomically).
-    Drawing takes a few tenths of a second: too slow to repeat after sub-second epochs."""
-
-    PLOT_INTERVAL = 5.0
+    """Keras' epochs into the run's `History` (history.csv and curves.png)."""
 
     def __init__(self, run_dir: Path, rows: list[dict[str, float]] | None = None):
         super().__init__()
-        self.csv_path = RunFolder(run_dir).history
-        self.png_path = RunFolder(run_dir).curves
-        self.rows = list(rows or [])
-        self._plotted_at = time.monotonic()  # the first drawing waits PLOT_INTERVAL too
+        self.record = History(run_dir, rows)
+
+    @property
+    def rows(self) -> list[dict[str, float]]:
+        return self.record.rows
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         row["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        self.rows.append(row)
-        self._write_csv()
-        if time.monotonic() - self._plotted_at >= self.PLOT_INTERVAL:
-            self._plot()
-
-    def write(self, rows: list[dict[str, float]]) -> None:
-        """Record rows of a fit that ran outside Keras (the transfer head), then draw."""
-        self.rows.extend(rows)
-        self._write_csv()
-        self.on_train_end()
-
-    def _write_csv(self) -> None:
-        columns = list(dict.fromkeys(k for r in self.rows for k in r))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write_text(self.csv_path, buffer.getvalue())
+        self.record.add(row)
 
     def on_train_end(self, logs=None):
-        if self.rows:
-            self._plot()
-
-    def _plot(self):
-        plot_curves(self.rows, self.png_path)
-        self._plotted_at = time.monotonic()
+        self.record.finish()
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -98,13 +69,6 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         self.folder = folder
         self.early_stopping = early_stopping
 
-    @staticmethod
-    def load_state(folder: Path) -> dict | None:
-        try:
-            return json.loads((folder / "state.json").read_text())
-        except (OSError, ValueError):
-            return None
-
     def on_epoch_end(self, epoch, logs=None):
         with atomic_path(self.folder / "last", CHECKPOINT_OUTPUT) as tmp:
             self.model.save(tmp, zipped=False)
@@ -116,17 +80,6 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         atomic_write_text(self.folder / "state.json", json.dumps(state) + "\n")
 
 
-def require_tensorboard() -> None:
-    """Raises:
-        ConfigError: the tensorboard package, which TensorFlow's summaries need, is missing.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("--tensorboard needs the tensorboard package, which is not "
-                          "installed. Try: pip install 'pawnet[tensorboard]'")
-
-
 def tensorboard(run_dir: Path, enabled: bool, name: str = "") -> list[keras.callbacks.Callback]:
     """Keras' TensorBoard callback writing to `RUN_DIR/tensorboard[/name]`, when asked."""
     if not enabled:
@@ -135,22 +88,3 @@ def tensorboard(run_dir: Path, enabled: bool, name: str = "") -> list[keras.call
     return [keras.callbacks.TensorBoard(log_dir=str(RunFolder(run_dir).tensorboard / name),
                                         write_graph=False)]
 
-
-def write_scalars(run_dir: Path, enabled: bool, name: str, rows: list[dict[str, float]]) -> None:
-    """History rows of a fit that ran outside Keras as TensorBoard scalars, laid out like
-    Keras' callback (`RUN_DIR/tensorboard/name/{train,validation}`), when asked."""
-    if not enabled:
-        return
-    require_tensorboard()
-    import tensorflow as tf
-
-    folder = RunFolder(run_dir).tensorboard / name
-    for split, prefix in (("train", ""), ("validation", "val_")):
-        writer = tf.summary.create_file_writer(str(folder / split))
-        with writer.as_default():
-            for row in rows:
-                for metric in ("loss", "accuracy"):
-                    if prefix + metric in row:
-                        tf.summary.scalar(f"epoch_{metric}", row[prefix + metric],
-                                          step=int(row["epoch"]) - 1)
-        writer.close()

@@ -4,12 +4,14 @@ what the bundle will record about it."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import math
 import os
 import platform
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +25,7 @@ from pawnet.distribute import Cluster, check_same_run
 from pawnet.errors import ConfigError, DataError, one_line
 from pawnet.run_folder import SUPERSEDED, RunFolder, read_history
 from pawnet.storage import atomic_write_text, next_run_dir
-from pawnet.training.callbacks import ResumeCheckpoint
+from pawnet.training.history import resume_state
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +182,7 @@ def resume_plan(run_dir: Path, **given: Any) -> Plan:
         raise DataError(f"cannot resume {run_dir}: {len(missing)} photos of its split are gone, "
                         f"e.g. {missing[0]}")
     plan = Plan(cfg, run_dir, sorted({p.label for p in photos}), photos, resumed=True,
-                state=ResumeCheckpoint.load_state(RunFolder(run_dir).checkpoints))
+                state=resume_state(RunFolder(run_dir).checkpoints))
     return plan
 
 
@@ -254,22 +256,39 @@ def start_resumed(plan: Plan, cluster: Cluster | None = None) -> Plan:
     return plan
 
 
-def _versions() -> dict[str, str]:
-    import keras
-    import tensorflow as tf
+def _version(*distributions: str) -> str:
+    """The installed version of the first of `distributions` that is installed, read from
+    its metadata: TensorFlow need not be imported to say which one would run."""
+    for name in distributions:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "not installed"
 
+
+def _versions() -> dict[str, str]:
     from pawnet import __version__
 
-    return {"pawnet": __version__, "keras": keras.__version__,
-            "tensorflow": tf.__version__, "python": platform.python_version()}
+    return {"pawnet": __version__, "keras": _version("keras"),
+            "tensorflow": _version("tensorflow-cpu", "tensorflow"),
+            "python": platform.python_version()}
+
+
+def _device() -> str:
+    """Where TensorFlow ran, when the run used it; a run without it ran on the CPU."""
+    if "tensorflow" not in sys.modules:
+        return "CPU"
+    import tensorflow as tf
+
+    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 
 
 def provenance(plan: Plan, history: list[dict[str, float]], metrics: dict[str, float],
                fit_seconds: float) -> dict[str, Any]:
     """What `provenance.json` records: versions, which photos, how training went."""
-    import tensorflow as tf
-
     cfg = plan.cfg
+    strategy = plan.cluster.strategy if plan.cluster else None
     best = min(history, key=lambda r: r.get("val_loss", math.inf)) if history else None
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -280,10 +299,9 @@ def provenance(plan: Plan, history: list[dict[str, float]], metrics: dict[str, f
         "training": {"epochs_run": len(history),
                      "best_epoch": int(best["epoch"]) if best else None,
                      "fit_seconds_this_session": round(fit_seconds, 1),
-                     "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+                     "device": _device(),
                      "strategy": plan.cluster.kind if plan.cluster else "one",
                      "workers": plan.cluster.workers if plan.cluster else 1,
-                     "replicas": plan.cluster.strategy.num_replicas_in_sync
-                     if plan.cluster else 1},
+                     "replicas": strategy.num_replicas_in_sync if strategy else 1},
         "metrics": metrics,
     }

@@ -14,11 +14,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
-from pawnet.data.augment import build_augmenter
 from pawnet.data.images import load_pixels
 from pawnet.distribute import broadcast, gather_rows
 from pawnet.features import (
@@ -28,21 +27,24 @@ from pawnet.features import (
     extract_features,
     frozen_backbone,
 )
-from pawnet.models.pretrained import build_head, compose, load_backbone
-from pawnet.models.spec import ModelSpec, output_kind
-from pawnet.training.callbacks import HistoryRecorder, write_scalars
+from pawnet.models.keras_file import FrozenTransfer
+from pawnet.models.spec import KERAS_PREFIX, ModelSpec, output_kind
 from pawnet.training.head import LinearHead, fit_linear
+from pawnet.training.history import History, write_scalars
 from pawnet.training.plan import Plan
-from pawnet.training.recipe import (
-    Fitted,
-    compile_model,
-    image_datasets,
-    steps_per_epoch,
-    targets,
-)
-from pawnet.training.scratch import fit_on_images, validated
+from pawnet.training.recipe import Fitted, targets
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
+
+
+def needs_tensorflow(spec: ModelSpec, fine_tune: int) -> bool:
+    """Whether training `spec` needs TensorFlow: not for frozen EfficientNet-Lite backbones,
+    whose features come from ONNX Runtime, whose head is fitted with NumPy and whose model
+    file `keras_file` writes."""
+    return bool(fine_tune) or any(b.startswith(KERAS_PREFIX) for b in spec.backbones)
 
 
 def unfreeze_top_blocks(backbone: keras.Model, blocks: int) -> list[str]:
@@ -59,7 +61,7 @@ def unfreeze_top_blocks(backbone: keras.Model, blocks: int) -> list[str]:
     opened = []
     for layer in backbone.layers:
         top = layer.name.startswith(tuple(chosen)) or layer.name == "head_conv"
-        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        is_bn = type(layer).__name__ == "BatchNormalization"
         layer.trainable = bool(top and not is_bn and layer.weights)
         if layer.trainable:
             opened.append(layer.name)
@@ -81,6 +83,8 @@ def _features(plan: Plan, spec: ModelSpec, frozen: FrozenBackbone):
                             "Features (val)", cfg.max_pixels, cluster=shared)
     views = [train_x]
     for view in range(1, cfg.feature_views + 1):
+        from pawnet.data.augment import build_augmenter
+
         augment = build_augmenter(cfg.augment, cfg.augment_strengths(), cfg.seed + view)
         paths = [p.path for p in train_photos]
         mine = cluster.shard(paths) if shared else paths
@@ -105,7 +109,7 @@ def _fit_head(plan: Plan, x: np.ndarray, y: np.ndarray, val_x: np.ndarray, val_y
     linear = fit_linear(x, y, val_x, val_y, sample_weight=sample_weight,
                         label_smoothing=cfg.label_smoothing, max_iter=cfg.epochs,
                         patience=cfg.patience)
-    HistoryRecorder(plan.run_dir).write(linear.rows)
+    History(plan.run_dir).write(linear.rows)
     write_scalars(plan.run_dir, cfg.tensorboard, "head", linear.rows)
     best = min(linear.rows, key=lambda r: r.get("val_loss", 0.0))
     loss, accuracy = best.get("val_loss", 0.0), best.get("val_accuracy", 0.0)
@@ -126,6 +130,8 @@ def _check_composed(model, linear: LinearHead, plan: Plan, val_x: np.ndarray) ->
         return
     pixels = np.stack([load_pixels(p.path, plan.cfg.image_size, plan.cfg.max_pixels)
                        for p in val_photos[:n]])
+    import keras
+
     got = keras.ops.convert_to_numpy(model(pixels.astype(np.float32), training=False))
     want = linear.outputs(val_x[:n])
     if not np.allclose(got, want, atol=1e-4):
@@ -134,6 +140,8 @@ def _check_composed(model, linear: LinearHead, plan: Plan, val_x: np.ndarray) ->
 
 
 def _head_with(linear: LinearHead | None, classes: int, backbone: keras.Model) -> keras.Model:
+    from pawnet.models.pretrained import build_head
+
     head = build_head(classes, backbone)
     if linear is not None:
         head.get_layer("predictions").set_weights([linear.kernel, linear.bias])
@@ -163,24 +171,42 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None) -> Fitted
         train_y = np.concatenate([targets(plan.split("train"), plan.classes, binary)] * views)
         val_y = targets(plan.split("val"), plan.classes, binary)
         linear, loss, accuracy = _fit_head(plan, train_x, train_y, val_x, val_y, weights)
-    backbone = load_backbone(spec, cfg.image_size, weights=cfg.weights,
-                             trainable_later=cfg.fine_tune > 0 and not multi_worker)
-    head = _head_with(linear, len(plan.classes), backbone)
     if not cfg.fine_tune:
-        model = compose(backbone, head, spec.name)
-        _check_composed(model, linear, plan, val_x)
         plain = {"train": train_x[: len(plan.split("train"))], "val": val_x}
-        return Fitted(model, loss, accuracy, linear.outputs(val_x), plain)
+        return Fitted(_frozen_model(plan, spec, linear, val_x), loss, accuracy,
+                      linear.outputs(val_x), plain)
+    from pawnet.models.pretrained import load_backbone
+
+    backbone = load_backbone(spec, cfg.image_size, weights=cfg.weights,
+                             trainable_later=not multi_worker)
+    head = _head_with(linear, len(plan.classes), backbone)
     epochs_done = len(linear.rows) if linear else 0
     if multi_worker:
         backbone, head, epochs_done = _on_every_worker(plan, spec, head, epochs_done)
     return _fine_tune(plan, backbone, head, spec, weights, epochs_done)
 
 
+def _frozen_model(plan: Plan, spec: ModelSpec, linear: LinearHead, val_x: np.ndarray):
+    """The model the bundle saves, from pixels: described for `keras_file` to write without
+    TensorFlow, or composed in Keras for a `keras:NAME` backbone (and checked)."""
+    cfg = plan.cfg
+    if not needs_tensorflow(spec, cfg.fine_tune):
+        return FrozenTransfer(spec.name, spec.backbones, cfg.image_size, linear.kernel,
+                              linear.bias)
+    from pawnet.models.pretrained import compose, load_backbone
+
+    backbone = load_backbone(spec, cfg.image_size, weights=cfg.weights)
+    model = compose(backbone, _head_with(linear, len(plan.classes), backbone), spec.name)
+    _check_composed(model, linear, plan, val_x)
+    return model
+
+
 def _on_every_worker(plan: Plan, spec: ModelSpec, head: keras.Model, epochs_done: int):
     """The chief's head, and a backbone to fine-tune, made in the strategy's scope on every
     worker; the number of head epochs the chief ran."""
     cfg = plan.cfg
+    from pawnet.models.pretrained import build_head, load_backbone
+
     *head_weights, done = broadcast(plan.cluster, [*head.get_weights(), np.array(epochs_done)])
     with plan.cluster.scope():
         backbone = load_backbone(spec, cfg.image_size, trainable_later=True,
@@ -192,6 +218,10 @@ def _on_every_worker(plan: Plan, spec: ModelSpec, head: keras.Model, epochs_done
 
 def _fine_tune(plan: Plan, backbone: keras.Model, head: keras.Model, spec: ModelSpec,
                weights: dict[int, float] | None, epochs_done: int) -> Fitted | None:
+    from pawnet.models.pretrained import compose
+    from pawnet.training.recipe import compile_model, image_datasets, steps_per_epoch
+    from pawnet.training.scratch import fit_on_images, validated
+
     cfg, cluster = plan.cfg, plan.cluster
     opened = unfreeze_top_blocks(backbone, cfg.fine_tune)
     log.info(f"Fine-tuning the top {cfg.fine_tune} blocks ({len(opened)} layers, batch norm "

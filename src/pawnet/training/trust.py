@@ -20,7 +20,7 @@ from pawnet.inference.bundle import class_probabilities
 from pawnet.models.spec import ModelSpec, output_kind
 from pawnet.training.plan import Plan
 from pawnet.training.recipe import Fitted
-from pawnet.trust.ood import fit
+from pawnet.trust.ood import OodScore, fit
 from pawnet.trust.verdict import choose_min_side, sides_to_try
 
 log = logging.getLogger(__name__)
@@ -137,17 +137,20 @@ def _transfer_parts(plan: Plan, model, spec: ModelSpec) -> tuple[Callable, Calla
         cached_features,
         frozen_backbone,
     )
+    from pawnet.models.keras_file import FrozenTransfer
     from pawnet.training.head import LinearHead
 
     cfg = plan.cfg
-    backbone, head = model.layers[-2], model.layers[-1]
     if cfg.fine_tune:  # the backbone changed: its own features
+        backbone = model.layers[-2]
         key = backbone_id(backbone, "+".join(spec.backbones), cfg.image_size)
         runtime = backbone_runtime(backbone, key)
     else:
         frozen = frozen_backbone(spec, cfg.image_size, cfg.weights)
         key, runtime = frozen.key, frozen.runtime
-    linear = LinearHead(*head.get_layer("predictions").get_weights(), rows=[])
+    linear = (LinearHead(model.kernel, model.bias, rows=[]) if isinstance(model, FrozenTransfer)
+              else LinearHead(*model.layers[-1].get_layer("predictions").get_weights(),
+                              rows=[]))
 
     def features(photos, view: str = "", make=None, desc: str = "Features") -> np.ndarray:
         return cached_features(runtime, FeatureStore(key, view), photos, cfg.image_size,
@@ -183,8 +186,6 @@ def _scratch_parts(plan: Plan, model) -> tuple[Callable, Callable]:
 def fit_unknowns(plan: Plan, spec: ModelSpec, fitted: Fitted) -> Unknowns:
     """The OOD score, fitted on the training photos' features (those the head was trained
     on when there are some, else computed from the trained model), and the too-small cut."""
-    from pawnet.models.ood import with_ood
-
     if not plan.split("val"):
         log.info("No validation photos: the model cannot say 'neither' or 'too small'")
         return Unknowns(fitted.model, None, 0)
@@ -199,7 +200,16 @@ def fit_unknowns(plan: Plan, spec: ModelSpec, fitted: Fitted) -> Unknowns:
     log.info(f"OOD score fitted in {time.monotonic() - started:.1f}s on {len(score.bank)} "
              f"training photos: 'neither' above {score.threshold:.4f}")
     min_side = _min_side(plan, fitted.model, features, classify, found["val"])
-    return Unknowns(with_ood(fitted.model, score), score.threshold, min_side)
+    return Unknowns(_with_ood(fitted.model, score), score.threshold, min_side)
+
+
+def _with_ood(model, score: OodScore):
+    """The model with the OOD score as one more output column."""
+    if hasattr(model, "with_ood"):  # a `keras_file.FrozenTransfer`: no Keras needed
+        return model.with_ood(score)
+    from pawnet.models.ood import with_ood
+
+    return with_ood(model, score)
 
 
 def _min_side(plan: Plan, model, features: Callable, classify: Callable,
