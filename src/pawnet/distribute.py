@@ -2,14 +2,13 @@
 
 `--strategy one` trains in this process on one device; `mirrored` on every GPU of this
 machine (or every logical CPU device); `multi-worker` on several machines with
-`MultiWorkerMirroredStrategy`, from the standard `TF_CONFIG` that cluster schedulers set,
-or that `--workers HOST:PORT,... --worker-index I` writes. `auto` takes multi-worker when
-`TF_CONFIG` names more than one task, mirrored with more than one GPU, else one.
+`MultiWorkerMirroredStrategy`, from the `TF_CONFIG` that cluster schedulers set or from
+`--workers HOST:PORT,... --worker-index I`. `auto` takes multi-worker when `TF_CONFIG` names
+more than one task, mirrored with more than one GPU, else one.
 
-All the workers run the same command. The chief (task 0) writes the run folder; the others
-work in a temporary folder that is removed at the end. Everything that crosses machines is
-a `tf.distribute` collective: the check that every worker has the same photos and
-settings, the gradients, the validation figures, and the transfer path's features.
+All the workers run the same command; the chief (task 0) writes the run folder. Everything
+that crosses machines is a `tf.distribute` collective: the check that every worker has the
+same photos and settings, the gradients, the validation figures, the transfer features.
 """
 
 from __future__ import annotations
@@ -166,14 +165,12 @@ def _task_index(config: dict) -> tuple[int, int]:
 
 def multi_worker_asked(strategy: str, workers: str | None) -> bool:
     """Whether the settings (or `TF_CONFIG`) ask for several workers; reads no device."""
-    if strategy == "multi-worker" or workers is not None:
-        return True
-    config = _read_tf_config()
-    return strategy == "auto" and config is not None and _task_index(config)[1] > 1
+    config = _read_tf_config() if strategy == "auto" and workers is None else None
+    return (strategy == "multi-worker" or workers is not None
+            or (config is not None and _task_index(config)[1] > 1))
 
 
-def connect(strategy: str = "auto", workers: str | None = None,
-            worker_index: int | None = None,
+def connect(strategy: str = "auto", workers: str | None = None, worker_index: int | None = None,
             startup_timeout: int = STARTUP_TIMEOUT_S) -> Cluster:
     """The cluster a run trains on. Call before TensorFlow runs anything else. A
     multi-worker run waits up to `startup_timeout` seconds for every worker to start.
@@ -390,15 +387,14 @@ def gather_rows(cluster: Cluster, rows: np.ndarray, total: int) -> np.ndarray:
 @contextlib.contextmanager
 def lost_workers(cluster: Cluster) -> Iterator[None]:
     """Turn TensorFlow's errors about an unreachable worker into one ClusterError line."""
-    if not cluster.multi_worker:
-        yield
-        return
     import tensorflow as tf
 
     try:
         yield
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
             tf.errors.CancelledError, tf.errors.AbortedError, tf.errors.InternalError) as exc:
+        if not cluster.multi_worker:
+            raise
         raise ClusterError(f"worker {cluster.index} of {cluster.workers} lost contact with "
                            f"the others ({_reason(exc)}). Try: restart every worker with "
                            "pawnet train --resume RUN_DIR and the same --workers") from None

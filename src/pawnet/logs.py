@@ -11,12 +11,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 
 from pawnet.errors import one_line
 
 ROOT = "pawnet"
 TO_STDERR = ("pawnet.inference", "pawnet.reporting")
+STARTED = time.monotonic()  # about when the process started: pawnet is imported first
+_TIMES: ContextVar[dict[str, float] | None] = ContextVar("pawnet_times", default=None)
 
 
 class Console(logging.Handler):
@@ -68,6 +72,35 @@ def verbosity(verbose: bool) -> Iterator[None]:
         logger.setLevel(level)
         if console is not None:
             logger.removeHandler(console)
+
+
+@contextlib.contextmanager
+def timings() -> Iterator[dict[str, float]]:
+    """Collects the seconds of the `timed` steps run within the block, by step."""
+    token = _TIMES.set({})
+    try:
+        yield _TIMES.get()
+    finally:
+        _TIMES.reset(token)
+
+
+@contextlib.contextmanager
+def timed(step: str) -> Iterator[None]:
+    """Adds the block's wall time to `step` in the `timings` being collected, if any."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        times = _TIMES.get()
+        if times is not None:
+            times[step] = times.get(step, 0.0) + time.monotonic() - started
+
+
+def breakdown(times: dict[str, float], total: float) -> str:
+    """One line: where `total` seconds went, step by step, in the order they ran."""
+    steps = ", ".join(f"{step} {seconds:.2f}s" for step, seconds in times.items())
+    other = total - sum(times.values())
+    return f"Time: {steps}, other {other:.2f}s; total {total:.2f}s"
 
 
 def shown() -> bool:

@@ -27,6 +27,11 @@ def native_logs_shown(shown: bool = True) -> Iterator[None]:
         _SHOWN.reset(token)
 
 
+def native_logs_are_shown() -> bool:
+    """Whether TensorFlow's native lines pass now: the CLI's `--verbose`."""
+    return _SHOWN.get()
+
+
 def held():
     """`native_stderr_held()`, unless the native lines are shown (`native_logs_shown`)."""
     return contextlib.nullcontext() if _SHOWN.get() else native_stderr_held()

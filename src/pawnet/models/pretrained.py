@@ -63,6 +63,20 @@ def _joined(backbones: tuple[str, ...], size: int, folded: bool,
     return backbone
 
 
+def check_fine_tunable(spec: ModelSpec) -> None:
+    """Raises:
+        ConfigError: fine-tuning asked of several joined backbones or of a keras.applications
+            one.
+    """
+    if len(spec.backbones) > 1:
+        raise ConfigError(f"{spec.name} joins {len(spec.backbones)} backbones and cannot be "
+                          f"fine-tuned. Try: --fine-tune 0, or a single-backbone model "
+                          f"such as efficientnet-{spec.backbones[-1]}")
+    if spec.name.startswith(KERAS_PREFIX):
+        raise ConfigError(f"fine-tuning is for the EfficientNet-Lite backbones; {spec.name} "
+                          "trains its head only. Try: --fine-tune 0")
+
+
 def load_backbone(spec: ModelSpec, image_size: int | None = None, *,
                   trainable_later: bool = False, weights: str | None = None) -> keras.Model:
     """The spec's pretrained feature extractor (raw 0-255 RGB in, pooled features out).
@@ -76,13 +90,8 @@ def load_backbone(spec: ModelSpec, image_size: int | None = None, *,
         ConfigError: fine-tuning asked of several joined backbones or of a keras.applications
             one; weights that cannot be had.
     """
-    if len(spec.backbones) > 1 and trainable_later:
-        raise ConfigError(f"{spec.name} joins {len(spec.backbones)} backbones and cannot be "
-                          f"fine-tuned. Try: --fine-tune 0, or a single-backbone model "
-                          f"such as efficientnet-{spec.backbones[-1]}")
-    if trainable_later and spec.name.startswith("keras:"):
-        raise ConfigError(f"fine-tuning is for the EfficientNet-Lite backbones; {spec.name} "
-                          "trains its head only. Try: --fine-tune 0")
+    if trainable_later:
+        check_fine_tunable(spec)
     return _joined(spec.backbones, image_size or spec.image_size, folded=not trainable_later,
                    weights=weights)
 

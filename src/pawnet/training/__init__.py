@@ -8,6 +8,7 @@ fits calibration and the unknowns on the validation photos, then the bundle is s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -21,6 +22,7 @@ from pawnet.errors import one_line
 from pawnet.inference.bundle import BundleSpec, save_bundle
 from pawnet.models.registry import get_model_spec
 from pawnet.models.spec import output_kind
+from pawnet.quiet import native_logs_are_shown
 from pawnet.run_folder import RunFolder, read_history
 from pawnet.training import transfer
 from pawnet.training.history import require_tensorboard
@@ -63,9 +65,10 @@ def train(photos: str | Path | None = None, *, config: str | Path | dict | None 
 
     >>> run = pawnet.train("photos/", epochs=5)
     """
+    entered = time.monotonic()
     photos = str(photos) if photos is not None else None
     resume = Path(settings["resume"]) if settings.get("resume") else None
-    with logs.verbosity(verbose):
+    with logs.verbosity(verbose), logs.timings() as times:
         if resume is not None:
             check_resumable(resume, photos=photos, config=config, **settings)
             if already_finished(resume, settings.get("epochs")):
@@ -74,15 +77,19 @@ def train(photos: str | Path | None = None, *, config: str | Path | dict | None 
                    if resume is not None else None)
         cfg = resumed.cfg if resumed else resolve_config(config, photos=photos, **settings)
         cluster = _connect(cfg)
-        with lost_workers(cluster):
+        with lost_workers(cluster) if cluster.strategy else contextlib.nullcontext():
             if not resumed:
                 _check_inputs(cfg)
-            plan = start_resumed(resumed, cluster) if resumed else new_plan(cfg, cluster)
+            with logs.timed("scan and split"):
+                plan = start_resumed(resumed, cluster) if resumed else new_plan(cfg, cluster)
             try:
                 _run(plan)
             finally:
                 if not cluster.is_chief:
                     shutil.rmtree(plan.run_dir, ignore_errors=True)
+        if native_logs_are_shown():  # the CLI's --verbose: where the time went
+            log.info(logs.breakdown({"start-up": entered - logs.STARTED, **times},
+                                    time.monotonic() - logs.STARTED))
     return plan.run_dir if cluster.is_chief else None
 
 
@@ -95,7 +102,8 @@ def _connect(cfg: Config) -> Cluster:
         return Cluster(None)
     from pawnet.quiet import import_quietly
 
-    import_quietly()
+    with logs.timed("TensorFlow start-up"):
+        import_quietly()
     cluster = connect(cfg.strategy, cfg.workers, cfg.worker_index, cfg.startup_timeout)
     split_batch(cfg.batch_size, cluster)
     if cluster.kind != "one":
@@ -105,9 +113,14 @@ def _connect(cfg: Config) -> Cluster:
 
 def _check_inputs(cfg: Config) -> None:
     """What can be wrong with the settings, found before a run folder is made for them:
-    TensorBoard asked for but missing, a --weights file that does not load."""
+    TensorBoard asked for but missing, fine-tuning a model that cannot be, a --weights
+    file that does not load."""
     if cfg.tensorboard:
         require_tensorboard()
+    if cfg.fine_tune and get_model_spec(cfg.model).pretrained:
+        from pawnet.models.pretrained import check_fine_tunable
+
+        check_fine_tunable(get_model_spec(cfg.model))
     if cfg.weights is not None:
         from pawnet.models.pretrained import load_backbone
 
@@ -152,7 +165,8 @@ def _fit(plan: Plan, weights: dict[int, float] | None) -> Fitted | None:
     else:
         from pawnet.training import scratch
 
-        fitted = scratch.fit(plan, spec, weights)
+        with logs.timed("training"):
+            fitted = scratch.fit(plan, spec, weights)
     if fitted is not None:
         fitted.seconds = time.monotonic() - started
         log.info(f"Saved model on validation photos: val_loss {fitted.val_loss:.4f}, "
@@ -161,9 +175,12 @@ def _fit(plan: Plan, weights: dict[int, float] | None) -> Fitted | None:
 
 
 def _finish(plan: Plan, fitted: Fitted) -> None:
-    calibration = fit_calibration(plan, fitted)
-    unknowns = fit_unknowns(plan, get_model_spec(plan.cfg.model), fitted)
-    bundle_dir = _save(plan, fitted, calibration, unknowns)
+    with logs.timed("calibration"):
+        calibration = fit_calibration(plan, fitted)
+    with logs.timed("OOD and too-small"):
+        unknowns = fit_unknowns(plan, get_model_spec(plan.cfg.model), fitted)
+    with logs.timed("bundle"):
+        bundle_dir = _save(plan, fitted, calibration, unknowns)
     shutil.rmtree(plan.pixel_cache, ignore_errors=True)
     log.info(f"Saved bundle to {one_line(bundle_dir)}")
 

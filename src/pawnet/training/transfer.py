@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pawnet import logs
 from pawnet.data.images import load_pixels
 from pawnet.distribute import broadcast, gather_rows
 from pawnet.features import (
@@ -161,8 +162,10 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None) -> Fitted
     cfg = plan.cfg
     multi_worker, chief = plan.multi_worker, plan.is_chief
     log.info(f"Transfer learning from {spec.name} at {cfg.image_size}px; run folder {plan.run_dir}")
-    frozen = frozen_backbone(spec, cfg.image_size, cfg.weights)
-    train_x, val_x, views = _features(plan, spec, frozen)
+    with logs.timed("backbone graph"):
+        frozen = frozen_backbone(spec, cfg.image_size, cfg.weights)
+    with logs.timed("features"):
+        train_x, val_x, views = _features(plan, spec, frozen)
     if not chief and not cfg.fine_tune:
         return None
     binary = len(plan.classes) == 2
@@ -170,7 +173,8 @@ def fit(plan: Plan, spec: ModelSpec, weights: dict[int, float] | None) -> Fitted
     if chief:
         train_y = np.concatenate([targets(plan.split("train"), plan.classes, binary)] * views)
         val_y = targets(plan.split("val"), plan.classes, binary)
-        linear, loss, accuracy = _fit_head(plan, train_x, train_y, val_x, val_y, weights)
+        with logs.timed("head"):
+            linear, loss, accuracy = _fit_head(plan, train_x, train_y, val_x, val_y, weights)
     if not cfg.fine_tune:
         plain = {"train": train_x[: len(plan.split("train"))], "val": val_x}
         return Fitted(_frozen_model(plan, spec, linear, val_x), loss, accuracy,
@@ -195,9 +199,10 @@ def _frozen_model(plan: Plan, spec: ModelSpec, linear: LinearHead, val_x: np.nda
                               linear.bias)
     from pawnet.models.pretrained import compose, load_backbone
 
-    backbone = load_backbone(spec, cfg.image_size, weights=cfg.weights)
-    model = compose(backbone, _head_with(linear, len(plan.classes), backbone), spec.name)
-    _check_composed(model, linear, plan, val_x)
+    with logs.timed("Keras model"):
+        backbone = load_backbone(spec, cfg.image_size, weights=cfg.weights)
+        model = compose(backbone, _head_with(linear, len(plan.classes), backbone), spec.name)
+        _check_composed(model, linear, plan, val_x)
     return model
 
 
