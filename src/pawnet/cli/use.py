@@ -10,7 +10,7 @@ import typer
 
 from pawnet.cli.app import JsonFlag, MinConfidence, Model, Runtime, Tta, app, given
 from pawnet.cli.options import command, with_fields
-from pawnet.errors import one_line
+from pawnet.errors import ConfigError, PawnetError, one_line
 from pawnet.serve.settings import ServeSettings
 
 
@@ -55,6 +55,14 @@ SHARD_HELP = ("Label only share I of N (0 <= I < N): the photos whose SHA-256 (o
               "the path when unreadable), its first 16 hex digits as a number, is I modulo N. "
               "Each part keeps this command's order, and one folder is listed sorted by "
               "path, so the parts' rows sorted by path are exactly those of one run.")
+ENGINE_HELP = ("local (this process) or ray (worker processes on a Ray cluster, the same "
+               "output; needs the ray extra of pawnet: docs/scaling.md).")
+
+
+def _engine(value: str) -> str:
+    if value not in ("local", "ray"):
+        raise typer.BadParameter(f"{value!r} is not one of local, ray")
+    return value
 
 
 @command(app, "predict", tensorflow=False)
@@ -73,6 +81,13 @@ def predict(
                                              "(atomically) instead of printing it; an "
                                              "existing file must be pawnet's own output.")]
     = None,
+    engine: Annotated[str, typer.Option(callback=_engine, help=ENGINE_HELP)] = "local",
+    address: Annotated[str | None, typer.Option(
+        metavar="HOST:PORT", help="--engine ray: the cluster's head (default: start a "
+        "local one). Photos and model must be at the same path on every node.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="--engine ray: worker processes, each loading the model once "
+        "(default: one per node).")] = None,
 ) -> None:
     """Label photos: a label and every class's probability per photo; 'neither' for a photo
     unlike the training photos, 'unsure' below the minimum confidence."""
@@ -82,13 +97,20 @@ def predict(
     from pawnet.storage import atomic_write_text, check_output_file
 
     fmt = "json" if json_out else fmt
+    _check_engine(engine, shard, address, workers)
     if shard is not None:
         parse_shard(shard)  # a bad value stops before the model loads
     if out is not None:
         check_output_file(out, "predictions", is_predictions)
-    predictor = load(model, runtime=runtime, tta=tta, min_confidence=min_confidence)
-    results = predictor.predict(expand_paths(paths), shard=shard)
-    text = format_predictions(results, predictor.classes, fmt)
+    if engine == "ray":
+        results, classes = _predict_on_ray(model, expand_paths(paths), address, workers,
+                                           runtime=runtime, tta=tta,
+                                           min_confidence=min_confidence)
+    else:
+        predictor = load(model, runtime=runtime, tta=tta, min_confidence=min_confidence)
+        results = predictor.predict(expand_paths(paths), shard=shard)
+        classes = predictor.classes
+    text = format_predictions(results, classes, fmt)
     if out is None:  # color=True: click would strip escape sequences from CSV names
         typer.echo(text, color=True)
     else:
@@ -101,6 +123,37 @@ def predict(
     if results and len(failed) == len(results):  # an empty shard is no failure
         typer.echo("error: no photo could be predicted", err=True)
         raise typer.Exit(1)
+
+
+def _check_engine(engine: str, shard: str | None, address: str | None,
+                  workers: int | None) -> None:
+    if engine == "ray" and shard is not None:
+        raise ConfigError("--engine ray shares the photos out over its workers itself, so it "
+                          "takes no --shard. Try: drop --shard, or --engine local")
+    if engine == "local" and (address is not None or workers is not None):
+        raise ConfigError("--address and --workers are for --engine ray. Try: --engine ray")
+
+
+def _predict_on_ray(model: str, paths: list[str], address: str | None, workers: int | None,
+                    **settings: Any) -> tuple[list, list[str]]:
+    """`predict --engine ray`: the results and the model's classes; the model is checked
+    here first, so a wrong one fails before a cluster starts."""
+    from pawnet import quiet
+    from pawnet.inference.bundle import resolve
+    from pawnet.inference.ray_predict import import_ray, predict_on_ray
+
+    import_ray()
+    classes = list(resolve(model).spec.class_names)
+    error = None
+    with quiet.held():  # Ray's own lines on stderr, shown only when Ray itself fails
+        try:
+            results = predict_on_ray(model, paths, address=address, workers=workers,
+                                     **settings)
+        except PawnetError as exc:  # from a worker: its one line is enough
+            error = exc
+    if error is not None:
+        raise error
+    return results, classes
 
 
 @command(app, "export", tensorflow=False)
