@@ -27,7 +27,7 @@ def data_check(
     typer.echo(json.dumps(photoset.to_json(), indent=2) if json_out else photoset.report())
 
 
-@command(data_app, "issues")
+@command(data_app, "issues", tensorflow=False)
 def data_issues(
     photos: Photos,
     json_out: JsonFlag = False,
