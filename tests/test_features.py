@@ -1,0 +1,33 @@
+"""The frozen Lite backbone: written once per cache, the faster runtime kept, and a damaged
+cache remade."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from pawnet import features
+from pawnet.models.registry import get_model_spec
+from pawnet.storage import cache_dir
+
+
+def test_the_backbone_is_written_once_and_a_damaged_record_remade(fresh_cache, monkeypatch):
+    spec = get_model_spec("efficientnet-lite0")
+    first = features.frozen_backbone(spec, 32)
+    record = next((cache_dir() / "runtimes").glob("backbone-*.json"))
+    chosen = json.loads(record.read_text())
+    assert chosen["runtime"] in ("onnx", "litert") and first.runtime.name == chosen["runtime"]
+    assert first.dim == 1280 and first.key.startswith("lite0-32px-")
+
+    built = []
+    real = features._cpu_seconds
+    monkeypatch.setattr(features, "_cpu_seconds", lambda *a: built.append(1) or real(*a))
+    again = features.frozen_backbone(spec, 32)
+    assert built == [] and again.key == first.key  # from the cache
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(again.runtime(images), first.runtime(images), atol=1e-5)
+
+    record.write_text("{not json")
+    remade = features.frozen_backbone(spec, 32)
+    assert built and json.loads(record.read_text())["runtime"] == remade.runtime.name
