@@ -31,3 +31,18 @@ def test_the_backbone_is_written_once_and_a_damaged_record_remade(fresh_cache, m
     record.write_text("{not json")
     remade = features.frozen_backbone(spec, 32)
     assert built and json.loads(record.read_text())["runtime"] == remade.runtime.name
+
+
+def test_the_store_round_trips_reads_the_earlier_layout_and_ignores_damage(fresh_cache):
+    store = features.FeatureStore("key")
+    rows = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    store.features = {f"sha{i}": row for i, row in enumerate(rows)}
+    store.save()
+    again = features.FeatureStore("key")
+    assert list(again.features) == ["sha0", "sha1", "sha2"]
+    np.testing.assert_array_equal(np.stack(list(again.features.values())), rows)
+
+    np.savez(store.path, sha9=rows[0])  # one array per photo, as earlier versions wrote
+    np.testing.assert_array_equal(features.FeatureStore("key").features["sha9"], rows[0])
+    store.path.write_bytes(b"PK\x03\x04 not a zip")
+    assert features.FeatureStore("key").features == {}

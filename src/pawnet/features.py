@@ -45,27 +45,37 @@ from pawnet.storage import atomic_write_bytes, atomic_write_text, cache_dir
 if TYPE_CHECKING:
     import keras
 
-_SAVE_EVERY = 20  # batches between writes of the feature cache, so a kill loses little
+SAVE_EVERY_S = 30.0  # at most this much extraction is lost to a kill; saves stay few
 
 
 class FeatureStore:
     """Backbone features of one view (plain unless named) per photo content hash, cached
-    per user."""
+    per user. On disk: the hashes and one matrix of their rows, so that loading and saving
+    take one read or write however many photos there are."""
 
     def __init__(self, backbone_id: str, view: str = ""):
         name = f"{backbone_id}-{view}" if view else backbone_id
         self.path = cache_dir() / "features" / f"{name}.npz"
         self.features: dict[str, np.ndarray] = {}
+        self.saved_at = time.monotonic()
         try:
             with np.load(self.path) as stored:
-                self.features = {k: stored[k] for k in stored.files}
-        except (OSError, ValueError, EOFError):
+                if stored.files == ["keys", "rows"]:
+                    rows = stored["rows"]
+                    self.features = dict(zip(stored["keys"].tolist(), rows, strict=True))
+                else:  # the earlier layout: one array per photo
+                    self.features = {k: stored[k] for k in stored.files}
+        except (OSError, ValueError, EOFError, KeyError):
             self.features = {}  # missing or damaged: recompute
 
     def save(self) -> None:
         buffer = io.BytesIO()
-        np.savez(buffer, **self.features)
+        keys = list(self.features)
+        rows = (np.stack([self.features[k] for k in keys]) if keys
+                else np.zeros((0, 0), np.float32))
+        np.savez(buffer, keys=np.array(keys, dtype=str), rows=rows)
         atomic_write_bytes(self.path, buffer.getvalue())
+        self.saved_at = time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -260,7 +270,7 @@ def cached_features(
         def keep(i: int, feats: np.ndarray) -> None:
             for photo, f in zip(mine[i * batch_size:], feats, strict=False):
                 store.features[photo.sha256] = f
-            if (i + 1) % _SAVE_EVERY == 0:
+            if time.monotonic() - store.saved_at >= SAVE_EVERY_S:
                 store.save()
 
         sources = [view(p.path) if view else p.path for p in mine]
