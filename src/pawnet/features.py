@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import time
+import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +66,7 @@ class FeatureStore:
                     self.features = dict(zip(stored["keys"].tolist(), rows, strict=True))
                 else:  # the earlier layout: one array per photo
                     self.features = {k: stored[k] for k in stored.files}
-        except (OSError, ValueError, EOFError, KeyError):
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
             self.features = {}  # missing or damaged: recompute
 
     def save(self) -> None:
