@@ -1,10 +1,13 @@
 """Load test of `pawnet serve`: throughput, latency and batch sizes, batching on and off.
 
-Starts the server on a free loopback port (or uses --url), then runs 1, 8 and 32 concurrent
-clients that each post real photos one at a time (raw JPEG bodies, keep-alive connections),
-and prints requests per second, p50/p99 latency, the batch sizes the server ran (from its
-/metrics), the number of 5xx answers and of dropped connections. Each level is bounded by a
-request count and a time limit; only loopback addresses are accepted.
+Starts one server per --max-batch on free loopback ports, side by side (or uses --url), then
+runs 1, 8 and 32 concurrent clients that each post real photos one at a time (raw JPEG
+bodies, keep-alive connections), and prints requests per second, p50/p99 latency, the batch
+sizes the server ran (from its /metrics), the number of 5xx answers and of dropped
+connections. Each level is bounded by a request count and a time limit, and runs on each
+server in turn, --rounds times; the summary gives median req/s and, per round, the ratio
+to batching off, which other work on a shared machine skews less than the req/s themselves.
+Only loopback addresses are accepted.
 
     .venv/bin/python benchmarks/serve_load.py runs/train
     .venv/bin/python benchmarks/serve_load.py runs/train --clients 8 32 --requests 400
@@ -20,6 +23,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +42,7 @@ PHOTOS = REPO.parent / "shared" / "data" / "cvtricks" / "test"
 CLIENTS = (1, 8, 32)
 REQUESTS = 300  # per level
 SECONDS = 60.0  # per level
+ROUNDS = 3
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -231,6 +236,30 @@ def print_row(label: str, clients: int, r: dict) -> None:
           f"{r['errors_5xx']:>6}{r['dropped']:>9}", flush=True)
 
 
+def print_summary(throughputs: dict[tuple[str, int], list[float]]) -> None:
+    """Median req/s per setting and level; with batching off among them, each setting's
+    ratio to it, the median of the rounds' ratios (each round's servers ran side by side, so
+    a ratio is less noisy than two medians on a shared machine)."""
+    labels = list(dict.fromkeys(label for label, _ in throughputs))
+    print("\nmedian req/s" + ("  (x off: median of the rounds' ratios)" if "off" in labels
+                            else ""))
+    for clients in dict.fromkeys(c for _, c in throughputs):
+        cells = []
+        for label in labels:
+            runs = throughputs[(label, clients)]
+            cell = f"{label} {statistics.median(runs):.1f}"
+            if "off" in labels and label != "off":
+                ratios = [a / b for a, b in zip(runs, throughputs[("off", clients)],
+                                                strict=True) if b]
+                cell += f" ({statistics.median(ratios):.2f}x off)" if ratios else ""
+            cells.append(cell)
+        print(f"{clients:>3} clients: " + ", ".join(cells))
+
+
+def _label(max_batch: int | None) -> str:
+    return "given" if max_batch is None else ("off" if max_batch == 1 else f"on({max_batch})")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", help="run/bundle folder or built-in name")
@@ -238,6 +267,8 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
     parser.add_argument("--requests", type=int, default=REQUESTS, help="per level")
     parser.add_argument("--seconds", type=float, default=SECONDS, help="per level")
+    parser.add_argument("--rounds", type=int, default=ROUNDS,
+                        help="times every level runs on every server, in turn")
     parser.add_argument("--photos", type=Path, default=PHOTOS)
     parser.add_argument("--max-batch", type=int, nargs="+", default=[32, 1],
                         help="server settings to compare (1 = batching off)")
@@ -249,33 +280,47 @@ def main(argv=None) -> int:
     paths = paths[:: max(1, len(paths) // 64)][:64]  # both classes, spread over the folder
     bodies = [p.read_bytes() for p in paths]
     print(f"{len(bodies)} real photos from {args.photos}, {os.cpu_count()} CPU cores; "
-          f"each level: at most {args.requests} requests or {args.seconds:g} s")
-    header = (f"{'batching':<9}{'clients':>8}{'requests':>9}{'req/s':>10}{'p50 ms':>9}"
-              f"{'p99 ms':>9}{'batch':>7}{'max':>7}{'5xx':>6}{'dropped':>9}")
-    failures = 0
+          f"each level: at most {args.requests} requests or {args.seconds:g} s; "
+          f"{args.rounds} rounds, the servers in turn")
     settings = [None] if args.url else args.max_batch
-    for max_batch in settings:
-        label = "given" if max_batch is None else ("off" if max_batch == 1 else
-                                                   f"on({max_batch})")
-        server = None if args.url else served(args.model, "--max-batch", str(max_batch),
-                                              "--runtime", args.runtime)
-        with server or contextlib.nullcontext() as running:
-            url = running.url if running else args.url
-            run_load(url, bodies, max(args.clients), requests=2 * max(args.clients),
-                     seconds=30)  # warm-up
-            print(header)
-            for clients in args.clients:
+    with contextlib.ExitStack() as stack:
+        servers = {_label(m): (args.url if m is None else stack.enter_context(
+                   served(args.model, "--max-batch", str(m), "--runtime", args.runtime)))
+                   for m in settings}
+        urls = {label: s if isinstance(s, str) else s.url for label, s in servers.items()}
+        for url in urls.values():  # warm-up
+            run_load(url, bodies, max(args.clients), requests=2 * max(args.clients), seconds=30)
+        failures, throughputs = _rounds(urls, bodies, args)
+        for label, server in servers.items():
+            if not isinstance(server, str):
+                print(f"{label} server peak memory: {peak_rss_mb(server.proc.pid):.0f} MB "
+                      f"(runtime {args.runtime})")
+    for label, server in servers.items():
+        if not isinstance(server, str) and server.exit_code not in CLEAN_EXIT:
+            print(f"{label} server exited with code {server.exit_code}")
+            failures += 1
+    print_summary(throughputs)
+    return 1 if failures else 0
+
+
+def _rounds(urls: dict[str, str], bodies: list[bytes], args) -> tuple[int, dict]:
+    """Every level on every server, in turn (in reverse order every other round, so that
+    neither always goes first), `args.rounds` times: (5xx and dropped connections,
+    {(label, clients): [req/s per round]})."""
+    failures = 0
+    throughputs: dict[tuple[str, int], list[float]] = {}
+    print(f"{'batching':<9}{'clients':>8}{'requests':>9}{'req/s':>10}{'p50 ms':>9}"
+          f"{'p99 ms':>9}{'batch':>7}{'max':>7}{'5xx':>6}{'dropped':>9}")
+    for round_ in range(args.rounds):
+        order = list(urls.items()) if round_ % 2 == 0 else list(urls.items())[::-1]
+        for clients in args.clients:
+            for label, url in order:
                 result = measure(url, bodies, clients, requests=args.requests,
                                  seconds=args.seconds)
                 print_row(label, clients, result)
+                throughputs.setdefault((label, clients), []).append(result["throughput"])
                 failures += result["errors_5xx"] + result["dropped"]
-            if running is not None:
-                print(f"server peak memory: {peak_rss_mb(running.proc.pid):.0f} MB "
-                      f"(runtime {args.runtime})")
-        if running is not None and running.exit_code not in CLEAN_EXIT:
-            print(f"server exited with code {running.exit_code}")
-            failures += 1
-    return 1 if failures else 0
+    return failures, throughputs
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ GET  /docs        the OpenAPI page (its script and style served from here, no CD
 
 Requests decode their photos in a thread pool with the `Predictor`'s own decoder (the one
 training and `pawnet predict` use), then hand the pixels to one `Batcher` thread that
-gathers images from concurrent requests into one model call. Heat-maps have a thread and a
+runs the model on every image waiting when it is free: at once for a lone image, in one
+batch for those that arrived during the last call. Heat-maps have a thread and a
 queue of their own (`Explainer`). Both queues are bounded, so a flood gets 503 with
 Retry-After instead of unbounded memory; every request has a time limit (an explain request
 one for all of it). Anything a client can send gets a 4xx with a one-line reason, never a
@@ -44,7 +45,7 @@ from starlette.requests import ClientDisconnect
 from pawnet.errors import ImageError
 from pawnet.inference.bundle import Bundle
 from pawnet.inference.predictor import Prediction, Predictor, load
-from pawnet.serve.batcher import Batcher, QueueFull
+from pawnet.serve.batcher import Batcher, QueueFull, batch_rows
 from pawnet.serve.explainer import GONE, Explainer, ExplainQueueFull, heat_maps_of
 from pawnet.serve.metrics import Metrics, MetricsMiddleware
 from pawnet.serve.settings import LOOPBACK, ServeSettings
@@ -121,8 +122,8 @@ def _lifespan(model: str | Path | Predictor, settings: ServeSettings, state: _St
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         predictor = await anyio.to_thread.run_sync(serving_predictor, model, settings)
-        batcher = Batcher(predictor.rows, settings.max_batch, settings.max_wait_ms / 1000,
-                          settings.queue_size)
+        batcher = Batcher(batch_rows(predictor), settings.max_batch,
+                          settings.max_wait_ms / 1000, settings.queue_size)
         shape = (predictor.image_size, predictor.image_size, 3)
         await anyio.to_thread.run_sync(batcher.warm_up, shape)
         explainer = Explainer(predictor, settings.explain_queue_size)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import collections
+import copy
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from pawnet.inference.runtimes import on_every_core
+
+if TYPE_CHECKING:
+    from pawnet.inference.predictor import Predictor
 
 WARM_UP_SIZES = 64  # batch sizes run once at start-up (beyond it, rare sizes warm up live)
 
@@ -48,17 +55,42 @@ class QueueWorker:
         self._thread.join(timeout)
 
 
+def batch_rows(predictor: Predictor) -> Callable[[np.ndarray], np.ndarray]:
+    """`predictor.rows` for the batcher: a lone image runs as the runtime is set up (on ONNX
+    Runtime, one call on every core); a batch of several runs as one-thread calls on every
+    core at once, a few images each, which spares the threads of one call waiting for each
+    other (docs/decisions.md, "Continuous batching")."""
+    single = getattr(predictor.runtime, "single_threaded", None)
+    if single is None:  # Keras, LiteRT: one call for the whole batch
+        return predictor.rows
+    one_thread = copy.copy(predictor)  # the same settings, on the one-thread session
+    one_thread.runtime = single()
+    per_call = one_thread.runtime.photos_per_call
+
+    def rows(pixels: np.ndarray) -> np.ndarray:
+        if len(pixels) < 2:
+            return predictor.rows(pixels)
+        parts = on_every_core(lambda chunk: one_thread.rows(pixels[chunk.start : chunk.stop]),
+                              len(pixels), per_call)
+        return np.concatenate(parts)
+
+    return rows
+
+
 class Batcher(QueueWorker):
     """One thread that runs the model on images gathered from concurrent requests.
 
-    A batch starts when `max_batch` images are waiting, or when the oldest waiting image has
-    waited `max_wait_s` (under load the model call itself is the wait, so no time is added).
-    Images whose request gave up (timed out, disconnected) are dropped before the model call.
+    Continuous batching: when the model is free, the next call takes every waiting image
+    (at most `max_batch`), so a lone image runs at once, and images that arrive while the
+    model is busy form the next batch. `max_wait_s` > 0 makes the oldest image wait up to
+    that long for others to join before a call that would not be full (for runtimes whose
+    batches are much cheaper per image). Images whose request gave up (timed out,
+    disconnected) are dropped before the model call.
 
     Args:
         predict_fn: uint8 images `(N, size, size, 3)` -> probabilities `(N, classes)`.
         max_batch: most images per model call.
-        max_wait_s: longest an image waits for others to join its batch.
+        max_wait_s: longest an image waits for others to join its batch; 0: no wait.
         queue_size: most images waiting; `submit` raises `QueueFull` beyond it.
         on_batch: called with each batch's size, after the model call.
     """
@@ -104,18 +136,24 @@ class Batcher(QueueWorker):
         return [job.future for job in jobs]
 
     def _next_batch(self) -> list[_Job] | None:
+        """What waits now (at most `max_batch`), once something does; None when stopping
+        with nothing left."""
         with self._cond:
             while not self._jobs:
                 if self._stopping:
                     return None
                 self._cond.wait()
-            deadline = self._jobs[0].enqueued + self.max_wait_s
-            while len(self._jobs) < self.max_batch and not self._stopping:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
+            if self.max_wait_s > 0:
+                self._wait_to_fill(self._jobs[0].enqueued + self.max_wait_s)
             return [self._jobs.popleft() for _ in range(min(self.max_batch, len(self._jobs)))]
+
+    def _wait_to_fill(self, deadline: float) -> None:
+        """Wait, holding `_cond`, until a batch is full, `deadline` passes or stop."""
+        while len(self._jobs) < self.max_batch and not self._stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
 
     @property
     def alive(self) -> bool:

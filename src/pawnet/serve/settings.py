@@ -26,8 +26,9 @@ class ServeSettings:
     port: int = setting(8000, "Port to listen on.", range=(0, 65535))
     max_batch: int = setting(32, "Most images per model call; 1 turns batching off.",
                              range=(1, 4096))
-    max_wait_ms: float = setting(5.0, "Longest an image waits for others to join its batch.",
-                                 range=(0.0, 60_000.0))
+    max_wait_ms: float = setting(0.0, "Longest an image waits for others to join its batch; "
+                                 "0: none, a batch is what arrived while the model was "
+                                 "busy.", range=(0.0, 60_000.0))
     max_upload_mb: float = setting(10.0, "Largest request body in MB; larger ones get 413 "
                                    "while still arriving.", range=(0.001, 10_000.0))
     max_files: int = setting(32, "Most images per request.", range=(1, 10_000))
