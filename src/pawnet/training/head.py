@@ -106,7 +106,9 @@ def fit_linear(x: np.ndarray, y: np.ndarray, val_x: np.ndarray, val_y: np.ndarra
                 raise StopIteration
 
     with threadpool_limits(1, "blas"):  # products this small: threads only add waiting
-        minimize(objective, best["params"], jac=True, method="L-BFGS-B", callback=record,
-                 options={"maxiter": max_iter})
+        result = minimize(objective, best["params"], jac=True, method="L-BFGS-B",
+                          callback=record, options={"maxiter": max_iter})
+        if not rows:  # done before a first iteration (a gradient of zero at the start)
+            record(result)
     kernel, bias = unpack(best["params"])
     return LinearHead(kernel.astype(np.float32), bias.astype(np.float32), rows)
