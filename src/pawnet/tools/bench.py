@@ -230,7 +230,7 @@ def _bench_transfer(result: dict, plan, spec, paths: list[str], in_memory) -> An
     result["end_to_end"] = {"train": _rate(n, extract_seconds + head_seconds)}
     result["transfer"] = {"runtime": runtime.name,
                           "feature_extraction": _rate(n, extract_seconds),
-                          "backbone_limit": limit, "head_seconds": round(head_seconds, 2),
+                          "backbone_limit": limit, "head_seconds": round(head_seconds, 4),
                           "head_iterations": len(fitted[0].rows)}
     backbone = load_backbone(spec, cfg.image_size, weights=cfg.weights)
     head = build_head(len(plan.classes), backbone)
@@ -332,7 +332,7 @@ def format_bench(result: dict[str, Any]) -> str:
         t = result["transfer"]
         lines.append(f"transfer           features {t['feature_extraction']:.1f} photos/s "
                      f"(backbone limit {t['backbone_limit']:.1f}), head "
-                     f"{t['head_seconds']:.1f}s for {t['head_iterations']} iterations")
+                     f"{t['head_seconds']:.2f}s for {t['head_iterations']} iterations")
     lines.append(f"decoding           {result['decode_ms_per_photo']:.2f} ms a photo on one core")
     for name, r in result["runtimes"].items():
         lines.append(f"runtime {name:<10} " + ", ".join(
