@@ -79,3 +79,9 @@ def test_keras_loads_the_model_keras_builds(tmp_path, variants, size, units, ood
     pixels = np.stack([load_pixels(p, size) for p in paths]).astype(np.float32)
     np.testing.assert_allclose(got.predict(pixels, verbose=0), want.predict(pixels, verbose=0),
                                atol=1e-5)
+    # its ONNX twin, which `pawnet train` puts in the runtime cache, computes the same
+    import onnxruntime as ort
+
+    twin = ort.InferenceSession(frozen.onnx(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(twin.run(None, {"pixels": pixels})[0],
+                               want.predict(pixels, verbose=0), atol=1e-5)

@@ -213,6 +213,16 @@ def transfer_model_config(variants: Sequence[str], image_size: int, model_name: 
     return m
 
 
+def dense_outputs(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """What the head's Dense layer outputs on features `x`: sigmoid or softmax
+    probabilities."""
+    z = (x @ kernel + bias).astype(np.float64)
+    if z.shape[1] == 1:
+        return (1 / (1 + np.exp(-z))).astype(np.float32)
+    e = np.exp(z - z.max(1, keepdims=True))
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class FrozenTransfer:
     """A transfer model whose backbones stayed as pretrained, described without Keras: the
@@ -232,6 +242,21 @@ class FrozenTransfer:
 
     def with_ood(self, score: OodScore) -> FrozenTransfer:
         return dataclasses.replace(self, ood=score)
+
+    def outputs(self, features: np.ndarray) -> np.ndarray:
+        """The model's outputs computed from its backbone's features, in NumPy."""
+        found = dense_outputs(features, self.kernel, self.bias)
+        if self.ood is None:
+            return found
+        return np.concatenate([found, self.ood(features)[:, None]], axis=1)
+
+    def onnx(self) -> bytes:
+        """The same model for ONNX Runtime, written from the checkpoints
+        (`lite_onnx.build_classifier`)."""
+        from pawnet.models.lite_onnx import build_classifier
+
+        return build_classifier(self.variants, self.image_size, self.kernel, self.bias,
+                                self.ood)
 
     def save(self, path: str | Path) -> None:
         write_transfer_model(path, transfer_model_config(

@@ -27,6 +27,7 @@ from pawnet.models.efficientnet_lite import (
 )
 from pawnet.models.efficientnet_lite_weights import _checked_checkpoint
 from pawnet.models.torch_checkpoint import load_state_dict
+from pawnet.trust.ood import NEIGHBOURS
 
 OPSET = 17
 CONVERSION = 1  # bump when the graph changes, so cached files and features are remade
@@ -58,10 +59,13 @@ class _Graph:
         self.weights.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
-    def op(self, kind: str, inputs: list[str], name: str, **attrs) -> str:
+    def op(self, kind: str, inputs: list[str], name: str, *, extra_outputs: int = 0,
+           **attrs) -> str:
+        """Add a node; its first output is `name` (others, unused, `name:1`, ...)."""
         from onnx import helper
 
-        self.nodes.append(helper.make_node(kind, inputs, [name], name=name, **attrs))
+        outputs = [name] + [f"{name}:{i}" for i in range(1, extra_outputs + 1)]
+        self.nodes.append(helper.make_node(kind, inputs, outputs, name=name, **attrs))
         return name
 
 
@@ -120,10 +124,54 @@ def build(variants: Sequence[str], image_size: int | None = None) -> bytes:
         ConfigError: an unknown variant.
         WeightsError, CheckpointError: a checkpoint missing or damaged.
     """
-    from onnx import TensorProto, helper
-
     side = image_size or get_variant(variants[-1]).image_size
     g = _Graph()
+    features = g.op("Identity", [_features(g, variants, side)], "features")
+    return _serialized(g, variants, side, features, 1280 * len(variants))
+
+
+def build_classifier(variants: Sequence[str], image_size: int, kernel: np.ndarray,
+                     bias: np.ndarray, ood=None) -> bytes:
+    """The whole frozen transfer model (`keras_file.FrozenTransfer`) as ONNX: pixels ->
+    class probabilities (sigmoid or softmax), then the OOD score column when `ood` (a
+    `trust.ood.OodScore`) is given, computed as `models.ood.NeighbourDistance` does."""
+    g = _Graph()
+    features = _features(g, variants, image_size)
+    logits = g.op("Add", [g.op("MatMul", [features, g.const("kernel", kernel)], "matmul"),
+                          g.const("bias", bias)], "logits")
+    out = g.op("Sigmoid" if kernel.shape[1] == 1 else "Softmax", [logits], "classes",
+               **({} if kernel.shape[1] == 1 else {"axis": -1}))
+    width = kernel.shape[1]
+    if ood is not None:
+        out = g.op("Concat", [out, _ood_score(g, features, ood)], "with_ood", axis=1)
+        width += 1
+    out = g.op("Identity", [out], "outputs")
+    return _serialized(g, variants, image_size, out, width)
+
+
+def _ood_score(g: _Graph, features: str, ood) -> str:
+    """1 - cosine similarity of the centred features to the k-th nearest bank row."""
+    centred = g.op("Sub", [features, g.const("ood/mean", ood.mean.astype(np.float32))],
+                   "ood/centred")
+    squares = g.op("ReduceSum", [g.op("Mul", [centred, centred], "ood/sq"),
+                                 g.const("ood/axis", np.array([1], np.int64))], "ood/sum",
+                   keepdims=1)
+    norms = g.op("Sqrt", [g.op("Max", [squares, g.const("ood/eps", np.array(1e-24, np.float32))],
+                               "ood/max")], "ood/norm")
+    similarity = g.op("MatMul", [g.op("Div", [centred, norms], "ood/unit"),
+                                 g.const("ood/bank", np.ascontiguousarray(ood.bank.T))],
+                      "ood/similarity")
+    k = min(NEIGHBOURS, len(ood.bank))
+    nearest = g.op("TopK", [similarity, g.const("ood/k", np.array([k], np.int64))],
+                   "ood/nearest", extra_outputs=1)  # and the indices
+    kth = g.op("Slice", [nearest, g.const("ood/start", np.array([k - 1], np.int64)),
+                         g.const("ood/stop", np.array([k], np.int64)),
+                         g.const("ood/axes", np.array([1], np.int64))], "ood/kth")
+    return g.op("Sub", [g.const("ood/one", np.array(1.0, np.float32)), kth], "ood/score")
+
+
+def _features(g: _Graph, variants: Sequence[str], side: int) -> str:
+    """The pooled features of every variant, concatenated, on the graph's NHWC pixels."""
     g.const("zero", np.array(0.0, np.float32))
     g.const("six", np.array(6.0, np.float32))
     nchw = g.op("Transpose", ["pixels"], "nchw", perm=[0, 3, 1, 2])
@@ -131,17 +179,18 @@ def build(variants: Sequence[str], image_size: int | None = None) -> bytes:
                   "scaled")
     x = g.op("Add", [scaled, g.const("offset", np.array(RESCALE_OFFSET, np.float32))],
              "rescaled")
-    parts = []
-    for variant in variants:
-        parts.append(_backbone(g, x, variant, side, checkpoint_state(variant)))
-    out = parts[0] if len(parts) == 1 else g.op("Concat", parts, "joined", axis=1)
-    out = g.op("Identity", [out], "features")
+    parts = [_backbone(g, x, v, side, checkpoint_state(v)) for v in variants]
+    return parts[0] if len(parts) == 1 else g.op("Concat", parts, "joined", axis=1)
+
+
+def _serialized(g: _Graph, variants: Sequence[str], side: int, output: str,
+                width: int) -> bytes:
+    from onnx import TensorProto, helper
+
     graph = helper.make_graph(
         g.nodes, "efficientnet_" + "_".join(variants),
         [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", side, side, 3])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT,
-                                       ["n", 1280 * len(variants)])],
-        g.weights)
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["n", width])], g.weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="pawnet")
     model.ir_version = 8

@@ -20,6 +20,7 @@ from pawnet.config import Config, resolve_config
 from pawnet.distribute import Cluster, connect, lost_workers, multi_worker_asked, split_batch
 from pawnet.errors import one_line
 from pawnet.inference.bundle import BundleSpec, save_bundle
+from pawnet.models.keras_file import FrozenTransfer
 from pawnet.models.registry import get_model_spec
 from pawnet.models.spec import output_kind
 from pawnet.quiet import native_logs_are_shown
@@ -181,6 +182,8 @@ def _finish(plan: Plan, fitted: Fitted) -> None:
         unknowns = fit_unknowns(plan, get_model_spec(plan.cfg.model), fitted)
     with logs.timed("bundle"):
         bundle_dir = _save(plan, fitted, calibration, unknowns)
+        if isinstance(unknowns.model, FrozenTransfer):
+            transfer.ready_runtime(plan, unknowns.model, fitted.features["val"], bundle_dir)
     shutil.rmtree(plan.pixel_cache, ignore_errors=True)
     log.info(f"Saved bundle to {one_line(bundle_dir)}")
 

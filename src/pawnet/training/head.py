@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pawnet.models.keras_file import dense_outputs
+
 L2 = 1e-3  # penalty on the kernel, chosen on validation photos (docs/decisions.md)
 
 
@@ -28,11 +30,7 @@ class LinearHead:
 
     def outputs(self, x: np.ndarray) -> np.ndarray:
         """What the head's Dense layer outputs: sigmoid or softmax probabilities."""
-        z = self.logits(x).astype(np.float64)
-        if z.shape[1] == 1:
-            return (1 / (1 + np.exp(-z))).astype(np.float32)
-        e = np.exp(z - z.max(1, keepdims=True))
-        return (e / e.sum(1, keepdims=True)).astype(np.float32)
+        return dense_outputs(x, self.kernel, self.bias)
 
 
 def _loss_terms(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,6 +30,7 @@ from pawnet.features import (
     frozen_backbone,
 )
 from pawnet.models.keras_file import FrozenTransfer
+from pawnet.models.registry import get_model_spec
 from pawnet.models.spec import KERAS_PREFIX, ModelSpec, output_kind
 from pawnet.training.head import LinearHead, fit_linear
 from pawnet.training.history import History, write_scalars
@@ -204,6 +206,28 @@ def _frozen_model(plan: Plan, spec: ModelSpec, linear: LinearHead, val_x: np.nda
         model = compose(backbone, _head_with(linear, len(plan.classes), backbone), spec.name)
         _check_composed(model, linear, plan, val_x)
     return model
+
+
+def ready_runtime(plan: Plan, model: FrozenTransfer, val_x: np.ndarray,
+                  bundle_dir: Path) -> None:
+    """The saved model written for ONNX Runtime too (from the checkpoints) and checked on
+    validation photos, from their pixels, against what it gives on their cached features:
+    so the validation figures are the saved model's own, and `predict`, `evaluate` and
+    `serve` run it without converting it through TensorFlow."""
+    from pawnet.inference.bundle import resolve
+    from pawnet.inference.runtimes import seeded
+
+    photos = plan.split("val")[:CHECK_PHOTOS]
+    if not photos:
+        return
+    cfg = plan.cfg
+    pixels = np.stack([load_pixels(p.path, cfg.image_size, cfg.max_pixels) for p in photos])
+    backbone = frozen_backbone(get_model_spec(cfg.model), cfg.image_size).runtime
+    if seeded(resolve(bundle_dir).fingerprint, "onnx", model.onnx(), pixels,
+              model.outputs(val_x[:len(photos)]),
+              getattr(backbone, "photos_per_call", None)) is None:
+        raise RuntimeError("the saved model disagrees with the trained head on validation "
+                           "photos")
 
 
 def _on_every_worker(plan: Plan, spec: ModelSpec, head: keras.Model, epochs_done: int):
