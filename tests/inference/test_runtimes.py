@@ -1,5 +1,6 @@
 import json
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from helpers import assert_runtimes_agree, real_photos
 import pawnet
 from pawnet.data.images import load_pixels
 from pawnet.errors import ConfigError
-from pawnet.inference import runtimes
+from pawnet.inference import convert, runtimes
 from pawnet.inference.bundle import resolve
 from pawnet.storage import cache_dir
 
@@ -168,3 +169,47 @@ def test_a_cached_file_its_runtime_cannot_open_or_a_bad_record_is_remade(
     record_file.write_text("[1, 2]")  # JSON, but no record
     assert pawnet.load(trained_run, runtime="onnx").runtime.name == "onnx"
     assert json.loads(record_file.read_text())["agrees"]
+
+
+def test_the_conversion_runs_in_a_child_process_and_its_memory_goes_with_it(
+        trained_run, own_runtime_cache, monkeypatch):
+    def in_this_process(*args, **kwargs):
+        raise AssertionError("converted in the parent process")
+
+    converter_here = "tf2onnx" in sys.modules  # another test may have exported in-process
+    monkeypatch.setattr(convert, "write_model", in_this_process)
+    assert pawnet.load(trained_run, runtime="onnx").runtime.name == "onnx"
+    assert converter_here or "tf2onnx" not in sys.modules
+    assert json.loads(_cached_files("onnx")[0].with_suffix(".json").read_text())["agrees"]
+
+
+@pytest.mark.integration  # starts a process
+def test_a_conversion_failing_in_the_child_is_one_clear_typed_error(tmp_path):
+    saved = tmp_path / "model"  # a saved model Keras cannot read: the child fails loading it
+    saved.mkdir()
+    (saved / "config.json").write_text("{not json")
+    out = tmp_path / "model.onnx"
+    with pytest.raises(convert.ConversionFailed) as failed:
+        convert.convert_file(saved, "onnx", out)
+    assert str(failed.value).startswith("converting the model for onnx (in a child process): "
+                                        "JSONDecodeError: Expecting property name")
+    assert "\n" not in str(failed.value) and not out.exists()
+    assert isinstance(failed.value, runtimes.conversion_failures())  # auto moves on
+    with pytest.raises(convert.ConversionFailed, match=r"^converting the model for onnx took "
+                       r"over 0.2 s and was stopped$"):  # never a hang
+        convert.convert_file(saved, "onnx", out, timeout=0.2)
+
+
+def test_a_converter_crashing_in_the_child_skips_the_runtime_and_says_so(
+        trained_run, own_runtime_cache, tmp_path, monkeypatch, caplog):
+    crashing = tmp_path / "python"
+    crashing.write_text("#!/bin/sh\necho 'Segmentation fault' >&2\nkill -9 $$\n")
+    crashing.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(crashing))  # what the child process runs
+    assert pawnet.load(trained_run).runtime.name == "keras"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"could not convert the model for {name} (converting the model for "
+                        f"{name} (in a child process) was killed by signal 9: Segmentation "
+                        "fault); trying the next runtime" for name in ("onnx", "litert")]
+    with pytest.raises(convert.ConversionFailed, match="killed by signal 9"):
+        pawnet.load(trained_run, runtime="onnx")

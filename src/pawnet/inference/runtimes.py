@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from pawnet.errors import BundleError, ConfigError
-from pawnet.storage import atomic_path, atomic_write_text, cache_dir
+from pawnet.inference.convert import conversion_failures
+from pawnet.storage import atomic_path, atomic_write_bytes, atomic_write_text, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -85,19 +85,31 @@ class OnnxRuntime:
     name = "onnx"
 
     def __init__(self, path: Path, num_threads: int | None = None, photos_per_call: int = 1):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = num_threads or threads()
-        options.log_severity_level = 3
         self.path = path
+        self.num_threads = num_threads or threads()
         self.photos_per_call = photos_per_call  # fastest on one core, measured at conversion
-        self.session = ort.InferenceSession(str(path), options,
-                                            providers=["CPUExecutionProvider"])
+        self._session: Any = None
         self._single: OnnxRuntime | None = None
-        self._input = self.session.get_inputs()[0].name
-        self.input_shape = tuple(self.session.get_inputs()[0].shape)
-        self.units = self.session.get_outputs()[0].shape[-1]
+        self._opening = threading.Lock()
+        session = self.single_threaded().session  # all `predict` needs: opened first
+        self._input = session.get_inputs()[0].name
+        self.input_shape = tuple(session.get_inputs()[0].shape)
+        self.units = session.get_outputs()[0].shape[-1]
+
+    @property
+    def session(self) -> Any:
+        """The ONNX Runtime session on `num_threads` threads, opened at first use: each
+        session holds the weights twice (as read and packed for its kernels)."""
+        with self._opening:
+            if self._session is None:
+                import onnxruntime as ort
+
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = self.num_threads
+                options.log_severity_level = 3
+                self._session = ort.InferenceSession(str(self.path), options,
+                                                     providers=["CPUExecutionProvider"])
+            return self._session
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(images, dtype=np.float32)
@@ -112,23 +124,36 @@ class OnnxRuntime:
 
     def single_threaded(self) -> OnnxRuntime:
         """The same model on one thread per call, for callers that run one call per core."""
-        if self._single is None:
-            self._single = (self if threads() == 1
-                            else OnnxRuntime(self.path, 1, self.photos_per_call))
-        return self._single
+        with self._opening:
+            if self._single is None:
+                self._single = (self if self.num_threads == 1
+                                else OnnxRuntime(self.path, 1, self.photos_per_call))
+            return self._single
+
+    def set_call_size(self, photos_per_call: int) -> None:
+        self.photos_per_call = photos_per_call
+        if self._single is not None:
+            self._single.photos_per_call = photos_per_call
 
     def fastest_call_size(self, images: np.ndarray) -> int:
         """Photos per one-thread call that run fastest here: one photo keeps activations
-        in cache, several share each read of the weights (large dense layers)."""
+        in cache, several share each read of the weights (large dense layers).
+
+        Measured as `predict` runs, a call on every core at once (they share the cache and
+        the memory bus), in CPU seconds: other jobs on shared cores slow the wall clock
+        by 2-5x at random, and would pick the size instead of the model.
+        """
         single = self.single_threaded()
-        batch = np.resize(images, (max(CALL_SIZES), *images.shape[1:]))
+        batch = np.resize(images, (max(CALL_SIZES) * threads(), *images.shape[1:]))
 
         def seconds(size: int) -> float:
+            def run(chunk: range) -> None:
+                single(batch[chunk.start : chunk.stop])
+
             single(batch[:size])  # first call at a new size sets it up
-            started = time.perf_counter()
-            for start in range(0, len(batch), size):
-                single(batch[start : start + size])
-            return time.perf_counter() - started
+            started = time.process_time()
+            on_every_core(run, len(batch), size)
+            return time.process_time() - started
 
         timings = {size: min(seconds(size) for _ in range(3)) for size in CALL_SIZES}
         return min(timings, key=timings.__getitem__)
@@ -213,32 +238,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# Modules whose own exception classes (derived from Exception only) a converter or runtime
-# raises when it cannot handle a model; only a module already imported can have raised one.
-FAILURE_MODULES = {
-    "tensorflow.python.framework.errors_impl": ("OpError",),  # TensorFlow ops, tf.errors
-    "tensorflow.lite.python.convert_phase": ("ConverterError",),  # the LiteRT converter
-}
-ORT_ERRORS = "onnxruntime.capi.onnxruntime_pybind11_state"  # InvalidProtobuf, Fail, ...
-
-
-def conversion_failures() -> tuple[type[Exception], ...]:
-    """What converting a model, or opening or running a converted file, raises when the
-    converter or runtime cannot do it for this model here, rather than because of a bug:
-    OSError (disk, permissions), ImportError (a converter installed but broken),
-    ValueError and RuntimeError (tf2onnx's checks and unsupported ops, Keras' exporters,
-    LiteRT's interpreter on a bad file), TensorFlow's `OpError` and `ConverterError`, and
-    ONNX Runtime's own classes. Anything else is raised."""
-    found: list[type[Exception]] = [OSError, ImportError, ValueError, RuntimeError]
-    for module, names in FAILURE_MODULES.items():
-        if module in sys.modules:
-            found += [getattr(sys.modules[module], name) for name in names]
-    if ORT_ERRORS in sys.modules:
-        found += [value for value in vars(sys.modules[ORT_ERRORS]).values()
-                  if isinstance(value, type) and issubclass(value, Exception)]
-    return tuple(found)
-
-
 def _record(model_file: Path) -> dict | None:
     """The record kept next to a converted file, or None when it is missing, damaged, of
     another cache version, or of another file."""
@@ -280,7 +279,7 @@ def converted(key: str, fmt: str, keras_model: Callable[[], Any],
         The runtime, or None when the converted file disagrees with Keras beyond
         `PARITY_ATOL` (remembered, so it is not converted again).
     """
-    from pawnet.inference.convert import write_model
+    from pawnet.inference.convert import convert_in_child
 
     model_file = cache_dir() / "runtimes" / f"{key}-{fmt}{SUFFIXES[fmt]}"
     runtime, record = _cached(model_file, fmt)
@@ -290,20 +289,27 @@ def converted(key: str, fmt: str, keras_model: Callable[[], Any],
     model = keras_model()
     model_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(model_file) as tmp:
-        write_model(model, fmt, tmp)
+        convert_in_child(model, fmt, tmp)  # the converter's gigabytes end with the child
     images = probe()
     want = KerasRuntime(model)(images)
     runtime = open_file(model_file, fmt)
     got = runtime(images)
     diff = float(np.abs(got - want).max()) if len(images) else 0.0
     agrees = diff <= PARITY_ATOL and bool((got.argmax(1) == want.argmax(1)).all())
-    per_call = runtime.fastest_call_size(images) if isinstance(runtime, OnnxRuntime) else 1
+    per_call = 1
+    if agrees and isinstance(runtime, OnnxRuntime):
+        per_call = runtime.fastest_call_size(images)
+        runtime.set_call_size(per_call)  # kept: opening the file again costs its weights again
     record = {"version": CACHE_VERSION, "format": fmt, "sha256": _sha256(model_file),
               "max_abs_diff": diff, "checked_on": len(images), "agrees": agrees,
               "photos_per_call": per_call}
     atomic_write_text(model_file.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
-    return open_file(model_file, fmt, photos_per_call=per_call) if agrees else None
-
+    if not agrees:
+        return None
+    if isinstance(runtime, OnnxRuntime):
+        return runtime
+    del runtime  # a LiteRT interpreter per probe size: let it go before the one for use
+    return open_file(model_file, fmt)
 
 
 def choose(runtime: str, key: str, keras_model: Callable[[], Any],
@@ -349,3 +355,29 @@ def choose(runtime: str, key: str, keras_model: Callable[[], Any],
         if found is not None:
             return found
     return KerasRuntime(keras_model())
+
+
+def seeded(key: str, fmt: str, data: bytes, images: np.ndarray, want: np.ndarray,
+           photos_per_call: int | None = None) -> Runtime | None:
+    """Cache a file written for runtime `fmt` without converting (a frozen transfer model,
+    `keras_file.FrozenTransfer.onnx`) as the model called `key`, when its outputs on
+    `images` are `want` (the model's own, computed another way) to `PARITY_ATOL`; ONNX
+    Runtime's call size as given (that of a model it shares its backbone with), else measured.
+
+    Returns:
+        The runtime, or None when the file disagrees (then nothing is cached).
+    """
+    model_file = cache_dir() / "runtimes" / f"{key}-{fmt}{SUFFIXES[fmt]}"
+    atomic_write_bytes(model_file, data)
+    runtime = open_file(model_file, fmt)
+    diff = float(np.abs(runtime(images) - want).max())
+    if diff > PARITY_ATOL:
+        model_file.unlink()
+        return None
+    per_call = photos_per_call or (runtime.fastest_call_size(images)
+                                   if isinstance(runtime, OnnxRuntime) else 1)
+    record = {"version": CACHE_VERSION, "format": fmt, "sha256": _sha256(model_file),
+              "max_abs_diff": diff, "checked_on": len(images), "agrees": True,
+              "photos_per_call": per_call}
+    atomic_write_text(model_file.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    return open_file(model_file, fmt, photos_per_call=per_call)
