@@ -2,10 +2,9 @@
 photo content: what training a head, fitting the OOD score, `pawnet data issues` and
 `pawnet bench` all use.
 
-`frozen_backbone` runs a model's backbone(s): the EfficientNet-Lite graphs written straight
-from the checkpoints for ONNX Runtime and LiteRT (`pawnet.models.lite_onnx`, `lite_tflite`;
-no TensorFlow needed), the one faster here; a `keras:NAME` backbone through
-`backbone_runtime`, the fastest runtime that agrees with Keras.
+`frozen_backbone` runs a model's backbone(s): the EfficientNet-Lite graph written straight
+from the checkpoints for ONNX Runtime (`pawnet.models.lite_onnx`; no TensorFlow needed); a
+`keras:NAME` backbone through `backbone_runtime`, the fastest runtime that agrees with Keras.
 `extract_features` runs photos (or augmented views) through it; `cached_features` computes
 only what the `FeatureStore` does not hold yet, and on several workers shares the work out.
 """
@@ -21,7 +20,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,13 +27,11 @@ import numpy as np
 from pawnet.data.images import MAX_PIXELS, DecodeBudget, decode_ahead, load_pixels
 from pawnet.distribute import Cluster, all_sum, gather_rows
 from pawnet.inference.runtimes import (
-    LiteRTRuntime,
     OnnxRuntime,
     Runtime,
     choose,
     conversion_failures,
     core_chunks,
-    installed,
     synthetic_images,
     threads,
 )
@@ -92,7 +88,7 @@ class FrozenBackbone:
 def frozen_backbone(spec: ModelSpec, image_size: int, weights: str | None = None
                     ) -> FrozenBackbone:
     """The spec's backbone(s) ready to extract features: the Lite backbones written from
-    their checkpoints for ONNX Runtime or LiteRT (`_lite_runtime`), without TensorFlow; a
+    their checkpoints for ONNX Runtime (`_lite_runtime`), without TensorFlow; a
     `keras:NAME` backbone built in Keras and converted."""
     if any(b.startswith(KERAS_PREFIX) for b in spec.backbones):
         from pawnet.models.pretrained import load_backbone
@@ -108,50 +104,24 @@ def frozen_backbone(spec: ModelSpec, image_size: int, weights: str | None = None
                           1280 * len(spec.backbones))
 
 
-def _lite_runtime(variants: tuple[str, ...], image_size: int, key: str) -> Runtime:
-    """The Lite backbones written for ONNX Runtime and for LiteRT from their checkpoints,
-    once, and the one that takes less CPU time here kept (the record says which)."""
+def _lite_runtime(variants: tuple[str, ...], image_size: int, key: str) -> OnnxRuntime:
+    """The Lite backbones' ONNX graph, written from their checkpoints once, with the call
+    size measured here (the record). Always ONNX Runtime, whose features do not depend on
+    how photos are batched, so a run gives the same numbers whatever its cache held
+    (docs/decisions.md)."""
     folder = cache_dir() / "runtimes"
-    files = {"onnx": folder / f"backbone-{key}.onnx", "litert": folder / f"backbone-{key}.tflite"}
-    record = folder / f"backbone-{key}.json"
+    path, record = folder / f"backbone-{key}.onnx", folder / f"backbone-{key}.json"
     try:
-        chosen = json.loads(record.read_text())
-        return _open_backbone(chosen["runtime"], files[chosen["runtime"]],
-                              int(chosen["photos_per_call"]))
+        return OnnxRuntime(path, photos_per_call=int(json.loads(record.read_text())
+                                                     ["photos_per_call"]))
     except (KeyError, TypeError, *conversion_failures()):  # missing or damaged: remake it
         pass
-    from pawnet.models import lite_onnx, lite_tflite
+    from pawnet.models import lite_onnx
 
-    images = synthetic_images(image_size)[:4]
-    atomic_write_bytes(files["onnx"], lite_onnx.build(variants, image_size))
-    candidates = {"onnx": OnnxRuntime(files["onnx"], 1)}
-    if installed("litert"):
-        atomic_write_bytes(files["litert"], lite_tflite.build(variants, image_size))
-        litert = LiteRTRuntime(files["litert"], 1)
-        if np.allclose(litert(images), candidates["onnx"](images), atol=1e-4):
-            candidates["litert"] = litert
-    fastest = min(candidates, key=lambda name: _cpu_seconds(candidates[name], images))
-    per_call = (OnnxRuntime(files["onnx"]).fastest_call_size(images) if fastest == "onnx"
-                else 1)
-    atomic_write_text(record, json.dumps({"runtime": fastest, "photos_per_call": per_call})
-                      + "\n")
-    return _open_backbone(fastest, files[fastest], per_call)
-
-
-def _open_backbone(name: str, path: Path, per_call: int) -> Runtime:
-    return OnnxRuntime(path, photos_per_call=per_call) if name == "onnx" else LiteRTRuntime(path)
-
-
-def _cpu_seconds(runtime: Runtime, images: np.ndarray) -> float:
-    """CPU seconds of the best of three calls on one thread (shared cores slow the wall
-    clock at random, see `OnnxRuntime.fastest_call_size`)."""
-    runtime(images)  # the first call sets up
-    timings = []
-    for _ in range(3):
-        started = time.process_time()
-        runtime(images)
-        timings.append(time.process_time() - started)
-    return min(timings)
+    atomic_write_bytes(path, lite_onnx.build(variants, image_size))
+    per_call = OnnxRuntime(path).fastest_call_size(synthetic_images(image_size)[:4])
+    atomic_write_text(record, json.dumps({"photos_per_call": per_call}) + "\n")
+    return OnnxRuntime(path, photos_per_call=per_call)
 
 
 def backbone_id(backbone: keras.Model, variant: str, image_size: int) -> str:
