@@ -266,6 +266,15 @@ def _cached(model_file: Path, fmt: str) -> tuple[Runtime | None, dict | None]:
         return None, None
 
 
+def _write_record(model_file: Path, fmt: str, diff: float, checked_on: int, agrees: bool,
+                  per_call: int) -> None:
+    """The record kept next to a cached file (read back by `_record`)."""
+    record = {"version": CACHE_VERSION, "format": fmt, "sha256": _sha256(model_file),
+              "max_abs_diff": diff, "checked_on": checked_on, "agrees": agrees,
+              "photos_per_call": per_call}
+    atomic_write_text(model_file.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+
+
 def converted(key: str, fmt: str, keras_model: Callable[[], Any],
               probe: Callable[[], np.ndarray]) -> Runtime | None:
     """A runtime for `fmt` running the model called `key`, converted once and cached.
@@ -300,10 +309,7 @@ def converted(key: str, fmt: str, keras_model: Callable[[], Any],
     if agrees and isinstance(runtime, OnnxRuntime):
         per_call = runtime.fastest_call_size(images)
         runtime.set_call_size(per_call)  # kept: opening the file again costs its weights again
-    record = {"version": CACHE_VERSION, "format": fmt, "sha256": _sha256(model_file),
-              "max_abs_diff": diff, "checked_on": len(images), "agrees": agrees,
-              "photos_per_call": per_call}
-    atomic_write_text(model_file.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    _write_record(model_file, fmt, diff, len(images), agrees, per_call)
     if not agrees:
         return None
     if isinstance(runtime, OnnxRuntime):
@@ -376,8 +382,5 @@ def seeded(key: str, fmt: str, data: bytes, images: np.ndarray, want: np.ndarray
         return None
     per_call = photos_per_call or (runtime.fastest_call_size(images)
                                    if isinstance(runtime, OnnxRuntime) else 1)
-    record = {"version": CACHE_VERSION, "format": fmt, "sha256": _sha256(model_file),
-              "max_abs_diff": diff, "checked_on": len(images), "agrees": True,
-              "photos_per_call": per_call}
-    atomic_write_text(model_file.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    _write_record(model_file, fmt, diff, len(images), True, per_call)
     return open_file(model_file, fmt, photos_per_call=per_call)

@@ -124,15 +124,22 @@ def _fit_head(plan: Plan, x: np.ndarray, y: np.ndarray, val_x: np.ndarray, val_y
 CHECK_PHOTOS = 16  # validation photos run through the saved model to check it
 
 
+def _check_pixels(plan: Plan) -> np.ndarray:
+    """The first `CHECK_PHOTOS` validation photos, decoded: what the saved model is checked
+    on, from pixels, against the head on their cached features."""
+    cfg = plan.cfg
+    photos = plan.split("val")[:CHECK_PHOTOS]
+    return np.stack([load_pixels(p.path, cfg.image_size, cfg.max_pixels) for p in photos]
+                    ) if photos else np.zeros((0, cfg.image_size, cfg.image_size, 3), np.uint8)
+
+
 def _check_composed(model, linear: LinearHead, plan: Plan, val_x: np.ndarray) -> None:
     """The saved model, from pixels, must give what the head gave on cached features, so
     the validation figures measured on features are the saved model's own."""
-    val_photos = plan.split("val")
-    n = min(CHECK_PHOTOS, len(val_photos))
-    if not n:
+    pixels = _check_pixels(plan)
+    if not len(pixels):
         return
-    pixels = np.stack([load_pixels(p.path, plan.cfg.image_size, plan.cfg.max_pixels)
-                       for p in val_photos[:n]])
+    n = len(pixels)
     import keras
 
     got = keras.ops.convert_to_numpy(model(pixels.astype(np.float32), training=False))
@@ -217,14 +224,13 @@ def ready_runtime(plan: Plan, model: FrozenTransfer, val_x: np.ndarray,
     from pawnet.inference.bundle import resolve
     from pawnet.inference.runtimes import seeded
 
-    photos = plan.split("val")[:CHECK_PHOTOS]
-    if not photos:
+    pixels = _check_pixels(plan)
+    if not len(pixels):
         return
     cfg = plan.cfg
-    pixels = np.stack([load_pixels(p.path, cfg.image_size, cfg.max_pixels) for p in photos])
     backbone = frozen_backbone(get_model_spec(cfg.model), cfg.image_size).runtime
     if seeded(resolve(bundle_dir).fingerprint, "onnx", model.onnx(), pixels,
-              model.outputs(val_x[:len(photos)]),
+              model.outputs(val_x[:len(pixels)]),
               getattr(backbone, "photos_per_call", None)) is None:
         raise RuntimeError("the saved model disagrees with the trained head on validation "
                            "photos")
