@@ -51,6 +51,8 @@ class Config:
 
     # -- data
     photos: str | None = setting(None, "Folder of photos, in any supported layout.")
+    labels: str | None = setting(None, "Labels file written by `pawnet studio` (path,label,"
+                                 "time): relabel or exclude photos without changing them.")
     val_fraction: float = setting(0.2, "Share of photos held out for validation, when no "
                                   "validation folder is given.", range=(0.0, 0.9))
     test_fraction: float = setting(0.1, "Share of photos held out for the final test, when "

@@ -9,6 +9,7 @@ import pytest
 from helpers import TONGPYTHON, copy_photos, make_odd_files, real_photos
 
 from pawnet.data import scan as scan_module
+from pawnet.data.labels import EXCLUDE, LabelsFile, read_labels, relative_path
 from pawnet.data.scan import scan
 from pawnet.data.splits import assign_splits
 from pawnet.errors import DataError
@@ -234,3 +235,92 @@ def test_a_malformed_scan_cache_is_rebuilt_not_trusted(class_folders, entries):
               for k, v in stored["entries"].items()}
     cache_file.write_text(json.dumps({**stored, "entries": broken}))
     assert scan(class_folders).photos == want.photos  # the entry without sha256 is redone
+
+
+# -- a labels file --------------------------------------------------------------------------
+
+
+def _decide(root: Path, decisions: dict[Path | str, str]) -> dict:
+    """The decisions of a labels file written by the studio over `root`, as read back."""
+    labels = LabelsFile(root.parent / "labels.csv")
+    for photo, label in decisions.items():
+        labels.decide(photo if isinstance(photo, str) else relative_path(photo, root), label)
+    return read_labels(labels.file)
+
+
+def _photo(found, path: Path):
+    return next(p for p in found.photos if Path(p.path) == path.resolve())
+
+
+def test_labels_relabel_and_exclude_photos_without_touching_them(class_folders, monkeypatch):
+    cats = sorted((class_folders / "cat").iterdir())
+    dogs = sorted((class_folders / "dog").iterdir())
+    broken = class_folders / "dog" / "broken.jpg"
+    broken.write_bytes(dogs[0].read_bytes()[:300])
+    before = _tree_digest(class_folders)
+    decisions = _decide(class_folders, {cats[0]: "dog", cats[1]: "cat", dogs[1]: EXCLUDE,
+                                        broken: EXCLUDE})
+    checked = []
+    real = scan_module._check_file
+    monkeypatch.setattr(scan_module, "_check_file", lambda p, m: checked.append(p) or real(p, m))
+    found = scan(class_folders, labels=decisions, labels_name="labels.csv")
+    assert found.counts() == {"cat": 11, "dog": 12}  # one cat became a dog, a dog left out
+    assert (_photo(found, cats[0]).label, _photo(found, cats[0]).label_source) == (
+        "dog", "labels.csv")
+    assert _photo(found, cats[1]).label_source == "folder"  # decided as its folder says
+    assert _photo(found, cats[2]).label_source == "folder"
+    assert found.excluded == sorted(str(p.resolve()) for p in (dogs[1], broken))
+    assert found.skipped == [] and found.unknown_labels == []  # broken.jpg is not even read
+    assert checked and not {dogs[1].resolve(), broken.resolve()} & set(checked)
+    assert "; 1 relabelled and 2 excluded by labels.csv." in found.summary()
+    assert found.to_json()["labels"] == {"file": "labels.csv", "relabelled": 1,
+                                         "excluded": found.excluded, "unknown": []}
+    assert _tree_digest(class_folders) == before
+    plain = scan(class_folders)
+    assert "labels" not in plain.to_json() and "relabelled" not in plain.summary()
+    assert {p.label_source for p in plain.photos} == {"folder"}
+
+
+def test_labels_give_a_class_to_a_photo_the_layout_could_not(class_folders):
+    loose = class_folders / "loose.jpg"
+    shutil.copy(real_photos("cat", 1, "test")[0], loose)
+    assert [Path(s.path).name for s in scan(class_folders).skipped] == ["loose.jpg"]
+    found = scan(class_folders, labels=_decide(class_folders, {loose: "cat"}),
+                 labels_name="labels.csv")
+    assert found.skipped == [] and found.counts() == {"cat": 13, "dog": 12}
+    assert (_photo(found, loose).label, _photo(found, loose).label_source) == ("cat",
+                                                                              "labels.csv")
+
+
+def test_labels_add_photos_from_an_inbox_next_to_the_folder(split_folders):
+    inbox = split_folders.parent / "inbox"
+    inbox.mkdir()
+    new = [shutil.copy(src, inbox / f"new{i}.jpg")  # photos not in the folder
+           for i, src in enumerate(real_photos("dog", 6, "test")[4:])]
+    decisions = _decide(split_folders, {Path(new[0]): "dog", Path(new[1]): EXCLUDE})
+    assert "../inbox/new0.jpg" in decisions
+    found = scan(split_folders, labels=decisions, labels_name="labels.csv")
+    added = _photo(found, Path(new[0]))
+    assert (added.label, added.split, added.label_source) == ("dog", None, "labels.csv")
+    assert not [p for p in found.photos if p.path == str(Path(new[1]).resolve())]
+    assert found.counts() == {"cat": 18, "dog": 19}
+    assigned = assign_splits(found.photos, seed=1, val_fraction=0.2, test_fraction=0.1)
+    assert [p.split for p in assigned if p.path == added.path] == ["train"]
+    assert sum(p.split == "train" for p in assigned) == 21  # given splits stay as given
+
+
+def test_labels_for_no_photo_are_listed_as_written(class_folders):
+    decisions = _decide(class_folders, {"cat/gone.jpg": "dog", "../elsewhere/x.jpg": "cat",
+                                        "cat": "dog", "dog/also-gone.jpg": EXCLUDE})
+    found = scan(class_folders, labels=decisions, labels_name="mine.csv")
+    assert found.unknown_labels == ["cat/gone.jpg", "../elsewhere/x.jpg", "cat",
+                                    "dog/also-gone.jpg"]
+    assert found.counts() == {"cat": 12, "dog": 12} and found.excluded == []
+    assert "0 relabelled and 0 excluded by mine.csv" in found.summary()
+    assert found.to_json()["labels"]["unknown"] == found.unknown_labels
+
+
+def test_a_class_folder_named_exclude_is_only_a_class(class_folders):
+    (class_folders / "dog").rename(class_folders / EXCLUDE)
+    found = scan(class_folders, labels={}, labels_name="labels.csv")
+    assert found.classes == ["cat", EXCLUDE] and found.excluded == []

@@ -67,3 +67,31 @@ def test_fingerprint_names_content_label_and_split():
         [dataclasses.replace(p, path="/moved" + p.path) for p in photos])
     assert fingerprint([dataclasses.replace(photos[0], split="test"), photos[1]]) != same
     assert fingerprint([dataclasses.replace(photos[0], label="dog"), photos[1]]) != same
+
+
+def test_manifest_records_where_each_label_came_from(tmp_path):
+    photos = [Photo("/x/cat/1.jpg", "dog", "train", "ab", "labels.csv"),
+              Photo("/x/cat/2.jpg", "cat", "val", "cd")]
+    write_manifest(tmp_path / "m.csv", photos)
+    assert (tmp_path / "m.csv").read_text().splitlines() == [
+        "path,label,split,sha256,label_source", "/x/cat/1.jpg,dog,train,ab,labels.csv",
+        "/x/cat/2.jpg,cat,val,cd,folder"]
+    assert read_manifest(tmp_path / "m.csv") == photos
+    # where a label came from is not what a run used: the fingerprint does not see it
+    assert fingerprint(photos) == fingerprint(
+        [dataclasses.replace(p, label_source="folder") for p in photos])
+
+
+def test_a_manifest_written_before_labels_files_still_reads(tmp_path):
+    (tmp_path / "old.csv").write_text("path,label,split,sha256\n/x/a.jpg,cat,train,ab\n"
+                                      "\"/x/b,c.jpg\",dog,test,cd\n")
+    assert read_manifest(tmp_path / "old.csv") == [Photo("/x/a.jpg", "cat", "train", "ab"),
+                                                   Photo("/x/b,c.jpg", "dog", "test", "cd")]
+    assert {p.label_source for p in read_manifest(tmp_path / "old.csv")} == {"folder"}
+    (tmp_path / "mixed.csv").write_text("path,label,split,sha256\n/x/a.jpg,cat,train,ab,folder\n")
+    with pytest.raises(DataError, match="line 2 has 5 fields, not 4"):
+        read_manifest(tmp_path / "mixed.csv")
+    (tmp_path / "short.csv").write_text("path,label,split,sha256,label_source\n/x/a.jpg,cat,"
+                                        "train,ab\n")
+    with pytest.raises(DataError, match="line 2 has 4 fields, not 5"):
+        read_manifest(tmp_path / "short.csv")

@@ -13,8 +13,10 @@ import pytest
 from helpers import copy_photos, invoke, make_odd_files
 
 import pawnet
+from pawnet.data.labels import EXCLUDE, LabelsFile, relative_path
 from pawnet.data.splits import read_manifest
 from pawnet.errors import ConfigError, DataError
+from pawnet.tools.runs import summary
 from pawnet.training.callbacks import last_checkpoint
 
 TINY = {"model": "tutorial-d-conv16", "image_size": 32, "batch_size": 8, "augment": "flip,zoom"}
@@ -232,3 +234,41 @@ def test_a_policy_that_leaves_many_photos_unanswered_is_one_warning_line(tmp_pat
     assert metrics["val_unanswered"] > 0.15
     with pytest.raises(pawnet.ConfigError, match="give one"):
         pawnet.train(photos, max_error=0.01, answer_share=0.9)
+
+
+@pytest.mark.integration
+def test_a_labels_file_relabels_and_excludes_photos_of_the_run(tmp_path):
+    photos = copy_photos(tmp_path / "photos", 10)
+    cats, dogs = (sorted((photos / c).iterdir()) for c in ("cat", "dog"))
+    labels = LabelsFile(tmp_path / "labels.csv")
+    for photo, label in ((cats[0], "dog"), (dogs[0], "cat"), (cats[1], EXCLUDE)):
+        labels.decide(relative_path(photo, photos), label)
+    labels.decide("cat/gone.jpg", "dog")
+    small = {"model": "efficientnet-lite0", "image_size": 64, "epochs": 3, "batch_size": 8}
+    run = tmp_path / "labelled"
+    result = invoke("train", photos, "--labels", labels.file, "--out", run,
+                    *(f"--{k.replace('_', '-')}={v}" for k, v in small.items()))
+    assert result.exit_code == 0, result.output
+    assert "; 2 relabelled and 1 excluded by labels.csv." in result.output
+    warned = [line for line in result.output.splitlines() if line.startswith("warning:")
+              and "labels.csv" in line]
+    assert warned == ["warning: 1 path in labels.csv is not a photo under "
+                      f"{photos} (first: cat/gone.jpg); it was ignored. Try: train on the "
+                      "folder the labels file was written for, or remove those lines from it"]
+
+    used = {Path(p.path).name: p for p in read_manifest(run / "manifest.csv")}
+    assert len(used) == 19 and cats[1].name not in used
+    assert [(used[p.name].label, used[p.name].label_source) for p in (cats[0], dogs[0])] == [
+        ("dog", "labels.csv"), ("cat", "labels.csv")]
+    assert {used[p.name].label_source for p in cats[2:] + dogs[1:]} == {"folder"}
+    assert json.loads((run / "data.json").read_text())["labels"]["unknown"] == ["cat/gone.jpg"]
+    plain = pawnet.train(photos, out=str(tmp_path / "plain"), **small)
+    assert {p.label_source for p in read_manifest(plain / "manifest.csv")} == {"folder"}
+    assert summary(run)["data_fingerprint"] != summary(plain)["data_fingerprint"]
+    assert len(summary(run)["data_fingerprint"]) == 64
+
+    (tmp_path / "bad.csv").write_text("cat/cat.1.jpg,dog\n")
+    result = invoke("train", photos, "--labels", tmp_path / "bad.csv", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith("error: labels file ") and "Try: " in result.output
+    assert not (tmp_path / "r").exists()

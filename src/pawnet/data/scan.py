@@ -26,10 +26,11 @@ import stat
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from pawnet.data.images import MAX_PIXELS, inspect_image
+from pawnet.data.labels import Decision, apply_labels
 from pawnet.errors import DataError, ImageError, one_line
 from pawnet.logs import progress
 from pawnet.storage import atomic_write_text, cache_dir
@@ -46,12 +47,14 @@ _SCAN_CACHE_VERSION = 1
 
 @dataclass(frozen=True)
 class Photo:
-    """One usable photo: where it is, its class, its split and its content hash."""
+    """One usable photo: where it is, its class, its split, its content hash, and where its
+    class came from (the layout, "folder", or the name of a labels file)."""
 
     path: str
     label: str
     split: str | None
     sha256: str
+    label_source: str = "folder"
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ class PhotoSet:
     skipped: list[Skipped] = field(default_factory=list)
     duplicates: list[list[str]] = field(default_factory=list)
     converted: dict[str, int] = field(default_factory=dict)  # "CMYK JPEG" -> count
+    labels: str | None = None  # the name of the labels file applied, if any
+    excluded: list[str] = field(default_factory=list)  # left out by the labels file
+    unknown_labels: list[str] = field(default_factory=list)  # its paths that are no file
 
     def counts(self, split: str | None = None) -> dict[str, int]:
         """Usable photos per class (in class order), optionally for one split only."""
@@ -90,21 +96,24 @@ class PhotoSet:
 
     def summary(self) -> str:
         counts = ", ".join(f"{one_line(c)}: {n}" for c, n in self.counts().items())
-        text = (
-            f"Found {len(self.photos)} usable photos of {len(self.classes)} classes "
-            f"({counts}) in {one_line(self.root)} [layout: {self.layout}]"
-        )
+        text = (f"Found {len(self.photos)} usable photos of {len(self.classes)} classes "
+                f"({counts}) in {one_line(self.root)} [layout: {self.layout}]")
         if self.splits():
-            per_split = ", ".join(
-                f"{s}: {sum(self.counts(s).values())}" for s in self.splits()
-            )
-            text += f"; given splits {per_split}"
+            text += "; given splits " + ", ".join(
+                f"{s}: {sum(self.counts(s).values())}" for s in self.splits())
         if self.skipped:
             text += f"; skipped {len(self.skipped)} bad files"
         if self.duplicates:
             extra = sum(len(g) - 1 for g in self.duplicates)
             text += f"; {extra} exact duplicates not used twice"
+        if self.labels:
+            text += (f"; {self.relabelled()} relabelled and {len(self.excluded)} excluded by "
+                     f"{one_line(self.labels)}")
         return text + "."
+
+    def relabelled(self) -> int:
+        """Photos whose class comes from the labels file, not from the layout."""
+        return sum(p.label_source != "folder" for p in self.photos)
 
     def report(self) -> str:
         """What `pawnet data check` prints: counts per split and class, conversions, every
@@ -126,13 +135,13 @@ class PhotoSet:
 
     def to_json(self) -> dict:
         return {
-            "root": self.root,
-            "layout": self.layout,
-            "classes": self.counts(),
+            "root": self.root, "layout": self.layout, "classes": self.counts(),
             "splits": {s: self.counts(s) for s in self.splits()},
             "skipped": [asdict(s) for s in self.skipped],
-            "duplicates": self.duplicates,
-            "converted": self.converted,
+            "duplicates": self.duplicates, "converted": self.converted,
+            **({"labels": {"file": self.labels, "relabelled": self.relabelled(),
+                           "excluded": self.excluded, "unknown": self.unknown_labels}}
+               if self.labels else {}),
         }
 
 
@@ -140,11 +149,8 @@ class PhotoSet:
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS
-    )
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS)
 
 
 def _files_under(folder: Path) -> list[Path]:
@@ -277,11 +283,8 @@ class _ScanCache:
         return f"{st.st_size}:{st.st_mtime_ns}"
 
     def get(self, path: Path) -> dict | None:
-        entry = self.entries.get(str(path))
-        stamp = self._stamp(path)
-        if entry and stamp is not None and entry.get("stamp") == stamp:
-            return entry
-        return None
+        entry, stamp = self.entries.get(str(path)), self._stamp(path)
+        return entry if entry and stamp is not None and entry.get("stamp") == stamp else None
 
     def put(self, path: Path, record: dict) -> None:
         stamp = self._stamp(path)
@@ -291,9 +294,8 @@ class _ScanCache:
     def save(self, keep: Iterable[Path]) -> None:
         keep_set = {str(p) for p in keep}
         entries = {k: v for k, v in self.entries.items() if k in keep_set}
-        atomic_write_text(
-            self.path, json.dumps({"version": _SCAN_CACHE_VERSION, "entries": entries})
-        )
+        atomic_write_text(self.path, json.dumps({"version": _SCAN_CACHE_VERSION,
+                                                 "entries": entries}))
 
 
 def _check_all(items: Labelled, cache: _ScanCache, max_pixels: int, workers: int | None
@@ -328,10 +330,8 @@ def _one_copy_each(by_hash: dict[str, list[tuple[Path, str, str | None]]]
     for digest, copies in by_hash.items():
         labels = sorted({label for _, label, _ in copies})
         if len(labels) > 1:
-            skipped += [
-                Skipped(str(p), f"the same photo is in several classes ({', '.join(labels)})")
-                for p, _, _ in copies
-            ]
+            skipped += [Skipped(str(p), "the same photo is in several classes "
+                                f"({', '.join(labels)})") for p, _, _ in copies]
             continue
         # Keep the copy in the most held-out split, so given test sets stay as given.
         kept = max(copies, key=lambda c: (_SPLIT_RANK[c[2]], -copies.index(c)))
@@ -341,8 +341,9 @@ def _one_copy_each(by_hash: dict[str, list[tuple[Path, str, str | None]]]
     return photos, duplicates, skipped
 
 
-def scan(photos: str | Path, max_pixels: int = MAX_PIXELS, workers: int | None = None
-         ) -> PhotoSet:
+def scan(photos: str | Path, max_pixels: int = MAX_PIXELS, workers: int | None = None,
+         labels: dict[str, Decision] | None = None, labels_name: str = "labels file",
+         unlabelled: bool = False) -> PhotoSet:
     """Find, label and check every file under a folder of photos.
 
     Args:
@@ -350,6 +351,10 @@ def scan(photos: str | Path, max_pixels: int = MAX_PIXELS, workers: int | None =
         max_pixels: images with more pixels are skipped as possible decompression bombs.
             Defaults to 89,478,485.
         workers: threads used to check files. Defaults to the number of CPUs.
+        labels: a labels file's decisions (`read_labels`), applied before files are checked:
+            photos excluded, relabelled, or added from next to the folder. Defaults to None.
+        labels_name: what photos labelled by it name as their `label_source`.
+        unlabelled: keep photos without a class (label ""), an inbox, instead of skipping.
 
     Returns:
         A `PhotoSet` with usable photos (one per distinct content), skipped files with
@@ -360,27 +365,22 @@ def scan(photos: str | Path, max_pixels: int = MAX_PIXELS, workers: int | None =
     """
     root = Path(photos).resolve()
     layout, items = find_files(root)
+    items, excluded, unknown, relabelled = apply_labels(items, labels or {}, root)
     records = _check_all(items, _ScanCache(root, max_pixels), max_pixels, workers)
-
     skipped: list[Skipped] = []
     by_hash: dict[str, list[tuple[Path, str, str | None]]] = defaultdict(list)
     converted: Counter[str] = Counter()
     for path, label, split in items:
         record = records[path]
-        if "error" in record:
-            skipped.append(Skipped(str(path), record["error"]))
-        elif label is None:
-            skipped.append(Skipped(
-                str(path),
-                "no class: not inside a class folder and no 'class.N.jpg' style name",
-            ))
+        if "error" in record or (label is None and not unlabelled):
+            skipped.append(Skipped(str(path), record.get("error") or "no class: not inside a "
+                                   "class folder and no 'class.N.jpg' style name"))
         else:
-            by_hash[record["sha256"]].append((path, label, split))
+            by_hash[record["sha256"]].append((path, label or "", split))
             if record.get("kind", "RGB JPEG") != "RGB JPEG":
                 converted[record["kind"]] += 1
     photos, duplicates, in_two_classes = _one_copy_each(by_hash)
     skipped += in_two_classes
-
     if not photos:
         reasons = Counter(s.reason.split(" (")[0] for s in skipped).most_common(3)
         detail = "; ".join(f"{n} x {r}" for r, n in reasons) or "the folder is empty"
@@ -388,13 +388,10 @@ def scan(photos: str | Path, max_pixels: int = MAX_PIXELS, workers: int | None =
             f"no usable photos in {root} ({detail}). Try: PHOTOS/<class>/*.jpg, "
             "PHOTOS/train/<class>/*.jpg or Kaggle-style cat.1.jpg files"
         )
-    photos.sort(key=lambda p: p.path)
-    return PhotoSet(
-        root=str(root),
-        layout=layout,
-        classes=sorted({p.label for p in photos}),
-        photos=photos,
-        skipped=sorted(skipped, key=lambda s: s.path),
-        duplicates=sorted(duplicates),
-        converted=dict(converted),
-    )
+    photos = sorted((replace(p, label_source=labels_name) if Path(p.path) in relabelled
+                     else p for p in photos), key=lambda p: p.path)
+    return PhotoSet(root=str(root), layout=layout, classes=sorted({p.label for p in photos} - {""}),
+                    photos=photos, skipped=sorted(skipped, key=lambda s: s.path),
+                    duplicates=sorted(duplicates), converted=dict(converted),
+                    labels=labels_name if labels is not None else None,
+                    excluded=excluded, unknown_labels=unknown)

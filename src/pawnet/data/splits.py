@@ -51,15 +51,16 @@ def assign_splits(
     return out
 
 
-MANIFEST_FIELDS = ("path", "label", "split", "sha256")
+MANIFEST_FIELDS = ("path", "label", "split", "sha256", "label_source")
+_OLD_MANIFEST_FIELDS = MANIFEST_FIELDS[:4]  # before labels files: every label the folder's
 
 
 def write_manifest(path: str | Path, photos: list[Photo]) -> None:
-    """Write the split as CSV with columns path, label, split, sha256."""
+    """Write the split as CSV with columns path, label, split, sha256, label_source."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(MANIFEST_FIELDS)
-    writer.writerows((p.path, p.label, p.split, p.sha256) for p in photos)
+    writer.writerows((p.path, p.label, p.split, p.sha256, p.label_source) for p in photos)
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -67,7 +68,8 @@ def read_manifest(path: str | Path) -> list[Photo]:
     """The photos a run's `manifest.csv` lists.
 
     Raises:
-        DataError: it is missing, unreadable, or a row does not have its four fields.
+        DataError: it is missing, unreadable, or a row does not have its fields (four in a
+            manifest written before labels files, which reads as labelled by folder).
     """
     try:
         rows = list(csv.reader(io.StringIO(read_text_file(path), newline="")))
@@ -76,13 +78,14 @@ def read_manifest(path: str | Path) -> list[Photo]:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"split manifest {one_line(path)} cannot be read ({one_line(exc)})"
                         ) from None
-    if not rows or tuple(rows[0]) != MANIFEST_FIELDS:
+    if not rows or tuple(rows[0]) not in (MANIFEST_FIELDS, _OLD_MANIFEST_FIELDS):
         raise DataError(f"split manifest {one_line(path)} is damaged: its header is not "
                         f"{','.join(MANIFEST_FIELDS)}")
+    fields = len(rows[0])
     for number, row in enumerate(rows[1:], start=2):
-        if len(row) != len(MANIFEST_FIELDS):
+        if len(row) != fields:
             raise DataError(f"split manifest {one_line(path)} is damaged: line {number} has "
-                            f"{len(row)} fields, not {len(MANIFEST_FIELDS)}")
+                            f"{len(row)} fields, not {fields}")
     return [Photo(*row) for row in rows[1:]]
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pawnet.config import Config, read_config_file, resolve_config
-from pawnet.data.scan import Photo, count_classes, scan
+from pawnet.data.labels import read_labels
+from pawnet.data.scan import Photo, PhotoSet, count_classes, scan
 from pawnet.data.splits import assign_splits, fingerprint, read_manifest, write_manifest
 from pawnet.distribute import Cluster, check_same_run
 from pawnet.errors import ConfigError, DataError, one_line
@@ -86,8 +87,7 @@ def new_plan(cfg: Config, cluster: Cluster | None = None) -> Plan:
     if not cfg.photos:
         raise ConfigError("no photos given. Try: pawnet train PATH/TO/PHOTOS, or "
                           "pawnet train --resume RUN_DIR")
-    photoset = scan(cfg.photos, max_pixels=cfg.max_pixels)
-    log.info(photoset.summary())
+    photoset = _scan(cfg)
     for skipped in photoset.skipped[:SHOWN_SKIPPED]:
         log.info(f"  skipped {one_line(skipped.path)}: {one_line(skipped.reason)}")
     if len(photoset.skipped) > SHOWN_SKIPPED:
@@ -111,6 +111,23 @@ def new_plan(cfg: Config, cluster: Cluster | None = None) -> Plan:
     write_manifest(run.manifest, photos)
     atomic_write_text(run.data, json.dumps(photoset.to_json(), indent=2) + "\n")
     return Plan(cfg, run_dir, photoset.classes, photos, cluster=cluster)
+
+
+def _scan(cfg: Config) -> PhotoSet:
+    """The photos of `cfg`, with its labels file applied; says what was found, and warns
+    once of paths in the labels file that are no photo."""
+    labels = read_labels(cfg.labels) if cfg.labels else None
+    name = Path(cfg.labels).name if cfg.labels else "labels file"
+    photoset = scan(cfg.photos, max_pixels=cfg.max_pixels, labels=labels, labels_name=name)
+    log.info(photoset.summary())
+    unknown, many = photoset.unknown_labels, len(photoset.unknown_labels) != 1
+    if unknown:
+        log.warning(f"{len(unknown)} path{'s' * many} in {one_line(name)} "
+                    f"{'are not photos' if many else 'is not a photo'} under "
+                    f"{one_line(cfg.photos)} (first: {one_line(unknown[0])}); "
+                    f"{'they were' if many else 'it was'} ignored. Try: train on the folder "
+                    "the labels file was written for, or remove those lines from it")
+    return photoset
 
 
 def _check_workers_agree(cluster: Cluster | None, cfg: Config, photos: list[Photo]) -> None:
