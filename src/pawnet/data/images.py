@@ -279,7 +279,8 @@ def _decode(source: Source, max_pixels: int,
 
 
 def load_preview(source: Source, longest: int = PREVIEW_SIZE,
-                 max_pixels: int = MAX_PIXELS) -> np.ndarray:
+                 max_pixels: int = MAX_PIXELS, *, budget: DecodeBudget | None = None
+                 ) -> np.ndarray:
     """Decode a photo as a person looks at it: EXIF-rotated 8-bit RGB, its aspect kept,
     shrunk so its longer side is at most `longest` (never enlarged). JPEGs are decoded at
     reduced size, and the decode is checked and budgeted as in `load_pixels`.
@@ -294,7 +295,7 @@ def load_preview(source: Source, longest: int = PREVIEW_SIZE,
         scale = min(1.0, longest / max(size))
         return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
-    return _decode(source, max_pixels, shrunk, RESIZE_METHODS[RESIZE_METHOD])
+    return _decode(source, max_pixels, shrunk, RESIZE_METHODS[RESIZE_METHOD], budget)
 
 
 def inspect_image(source: Source, max_pixels: int = MAX_PIXELS) -> ImageInfo:

@@ -170,6 +170,12 @@ def find_issues(folder: str | Path) -> dict[str, Any]:
         DataError: no photos, or fewer than two classes.
     """
     photos, classes = _photos(Path(folder))
+    return issues_of(photos, classes, str(folder))
+
+
+def issues_of(photos: list, classes: list[str], folder: str = "") -> dict[str, Any]:
+    """`find_issues` on given photos (with `path`, `label`, `split`, `sha256`): what the
+    studio asks for the photos as a person has labelled them so far."""
     if len(classes) < 2 or len(photos) < 4:
         raise DataError(f"{folder} needs photos of at least two classes to look for label "
                         "errors. Try: pawnet data check " + str(folder))

@@ -1,0 +1,181 @@
+"""What the studio knows about each photo of the folder: its id, split, the label a person
+gave it, the model's answer and the data issues found, and the queries the page makes.
+
+A photo is named by its id (its position in the scan, sorted by path) and never by a path
+from the client, so nothing outside the folder can be read through the page.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pawnet.data.labels import EXCLUDE, LabelsFile, relative_path
+from pawnet.data.scan import Photo
+
+NO_CLASS = ""  # a photo whose folder gives it no class: one of the inbox
+ISSUE_KINDS = ("label", "duplicate", "outlier")
+RESERVED_KEYS = {"x", "u"}  # exclude, undo
+
+
+@dataclass(slots=True)
+class Entry:
+    """One photo. `answer` is the model's (a `Prediction.to_dict()`), `issues` what the
+    data issues found about it, `queue` its place in the inbox queue."""
+
+    id: int
+    path: str
+    name: str  # relative to the folder, for people
+    key: str  # relative to the labels file's root: how the labels file names it
+    folder_label: str
+    split: str | None
+    sha256: str
+    answer: dict[str, Any] | None = None
+    issues: list[dict[str, Any]] = field(default_factory=list)
+    queue: int | None = None
+    why: dict[str, float] | None = None
+
+
+def class_keys(classes: list[str]) -> dict[str, str]:
+    """The keys that label a photo with each class: its digit (1-9), and its first letter
+    when no other class starts with it and it is not a command key."""
+    keys = {str(i + 1): c for i, c in enumerate(classes[:9])}
+    firsts = [c[:1].lower() for c in classes]
+    for c, first in zip(classes, firsts, strict=True):
+        if first.isalpha() and firsts.count(first) == 1 and first not in RESERVED_KEYS:
+            keys[first] = c
+    return keys
+
+
+class Catalog:
+    """The folder's photos, the person's decisions (a `LabelsFile`) and what jobs found."""
+
+    def __init__(self, folder: Path, photos: list[Photo], classes: list[str],
+                 labels: LabelsFile, labels_root: Path):
+        self.folder, self.classes, self.labels = folder, classes, labels
+        self.lock = threading.Lock()
+        self.entries = [Entry(i, p.path, relative_path(p.path, folder),
+                              relative_path(p.path, labels_root), p.label, p.split, p.sha256)
+                        for i, p in enumerate(photos)]
+        self.by_path = {e.path: e for e in self.entries}
+        self.by_key = {e.key: e for e in self.entries}
+
+    @property
+    def inbox(self) -> bool:
+        """Whether some photos have no class yet: they are queued for labelling."""
+        return any(e.folder_label == NO_CLASS for e in self.entries)
+
+    def decision(self, entry: Entry) -> str | None:
+        found = self.labels.get(entry.key)
+        return None if found is None else found.label
+
+    def label(self, entry: Entry) -> str:
+        """The label the photo trains with: the person's, else its folder's ("" none)."""
+        decided = self.decision(entry)
+        return entry.folder_label if decided is None else decided
+
+    def photos(self, excluded: bool = False) -> list[Photo]:
+        """The photos as labelled now (excluded and unlabelled ones left out)."""
+        out = []
+        for e in self.entries:
+            label = self.label(e)
+            if label not in (NO_CLASS, EXCLUDE) or (excluded and label == EXCLUDE):
+                out.append(Photo(e.path, label, e.split, e.sha256))
+        return out
+
+    def set_issues(self, found: dict[str, Any]) -> None:
+        """Attach what `issues_of` found to the photos it is about."""
+        for e in self.entries:
+            e.issues = []
+        for item in found.get("label_issues", []):
+            self._note(item["path"], {"kind": "label", "suggested": item["suggested"],
+                                      "score": 1 - item["label_probability"]})
+        for item in found.get("outliers", []):
+            self._note(item["path"], {"kind": "outlier", "score": item["score"]})
+        for pair in found.get("near_duplicates", []):
+            for one, other in ((pair["a"], pair["b"]), (pair["b"], pair["a"])):
+                partner = self.by_path.get(other)
+                self._note(one, {"kind": "duplicate", "score": pair["similarity"],
+                                 "with": None if partner is None else partner.id,
+                                 "across_splits": pair["straddles_splits"]})
+
+    def _note(self, path: str, issue: dict[str, Any]) -> None:
+        entry = self.by_path.get(path)
+        if entry is not None:
+            entry.issues.append(issue)
+
+    def matches(self, e: Entry, want: dict[str, str]) -> bool:
+        """Whether a photo passes the page's filters (each one optional)."""
+        label = self.label(e)
+        checks = {
+            "label": lambda v: label == (NO_CLASS if v == "none" else v),
+            "split": lambda v: (e.split or "none") == v,
+            "issue": lambda v: any(i["kind"] == v or v == "any" for i in e.issues),
+            "answer": lambda v: _answer_is(e, label, v),
+            "decided": lambda v: (self.decision(e) is not None) == (v == "yes"),
+            "q": lambda v: v.lower() in e.name.lower(),
+        }
+        return all(checks[k](v) for k, v in want.items() if v and k in checks)
+
+    def query(self, want: dict[str, str], order: str = "name") -> list[Entry]:
+        with self.lock:
+            found = [e for e in self.entries if self.matches(e, want)]
+        if order == "queue":
+            found.sort(key=lambda e: (e.queue is None, e.queue or 0))
+        elif order == "issue":
+            found.sort(key=lambda e: -max((i["score"] for i in e.issues), default=0.0))
+        elif order == "confidence":
+            found.sort(key=lambda e: _confidence(e))
+        return found
+
+    def item(self, e: Entry, detail: bool = False) -> dict[str, Any]:
+        """A photo as the page shows it (no path: its name relative to the folder)."""
+        answer = e.answer
+        out: dict[str, Any] = {
+            "id": e.id, "name": e.name, "label": self.label(e), "folder_label": e.folder_label,
+            "decision": self.decision(e), "split": e.split,
+            "issues": [i["kind"] for i in e.issues],
+            "answer": None if answer is None else {
+                "label": answer.get("label"), "reason": answer.get("reason"),
+                "error": answer.get("error"), "confidence": _confidence(e)},
+            "queue": e.queue,
+        }
+        if detail:
+            out["issue_details"] = e.issues
+            out["why"] = e.why
+            if answer is not None:
+                out["answer"]["probabilities"] = answer.get("probabilities")
+                out["answer"]["ood_score"] = answer.get("ood_score")
+        return out
+
+    def counts(self) -> dict[str, Any]:
+        """Photos by label now, decisions, and issues found: the page's header."""
+        with self.lock:
+            labels = [self.label(e) for e in self.entries]
+            return {"photos": len(self.entries),
+                    "by_label": {c: labels.count(c) for c in [*self.classes, EXCLUDE, NO_CLASS]},
+                    "decided": sum(self.decision(e) is not None for e in self.entries),
+                    "issues": {k: sum(any(i["kind"] == k for i in e.issues)
+                                      for e in self.entries) for k in ISSUE_KINDS}}
+
+
+def _confidence(e: Entry) -> float:
+    probabilities = (e.answer or {}).get("probabilities") or {}
+    return max(probabilities.values(), default=1.0)
+
+
+def _answer_is(e: Entry, label: str, want: str) -> bool:
+    """`wrong`: the model's top class is not the label, on validation or test photos;
+    `unsure` / `neither`: the model's verdict; `right`: the label it was given."""
+    answer = e.answer
+    if answer is None or answer.get("error"):
+        return want == "error" and answer is not None
+    probabilities = answer.get("probabilities") or {}
+    top = max(probabilities, key=probabilities.get) if probabilities else None
+    if want == "wrong":
+        return e.split in ("val", "test") and label not in (NO_CLASS, EXCLUDE) and top != label
+    if want == "right":
+        return top == label
+    return answer.get("label") == want
