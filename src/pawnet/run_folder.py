@@ -2,7 +2,8 @@
 
 ```
 runs/train/
-  config.yaml      the resolved settings        manifest.csv   path, label, split, sha256
+  config.yaml      the resolved settings        manifest.csv   path, label, split, sha256,
+                                                               label_source
   data.json        skipped files, duplicates    history.csv    one row per epoch
   curves.png       loss and accuracy curves     checkpoints/   last/, best.weights.h5
   bundle/          the model bundle (pawnet.inference.bundle)

@@ -14,6 +14,7 @@ from typing import Any
 
 from pawnet.data.labels import EXCLUDE, LabelsFile, relative_path
 from pawnet.data.scan import Photo
+from pawnet.trust.verdict import reason_kind
 
 NO_CLASS = ""  # a photo whose folder gives it no class: one of the inbox
 ISSUE_KINDS = ("label", "duplicate", "outlier")
@@ -168,7 +169,8 @@ def _confidence(e: Entry) -> float:
 
 def _answer_is(e: Entry, label: str, want: str) -> bool:
     """`wrong`: the model's top class is not the label, on validation or test photos;
-    `unsure` / `neither`: the model's verdict; `right`: the label it was given."""
+    `unsure` / `neither`: the model's verdict, `unsure:too small` with that reason;
+    `right`: the label it was given; `error`: the photo could not be read."""
     answer = e.answer
     if answer is None or answer.get("error"):
         return want == "error" and answer is not None
@@ -178,4 +180,6 @@ def _answer_is(e: Entry, label: str, want: str) -> bool:
         return e.split in ("val", "test") and label not in (NO_CLASS, EXCLUDE) and top != label
     if want == "right":
         return top == label
-    return answer.get("label") == want
+    verdict, _, kind = want.partition(":")
+    return answer.get("label") == verdict and (not kind or
+                                                reason_kind(answer.get("reason")) == kind)

@@ -5,7 +5,9 @@ from the page, which goes before everything else. Each job says how far it is in
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import threading
 import time
@@ -24,6 +26,7 @@ from pawnet.studio.catalog import NO_CLASS, Catalog
 log = logging.getLogger(__name__)
 
 ANSWER_CHUNK = 64  # photos labelled between two looks at whether a retrain is waiting
+JOBS_NICENESS = 10  # threads the jobs start (ONNX Runtime's) inherit it
 ORDER = ("retrain", "answers", "queue", "issues", "growth")  # what goes first
 
 
@@ -64,6 +67,8 @@ class Jobs:
             return name in self._wanted
 
     def _work(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # the page's requests go first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), JOBS_NICENESS)
         while True:
             with self._ready:
                 self._ready.wait_for(lambda: self._stop or self._wanted)

@@ -121,7 +121,9 @@ function drawCell(item, index) {
   badges.appendChild(el("span", `badge label ${item.decision ? "decided" : ""} ${item.label === "exclude" ? "exclude" : ""}`, shown));
   if (item.answer && !item.answer.error) {
     const a = item.answer, text = a.label + (a.confidence != null ? ` ${Math.round(a.confidence * 100)}%` : "");
-    badges.appendChild(el("span", `badge answer ${a.label !== item.label ? "disagrees" : ""}`, text));
+    const badge = el("span", `badge answer ${a.label !== item.label ? "disagrees" : ""}`, text);
+    badge.title = a.reason ? `${a.label}: ${a.reason}` : `the model says ${a.label}`;
+    badges.appendChild(badge);
   }
   for (const issue of item.issues) badges.appendChild(el("span", "badge issue", issue));
   if (item.queue) badges.appendChild(el("span", "badge", `#${item.queue}`));
@@ -292,7 +294,7 @@ function chart(c) {
   };
   const text = (tx, ty, s, colour) => {
     const t = document.createElementNS(NS, "text");
-    t.setAttribute("x", tx); t.setAttribute("y", ty); if (colour) t.setAttribute("fill", colour);
+    t.setAttribute("x", tx); t.setAttribute("y", ty); if (colour) t.style.fill = colour;
     t.textContent = s; svg.appendChild(t);
   };
   line(L, H - B, W - 10, H - B, "#999"); line(L, 10, L, H - B, "#999");
