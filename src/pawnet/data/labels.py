@@ -166,6 +166,8 @@ def apply_labels(items: Found, decisions: dict[str, Decision], root: str | Path
         (items, excluded files, decided paths that are no file (as written), files whose
         label now comes from the labels file).
     """
+    if not decisions:
+        return items, [], [], set()
     index = {Path(os.path.normpath(path)): n for n, (path, _, _) in enumerate(items)}
     real: dict[Path, int] | None = None  # by real path, made when a decision needs it
     labels: dict[int, str] = {}

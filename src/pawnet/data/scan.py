@@ -388,7 +388,8 @@ def scan(photos: str | Path, max_pixels: int = MAX_PIXELS, workers: int | None =
             f"no usable photos in {root} ({detail}). Try: PHOTOS/<class>/*.jpg, "
             "PHOTOS/train/<class>/*.jpg or Kaggle-style cat.1.jpg files"
         )
-    photos = sorted((replace(p, label_source=labels_name) if Path(p.path) in relabelled
+    relabelled_paths = {str(path) for path in relabelled}
+    photos = sorted((replace(p, label_source=labels_name) if p.path in relabelled_paths
                      else p for p in photos), key=lambda p: p.path)
     return PhotoSet(root=str(root), layout=layout, classes=sorted({p.label for p in photos} - {""}),
                     photos=photos, skipped=sorted(skipped, key=lambda s: s.path),

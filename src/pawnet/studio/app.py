@@ -245,6 +245,8 @@ def _run_folder(run: str | Path | None) -> Path | None:
 def open_studio(photos: str | Path, run: str | Path | None = None,
                 labels: str | Path | None = None, max_pixels: int | None = None) -> Studio:
     """Scan a folder (photos without a class kept, as the inbox) and open its labels file.
+    The scan is the one training makes (and caches); decoding has `pawnet serve`'s limit
+    unless `max_pixels` says otherwise.
 
     Args:
         photos: a folder of photos in any layout `pawnet train` reads, or an inbox of
@@ -269,8 +271,8 @@ def open_studio(photos: str | Path, run: str | Path | None = None,
 
     run_dir = _run_folder(run)
     cfg = resolve_config(RunFolder(run_dir).config if run_dir else None)
-    max_pixels = max_pixels or SERVE_MAX_PIXELS
-    found = scan(photos, max_pixels=max_pixels, unlabelled=True)
+    found = scan(photos, max_pixels=cfg.max_pixels, unlabelled=True)  # as training scans
+    max_pixels = max_pixels or min(cfg.max_pixels, SERVE_MAX_PIXELS)  # decoding's limit
     if run_dir is not None:
         own = resolve(run_dir).spec.class_names
         if "file-names" in found.layout:  # IMG_0001.jpg names no class of the model's

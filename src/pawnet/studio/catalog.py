@@ -7,6 +7,8 @@ from the client, so nothing outside the folder can be read through the page.
 
 from __future__ import annotations
 
+import os
+import posixpath
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,19 @@ class Entry:
     why: dict[str, float] | None = None
 
 
+def _relative(folder: Path):
+    """A function giving a photo's path relative to `folder`, `/`-separated: a slice of
+    the string for the scan's paths (all under the resolved folder), `relative_path` for
+    any other (25,000 `Path.resolve` calls took seconds)."""
+    prefix = str(folder.resolve()) + os.sep
+
+    def relative(path: str) -> str:
+        if path.startswith(prefix):
+            return path[len(prefix):].replace(os.sep, "/")
+        return relative_path(path, folder)
+    return relative
+
+
 def class_keys(classes: list[str]) -> dict[str, str]:
     """The keys that label a photo with each class: its digit (1-9), and its first letter
     when no other class starts with it and it is not a command key."""
@@ -57,9 +72,13 @@ class Catalog:
                  labels: LabelsFile, labels_root: Path):
         self.folder, self.classes, self.labels = folder, classes, labels
         self.lock = threading.Lock()
-        self.entries = [Entry(i, p.path, relative_path(p.path, folder),
-                              relative_path(p.path, labels_root), p.label, p.split, p.sha256)
-                        for i, p in enumerate(photos)]
+        to_folder = _relative(folder)
+        from_root = relative_path(folder, labels_root)
+        self.entries = []
+        for i, p in enumerate(photos):
+            name = to_folder(p.path)
+            key = name if from_root == "." else posixpath.normpath(f"{from_root}/{name}")
+            self.entries.append(Entry(i, p.path, name, key, p.label, p.split, p.sha256))
         self.by_path = {e.path: e for e in self.entries}
         self.by_key = {e.key: e for e in self.entries}
 
