@@ -58,6 +58,7 @@ class Studio:
     jobs: Jobs
     thumbs: Thumbnails
     loopback: bool = True
+    first_page: threading.Event = field(default_factory=threading.Event)
     _explainers: dict[str, Any] = field(default_factory=dict)
     _explain_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -152,6 +153,7 @@ def _photo_routes(app: FastAPI, studio: Studio) -> None:
             return _fail(400, f"order must be one of {', '.join(ORDERS)}, not {order[:40]!r}")
         want = {k: request.query_params.get(k, "") for k in FILTERS}
         found = catalog.query(want, order)
+        studio.first_page.set()
         offset, limit = max(0, offset), min(max(1, limit), MAX_PAGE)
         return {"total": len(found),
                 "items": [catalog.item(e) for e in found[offset:offset + limit]]}
@@ -310,7 +312,7 @@ def run(photos: str | Path, run_dir: str | Path | None = None, labels: str | Pat
     if not studio.loopback:
         log.warning(f"listening on {host}: anyone who can reach this port can see the photos "
                     "and change the labels file. Try: --host 127.0.0.1")
-    studio.jobs.start()
+    studio.jobs.start(after=studio.first_page)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning",
                     http=header_timeout_protocol(10.0), timeout_keep_alive=5)

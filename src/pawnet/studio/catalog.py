@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import posixpath
 import threading
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,22 +128,24 @@ class Catalog:
         if entry is not None:
             entry.issues.append(issue)
 
-    def matches(self, e: Entry, want: dict[str, str]) -> bool:
-        """Whether a photo passes the page's filters (each one optional)."""
-        label = self.label(e)
-        checks = {
-            "label": lambda v: label == (NO_CLASS if v == "none" else v),
-            "split": lambda v: (e.split or "none") == v,
-            "issue": lambda v: any(i["kind"] == v or v == "any" for i in e.issues),
-            "answer": lambda v: _answer_is(e, label, v),
-            "decided": lambda v: (self.decision(e) is not None) == (v == "yes"),
-            "q": lambda v: v.lower() in e.name.lower(),
+    def _checks(self, want: dict[str, str]) -> list[Callable[[Entry], bool]]:
+        """One test per filter the page set (a query runs them over every photo)."""
+        label, decisions = self.label, self.labels.decisions
+        makers: dict[str, Callable[[str], Callable[[Entry], bool]]] = {
+            "label": lambda v: lambda e: label(e) == (NO_CLASS if v == "none" else v),
+            "split": lambda v: lambda e: (e.split or "none") == v,
+            "issue": lambda v: lambda e: any(v in ("any", i["kind"]) for i in e.issues),
+            "answer": lambda v: lambda e: _answer_is(e, label(e), v),
+            "decided": lambda v: lambda e: (e.key in decisions) == (v == "yes"),
+            "q": lambda v: lambda e: v.lower() in e.name.lower(),
         }
-        return all(checks[k](v) for k, v in want.items() if v and k in checks)
+        return [makers[k](v) for k, v in want.items() if v and k in makers]
 
     def query(self, want: dict[str, str], order: str = "name") -> list[Entry]:
+        """The photos that pass the page's filters (each optional), in `order`."""
+        checks = self._checks(want)
         with self.lock:
-            found = [e for e in self.entries if self.matches(e, want)]
+            found = [e for e in self.entries if all(check(e) for check in checks)]
         if order == "queue":
             found.sort(key=lambda e: (e.queue is None, e.queue or 0))
         elif order == "issue":
@@ -172,13 +176,18 @@ class Catalog:
 
     def counts(self) -> dict[str, Any]:
         """Photos by label now, decisions, and issues found: the page's header."""
+        issues: Counter[str] = Counter()
         with self.lock:
-            labels = [self.label(e) for e in self.entries]
-            return {"photos": len(self.entries),
-                    "by_label": {c: labels.count(c) for c in [*self.classes, EXCLUDE, NO_CLASS]},
-                    "decided": sum(self.decision(e) is not None for e in self.entries),
-                    "issues": {k: sum(any(i["kind"] == k for i in e.issues)
-                                      for e in self.entries) for k in ISSUE_KINDS}}
+            decisions = self.labels.decisions
+            by_label = Counter(e.folder_label for e in self.entries if e.key not in decisions)
+            by_label.update(d.label for d in decisions.values() if d.path in self.by_key)
+            for e in self.entries:
+                if e.issues:
+                    issues.update({i["kind"] for i in e.issues})
+        return {"photos": len(self.entries),
+                "by_label": {c: by_label[c] for c in [*self.classes, EXCLUDE, NO_CLASS]},
+                "decided": sum(d.path in self.by_key for d in decisions.values()),
+                "issues": {k: issues[k] for k in ISSUE_KINDS}}
 
 
 def _confidence(e: Entry) -> float:

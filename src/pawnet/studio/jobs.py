@@ -26,6 +26,8 @@ from pawnet.studio.catalog import NO_CLASS, Catalog
 log = logging.getLogger(__name__)
 
 ANSWER_CHUNK = 64  # photos labelled between two looks at whether a retrain is waiting
+FIRST_SCREEN_S = 2.0  # the jobs wait this long after the page's first photos request
+START_WITHIN_S = 10.0  # and start after this many seconds anyway
 JOBS_NICENESS = 10  # threads the jobs start (ONNX Runtime's) inherit it
 ORDER = ("retrain", "answers", "queue", "issues", "growth")  # what goes first
 
@@ -43,9 +45,13 @@ class Jobs:
         self._wanted: set[str] = set()
         self._ready = threading.Condition()
         self._stop = False
+        self._after: threading.Event | None = None
         self._thread = threading.Thread(target=self._work, name="studio-jobs", daemon=True)
 
-    def start(self) -> None:
+    def start(self, after: threading.Event | None = None) -> None:
+        """Start the jobs; with `after`, once it is set (the page's first screen asked
+        for) and `FIRST_SCREEN_S` more, or `START_WITHIN_S` at the latest."""
+        self._after = after
         for name in ("answers", "queue", "issues", "growth"):
             self.want(name)
         self._thread.start()
@@ -69,6 +75,8 @@ class Jobs:
     def _work(self) -> None:
         with contextlib.suppress(OSError, AttributeError):  # the page's requests go first
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), JOBS_NICENESS)
+        if self._after is not None and self._after.wait(START_WITHIN_S):
+            time.sleep(FIRST_SCREEN_S)  # its thumbnails before the jobs' decoding
         while True:
             with self._ready:
                 self._ready.wait_for(lambda: self._stop or self._wanted)

@@ -177,7 +177,7 @@ async function openDetail() {
   if (view.detailId !== d.id) return;
   $("detail").hidden = false;
   $("detail-img").src = `/api/photos/${d.id}/image`;
-  $("explain-img").hidden = true;
+  showPhoto();
   $("detail-name").textContent = d.name;
   $("detail-label").textContent = `label ${d.label || "none"}${d.decision ? " (your decision; folder: " + (d.folder_label || "none") + ")" : ""} · split ${d.split || "-"}`;
   const answer = $("detail-answer");
@@ -204,8 +204,15 @@ function describeIssue(issue) {
   return `outlier: unlike the other photos (score ${issue.score.toFixed(2)})`;
 }
 
+function showPhoto() {
+  $("explain-img").hidden = true;
+  $("detail-img").hidden = false;
+  $("explain").textContent = "Where did it look?";
+}
+
 async function explain() {
   const id = view.detailId;
+  if (!$("explain-img").hidden) { showPhoto(); return; }
   $("explain").disabled = true;
   $("explain").textContent = "Looking…";
   try {
@@ -213,9 +220,15 @@ async function explain() {
     if (view.detailId !== id) return;
     $("explain-img").src = found.overlay;
     $("explain-img").hidden = false;
-    toast(`heat-map for ${found.explained_class}, ${found.resolution.join("×")} cells`);
-  } catch (error) { toast(error.message); }
-  finally { $("explain").disabled = false; $("explain").textContent = "Where did it look?"; }
+    $("detail-img").hidden = true;
+    $("explain").disabled = false;
+    $("explain").textContent = "Show the photo";
+    toast(`heat-map for ${found.explained_class}, ${found.resolution.join("×")} cells, over the photo as the model sees it`);
+  } catch (error) {
+    toast(error.message);
+    $("explain").disabled = false;
+    $("explain").textContent = "Where did it look?";
+  }
 }
 
 // --- retraining and growth -------------------------------------------------------------
@@ -328,8 +341,10 @@ async function poll() {
     const jobs = Object.entries(s.jobs).filter(([, j]) => j.state !== "idle")
       .map(([k, j]) => `${k} ${j.state === "running" && j.total ? `${j.done}/${j.total}` : j.state}`);
     $("jobs").textContent = jobs.join(" · ");
-    const signature = JSON.stringify(Object.values(s.jobs).map((j) => [j.state, j.done]));
-    if (!first && signature !== view.jobsSeen) reload(true);
+    const signature = JSON.stringify(Object.values(s.jobs).map((j) => j.state));
+    view.polls = (view.polls || 0) + 1;
+    const answering = s.jobs.answers.state === "running" && view.polls % 5 === 0;
+    if (!first && (signature !== view.jobsSeen || answering)) reload(true);
     view.jobsSeen = signature;
     const busy = ["waiting", "running"].includes(s.jobs.retrain.state);
     $("retrain").disabled = busy || !s.run;
