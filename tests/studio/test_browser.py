@@ -99,7 +99,10 @@ def test_review_relabel_exclude_retrain(studio_url, browser, tmp_path, folder):
     browser.get(url)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#grid .cell"))
     _jobs_done(studio, "answers", "issues", "growth")
+    Select(browser.find_element(By.ID, "f-answer")).select_by_value("wrong")
+    wait.until(lambda d: d.find_element(By.ID, "jobs").text.endswith("growth done"))
     _shoot(browser, tmp_path, "studio-grid.png")
+    Select(browser.find_element(By.ID, "f-answer")).select_by_value("")
 
     Select(browser.find_element(By.ID, "f-issue")).select_by_value("label")
     Select(browser.find_element(By.ID, "order")).select_by_value("issue")
