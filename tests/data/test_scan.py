@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import TONGPYTHON, copy_photos, make_odd_files, real_photos
 
+from pawnet.data import checks
 from pawnet.data import scan as scan_module
 from pawnet.data.labels import EXCLUDE, LabelsFile, read_labels, relative_path
 from pawnet.data.scan import scan
@@ -104,8 +105,8 @@ def test_duplicate_across_given_splits_is_used_once_in_held_out_split(split_fold
 def test_scan_results_are_cached_by_path_size_and_mtime(class_folders, monkeypatch):
     scan(class_folders)
     calls = []
-    real = scan_module._check_file
-    monkeypatch.setattr(scan_module, "_check_file", lambda p, m: calls.append(p) or real(p, m))
+    real = checks._check_file
+    monkeypatch.setattr(checks, "_check_file", lambda p, m: calls.append(p) or real(p, m))
     scan(class_folders)
     assert calls == []
     touched = next((class_folders / "dog").iterdir())
@@ -116,7 +117,7 @@ def test_scan_results_are_cached_by_path_size_and_mtime(class_folders, monkeypat
 
 def test_damaged_scan_cache_is_ignored(class_folders):
     scan(class_folders)
-    for cache_file in (Path(scan_module.cache_dir()) / "scan").glob("*.json"):
+    for cache_file in (Path(checks.cache_dir()) / "scan").glob("*.json"):
         cache_file.write_text("{not json")
     assert scan(class_folders).counts() == {"cat": 12, "dog": 12}
 
@@ -226,7 +227,7 @@ def test_a_very_deep_tree_and_a_huge_non_image_are_scanned_without_harm(class_fo
 @pytest.mark.parametrize("entries", [[], {"x": []}, "damaged", None, 7])
 def test_a_malformed_scan_cache_is_rebuilt_not_trusted(class_folders, entries):
     want = scan(class_folders)
-    (cache_file,) = (Path(scan_module.cache_dir()) / "scan").glob("*.json")
+    (cache_file,) = (Path(checks.cache_dir()) / "scan").glob("*.json")
     stored = json.loads(cache_file.read_text())
     cache_file.write_text(json.dumps({**stored, "entries": entries}))
     assert scan(class_folders).photos == want.photos
@@ -261,8 +262,8 @@ def test_labels_relabel_and_exclude_photos_without_touching_them(class_folders, 
     decisions = _decide(class_folders, {cats[0]: "dog", cats[1]: "cat", dogs[1]: EXCLUDE,
                                         broken: EXCLUDE})
     checked = []
-    real = scan_module._check_file
-    monkeypatch.setattr(scan_module, "_check_file", lambda p, m: checked.append(p) or real(p, m))
+    real = checks._check_file
+    monkeypatch.setattr(checks, "_check_file", lambda p, m: checked.append(p) or real(p, m))
     found = scan(class_folders, labels=decisions, labels_name="labels.csv")
     assert found.counts() == {"cat": 11, "dog": 12}  # one cat became a dog, a dog left out
     assert (_photo(found, cats[0]).label, _photo(found, cats[0]).label_source) == (
@@ -324,3 +325,14 @@ def test_a_class_folder_named_exclude_is_only_a_class(class_folders):
     (class_folders / "dog").rename(class_folders / EXCLUDE)
     found = scan(class_folders, labels={}, labels_name="labels.csv")
     assert found.classes == ["cat", EXCLUDE] and found.excluded == []
+
+
+def test_a_relabelled_copy_of_a_photo_relabels_every_copy(class_folders):
+    cat = sorted((class_folders / "cat").iterdir())[0]
+    copy = class_folders / "cat" / "copy-of-a-cat.jpg"
+    copy.write_bytes(cat.read_bytes())
+    found = scan(class_folders, labels=_decide(class_folders, {cat: "dog"}),
+                 labels_name="labels.csv")
+    kept = [p for p in found.photos if Path(p.path) in (cat.resolve(), copy.resolve())]
+    assert [p.label for p in kept] == ["dog"]  # one copy, in the class decided
+    assert not any(s.path in (str(cat), str(copy)) for s in found.skipped)

@@ -175,7 +175,8 @@ def test_queue_of_25000_photos_is_fast():
 # --- real photos -------------------------------------------------------------------------------
 
 def _lite0_features(split: str, per_class: int, offset: int = 0):
-    from pawnet.data.scan import Photo, file_sha256
+    from pawnet.data.checks import file_sha256
+    from pawnet.data.scan import Photo
     from pawnet.features import FeatureStore, cached_features, frozen_backbone
     from pawnet.models.registry import get_model_spec
 

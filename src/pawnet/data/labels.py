@@ -19,10 +19,12 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+from pawnet.data.checks import Labelled
 from pawnet.errors import DataError, one_line
 from pawnet.storage import atomic_write_text, read_text_file
 
@@ -59,9 +61,9 @@ def _check_row(file: str | Path, number: int, row: list[str]) -> Decision:
     if len(row) != len(FIELDS):
         raise DataError(f"labels file {one_line(file)}, line {number}: {len(row)} fields, not "
                         f"{len(FIELDS)} ({','.join(FIELDS)}). Try: fix or remove that line")
-    path, label, time = (value.strip() for value in row)
+    path, label, time = row[0], row[1].strip(), row[2].strip()
     pure = PurePosixPath(path)
-    if not path or pure.is_absolute() or "\\" in path or ":" in pure.parts[0]:
+    if not path.strip() or pure.is_absolute() or re.match(r"^[A-Za-z]:[\\/]", path):
         raise DataError(f"labels file {one_line(file)}, line {number}: path {one_line(path)!r} "
                         "is not relative to the photos folder. Try: a path like cat/cat.1.jpg")
     if not label:
@@ -110,52 +112,61 @@ def write_labels(file: str | Path, decisions: dict[str, Decision]) -> None:
 
 class LabelsFile:
     """The decisions of one session over one folder: loaded at the start (when the file
-    exists), each change written at once, and undone in the reverse order they were made."""
+    exists), each change written at once, and undone in the reverse order they were made.
+    A change may be about several paths at once (the copies of one photo); it is undone as
+    one."""
 
     def __init__(self, file: str | Path):
         self.file = Path(file)
         self.decisions = read_labels(self.file) if self.file.exists() else {}
-        self._undo: list[tuple[str, Decision | None]] = []
+        self._undo: list[list[tuple[str, Decision | None]]] = []
 
     def get(self, path: str) -> Decision | None:
         return self.decisions.get(path)
 
-    def decide(self, path: str, label: str) -> Decision:
-        """Record `label` (a class or `EXCLUDE`) for the photo at `path` (relative)."""
-        decision = Decision(path, label, now())
-        self._undo.append((path, self.decisions.get(path)))
-        changed = {k: v for k, v in self.decisions.items() if k != path}
-        changed[path] = decision
-        self._commit(changed)
-        return decision
+    def decide(self, paths: str | list[str], label: str | None) -> None:
+        """Record `label` (a class or `EXCLUDE`; None forgets the decision, so the folder
+        labels the photo again) for the photos at `paths` (relative).
 
-    def clear(self, path: str) -> None:
-        """Forget the decision about one photo: it is labelled by its folder again."""
-        if path in self.decisions:
-            self._undo.append((path, self.decisions[path]))
-            self._commit({k: v for k, v in self.decisions.items() if k != path})
+        Raises:
+            OSError: the file cannot be written; nothing changed then.
+        """
+        paths = [paths] if isinstance(paths, str) else paths
+        before = [(path, self.decisions.get(path)) for path in paths]
+        changed = {k: v for k, v in self.decisions.items() if k not in paths}
+        if label is not None:
+            changed |= {path: Decision(path, label, now()) for path in paths}
+        if changed != self.decisions:
+            self._commit(changed)
+            self._undo.append(before)
+
+    def clear(self, paths: str | list[str]) -> None:
+        """Forget the decisions about photos: they are labelled by their folders again."""
+        self.decide(paths, None)
 
     def undo(self) -> str | None:
-        """Take back the last change of this session; the path it was about, or None."""
+        """Take back the last change of this session; the (first) path it was about, or
+        None when there is nothing to undo.
+
+        Raises:
+            OSError: the file cannot be written; nothing changed then.
+        """
         if not self._undo:
             return None
-        path, before = self._undo.pop()
-        changed = {k: v for k, v in self.decisions.items() if k != path}
-        if before is not None:
-            changed[path] = before
+        before = self._undo[-1]
+        changed = {k: v for k, v in self.decisions.items() if k not in dict(before)}
+        changed |= {path: decision for path, decision in before if decision is not None}
         self._commit(changed)
-        return path
+        self._undo.pop()
+        return before[0][0]
 
     def _commit(self, decisions: dict[str, Decision]) -> None:
         write_labels(self.file, decisions)  # first on disk, then in memory
         self.decisions = decisions
 
 
-Found = list[tuple[Path, str | None, str | None]]  # (file, class or None, given split)
-
-
-def apply_labels(items: Found, decisions: dict[str, Decision], root: str | Path
-                 ) -> tuple[Found, list[str], list[str], set[Path]]:
+def apply_labels(items: Labelled, decisions: dict[str, Decision], root: str | Path
+                 ) -> tuple[Labelled, list[str], list[str], set[Path]]:
     """Apply a labels file to the files a layout found under `root`, before they are checked.
 
     A file decided `exclude` is left out; a class decision gives a file its label (also one
@@ -186,7 +197,7 @@ def apply_labels(items: Found, decisions: dict[str, Decision], root: str | Path
             added[target] = decision.label
         else:
             unknown.append(decision.path)
-    kept: Found = []
+    kept: Labelled = []
     excluded: list[str] = []
     relabelled: set[Path] = set()
     for n, (path, label, split) in enumerate(items):

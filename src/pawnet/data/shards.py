@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pawnet.data.scan import file_sha256
+from pawnet.data.checks import file_sha256
 from pawnet.errors import ConfigError
 
 Shard = str | tuple[int, int]  # "I/N" or (I, N)

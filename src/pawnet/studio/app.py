@@ -59,7 +59,7 @@ class Studio:
     thumbs: Thumbnails
     loopback: bool = True
     first_page: threading.Event = field(default_factory=threading.Event)
-    _explainers: dict[str, Any] = field(default_factory=dict)
+    _explainer: tuple[Path, Any] | None = None  # (run, its Keras predictor)
     _explain_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def explain(self, entry: Entry) -> dict[str, Any]:
@@ -71,9 +71,10 @@ class Studio:
         if run is None:
             raise PawnetError("no model to explain. Try: pawnet studio PHOTOS --run RUN")
         with self._explain_lock:
-            predictor = self._explainers.get(str(run))
-            if predictor is None:
-                predictor = self._explainers[str(run)] = load(run, runtime="keras")
+            if self._explainer is None or self._explainer[0] != run:
+                self._explainer = None  # the last run's model goes before the next loads
+                self._explainer = (run, load(run, runtime="keras"))
+            predictor = self._explainer[1]
             pixels, size = predictor.decode_sized(entry.path)
             prediction = predictor.prediction(entry.name, predictor.rows(pixels[None])[0], size)
             found = gradcam.explained(predictor, prediction, pixels)
@@ -88,7 +89,8 @@ def _fail(status: int, message: str) -> JSONResponse:
 
 def _entry(studio: Studio, photo_id: str) -> Entry | JSONResponse:
     entries = studio.catalog.entries
-    if not photo_id.isdigit() or int(photo_id) >= len(entries):
+    if not (photo_id.isascii() and photo_id.isdecimal() and len(photo_id) < 10
+            and int(photo_id) < len(entries)):
         return _fail(404, f"no photo with id {photo_id[:40]!r}: ids are 0 to {len(entries) - 1}")
     return entries[int(photo_id)]
 
@@ -100,29 +102,32 @@ def _state(studio: Studio) -> dict[str, Any]:
             "labels_file": catalog.labels.file.name,
             "run": None if jobs.run is None else jobs.run.name,
             "previous": None if jobs.previous is None else jobs.previous.name,
+            "fast_retrain": jobs.fast_retrain(),
             "counts": catalog.counts(), "jobs": jobs.status, "retrained": jobs.retrained}
 
 
 def _guard(studio: Studio):
     async def guard(request: Request, call_next):
-        host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
+        host = request.url.hostname or ""
         if studio.loopback and host not in LOOPBACK:
             return _fail(403, f"the studio answers on 127.0.0.1 or localhost, not {host!r}")
         if request.method == "POST":
             if not request.headers.get("content-type", "").startswith("application/json"):
                 return _fail(415, "send JSON (Content-Type: application/json)")
-            if int(request.headers.get("content-length") or 0) > MAX_BODY:
+            length = request.headers.get("content-length") or "0"
+            if not length.isdecimal() or int(length) > MAX_BODY:
                 return _fail(413, f"request body over {MAX_BODY} bytes")
         return await call_next(request)
     return guard
 
 
-async def _json(request: Request) -> dict[str, Any]:
+async def _json(request: Request) -> dict[str, Any] | None:
+    """The request's JSON object, or None when the body is not one."""
     try:
         body = await request.json()
-    except ValueError:
-        body = None
-    return body if isinstance(body, dict) else {}
+    except (ValueError, RecursionError):
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def create_app(studio: Studio) -> FastAPI:
@@ -179,7 +184,7 @@ def _photo_routes(app: FastAPI, studio: Studio) -> None:
             return entry
         try:
             return await anyio.to_thread.run_sync(studio.explain, entry)
-        except (PawnetError, ImageError) as exc:
+        except (PawnetError, ImageError, OSError) as exc:
             return _fail(422, str(exc))
 
 
@@ -191,23 +196,16 @@ def _decision_routes(app: FastAPI, studio: Studio) -> None:
         entry = _entry(studio, photo_id)
         if isinstance(entry, JSONResponse):
             return entry
-        wanted = (await _json(request)).get("label")
+        body = await _json(request)
+        wanted = "" if body is None else body.get("label", "")
         if wanted is not None and wanted not in (*catalog.classes, EXCLUDE):
-            return _fail(400, f"label must be one of {', '.join(catalog.classes)}, {EXCLUDE} "
-                              f"or null, not {str(wanted)[:40]!r}")
-        with catalog.lock:
-            if wanted is None:
-                catalog.labels.clear(entry.key)
-            else:
-                catalog.labels.decide(entry.key, wanted)
-        return catalog.item(entry)
+            return _fail(400, f"send {{\"label\": L}}, L one of {', '.join(catalog.classes)}, "
+                              f"{EXCLUDE} or null; received {str(body)[:60]!r}")
+        return await anyio.to_thread.run_sync(_write, catalog, entry.keys, wanted, entry)
 
     @app.post("/api/undo")
     def undo():
-        with catalog.lock:
-            key = catalog.labels.undo()
-        entry = None if key is None else catalog.by_key.get(key)
-        return {"undone": None if entry is None else catalog.item(entry)}
+        return _write(catalog, None, None, None)
 
     @app.post("/api/retrain", status_code=202)
     def retrain():
@@ -221,6 +219,24 @@ def _decision_routes(app: FastAPI, studio: Studio) -> None:
         return {"status": studio.jobs.status["growth"], "curves": studio.jobs.growth}
 
 
+def _write(catalog: Catalog, keys: list[str] | None, label: str | None, entry: Entry | None):
+    """A decision (or, without `keys`, an undo) written to the labels file; the photo as the
+    page shows it now, or a 503 saying that nothing changed."""
+    try:
+        with catalog.lock:
+            if keys is not None:
+                catalog.labels.decide(keys, label)
+            else:
+                key = catalog.labels.undo()
+                entry = None if key is None else catalog.by_key.get(key)
+    except OSError as exc:
+        return _fail(503, f"cannot write the labels file {catalog.labels.file.name} "
+                          f"({exc.strerror or exc}); nothing was changed. Try: free disk space "
+                          "or make it writable")
+    item = None if entry is None else catalog.item(entry)
+    return item if keys is not None else {"undone": item}
+
+
 async def _image(studio: Studio, photo_id: str, make, cache: str) -> Response:
     entry = _entry(studio, photo_id)
     if isinstance(entry, JSONResponse):
@@ -229,6 +245,8 @@ async def _image(studio: Studio, photo_id: str, make, cache: str) -> Response:
         data = await anyio.to_thread.run_sync(make, entry)
     except ImageError as exc:
         return _fail(422, f"{entry.name}: {exc}")
+    except OSError as exc:  # moved, deleted or made unreadable since the scan
+        return _fail(404, f"{entry.name} cannot be read any more ({exc.strerror or exc})")
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": cache})
 
 
@@ -267,7 +285,6 @@ def open_studio(photos: str | Path, run: str | Path | None = None,
     from pawnet.data.scan import scan
     from pawnet.data.splits import assign_splits
     from pawnet.errors import DataError
-    from pawnet.inference.bundle import resolve
     from pawnet.run_folder import RunFolder
     from pawnet.serve.settings import SERVE_MAX_PIXELS
 
@@ -275,24 +292,55 @@ def open_studio(photos: str | Path, run: str | Path | None = None,
     cfg = resolve_config(RunFolder(run_dir).config if run_dir else None)
     found = scan(photos, max_pixels=cfg.max_pixels, unlabelled=True)  # as training scans
     max_pixels = max_pixels or min(cfg.max_pixels, SERVE_MAX_PIXELS)  # decoding's limit
-    if run_dir is not None:
-        own = resolve(run_dir).spec.class_names
-        if "file-names" in found.layout:  # IMG_0001.jpg names no class of the model's
-            found.photos = [p if p.label in own else replace(p, label="") for p in found.photos]
-        found.classes = sorted({p.label for p in found.photos} - {""})
-        classes = [*own, *sorted(set(found.classes) - set(own))]
-    else:
-        classes = list(found.classes)
+    classes, root = _classes_and_root(found, run_dir)
     if len(classes) < 2:
         raise DataError(f"{one_line(photos)} has no classes to label with. Try: class folders, "
                         "or --run RUN for an inbox of new photos")
-    folder = Path(found.root)
-    labelled = any(p.label for p in found.photos)
-    root = folder if labelled or run_dir is None else Path(cfg.photos or folder).resolve()
     labels_file = LabelsFile(labels or Path.cwd() / f"{root.name}-labels.csv")
     split = assign_splits(found.photos, cfg.seed, cfg.val_fraction, cfg.test_fraction)
-    catalog = Catalog(folder, split, classes, labels_file, root)
+    catalog = Catalog(Path(found.root), split, classes, labels_file, root, found.duplicates)
     return Studio(catalog, Jobs(catalog, run_dir, root, max_pixels), Thumbnails(max_pixels))
+
+
+def _classes_and_root(found, run_dir: Path | None) -> tuple[list[str], Path]:
+    """The classes to label with, and the folder the labels file is relative to (the one
+    retraining trains on). With a run, a folder other than the one it trained on that holds
+    photos without a class is an inbox: all its photos are to be labelled, relative to the
+    run's folder. The photos of `found` lose the classes that do not count."""
+    folder = Path(found.root)
+    if run_dir is None:
+        return list(found.classes), folder
+    from pawnet.inference.bundle import resolve
+
+    own = resolve(run_dir).spec.class_names
+    if "file-names" in found.layout:  # IMG_0001.jpg names no class of the model's
+        found.photos = [p if p.label in own else replace(p, label="") for p in found.photos]
+    root = folder
+    if any(not p.label for p in found.photos) and (trained_on := _trained_on(run_dir)) != folder:
+        found.photos = [replace(p, label="") for p in found.photos]
+        root = trained_on
+    found.classes = sorted({p.label for p in found.photos} - {""})
+    return [*own, *sorted(set(found.classes) - set(own))], root
+
+
+def _trained_on(run_dir: Path) -> Path:
+    """The folder a run trained on, as its scan recorded it (`data.json`'s root).
+
+    Raises:
+        PawnetError: the run does not say, or that folder is gone.
+    """
+    import json
+
+    from pawnet.run_folder import RunFolder
+
+    try:
+        root = Path(json.loads(RunFolder(run_dir).data.read_text())["root"])
+    except (OSError, ValueError, KeyError, TypeError):
+        root = None
+    if root is None or not root.is_dir():
+        raise PawnetError(f"the folder {one_line(run_dir)} trained on is not known or gone "
+                          "(its data.json). Try: pawnet studio THAT_FOLDER --run RUN")
+    return root
 
 
 def run(photos: str | Path, run_dir: str | Path | None = None, labels: str | Path | None = None,

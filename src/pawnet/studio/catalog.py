@@ -11,7 +11,7 @@ import os
 import posixpath
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from pawnet.trust.verdict import reason_kind
 
 NO_CLASS = ""  # a photo whose folder gives it no class: one of the inbox
 ISSUE_KINDS = ("label", "duplicate", "outlier")
-RESERVED_KEYS = {"x", "u"}  # exclude, undo
+RESERVED_KEYS = {"x", "u", "e", "r"}  # exclude, undo, explain, retrain
 
 
 @dataclass(slots=True)
@@ -41,6 +41,13 @@ class Entry:
     issues: list[dict[str, Any]] = field(default_factory=list)
     queue: int | None = None
     why: dict[str, float] | None = None
+    copies: list[str] = field(default_factory=list)  # the keys of its exact copies
+
+    @property
+    def keys(self) -> list[str]:
+        """What a decision about it is written for: it and its exact copies, so that
+        training, which keeps one copy, finds the decision whichever it keeps."""
+        return [self.key, *self.copies]
 
 
 def _relative(folder: Path):
@@ -71,7 +78,7 @@ class Catalog:
     """The folder's photos, the person's decisions (a `LabelsFile`) and what jobs found."""
 
     def __init__(self, folder: Path, photos: list[Photo], classes: list[str],
-                 labels: LabelsFile, labels_root: Path):
+                 labels: LabelsFile, labels_root: Path, duplicates: Iterable[list[str]] = ()):
         self.folder, self.classes, self.labels = folder, classes, labels
         self.lock = threading.Lock()
         to_folder = _relative(folder)
@@ -83,6 +90,10 @@ class Catalog:
             self.entries.append(Entry(i, p.path, name, key, p.label, p.split, p.sha256))
         self.by_path = {e.path: e for e in self.entries}
         self.by_key = {e.key: e for e in self.entries}
+        for group in duplicates:
+            kept = next((self.by_path[p] for p in group if p in self.by_path), None)
+            if kept is not None:
+                kept.copies = [relative_path(p, labels_root) for p in group if p != kept.path]
 
     @property
     def inbox(self) -> bool:

@@ -6,6 +6,7 @@ from the page, which goes before everything else. Each job says how far it is in
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -175,13 +176,30 @@ class Jobs:
         return None
 
     def _known_photos(self) -> list[Photo]:
-        """The labelled photos: those of the folder, else those the run trained on."""
+        """The labelled photos: those of the folder; for an inbox, those the run trained on
+        and the inbox's photos labelled so far."""
         photos = self.catalog.photos()
-        if photos or self.run is None:
+        if self.run is None or self.labels_root == self.catalog.folder:
             return photos
         from pawnet.data.splits import read_manifest
 
-        return [p for p in read_manifest(RunFolder(self.run).manifest) if Path(p.path).is_file()]
+        trained = [p for p in read_manifest(RunFolder(self.run).manifest)
+                   if Path(p.path).is_file()]
+        seen = {p.sha256 for p in trained}
+        return trained + [p for p in photos if p.sha256 not in seen]
+
+    @functools.cache  # noqa: B019 (one Jobs per studio, a few runs)
+    def _fast_retrain(self, run: Path | None) -> bool:
+        cfg = self.config()
+        if cfg is None:
+            return False
+        from pawnet.models.registry import get_model_spec
+
+        return get_model_spec(cfg.model).pretrained and not cfg.fine_tune
+
+    def fast_retrain(self) -> bool:
+        """Whether retraining fits a head on cached features (seconds), not a whole model."""
+        return self._fast_retrain(self.run)
 
     def _issues(self) -> str | None:
         from pawnet.data.issues import issues_of

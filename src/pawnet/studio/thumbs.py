@@ -4,6 +4,7 @@ every photo of a folder holds at most a few decoded photos in memory at once."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -47,7 +48,8 @@ class Thumbnails:
         except OSError:
             pass
         data = jpeg(load_preview(path, THUMB_SIDE, self.max_pixels, budget=self.budget), 80)
-        atomic_write_bytes(cached, data)
+        with contextlib.suppress(OSError):  # a cache that cannot be written: made again
+            atomic_write_bytes(cached, data)
         return data
 
     def preview(self, path: str) -> bytes:

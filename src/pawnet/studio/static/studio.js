@@ -45,8 +45,19 @@ function filterQuery() {
 function reload(keepSelection) {
   view.query = filterQuery();
   view.pages.clear();
-  if (!keepSelection) { view.selected = 0; $("grid").scrollTop = 0; }
-  return fetchPage(Math.floor(view.selected / PAGE)).then(render);
+  if (!keepSelection) { view.selected = 0; view.selectedId = null; $("grid").scrollTop = 0; }
+  return fetchPage(Math.floor(view.selected / PAGE)).then(refind).then(render);
+}
+
+// After a reload the selected photo may have moved (another order, or photos decided out of
+// the filter): keep the selection on the same photo when it is still on the loaded page.
+function refind() {
+  if (view.selectedId === null || view.selectedId === undefined) return;
+  for (const [n, page] of view.pages) {
+    if (!Array.isArray(page)) continue;
+    const at = page.findIndex((p) => p.id === view.selectedId);
+    if (at >= 0) { view.selected = n * PAGE + at; return; }
+  }
 }
 
 async function fetchPage(n) {
@@ -58,6 +69,10 @@ async function fetchPage(n) {
     $("total").textContent = `${data.total.toLocaleString()} photos`;
     view.pages.set(n, data.items);
     return data.items;
+  }, (error) => {
+    if (view.pages.get(n) === promise) view.pages.delete(n);  // asked again when next needed
+    toast(error.message);
+    return null;
   });
   view.pages.set(n, promise);
   return promise;
@@ -136,6 +151,8 @@ function drawCell(item, index) {
 function select(index, fromClick) {
   if (view.total === 0) return;
   view.selected = Math.max(0, Math.min(view.total - 1, index));
+  const item = itemAt(view.selected);
+  view.selectedId = item ? item.id : null;
   const cols = columns(), grid = $("grid");
   const top = Math.floor(view.selected / cols) * CELL_H;
   if (!fromClick) {
@@ -148,13 +165,14 @@ function select(index, fromClick) {
 
 // --- decisions -------------------------------------------------------------------------
 async function decide(label) {
-  const item = itemAt(view.selected);
+  const item = itemAt(view.selected);  // the photo selected when the key was pressed
   if (!item) return;
+  select(view.selected + 1);  // at once: the next key is about the next photo
   try {
     const updated = await api(`/api/photos/${item.id}/label`, { label });
     replaceItem(updated);
+    render();
     toast(`${updated.name}: ${label === null ? "back to its folder's label" : label}`);
-    select(view.selected + 1);
   } catch (error) { toast(error.message); }
 }
 
@@ -233,6 +251,8 @@ async function explain() {
 
 // --- retraining and growth -------------------------------------------------------------
 async function retrain() {
+  if ($("retrain").disabled) return;
+  if (view.state && !view.state.fast_retrain) toast("this model trains from its photos again: minutes, not seconds");
   try {
     await api("/api/retrain", {});
     $("retrain").disabled = true;
@@ -293,7 +313,7 @@ function chart(c) {
   const NS = "http://www.w3.org/2000/svg", W = 600, H = 300, L = 50, B = 40;
   const svg = document.createElementNS(NS, "svg");
   svg.setAttribute("width", W); svg.setAttribute("height", H); svg.id = "growth-chart";
-  const all = c.classes.flatMap((k) => c.train_photos[k]);
+  const all = c.classes.flatMap((k) => c.train_photos[k]).filter((n) => n > 0);
   const recalls = c.classes.flatMap((k) => c.recall[k]).filter((r) => r !== null);
   const loN = Math.log(Math.min(...all) / 1.2), hiN = Math.log(Math.max(...all) * 1.2);
   const minR = Math.max(0, Math.floor((Math.min(...recalls) - 0.02) * 50) / 50);
@@ -315,7 +335,7 @@ function chart(c) {
   text(W / 2 - 60, H - 8, "training photos of the class (log scale)");
   c.classes.forEach((k, i) => {
     const colour = colours[i % colours.length], ns = c.train_photos[k], rs = c.recall[k];
-    if (rs.includes(null)) return;
+    if (rs.includes(null) || ns.includes(0)) return;
     for (let j = 1; j < ns.length; j++) line(x(ns[j - 1]), y(rs[j - 1]), x(ns[j]), y(rs[j]), colour);
     ns.forEach((n, j) => {
       const dot = document.createElementNS(NS, "circle");
@@ -349,6 +369,7 @@ async function poll() {
     const busy = ["waiting", "running"].includes(s.jobs.retrain.state);
     $("retrain").disabled = busy || !s.run;
     $("retrain").textContent = busy ? "Retraining…" : "Retrain";
+    $("retrain").title = s.fast_retrain ? "Train again with your decisions (seconds: the features are cached)" : "Train again with your decisions (this model trains from its photos: minutes)";
     if (s.retrained && s.retrained.runs.join() !== view.retrainSeen) {
       view.retrainSeen = s.retrained.runs.join();
       if (view.retrainClicked !== undefined) showRetrained(s.retrained);

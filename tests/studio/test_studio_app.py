@@ -48,7 +48,7 @@ def test_photos_are_named_by_id_only(no_run, tmp_path):
     studio, client = no_run
     (tmp_path / "secret.jpg").write_bytes(real_photos("cat", 1)[0].read_bytes())
     for bad in ("../secret.jpg", "..%2Fsecret.jpg", "%2e%2e", "-1", "12abc", "99999",
-                "/etc/passwd", "0x1", " 1"):
+                "/etc/passwd", "0x1", " 1", "%C2%B2", "1" * 5000, "%EF%BC%91"):
         for suffix in ("", "/thumb", "/image", "/explain"):
             response = client.get(f"/api/photos/{bad}{suffix}")
             assert response.status_code == 404, (bad, suffix)
@@ -61,9 +61,16 @@ def test_photos_are_named_by_id_only(no_run, tmp_path):
 def test_requests_from_other_sites_are_refused(no_run):
     _, client = no_run
     assert client.get("/api/state", headers={"host": "evil.example:8000"}).status_code == 403
+    for loopback in ("localhost:8000", "[::1]:8000", "[::1]", "127.0.0.1"):
+        assert client.get("/api/state", headers={"host": loopback}).status_code == 200
     form = client.post("/api/photos/0/label", data={"label": "dog"})
     assert form.status_code == 415  # a cross-site form cannot send JSON
     assert client.post("/api/photos/0/label", json={"label": "../dog"}).status_code == 400
+    for body in ({}, [], {"label": ["dog"]}, {"label": {"x": 1}}, {"lable": "dog"}):
+        assert client.post("/api/photos/0/label", json=body).status_code == 400, body
+    deep = b"[" * 5000 + b"]" * 5000
+    assert client.post("/api/photos/0/label", content=deep,
+                       headers={"content-type": "application/json"}).status_code == 400
     assert client.post("/api/photos/0/label", content=b"{" * 20_000,
                        headers={"content-type": "application/json"}).status_code == 413
     assert client.get("/api/photos?order=evil").status_code == 400
@@ -107,11 +114,51 @@ def test_thumbnails_are_small_and_cached(no_run):
     assert max(preview.size) <= 1024
 
 
-def test_a_photo_damaged_after_the_scan_is_a_422(no_run):
+def test_a_photo_damaged_or_gone_after_the_scan_is_a_4xx(no_run):
     studio, client = no_run
     Path(studio.catalog.entries[2].path).write_bytes(b"not a jpeg any more")
     response = client.get("/api/photos/2/image")
     assert response.status_code == 422 and "\n" not in response.json()["detail"]
+    Path(studio.catalog.entries[3].path).unlink()
+    for suffix in ("thumb", "image"):
+        assert client.get(f"/api/photos/3/{suffix}").status_code == 404
+
+
+def test_a_decision_holds_for_every_copy_of_a_photo(photos, tmp_path):
+    cat = sorted((photos / "cat").iterdir())[0]
+    (photos / "cat" / "copy.jpg").write_bytes(cat.read_bytes())
+    studio = open_studio(photos, labels=tmp_path / "labels.csv")
+    client = _client(studio)
+    entry = next(e for e in studio.catalog.entries if e.copies)
+    client.post(f"/api/photos/{entry.id}/label", json={"label": "exclude"})
+    assert sorted(read_labels(tmp_path / "labels.csv")) == sorted(["cat/copy.jpg",
+                                                                   f"cat/{cat.name}"])
+    assert client.post("/api/undo", json={}).json()["undone"]["id"] == entry.id
+    assert read_labels(tmp_path / "labels.csv") == {}
+
+
+def test_a_labels_file_that_cannot_be_written_is_a_503_and_changes_nothing(no_run, tmp_path,
+                                                                          monkeypatch):
+    import errno
+
+    from pawnet.data import labels
+
+    studio, client = no_run
+    client.post("/api/photos/0/label", json={"label": "dog"})
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(labels, "write_labels", full)
+        response = client.post("/api/photos/1/label", json={"label": "dog"})
+        assert response.status_code == 503
+        assert "No space left on device" in response.json()["detail"]
+        assert client.post("/api/undo", json={}).status_code == 503
+    assert list(read_labels(tmp_path / "labels.csv")) == [studio.catalog.entries[0].name]
+    assert studio.catalog.decision(studio.catalog.entries[1]) is None
+    assert client.post("/api/undo", json={}).json()["undone"]["id"] == 0  # no false step
+    assert read_labels(tmp_path / "labels.csv") == {}
 
 
 def _wait(studio, *jobs: str, timeout: float = 120.0) -> None:
@@ -183,6 +230,8 @@ def test_an_inbox_is_queued_and_its_labels_train(run_copy, tmp_path):
         assert client.get(f"/api/photos/{queued[0]['id']}").json()["why"]["uncertainty"] >= 0
         first = queued[0]
         client.post(f"/api/photos/{first['id']}/label", json={"label": "dog"})
+        known = studio.jobs._known_photos()  # what the queue and curves learn from
+        assert len(known) == len(read_manifest(RunFolder(run_copy).manifest)) + 1
     finally:
         studio.jobs.stop()
     decisions = read_labels(tmp_path / "labels.csv")
