@@ -15,12 +15,10 @@ from pawnet.studio.growth import (
     advice,
     learning_curves,
     power_law_gain,
-    probabilities,
     queue_order,
-    targets,
     uncertainty,
 )
-from pawnet.training.head import LinearHead
+from pawnet.training.head import LinearHead, encode_targets
 
 
 def _blobs(rng: np.random.Generator, centres: list[float], n: int, n_val: int,
@@ -37,10 +35,10 @@ def _blobs(rng: np.random.Generator, centres: list[float], n: int, n_val: int,
 
 
 def test_targets_and_probabilities_fit_both_heads():
-    assert targets(np.array([0, 1, 1]), 2).tolist() == [[0], [1], [1]]
-    assert targets(np.array([2, 0]), 3).tolist() == [[0, 0, 1], [1, 0, 0]]
+    assert encode_targets(np.array([0, 1, 1]), 1).tolist() == [[0], [1], [1]]
+    assert encode_targets(np.array([2, 0]), 3).tolist() == [[0, 0, 1], [1, 0, 0]]
     head = LinearHead(np.array([[1.0]], np.float32), np.zeros(1, np.float32), [])
-    probs = probabilities(head, np.array([[0.0], [10.0]], np.float32))
+    probs = head.probabilities(np.array([[0.0], [10.0]], np.float32))
     assert probs.shape == (2, 2)
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-6)
     assert probs[1].argmax() == 1
@@ -205,7 +203,7 @@ def test_curves_advice_and_queue_on_real_photos():
     from pawnet.training.head import fit_linear
 
     inbox_x, _ = _lite0_features("test", 20)
-    head = fit_linear(x, targets(y, 2), val_x, targets(val_y, 2))
-    queue = queue_order(probabilities(head, inbox_x), inbox_x, x)
+    head = fit_linear(x, encode_targets(y, 1), val_x, encode_targets(val_y, 1))
+    queue = queue_order(head.probabilities(inbox_x), inbox_x, x)
     assert sorted(queue.order.tolist()) == list(range(40))
     assert queue.uncertainty[queue.order[:5]].mean() >= np.median(queue.uncertainty)

@@ -332,9 +332,10 @@ def _trained_on(run_dir: Path) -> Path:
     import json
 
     from pawnet.run_folder import RunFolder
+    from pawnet.storage import read_text_file
 
     try:
-        root = Path(json.loads(RunFolder(run_dir).data.read_text())["root"])
+        root = Path(json.loads(read_text_file(RunFolder(run_dir).data))["root"])
     except (OSError, ValueError, KeyError, TypeError):
         root = None
     if root is None or not root.is_dir():

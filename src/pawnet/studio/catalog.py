@@ -109,14 +109,11 @@ class Catalog:
         decided = self.decision(entry)
         return entry.folder_label if decided is None else decided
 
-    def photos(self, excluded: bool = False) -> list[Photo]:
+    def photos(self) -> list[Photo]:
         """The photos as labelled now (excluded and unlabelled ones left out)."""
-        out = []
-        for e in self.entries:
-            label = self.label(e)
-            if label not in (NO_CLASS, EXCLUDE) or (excluded and label == EXCLUDE):
-                out.append(Photo(e.path, label, e.split, e.sha256))
-        return out
+        labelled = ((e, self.label(e)) for e in self.entries)
+        return [Photo(e.path, label, e.split, e.sha256) for e, label in labelled
+                if label not in (NO_CLASS, EXCLUDE)]
 
     def set_issues(self, found: dict[str, Any]) -> None:
         """Attach what `issues_of` found to the photos it is about."""

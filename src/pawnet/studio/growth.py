@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pawnet.training.head import LinearHead, fit_linear
+from pawnet.training.head import LinearHead, encode_targets, fit_linear
 from pawnet.trust.ood import normalised, row_blocks
 
 FRACTIONS = (0.125, 0.25, 0.5, 1.0)
@@ -32,23 +32,6 @@ GREEDY = 500  # queue picks made greedily; the rest are ordered by their final s
 UNCERTAINTY_FLOOR = 0.05  # a sure but novel photo still ranks by its novelty
 FLAT = 1e-6  # a log-log slope closer to zero than this is a flat curve: no gain
 MAX_DISTANCE = 2.0  # cosine distance never exceeds it: "nothing near" when nothing is covered
-
-
-# --- targets and probabilities ----------------------------------------------------------------
-
-def targets(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """Class indices as `fit_linear` wants them: (N, 1) 0/1 for two classes (a sigmoid
-    head), one-hot (N, K) otherwise (softmax)."""
-    labels = np.asarray(labels, dtype=int)
-    if n_classes == 2:
-        return labels[:, None].astype(np.float32)
-    return np.eye(n_classes, dtype=np.float32)[labels]
-
-
-def probabilities(head: LinearHead, x: np.ndarray) -> np.ndarray:
-    """The head's probabilities as (N, K) columns, one per class, for either output."""
-    out = head.outputs(x)
-    return np.hstack([1 - out, out]) if out.shape[1] == 1 else out
 
 
 # --- learning curves -------------------------------------------------------------------------
@@ -66,7 +49,7 @@ def _subsets(y: np.ndarray, n_classes: int, fractions: tuple[float, ...],
 def _recalls(head: LinearHead, val_x: np.ndarray, val_y: np.ndarray,
              n_classes: int) -> tuple[float, list[float]]:
     """Accuracy on all validation photos, and each class's recall (NaN without photos)."""
-    right = probabilities(head, val_x).argmax(1) == val_y
+    right = head.probabilities(val_x).argmax(1) == val_y
     recall = [float(right[val_y == k].mean()) if (val_y == k).any() else float("nan")
               for k in range(n_classes)]
     return float(right.mean()) if len(right) else float("nan"), recall
@@ -86,7 +69,8 @@ def learning_curves(x: np.ndarray, y: np.ndarray, val_x: np.ndarray, val_y: np.n
     """
     y, val_y = np.asarray(y, int), np.asarray(val_y, int)
     k, fractions = len(classes), tuple(float(f) for f in fractions)
-    val_t = targets(val_y, k)
+    units = 1 if k == 2 else k  # a sigmoid head for two classes, as training fits
+    val_t = encode_targets(val_y, units)
     accuracy = np.zeros((repeats, len(fractions)))
     recall = np.zeros((repeats, len(fractions), k))
     counts = np.zeros((len(fractions), k), int)
@@ -96,7 +80,7 @@ def learning_curves(x: np.ndarray, y: np.ndarray, val_x: np.ndarray, val_y: np.n
             if r and fractions[j] >= 1.0:  # the whole set: the same fit again
                 accuracy[r, j], recall[r, j] = accuracy[0, j], recall[0, j]
                 continue
-            head = fit_linear(x[rows], targets(y[rows], k), val_x, val_t,
+            head = fit_linear(x[rows], encode_targets(y[rows], units), val_x, val_t,
                               max_iter=CURVE_ITERATIONS)
             accuracy[r, j], recall[r, j] = _recalls(head, val_x, val_y, k)
             counts[j] = np.bincount(y[rows], minlength=k)

@@ -6,7 +6,6 @@ from the page, which goes before everything else. Each job says how far it is in
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import re
@@ -14,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +22,9 @@ from pawnet.data.scan import Photo
 from pawnet.errors import PawnetError, one_line
 from pawnet.run_folder import RunFolder
 from pawnet.studio.catalog import NO_CLASS, Catalog
+
+if TYPE_CHECKING:
+    from pawnet.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class Jobs:
         self._ready = threading.Condition()
         self._stop = False
         self._after: threading.Event | None = None
+        self._models: dict[Path | None, tuple[Config, ModelSpec] | None] = {}
         self._thread = threading.Thread(target=self._work, name="studio-jobs", daemon=True)
 
     def start(self, after: threading.Event | None = None) -> None:
@@ -131,18 +134,31 @@ class Jobs:
             self.status["answers"]["total"] = len(entries)
         return None
 
+    def _frozen(self) -> tuple[Config, ModelSpec] | None:
+        """The run's settings and model when it has a frozen pretrained backbone (the
+        default), whose features are cached; None without a run, or for a model from
+        scratch or fine-tuned. Read once per run."""
+        if self.run not in self._models:
+            from pawnet.models.registry import get_model_spec
+
+            cfg = self.config()
+            spec = None if cfg is None else get_model_spec(cfg.model)
+            frozen = spec is not None and spec.pretrained and not cfg.fine_tune
+            self._models[self.run] = (cfg, spec) if frozen else None
+        return self._models[self.run]
+
+    def fast_retrain(self) -> bool:
+        """Whether retraining fits a head on cached features (seconds), not a whole model."""
+        return self._frozen() is not None
+
     def _features(self, photos: list[Photo]) -> np.ndarray | None:
         """The run's backbone features of photos (cached by content), or None for a model
         without a frozen backbone (from scratch, or fine-tuned)."""
-        cfg = self.config()
-        if cfg is None:
+        if (model := self._frozen()) is None:
             return None
         from pawnet.features import FeatureStore, cached_features, frozen_backbone
-        from pawnet.models.registry import get_model_spec
 
-        spec = get_model_spec(cfg.model)
-        if not spec.pretrained or cfg.fine_tune:
-            return None
+        cfg, spec = model
         frozen = frozen_backbone(spec, cfg.image_size)
         return cached_features(frozen.runtime, FeatureStore(frozen.key), photos,
                                cfg.image_size, cfg.batch_size, "Features", self.max_pixels)
@@ -153,7 +169,7 @@ class Jobs:
             return None
         if self.run is None or any(e.answer is None for e in inbox):
             return "needs a run's answers: start with --run RUN"
-        from pawnet.studio.growth import queue_order
+        from pawnet.studio.growth import queue_order, uncertainty
 
         classes = self.catalog.classes
         photos = [Photo(e.path, NO_CLASS, None, e.sha256) for e in inbox]
@@ -162,8 +178,7 @@ class Jobs:
         probs = np.array([[(e.answer.get("probabilities") or {}).get(c, 0.0) for c in classes]
                           for e in inbox])
         if features is None:  # no features to spread over: by uncertainty alone
-            order = np.argsort(np.sort(probs, 1)[:, -1] - np.sort(probs, 1)[:, -2]
-                               if len(classes) > 1 else probs[:, 0])
+            order = np.argsort(-uncertainty(probs), kind="stable")
             why = [None] * len(inbox)
         else:
             queue = queue_order(probs, features[:len(inbox)], features[len(inbox):])
@@ -187,19 +202,6 @@ class Jobs:
                    if Path(p.path).is_file()]
         seen = {p.sha256 for p in trained}
         return trained + [p for p in photos if p.sha256 not in seen]
-
-    @functools.cache  # noqa: B019 (one Jobs per studio, a few runs)
-    def _fast_retrain(self, run: Path | None) -> bool:
-        cfg = self.config()
-        if cfg is None:
-            return False
-        from pawnet.models.registry import get_model_spec
-
-        return get_model_spec(cfg.model).pretrained and not cfg.fine_tune
-
-    def fast_retrain(self) -> bool:
-        """Whether retraining fits a head on cached features (seconds), not a whole model."""
-        return self._fast_retrain(self.run)
 
     def _issues(self) -> str | None:
         from pawnet.data.issues import issues_of

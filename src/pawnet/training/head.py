@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pawnet.inference.bundle import class_probabilities
 from pawnet.models.keras_file import dense_outputs
 
 L2 = 1e-3  # penalty on the kernel, chosen on validation photos (docs/decisions.md)
@@ -31,6 +32,20 @@ class LinearHead:
     def outputs(self, x: np.ndarray) -> np.ndarray:
         """What the head's Dense layer outputs: sigmoid or softmax probabilities."""
         return dense_outputs(x, self.kernel, self.bias)
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """One probability column per class (a sigmoid's P(class 1) becomes [1 - p, p])."""
+        out = self.outputs(x)
+        return class_probabilities(out, "sigmoid" if out.shape[1] == 1 else "softmax")
+
+
+def encode_targets(index: np.ndarray, units: int) -> np.ndarray:
+    """Class indices as the head's targets: `(N, 1)` 0/1 floats for one sigmoid unit, else
+    one-hot rows of `units` columns."""
+    index = np.asarray(index, dtype=np.int64)
+    if units == 1:
+        return index.astype(np.float32).reshape(-1, 1)
+    return np.eye(units, dtype=np.float32)[index]
 
 
 def _loss_terms(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ import numpy as np
 
 from pawnet.config import Config
 from pawnet.data.scan import Photo, count_classes
+from pawnet.training.head import encode_targets
 from pawnet.training.plan import Plan
 
 IMBALANCE_RATIO = 1.5  # class weights turn on when the largest class is this much bigger
@@ -36,9 +37,7 @@ class Fitted:
 def targets(photos: list[Photo], classes: list[str], binary: bool) -> np.ndarray:
     """Training targets: `(N, 1)` 0/1 floats for a sigmoid output, else one-hot rows."""
     index = np.array([classes.index(p.label) for p in photos], dtype=np.int64)
-    if binary:
-        return index.astype(np.float32).reshape(-1, 1)
-    return np.eye(len(classes), dtype=np.float32)[index]
+    return encode_targets(index, 1 if binary else len(classes))
 
 
 def class_weights(photos: list[Photo], classes: list[str]) -> dict[int, float] | None:

@@ -262,11 +262,11 @@ async function poll() {
     const jobs = Object.entries(s.jobs).filter(([, j]) => j.state !== "idle")
       .map(([k, j]) => `${k} ${j.state === "running" && j.total ? `${j.done}/${j.total}` : j.state}`);
     $("jobs").textContent = jobs.join(" · ");
-    const signature = JSON.stringify(Object.values(s.jobs).map((j) => j.state));
+    const states = JSON.stringify(Object.values(s.jobs).map((j) => j.state));
     view.polls = (view.polls || 0) + 1;
     const answering = s.jobs.answers.state === "running" && view.polls % 5 === 0;
-    if (!first && (signature !== view.jobsSeen || answering)) reload(true);
-    view.jobsSeen = signature;
+    if (!first && (states !== view.jobsSeen || answering)) reload(true);
+    view.jobsSeen = states;
     const busy = ["waiting", "running"].includes(s.jobs.retrain.state);
     $("retrain").disabled = busy || !s.run;
     $("retrain").textContent = busy ? "Retraining…" : "Retrain";
