@@ -6,7 +6,9 @@ POST /v1/predict  multipart fields named `file` (repeatable), or one raw image a
 POST /v1/explain  the same uploads; each answer adds its Grad-CAM heat-map and an overlay
 GET  /v1/model    class names, image size, model name, provenance summary
 GET  /healthz     200 once the model is loaded and warmed up, while its worker runs
-GET  /metrics     Prometheus text: requests, latency, batch sizes, queue depths
+GET  /metrics     Prometheus text: requests, latency, batch sizes, queue depths, drift
+GET  /v1/drift    the last answered photos' labels and OOD scores against the validation
+                  photos' (`drift.py`; the routes that label nothing are in `pages.py`)
 GET  /docs        the OpenAPI page (its script and style served from here, no CDN)
 ```
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import hmac
-import importlib.resources
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -36,25 +37,20 @@ from pathlib import Path
 import anyio
 import numpy as np
 from fastapi import Depends, FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
 from pawnet.errors import ImageError
 from pawnet.inference.bundle import Bundle
 from pawnet.inference.predictor import Prediction, Predictor, load
 from pawnet.serve.batcher import Batcher, QueueFull, batch_rows
+from pawnet.serve.drift import DriftMonitor, monitor_for
 from pawnet.serve.explainer import GONE, Explainer, ExplainQueueFull, heat_maps_of
 from pawnet.serve.metrics import Metrics, MetricsMiddleware
+from pawnet.serve.pages import add_drift, add_pages
 from pawnet.serve.settings import LOOPBACK, ServeSettings
 from pawnet.serve.uploads import TooLarge, busy, fail, read_uploads
 
 log = logging.getLogger(__name__)
-
-STATIC = Path(__file__).parent / "static"
-DOCS_ASSETS = "/docs-assets"  # Swagger UI's script, style and icon, from fastapi-offline
 PREDICT_DOC = {
     "summary": "Label one or more photos",
     "description": "Multipart fields named `file` (repeatable), or one raw image as the body. "
@@ -82,6 +78,7 @@ class _State:
     batcher: Batcher | None = None
     explainer: Explainer | None = None
     metrics: Metrics | None = None
+    drift: DriftMonitor | None = None
     ready: bool = False
 
 
@@ -128,7 +125,9 @@ def _lifespan(model: str | Path | Predictor, settings: ServeSettings, state: _St
         await anyio.to_thread.run_sync(batcher.warm_up, shape)
         explainer = Explainer(predictor, settings.explain_queue_size)
         await anyio.to_thread.run_sync(explainer.warm_up)
-        state.metrics = Metrics(lambda: batcher.depth, lambda: explainer.depth)
+        state.drift = monitor_for(predictor, settings.drift_window)
+        state.metrics = Metrics(lambda: batcher.depth, lambda: explainer.depth,
+                                state.drift.gauges)
         batcher.on_batch = state.metrics.batch_size.observe
         batcher.start()
         explainer.start()
@@ -167,45 +166,9 @@ def create_app(model: str | Path | Predictor, settings: ServeSettings | None = N
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization"])
-    _add_pages(app, state)
+    add_pages(app, state)
     _add_api(app, settings, state)
     return app
-
-
-def _add_pages(app: FastAPI, state: _State) -> None:
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> HTMLResponse:
-        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
-
-    assets = importlib.resources.files("fastapi_offline") / "static"
-    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
-            openapi_url=root + app.openapi_url, title="pawnet API",
-            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
-            swagger_ui_parameters={"validatorUrl": None})  # else it asks swagger.io
-
-    # async: answered on the event loop, never waiting for a thread of the busy pool
-    @app.get("/healthz", summary="200 once the model is loaded and warmed up")
-    async def healthz() -> JSONResponse:
-        if not state.ready:
-            return JSONResponse({"status": "loading"}, status_code=503,
-                                headers={"Retry-After": "1"})
-        if state.batcher is not None and not state.batcher.alive:
-            return JSONResponse({"status": "the model's worker thread has stopped"},
-                                status_code=503)
-        return JSONResponse({"status": "ok"})
-
-    @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
-    async def metrics_page() -> Response:
-        if state.metrics is None:
-            return Response(b"", media_type=CONTENT_TYPE_LATEST)
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
@@ -258,10 +221,13 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
     @app.post("/v1/predict", dependencies=[Depends(check_key)], **PREDICT_DOC)
     async def predict(request: Request) -> list[dict]:
         photos = await labelled(request, lambda: settings.timeout_s)
+        # /v1/explain is left out: its photos are mostly ones a client had labelled already
+        state.drift.add(prediction for _, _, prediction in photos if prediction is not None)
         return [(Prediction(name, error=str(d)) if found is None else found).to_dict()
                 for name, d, found in photos]
 
     _add_explain(app, settings, state, labelled, check_key)
+    add_drift(app, state, check_key)
 
 
 def _add_explain(app: FastAPI, settings: ServeSettings, state: _State, labelled,

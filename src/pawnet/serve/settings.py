@@ -64,6 +64,11 @@ class ServeSettings:
                                            "probability is below this (0: never); default: "
                                            "the model's, chosen on validation photos.",
                                            range=(0.0, 1.0))
+    drift_window: int = setting(200, "Answered photos watched for drift (/v1/drift, "
+                                "/metrics): the last this many, their labels and OOD scores "
+                                "against the validation photos'; a warning is logged when "
+                                "they move beyond what validation makes plausible.",
+                                range=(1, 10_000))
     log_level: str = setting("info", "Uvicorn's log level.",
                              choices=("critical", "error", "warning", "info", "debug", "trace"))
 

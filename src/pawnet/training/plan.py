@@ -13,7 +13,7 @@ import platform
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,10 @@ class Plan:
     resumed: bool = False
     state: dict | None = None
     cluster: Cluster | None = None  # None: one device, in this process
+    # What the validation photos showed, gathered by the trust fits (`training.trust`):
+    # calibrated probabilities, the minimum confidence, then the "reference" that
+    # provenance.json keeps for `pawnet serve` to watch for drift.
+    validation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def multi_worker(self) -> bool:
@@ -303,7 +307,8 @@ def _device() -> str:
 
 def provenance(plan: Plan, history: list[dict[str, float]], metrics: dict[str, float],
                fit_seconds: float) -> dict[str, Any]:
-    """What `provenance.json` records: versions, which photos, how training went."""
+    """What `provenance.json` records: versions, which photos, how training went, and
+    what the validation photos showed (the drift reference), once the trust fits ran."""
     cfg = plan.cfg
     strategy = plan.cluster.strategy if plan.cluster else None
     best = min(history, key=lambda r: r.get("val_loss", math.inf)) if history else None
@@ -321,4 +326,6 @@ def provenance(plan: Plan, history: list[dict[str, float]], metrics: dict[str, f
                      "workers": plan.cluster.workers if plan.cluster else 1,
                      "replicas": strategy.num_replicas_in_sync if strategy else 1},
         "metrics": metrics,
+        **({"reference": plan.validation["reference"]}
+           if plan.validation.get("reference") else {}),
     }

@@ -1,7 +1,8 @@
 """What makes a trained model trustworthy, fitted on the validation photos at the end of
 training: calibrated probabilities and the confidence to answer at (`pawnet.trust.
 calibration`), the OOD score (`pawnet.trust.ood`) and the size below which photos are too
-small to judge (`pawnet.trust.verdict`)."""
+small to judge (`pawnet.trust.verdict`); then what the validation photos showed with all of
+them, the reference `pawnet serve` watches for drift (`validation_reference`)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ from pawnet.models.spec import ModelSpec, output_kind
 from pawnet.training.plan import Plan
 from pawnet.training.recipe import Fitted
 from pawnet.trust.ood import OodScore, fit
-from pawnet.trust.verdict import choose_min_side, sides_to_try
+from pawnet.trust.verdict import NEITHER, UNSURE, choose_min_side, sides_to_try, verdict
 
 log = logging.getLogger(__name__)
 
 SIZE_PHOTOS = 1000  # training photos whose sizes are read (headers only)
 SHRUNK_PHOTOS = 128  # validation photos shrunk to measure accuracy by size
+REFERENCE_SCORES = 500  # validation OOD scores kept for the drift test (pawnet serve)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ def fit_calibration(plan: Plan, fitted: Fitted) -> Calibration:
                                    answer_share=cfg.answer_share)
     min_confidence = math.floor(chosen * 1e6) / 1e6  # rounded down: the photo at it answers
     left = unanswered(calibrated, min_confidence)
+    plan.validation.update(probabilities=calibrated, min_confidence=min_confidence)
     found = Calibration(temperature, expected_calibration_error(probabilities, truth),
                         expected_calibration_error(calibrated, truth), min_confidence,
                         round(left, 6))
@@ -200,7 +203,52 @@ def fit_unknowns(plan: Plan, spec: ModelSpec, fitted: Fitted) -> Unknowns:
     log.info(f"OOD score fitted in {time.monotonic() - started:.1f}s on {len(score.bank)} "
              f"training photos: 'neither' above {score.threshold:.4f}")
     min_side = _min_side(plan, fitted.model, features, classify, found["val"])
+    plan.validation["reference"] = validation_reference(plan, score(found["val"]),
+                                                        score.threshold, min_side)
     return Unknowns(_with_ood(fitted.model, score), score.threshold, min_side)
+
+
+def validation_reference(plan: Plan, scores: np.ndarray, ood_threshold: float,
+                         min_side: int) -> dict | None:
+    """What the validation photos showed, as the served model answers: each label's count
+    (a class, `unsure`, `neither`) of `n` photos, and a sample of at most
+    `REFERENCE_SCORES` of their OOD scores (drawn with the run's seed). From the calibrated
+    probabilities `fit_calibration` kept and the photos' `scores`, with no other pass over
+    the photos than reading their sizes from the headers. None without calibration."""
+    probabilities = plan.validation.get("probabilities")
+    if probabilities is None:
+        return None
+    min_confidence = plan.validation["min_confidence"]
+    photos = plan.split("val")
+    labels = [verdict(plan.classes, row, size=size, min_side=min_side, ood_score=float(s),
+                      ood_threshold=ood_threshold, min_confidence=min_confidence)[0]
+              for row, size, s in zip(probabilities, _sizes([p.path for p in photos]), scores,
+                                      strict=True)]
+    n = len(labels)
+    keep = (np.arange(n) if n <= REFERENCE_SCORES else
+            np.random.default_rng(plan.cfg.seed).choice(n, REFERENCE_SCORES, replace=False))
+    counts = {label: labels.count(label) for label in [*plan.classes, UNSURE, NEITHER]}
+    return {"what": "the validation photos' labels and OOD scores, for pawnet serve's "
+                    "drift monitoring (/v1/drift)",
+            "n": n, "counts": counts,
+            "shares": {label: round(count / n, 6) for label, count in counts.items()},
+            "min_confidence": min_confidence, "ood_threshold": ood_threshold,
+            "min_side": min_side,
+            "ood_scores": [round(float(s), 6) for s in np.sort(np.asarray(scores)[keep])]}
+
+
+def _sizes(paths: list[str]) -> list[tuple[int, int] | None]:
+    """Each photo's (width, height) from its header; None when it cannot be read now."""
+    from PIL import Image
+
+    sizes: list[tuple[int, int] | None] = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except OSError:
+            sizes.append(None)  # changed since the scan: judged as if its size were fine
+    return sizes
 
 
 def _with_ood(model, score: OodScore):
