@@ -40,6 +40,7 @@ _PUBLIC = {  # name -> module that defines it
     "Report": "pawnet.reporting.report",
     "ServeSettings": "pawnet.serve.settings",
     "WeightsError": "pawnet.errors",
+    "compare": "pawnet.reporting.compare",
     "create_app": "pawnet.serve.app",
     "evaluate": "pawnet.reporting.evaluate",
     "export": "pawnet.inference.export",

@@ -1,4 +1,4 @@
-"""`pawnet evaluate|predict|export|serve|explain`: put a trained model to work."""
+"""`pawnet evaluate|compare|predict|export|serve|explain`: put a trained model to work."""
 
 from __future__ import annotations
 
@@ -42,6 +42,50 @@ def evaluate(
         return
     typer.echo(format_report(report))
     typer.echo(f"Report: {one_line(folder / 'report.html')} (and report.md)")
+
+
+GATE_HELP = ("Exit 1, with one line saying why, when NEW is significantly worse (McNemar) "
+             "or a class's recall drops by more than --tolerance; exit 0 when it passes.")
+
+
+@command(app, "compare", tensorflow=False)
+def compare(
+    new: Annotated[str, typer.Argument(metavar="NEW", help="The candidate model: a run "
+                                       "folder, its bundle/ folder, or a built-in name.")],
+    old: Annotated[str, typer.Argument(metavar="OLD", help="The model it would replace.")],
+    photos: Annotated[Path | None, typer.Argument(
+        metavar="PHOTOS", help="Photos (default: the held-out split both runs share).")]
+    = None,
+    gate: Annotated[bool, typer.Option("--gate", help=GATE_HELP)] = False,
+    tolerance: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Largest drop of any class's recall that --gate lets through, "
+        "as a fraction.")] = 0.02,
+    alpha: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Significance level of McNemar's test for --gate.")] = 0.05,
+    split: Annotated[str, typer.Option(help="Split to use: test, val or train.")] = "test",
+    json_out: JsonFlag = False,
+    runtime: Runtime = "auto",
+) -> None:
+    """Two models on the same photos, side by side, with 95% intervals and McNemar's test:
+    may NEW replace OLD?"""
+    from pawnet.reporting.compare import check_gate, format_comparison
+    from pawnet.reporting.compare import compare as run_comparison
+    from pawnet.reporting.compare import gate as judge
+
+    check_gate(tolerance, alpha)  # before minutes of work, not after
+    comparison = run_comparison(new, old, photos, split=split, runtime=runtime)
+    passed, reason = judge(comparison, tolerance, alpha)
+    verdict = f"gate: {'passed' if passed else 'failed'}: {reason}"
+    if json_out:
+        typer.echo(json.dumps({**comparison.to_json(), "gate": {
+            "passed": passed, "reason": reason, "tolerance": tolerance, "alpha": alpha}},
+            indent=2))
+    else:
+        typer.echo(format_comparison(comparison))
+    if gate:
+        typer.echo(verdict, err=json_out)  # stdout stays JSON
+        if not passed:
+            raise typer.Exit(1)
 
 
 def _format(value: str) -> str:
