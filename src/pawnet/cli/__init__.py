@@ -3,8 +3,8 @@
 `pawnet train` has one flag per `Config` field and `pawnet serve` one per `ServeSettings`
 field, generated from their declarations, so a flag, a YAML key and a Python keyword can
 never drift apart. The package is Typer only: it parses, calls the library, prints.
-`app.py` holds the command group; `data.py`, `train.py`, `use.py`, `tools.py` and
-`studio.py` its commands.
+`app.py` holds the command group; `data.py`, `train.py`, `use.py`, `watch.py`, `tools.py`
+and `studio.py` its commands.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pawnet.cli.app import app
 
 # isort: off
 # each registers its commands, in the order `pawnet --help` lists them
-from pawnet.cli import train, use, tools, data, studio  # noqa: F401
+from pawnet.cli import train, use, watch, tools, data, studio  # noqa: F401
 # isort: on
 
 __all__ = ["app", "main"]
