@@ -15,7 +15,7 @@ from pawnet.reporting.figures import Figures
 from pawnet.reporting.html import write_html
 from pawnet.reporting.text import format_report, markdown
 
-REPORT_KEYS = ["model", "tta", "source", "n", "accuracy", "classes", "per_class",
+REPORT_KEYS = ["model", "tta", "source", "n", "accuracy", "classes", "per_class", "intervals",
                "confusion_matrix", "expected_calibration_error", "roc_auc", "log_loss",
                "failed", "temperature", "expected_calibration_error_uncalibrated",
                "reliability", "risk_coverage", "verdicts", "misclassified",

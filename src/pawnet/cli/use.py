@@ -41,7 +41,9 @@ def evaluate(
         typer.echo(json.dumps(report.to_json(), indent=2))
         return
     typer.echo(format_report(report))
-    typer.echo(f"Report: {one_line(folder / 'report.html')} (and report.md)")
+    typer.echo(f"Report: {one_line(folder / 'report.html')} (and report.md, MODEL_CARD.md)")
+    if report.bundle_card is not None:
+        typer.echo(f"Model card: {one_line(report.bundle_card)}")
 
 
 GATE_HELP = ("Exit 1, with one line saying why, when NEW is significantly worse (McNemar) "

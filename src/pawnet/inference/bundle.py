@@ -7,6 +7,9 @@ bundle/
   bundle.json        format version, class names (index order), preprocessing, output kind
   provenance.json    versions, data fingerprint, counts per class, split seed, final metrics
   config.yaml        the fully resolved training settings
+  MODEL_CARD.md      the model card: written by `pawnet evaluate RUN` (the run's held-out
+                     test split), not by training; nothing reads it back
+  MODEL_CARD_confusions.jpg    the card's largest confusions, a few photos each
 ```
 """
 
@@ -24,12 +27,13 @@ import numpy as np
 from pawnet.data.images import RESIZE_METHOD, RESIZE_METHODS
 from pawnet.errors import BundleError, ConfigError
 from pawnet.run_folder import BUNDLE, RunFolder
-from pawnet.storage import Output, atomic_path
+from pawnet.storage import Output, atomic_path, atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 4  # 2 added `temperature`; 3 `min_confidence`, `ood_threshold`; 4 `min_side`
 READABLE_FORMATS = (1, 2, 3, 4)  # older: temperature 1.0, no unsure, no OOD, no size limit
-BUNDLE_OUTPUT = Output("bundle", r"model\.keras|bundle\.json|provenance\.json|config\.yaml",
-                       r"bundle\.json")
+CARD, CARD_SHEET = "MODEL_CARD.md", "MODEL_CARD_confusions.jpg"  # pawnet.reporting.card
+BUNDLE_OUTPUT = Output("bundle", r"model\.keras|bundle\.json|provenance\.json|config\.yaml"
+                       r"|MODEL_CARD\.md|MODEL_CARD_confusions\.jpg", r"bundle\.json")
 ASPECTS = ("stretch",)  # how a photo becomes a square: stretched, never cropped or padded
 INPUT_RANGES = ((0, 255),)
 CHANNELS = ("RGB",)
@@ -204,6 +208,28 @@ def save_bundle(folder: str | Path, model, spec: BundleSpec, provenance: dict[st
         if config_yaml:
             (tmp / "config.yaml").write_text(config_yaml)
     return folder
+
+
+def write_card(bundle: Bundle, card: str, sheet: bytes | None) -> Path | None:
+    """Put a model card (`MODEL_CARD.md`, and its sheet of photos when there is one) into a
+    training run's bundle folder, each file atomically; the model's own files are never
+    touched, and a sheet left from an earlier card goes.
+
+    Returns:
+        The card's path; None for a model that is not a run's bundle (a built-in model, a
+        bundle folder on its own), which gets no card.
+
+    Raises:
+        OSError: the bundle folder cannot be written.
+    """
+    if bundle.path is None or bundle.run_dir is None or not BUNDLE_OUTPUT.owns(bundle.path):
+        return None
+    if sheet is not None:
+        atomic_write_bytes(bundle.path / CARD_SHEET, sheet)
+    atomic_write_text(bundle.path / CARD, card)
+    if sheet is None:
+        (bundle.path / CARD_SHEET).unlink(missing_ok=True)
+    return bundle.path / CARD
 
 
 def _bundle_dir(path: Path) -> Path:

@@ -25,7 +25,7 @@ from pawnet.errors import ConfigError, DataError, one_line
 from pawnet.inference.bundle import resolve
 from pawnet.inference.predictor import Prediction, Predictor, load
 from pawnet.reporting.evaluate import compute_metrics, select_photos
-from pawnet.reporting.intervals import Interval, Intervals, McNemar, bootstrap, mcnemar
+from pawnet.reporting.intervals import Intervals, McNemar, bootstrap, mcnemar
 from pawnet.run_folder import RunFolder
 from pawnet.trust.verdict import NEITHER, UNSURE
 
@@ -289,29 +289,21 @@ def gate(comparison: Comparison, tolerance: float = TOLERANCE, alpha: float = AL
                   f"{alpha:g}); {recall}")
 
 
-def _cell(interval: Interval) -> str:
-    if interval.value is None:
-        return "n/a"
-    if interval.low is None or interval.high is None:
-        return f"{interval.value:.4f}"
-    return f"{interval.value:.4f} [{interval.low:.4f}, {interval.high:.4f}]"
-
-
 def _signed(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:+.{digits}f}"
 
 
 def _rows(c: Comparison) -> list[tuple[str, str, str, str]]:
     """(figure, NEW, OLD, NEW-OLD) per line of the side-by-side table."""
-    rows = [("accuracy", _cell(c.new.intervals.accuracy), _cell(c.old.intervals.accuracy),
+    rows = [("accuracy", c.new.intervals.accuracy.format(4), c.old.intervals.accuracy.format(4),
              _signed(c.difference("accuracy")))]
     for i, name in enumerate(c.classes):
         for figure in ("recall", "precision"):
             label = f"{figure} {one_line(name)}"
             if figure == "recall":
                 label += f" ({c.support[i]})"
-            rows.append((label, _cell(getattr(c.new.intervals, figure)[i]),
-                         _cell(getattr(c.old.intervals, figure)[i]),
+            rows.append((label, getattr(c.new.intervals, figure)[i].format(4),
+                         getattr(c.old.intervals, figure)[i].format(4),
                          _signed(c.difference(figure, i))))
     for kind in (UNSURE, NEITHER):
         new, old = getattr(c.new, kind), getattr(c.old, kind)

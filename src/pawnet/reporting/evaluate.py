@@ -1,12 +1,14 @@
 """`evaluate`: per-class metrics of a saved model on held-out photos.
 
 It computes a `Report` and writes nothing: `Report.write` writes the report folder
-(`report.json`, `report.md`, `report.html`, plots) when asked, as `pawnet evaluate` does.
+(`report.json`, `report.md`, `report.html`, plots, the model card) when asked, as `pawnet
+evaluate` does.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from pawnet.data.scan import SPLIT_FOLDER_NAMES, scan
 from pawnet.data.splits import read_manifest
 from pawnet.errors import DataError
 from pawnet.inference.predictor import Predictor, load
+from pawnet.reporting.intervals import LEVEL, ROUNDS, bootstrap
 from pawnet.reporting.report import Report
 from pawnet.run_folder import RunFolder
 from pawnet.trust.calibration import (
@@ -118,6 +121,7 @@ def _report(predictor: Predictor, paths: list[str], labels: list[str], source: s
     probs = np.array([[p.probabilities[c] for c in classes] for p, _ in kept])
     truth = np.array([classes.index(label) for _, label in kept])
     report = {"source": source, **compute_metrics(probs, truth, classes), "failed": failed}
+    report["intervals"] = intervals(truth, probs.argmax(axis=1), classes)
     temperature = predictor.spec.temperature  # the probabilities are calibrated; undo it
     report["temperature"] = temperature
     report["expected_calibration_error_uncalibrated"] = expected_calibration_error(
@@ -138,6 +142,30 @@ def _report(predictor: Predictor, paths: list[str], labels: list[str], source: s
     report["least_confident_correct"] = [photo(i) for i in right[:LEAST_CONFIDENT_SHOWN]]
     return Report(model=model, tta=tta, **report, predictor=predictor,
                   paths=[p.path for p, _ in kept], probabilities=probs, truth=truth)
+
+
+def intervals(truth: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Bootstrap 95% intervals of accuracy and of each class's precision and recall, as
+    `report.json` holds them."""
+    found = bootstrap(truth, predicted, len(classes))
+    return {"method": "percentile bootstrap", "rounds": ROUNDS, "level": LEVEL,
+            "accuracy": found.accuracy.to_json(),
+            "per_class": {c: {"precision": found.precision[i].to_json(),
+                              "recall": found.recall[i].to_json()}
+                          for i, c in enumerate(classes)}}
+
+
+def _command(model: str | Path, photos: str | Path | None, split: str, tta: bool,
+             min_confidence: float | None) -> str:
+    """The `pawnet evaluate` command that measures what these arguments do."""
+    words = ["pawnet", "evaluate", str(model), *([str(photos)] if photos is not None else [])]
+    if split.lower() != "test":
+        words += ["--split", split]
+    if tta:
+        words.append("--tta")
+    if min_confidence is not None:
+        words += ["--min-confidence", str(min_confidence)]
+    return shlex.join(words)
 
 
 def _verdicts(predictor: Predictor, predictions: list, truth: np.ndarray) -> dict[str, Any]:
@@ -168,7 +196,9 @@ def evaluate(
     verbose: bool = True,
 ) -> Report:
     """Evaluate a saved model on held-out photos. Nothing is written: `Report.write` writes
-    the report folder (JSON, Markdown, HTML, plots) when asked.
+    the report folder (JSON, Markdown, HTML, plots, model card) when asked, and the model
+    card into a run's bundle too when this is the run's own test split, as the bundle
+    answers (no PHOTOS, no `tta`, no `min_confidence`).
 
     Args:
         model: a run folder, a bundle folder or a built-in name.
@@ -184,10 +214,11 @@ def evaluate(
         verbose: show what is evaluated (pawnet's log lines); warnings always.
 
     Returns:
-        The `Report`: model, tta, source, n, accuracy, classes, per_class,
-        confusion_matrix, roc_auc and log_loss (two classes), expected_calibration_error,
-        reliability, risk_coverage, verdicts (answered, unsure, neither), failed,
-        misclassified; `to_json()` for all of them as a dict, `write()` for the folder.
+        The `Report`: model, tta, source, n, accuracy, classes, per_class, intervals
+        (bootstrap 95% intervals of accuracy, precision and recall), confusion_matrix,
+        roc_auc and log_loss (two classes), expected_calibration_error, reliability,
+        risk_coverage, verdicts (answered, unsure, neither), failed, misclassified;
+        `to_json()` for all of them as a dict, `write()` for the folder.
 
     Raises:
         DataError: no photos, or classes the model does not know.
@@ -200,4 +231,9 @@ def evaluate(
         run_dir = predictor.bundle.run_dir
         paths, labels, source = select_photos(model, run_dir, photos, split)
         _check_classes(labels, predictor, source)
-        return _report(predictor, paths, labels, source, model=str(model), tta=tta)
+        report = _report(predictor, paths, labels, source, model=str(model), tta=tta)
+    report.command = _command(model, photos, split, tta, min_confidence)
+    # the bundle's card describes it as it answers by default, on photos it never saw
+    report.held_out = (photos is None and SPLIT_FOLDER_NAMES[split.lower()] == "test"
+                       and not tta and min_confidence is None)
+    return report

@@ -30,6 +30,9 @@ class Figures:
     accuracy: float
     classes: list[str]
     per_class: dict[str, dict[str, Any]]  # precision, recall, f1, support
+    # bootstrap 95% intervals: method, rounds, level, accuracy, per_class (precision, recall),
+    # each {value, low, high}; None only in figures made without photos
+    intervals: dict[str, Any] | None = None
     confusion_matrix: list[list[int]]  # rows: true classes, columns: predicted ones
     expected_calibration_error: float
     roc_auc: float | None = None

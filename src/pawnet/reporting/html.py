@@ -3,7 +3,8 @@
 Every image is embedded (data URLs), there is no script and nothing from the network, so
 the file opens from disk anywhere. Sections: summary, per-class table, confusion matrix,
 ROC, reliability, risk-coverage, misclassified photos with heat-maps and probabilities,
-the least confident right answers, training curves, provenance.
+the least confident right answers, the model card (the `Card` that `MODEL_CARD.md` renders
+too), training curves, provenance.
 """
 
 from __future__ import annotations
@@ -12,17 +13,19 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pawnet.reporting.card import Block, Bullets, Card, Picture, Table
 from pawnet.reporting.figures import Figures
 from pawnet.run_folder import RunFolder
 from pawnet.storage import atomic_write_text
 
 SECTIONS = ("summary", "per-class", "confusion", "roc", "reliability", "risk-coverage",
-            "misclassified", "least-confident", "training", "provenance")
+            "misclassified", "least-confident", "model-card", "training", "provenance")
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1100px;
        padding: 16px; color: #1d2330; }
@@ -36,6 +39,7 @@ th:first-child, td:first-child { text-align: left; }
 .card { border: 1px solid #dde2ea; border-radius: 8px; padding: 8px; font-size: .85rem; }
 .card img { width: 100px; height: 100px; object-fit: cover; margin-right: 4px; }
 .muted { color: #5b6577; font-size: .85rem; } img.plot { max-width: 100%; }
+table.text td, table.text th { text-align: left; }
 """
 
 
@@ -53,7 +57,8 @@ def _png(pixels: np.ndarray) -> str:
 
 
 def _file(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    kind = "jpeg" if path.suffix == ".jpg" else "png"
+    return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def _img(path: Path, alt: str) -> str:
@@ -67,6 +72,35 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
                    for row in rows)
     return f"<table><tr>{cells}</tr>{body}</table>"
+
+
+def _inline(text: str) -> str:
+    """A card's text: escaped, with its `code` spans as code."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+
+
+def _card_block(block: Block, out_dir: Path) -> str:
+    if isinstance(block, Table):
+        head = "".join(f"<th>{_inline(h)}</th>" for h in block.head)
+        body = "".join("<tr>" + "".join(f"<td>{_inline(v)}</td>" for v in row) + "</tr>"
+                       for row in block.rows)
+        return f'<table class="text"><tr>{head}</tr>{body}</table>'
+    if isinstance(block, Bullets):
+        return "<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in block.items) + "</ul>"
+    if isinstance(block, Picture):
+        return _img(out_dir / block.file, block.alt)
+    return f"<p>{_inline(block)}</p>"
+
+
+def _model_card(card: Card | None, out_dir: Path) -> str:
+    """The model card, as `MODEL_CARD.md` has it (`out_dir` holds its picture)."""
+    if card is None:
+        return '<p class="muted">(no model card)</p>'
+    parts = [f"<h3>{_inline(card.title)}</h3>"]
+    for section in card.sections:
+        parts.append(f'<h4 id="card-{section.key}">{_inline(section.title)}</h4>')
+        parts += [_card_block(block, out_dir) for block in section.blocks]
+    return "".join(parts) + f'<p class="muted">{_inline(card.made)}</p>'
 
 
 def _section(key: str, title: str, content: str) -> str:
@@ -118,10 +152,10 @@ def _provenance(bundle) -> str:
 
 def write_html(report: Figures, out_dir: Path, bundle,
                misclassified: list[tuple[np.ndarray, np.ndarray | None]],
-               least_confident: list[np.ndarray]) -> Path:
+               least_confident: list[np.ndarray], card: Card | None = None) -> Path:
     """Write `out_dir/report.html` from an evaluation report and the photos it shows:
     the misclassified ones (pixels, and pixels with their heat-map or None) and the least
-    confident right ones."""
+    confident right ones; and the model `card`, whose picture is in `out_dir`."""
     classes = report.classes
     per_class = [[c, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}",
                   m["support"]] for c, m in report.per_class.items()]
@@ -153,6 +187,7 @@ def write_html(report: Figures, out_dir: Path, bundle,
                  f'<div class="grid">{wrong}</div>' if wrong else "<p>none</p>"),
         _section("least-confident", "The least confident right answers",
                  f'<div class="grid">{timid}</div>' if timid else "<p>none</p>"),
+        _section("model-card", "Model card", _model_card(card, out_dir)),
         _section("training", "Training curves", _img(RunFolder(run_dir).curves, "training curves")
                  if run_dir else '<p class="muted">(no training run: a built-in model)</p>'),
         _section("provenance", "Provenance", _provenance(bundle)),

@@ -29,11 +29,15 @@ class Interval:
         return {"value": self.value, "low": self.low, "high": self.high}
 
     def __str__(self) -> str:
+        return self.format()
+
+    def format(self, digits: int = 3) -> str:
+        """"0.990 [0.975, 1.000]"; "n/a" when undefined."""
         if self.value is None:
             return "n/a"
         if self.low is None or self.high is None:
-            return f"{self.value:.3f}"
-        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+            return f"{self.value:.{digits}f}"
+        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
 @dataclass(frozen=True)

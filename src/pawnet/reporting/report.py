@@ -1,19 +1,26 @@
 """`Report`: what `pawnet.evaluate` computed, and `Report.write`, the one step that writes it.
 
 Computing writes nothing; writing is asked for (the CLI always does): `report.json`,
-`report.md`, `report.html`, the plots and the misclassified photos with their Grad-CAM
-heat-maps, into `RUN_DIR/eval` (then `eval2`, ...) or a folder of the caller's choice.
+`report.md`, `report.html`, the plots, the misclassified photos with their Grad-CAM
+heat-maps and the model card (`MODEL_CARD.md`, reporting/card.py), into `RUN_DIR/eval`
+(then `eval2`, ...) or a folder of the caller's choice; the card into the run's bundle too
+when the report measured the run's own held-out test split.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from pawnet.errors import PawnetError, one_line
+from pawnet.inference.bundle import CARD, CARD_SHEET, Bundle, write_card
 from pawnet.inference.predictor import Predictor
+from pawnet.reporting.card import Card, build_card, confusion_sheet
 from pawnet.reporting.figures import Figures
 from pawnet.reporting.html import write_html
 from pawnet.reporting.plots import (
@@ -23,13 +30,22 @@ from pawnet.reporting.plots import (
     plot_risk_coverage,
     plot_roc,
 )
-from pawnet.reporting.text import markdown
+from pawnet.reporting.text import card_markdown, markdown
 from pawnet.run_folder import RunFolder
-from pawnet.storage import Output, atomic_path, atomic_write_text, check_output_folder, next_run_dir
+from pawnet.storage import (
+    Output,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_output_folder,
+    next_run_dir,
+)
+
+log = logging.getLogger(__name__)
 
 MAX_MISCLASSIFIED_SHOWN = 64
-EVALUATION_OUTPUT = Output("evaluation", r"report\.(json|md|html)|[a-z_]+\.png",
-                           r"report\.json")
+EVALUATION_OUTPUT = Output("evaluation", r"report\.(json|md|html)|[a-z_]+\.png"
+                           r"|MODEL_CARD\.md|MODEL_CARD_confusions\.jpg", r"report\.json")
 
 
 def check_out_folder(out: str | Path | None) -> None:
@@ -49,17 +65,26 @@ class Report(Figures):
     is `report.json`) and what writing its folder needs: the predictor, the photos
     evaluated, their probabilities (rows in the order of `paths`, columns in the order of
     `classes`) and their true classes (indices into `classes`). Unreadable photos are in
-    `failed`, not in `paths`."""
+    `failed`, not in `paths`. `command` is the `pawnet evaluate` command that measures the
+    same (the card names it), and `held_out` says the photos were the run's own test split,
+    judged as the bundle judges by default: its card then goes into the bundle too, at
+    `bundle_card` once written."""
 
     predictor: Predictor = dataclasses.field(repr=False, compare=False)
     paths: list[str] = dataclasses.field(repr=False, compare=False)
     probabilities: np.ndarray = dataclasses.field(repr=False, compare=False)
     truth: np.ndarray = dataclasses.field(repr=False, compare=False)
+    command: str = dataclasses.field(default="", repr=False, compare=False)
+    held_out: bool = dataclasses.field(default=False, repr=False, compare=False)
+    bundle_card: Path | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def write(self, out: str | Path | None = None) -> Path:
         """Write the report folder, whole or not at all: `report.json`, `report.md`,
-        `report.html`, the plots (confusion, ROC, reliability, risk-coverage) and the
-        misclassified photos, with their Grad-CAM heat-maps when the model allows it.
+        `report.html`, the plots (confusion, ROC, reliability, risk-coverage), the
+        misclassified photos, with their Grad-CAM heat-maps when the model allows it, and
+        the model card (`MODEL_CARD.md` and `MODEL_CARD_confusions.jpg`). A `held_out`
+        report puts the card into the run's bundle too (a bundle that cannot be written
+        gets a warning, not an error).
 
         Args:
             out: the folder. Defaults to `RUN_DIR/eval` (then `eval2`, ...), or
@@ -78,16 +103,38 @@ class Report(Figures):
         folder = Path(out) if out else next_run_dir(
             RunFolder(run_dir).reports if run_dir else Path("runs") / "evaluate")
         written = dataclasses.replace(self, out=folder, heatmaps=None)
+        bundle = self.predictor.bundle
+        card = build_card(self, bundle, command=self.command or f"pawnet evaluate {self.model}",
+                          today=datetime.now(UTC).date().isoformat(), held_out=self.held_out)
+        sheet = confusion_sheet(card)
         with atomic_path(folder, EVALUATION_OUTPUT) as tmp:
-            _write_folder(written, tmp)
+            _write_folder(written, tmp, card, sheet)
         self.out, self.heatmaps = written.out, written.heatmaps
+        if self.held_out:
+            self.bundle_card = _card_into_bundle(bundle, card_markdown(card), sheet)
         return folder
 
 
-def _write_folder(report: Report, folder: Path) -> None:
+def _card_into_bundle(bundle: Bundle, text: str, sheet: bytes | None) -> Path | None:
+    """The card into the run's bundle (its path; None for a bundle that gets none); one
+    that cannot be written keeps its old card, with a warning: the report folder has the
+    new one."""
+    try:
+        return write_card(bundle, text, sheet)
+    except (OSError, PawnetError) as exc:
+        log.warning(f"the model card could not be written into {one_line(bundle.path)} "
+                    f"({one_line(getattr(exc, 'strerror', None) or exc)}); it is in the report "
+                    "folder. Try: make the bundle folder writable, then evaluate again")
+        return None
+
+
+def _write_folder(report: Report, folder: Path, card: Card, sheet: bytes | None) -> None:
     """Every file of the report into `folder`; the JSON and Markdown name the heat-map grid
     when there is one."""
     folder.mkdir(parents=True, exist_ok=True)
+    if sheet is not None:
+        atomic_write_bytes(folder / CARD_SHEET, sheet)
+    atomic_write_text(folder / CARD, card_markdown(card))
     plot_roc(report.truth, report.probabilities, report.classes, folder / "roc.png")
     plot_confusion(np.array(report.confusion_matrix), report.classes, folder / "confusion.png")
     plot_reliability(report.reliability, folder / "reliability.png")
@@ -100,7 +147,7 @@ def _write_folder(report: Report, folder: Path) -> None:
     atomic_write_text(folder / "report.json", json.dumps(report.to_json(), indent=2) + "\n")
     atomic_write_text(folder / "report.md", markdown(report))
     write_html(report, folder, report.predictor.bundle,
-               list(zip(images, heat or [None] * len(images), strict=True)), unsure)
+               list(zip(images, heat or [None] * len(images), strict=True)), unsure, card)
 
 
 def _misclassified(predictor: Predictor, shown: list[dict], folder: Path

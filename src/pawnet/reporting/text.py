@@ -1,12 +1,16 @@
-"""An evaluation as text: `format_report` for terminals, `markdown` for `report.md`.
+"""An evaluation as text: `format_report` for terminals, `markdown` for `report.md`, and
+`card_markdown` for the model card's `MODEL_CARD.md`.
 
-Both read one `Figures` (as `report.html` does), so they show the same figures the same
-way: a two-class ROC-AUC is shown whenever there is one, 0.0 included.
+The first two read one `Figures` (as `report.html` does), so they show the same figures the
+same way: a two-class ROC-AUC is shown whenever there is one, 0.0 included. The card is a
+`Card` (reporting/card.py), which `report.html` renders too.
 """
 
 from __future__ import annotations
 
 from pawnet.errors import one_line
+from pawnet.inference.bundle import CARD
+from pawnet.reporting.card import Block, Bullets, Card, Picture, Table
 from pawnet.reporting.figures import Figures
 
 
@@ -93,4 +97,27 @@ def markdown(report: Figures) -> str:
     lines += [f"- {one_line(m['path'])}: {one_line(m['true'])} predicted as "
               f"{one_line(m['predicted'])} ({m['confidence']:.3f})"
               for m in report.misclassified[:20]]
+    lines += ["", f"The model card: [{CARD}]({CARD})"]
     return "\n".join(lines) + "\n"
+
+
+def card_markdown(card: Card) -> str:
+    """`MODEL_CARD.md`: the card as Markdown."""
+    lines = [f"# {card.title}", ""]
+    for section in card.sections:
+        lines += [f"## {section.title}", ""]
+        for block in section.blocks:
+            lines += [*_markdown_block(block), ""]
+    return "\n".join([*lines, card.made]) + "\n"
+
+
+def _markdown_block(block: Block) -> list[str]:
+    if isinstance(block, Table):
+        def row(cells: list[str]) -> str:
+            return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        return [row(block.head), "|" + "---|" * len(block.head), *map(row, block.rows)]
+    if isinstance(block, Bullets):
+        return [f"- {item}" for item in block.items]
+    if isinstance(block, Picture):
+        return [f"![{block.alt}]({block.file})"]
+    return [block]
