@@ -64,3 +64,14 @@ def test_mcnemar_is_the_exact_binomial_test_on_the_photos_the_models_disagree_on
     assert mcnemar(first, first).p_value == 1.0
     with pytest.raises(ValueError):
         mcnemar(first, second[:-1])
+
+
+def test_a_thousand_classes_need_no_table_per_resample():
+    import resource
+
+    truth, predicted = _answers(5000, 0.9, k=1000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    found = bootstrap(truth, predicted, 1000)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert found.accuracy.low <= found.accuracy.value <= found.accuracy.high
+    assert grown_mb < 400  # a confusion table per resample would be 2000 x 10^6 cells

@@ -49,22 +49,26 @@ class Intervals:
     recall: list[Interval]
 
 
-def _confusions(truth: np.ndarray, predicted: np.ndarray, k: int, rounds: int,
-                seed: int) -> np.ndarray:
-    """Confusion counts (rounds, k, k) of `rounds` resamples of the photos with replacement,
-    a block of rounds at a time."""
+def _resampled(truth: np.ndarray, predicted: np.ndarray, k: int, rounds: int, seed: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class, in `rounds` resamples of the photos with replacement: the photos right,
+    the photos of the class and the photos predicted as it (each (rounds, k)), a block of
+    rounds at a time. Memory O(rounds k + BLOCK_CELLS), whatever the number of classes."""
     n = len(truth)
-    cell = truth.astype(np.int64) * k + predicted
     rng = np.random.default_rng(seed)
-    out = np.empty((rounds, k * k), np.int64)
+    right, present, chosen = (np.empty((rounds, k), np.int64) for _ in range(3))
     step = max(1, BLOCK_CELLS // max(n, 1))
     for start in range(0, rounds, step):
         stop = min(rounds, start + step)
-        picks = cell[rng.integers(0, n, size=(stop - start, n))]
-        offsets = np.arange(stop - start)[:, None] * (k * k)
-        out[start:stop] = np.bincount((picks + offsets).ravel(),
-                                      minlength=(stop - start) * k * k).reshape(-1, k * k)
-    return out.reshape(rounds, k, k)
+        picks = rng.integers(0, n, size=(stop - start, n))
+        true, said = truth[picks], predicted[picks]
+        offsets = np.arange(stop - start)[:, None] * k
+        cells = (stop - start) * k
+        right[start:stop] = np.bincount((true + offsets)[true == said],
+                                        minlength=cells).reshape(-1, k)
+        present[start:stop] = np.bincount((true + offsets).ravel(), minlength=cells).reshape(-1, k)
+        chosen[start:stop] = np.bincount((said + offsets).ravel(), minlength=cells).reshape(-1, k)
+    return right, present, chosen
 
 
 def _ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
@@ -93,15 +97,12 @@ def bootstrap(truth: np.ndarray, predicted: np.ndarray, n_classes: int, *,
         raise ValueError("no photos to measure")
     k = n_classes
     full = np.bincount(truth * k + predicted, minlength=k * k).reshape(k, k)
-    counts = _confusions(truth, predicted, k, rounds, seed)
-    right = np.einsum("rii->ri", counts)
+    right, present, chosen = _resampled(truth, predicted, k, rounds, seed)
     accuracy = _interval(np.trace(full) / len(truth), right.sum(1) / len(truth), level)
     precision = [_interval(_ratio(full[i, i], full[:, i].sum()),
-                           _ratio(right[:, i], counts[:, :, i].sum(1)), level)
-                 for i in range(k)]
+                           _ratio(right[:, i], chosen[:, i]), level) for i in range(k)]
     recall = [_interval(_ratio(full[i, i], full[i].sum()),
-                        _ratio(right[:, i], counts[:, i, :].sum(1)), level)
-              for i in range(k)]
+                        _ratio(right[:, i], present[:, i]), level) for i in range(k)]
     return Intervals(accuracy, precision, recall)
 
 
