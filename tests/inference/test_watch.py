@@ -2,15 +2,20 @@
 `_review/<why>/` or `_errors/`), with one CSV row each, exactly once across runs, only once
 completely written, picked up while watching (events, polling, and polling when events fail),
 and neither lost nor duplicated when the watch is SIGKILLed at random moments and started
-again (`benchmarks/watch_crash.py` at toy size). The journal's recovery is checked state by
+again (`benchmarks/watch_crash.py` at toy size); a name too long, or one the disk refuses,
+neither stops the watch nor is retried every scan, a touched photo is not copied again,
+`--move` never deletes what went to `_errors/`, and the journal stays small without a
+restart. The journal's recovery is checked state by
 state on real photo bytes without a model."""
 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -23,12 +28,17 @@ import pytest
 from helpers import SHARED_DATA, invoke, real_photos
 
 import pawnet
+from pawnet import storage
 from pawnet.errors import DataError
+from pawnet.inference import journal as journal_module
 from pawnet.inference import watch as watch_module
-from pawnet.inference.journal import FOLDER, CsvLog, Entry, Journal
-from pawnet.inference.watch import REVIEW_FOLDERS, folder_for, skipped, watch
+from pawnet.inference import watch_events, watch_files
+from pawnet.inference.journal import FOLDER, Entry, Journal
+from pawnet.inference.watch import REVIEW_FOLDERS, Sorter, folder_for, skipped, watch
+from pawnet.inference.watch_files import free_name
+from pawnet.inference.watch_log import CsvLog
 
-SETTLE = "0.05"
+SETTLE = "0.1"
 
 
 def _sha(data: bytes) -> str:
@@ -139,15 +149,22 @@ def _reopen(journal: Journal, log: CsvLog) -> Journal:
 
 
 def _journal_lines(into: Path) -> list[dict]:
-    return [json.loads(line) for line in (into / FOLDER / "journal.jsonl").read_text()
-            .splitlines()]
+    """The journal's records after its `inbox` line."""
+    lines = [json.loads(line) for line in (into / FOLDER / "journal.jsonl").read_text()
+             .splitlines()]
+    assert lines[0]["op"] == "inbox"
+    return lines[1:]
+
+
+def _identities(journal: Journal) -> dict[str, tuple[int, int]]:
+    return {src: entry.identity for src, entry in journal.sorted.items()}
 
 
 def test_a_copy_killed_half_way_is_removed_and_redone(tmp_path):
     journal, log, entry, data = _placed(tmp_path)
     into = journal.into
     # the state after a kill mid-copy: the intent, a half-written temporary file, no dest
-    lines = (into / FOLDER / "journal.jsonl").read_text().splitlines()
+    lines = (into / FOLDER / "journal.jsonl").read_text().splitlines()[1:]  # after inbox
     (into / FOLDER / "journal.jsonl").write_text(lines[0] + "\n")
     (into / entry.dest).rename(into / json.loads(lines[0])["tmp"])
     (into / json.loads(lines[0])["tmp"]).write_bytes(data[: len(data) // 2])
@@ -164,7 +181,7 @@ def test_a_copy_killed_before_done_is_finished_once(tmp_path, move):
     into, inbox = journal.into, journal.inbox
     # the state after a kill between the rename and `done`: the photo in place, no row,
     # and with --move the source still in the inbox
-    lines = (into / FOLDER / "journal.jsonl").read_text().splitlines()
+    lines = (into / FOLDER / "journal.jsonl").read_text().splitlines()[1:]  # after inbox
     (into / FOLDER / "journal.jsonl").write_text(lines[0] + "\n")
     (into / "watch.csv").write_text(",".join(log.header) + "\n")
     if move:
@@ -177,7 +194,7 @@ def test_a_copy_killed_before_done_is_finished_once(tmp_path, move):
             (entry.src, entry.dest, entry.sha256, "0.900000")]
         assert (inbox / entry.src).exists() is not move
         if not move:
-            assert again.sorted == {entry.src: entry.identity}
+            assert _identities(again) == {entry.src: entry.identity}
             assert [r["op"] for r in _journal_lines(into)] == ["sorted"]
     if move:  # a new photo at the same path is not the one sorted: it stays
         (inbox / entry.src).write_bytes(data[:100])
@@ -192,7 +209,7 @@ def test_a_torn_last_line_is_ignored_and_a_damaged_one_refused(tmp_path):
     with open(path, "ab") as f:
         f.write(b'{"op": "intent", "src": "x.j')  # killed mid-write
     again = _reopen(journal, log)
-    assert again.sorted == {entry.src: entry.identity}
+    assert _identities(again) == {entry.src: entry.identity}
     assert path.read_bytes().endswith(b"}\n")  # compacted: nothing torn to append after
     with open(journal.into / "watch.csv", "ab") as f:
         f.write(b"2025-01-01,half a ro")  # a torn row
@@ -200,7 +217,7 @@ def test_a_torn_last_line_is_ignored_and_a_damaged_one_refused(tmp_path):
     assert len(_rows(journal.into)) == 1
     path.write_text("garbage\n" + path.read_text())
     before = _listing(tmp_path)
-    with pytest.raises(DataError, match=r"damaged at line 1 of 2.*Try: move .pawnet-watch"):
+    with pytest.raises(DataError, match=r"damaged at line 1 of 3.*Try: move .pawnet-watch"):
         _reopen(journal, log)
     assert _listing(tmp_path) == before
 
@@ -230,7 +247,7 @@ def test_a_full_disk_stops_with_one_error_and_loses_nothing(tmp_path, monkeypatc
     again = Journal(into, inbox)
     again.open(log)
     with monkeypatch.context() as patched:
-        patched.setattr("pawnet.inference.journal.os.replace", full)
+        patched.setattr("pawnet.inference.watch_files.os.link", full)
         with pytest.raises(DataError, match=r"cannot write .*b.jpg \(No space left on device\)"
                                             r"\. Try: free space"):
             again.place([(second, data)], log)
@@ -239,6 +256,93 @@ def test_a_full_disk_stops_with_one_error_and_loses_nothing(tmp_path, monkeypatc
     _reopen(journal, log)
     assert _sorted_files(into) == {entry.dest: entry.sha256}  # no partial copy left
     assert [r["file"] for r in _rows(into)] == [entry.src]
+
+
+def test_a_row_lost_to_a_kill_is_written_even_if_the_source_was_replaced(tmp_path):
+    """Killed between `done` and the CSV row (with --move), then a new photo put at the
+    source's path before the restart: the sorted photo still gets its row, the new one
+    stays in the inbox."""
+    journal, log, entry, data = _placed(tmp_path, move=True)
+    into, inbox = journal.into, journal.inbox
+    lines = journal.path.read_text().splitlines()
+    journal.path.write_text("\n".join(lines[:3]) + "\n")  # inbox, intent, done
+    (into / "watch.csv").write_text(",".join(log.header) + "\n")
+    (inbox / entry.src).write_bytes(data[:100])
+    _reopen(journal, log)
+    assert [(r["file"], r["destination"], r["sha256"]) for r in _rows(into)] == [
+        (entry.src, entry.dest, entry.sha256)]
+    assert (inbox / entry.src).read_bytes() == data[:100]
+    assert _sorted_files(into) == {entry.dest: entry.sha256}
+
+
+def test_another_inbox_or_another_models_log_is_refused(tmp_path):
+    journal, log, _, _ = _placed(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    before = _listing(tmp_path)
+    with pytest.raises(DataError, match=r"sorted from .*inbox, not from .*other\. Try: --into"):
+        Journal(journal.into, other).open(log)
+    with pytest.raises(DataError, match=r"has the columns .*Try: --into another folder"):
+        _reopen(journal, CsvLog(journal.into, ["cat", "dog", "bird"]))
+    assert _listing(tmp_path) == before
+
+
+def test_an_intent_the_disk_could_not_take_does_not_stop_the_next_start(tmp_path):
+    """A journal from before names were shortened: an intent whose temporary and
+    destination names are too long for the disk is undone, and the watch starts."""
+    journal, log, entry, _ = _placed(tmp_path)
+    long = {**_journal_lines(journal.into)[0], "op": "intent", "src": "b.jpg",
+            "dest": "cat/" + "b" * 300 + ".jpg", "tmp": "cat/." + "b" * 300 + ".pawnet-tmp",
+            "move": False, "row": {}}
+    with open(journal.path, "a") as f:
+        f.write(json.dumps(long) + "\n")
+    again = _reopen(journal, log)
+    assert _identities(again) == {entry.src: entry.identity}
+    assert [r["src"] for r in _journal_lines(journal.into)] == [entry.src]
+
+
+def test_a_name_too_long_for_the_disk_is_shortened_keeping_its_extension(tmp_path):
+    sha = "4dee0ac7" + "0" * 56
+    for name, ext in (("é" * 126 + ".jpg", ".jpg"), ("a" * 300 + ".jpeg", ".jpeg"),
+                      ("x." + "y" * 300, "")):  # no extension but the name's tail
+        first = free_name(tmp_path, "cat", name, sha)
+        (tmp_path / first).parent.mkdir(exist_ok=True)
+        (tmp_path / first).write_bytes(b"")  # the name is taken, and the disk took it
+        second = free_name(tmp_path, "cat", name, sha)
+        head = second.removesuffix(ext)
+        last = free_name(tmp_path, "cat", name, sha,
+                         taken={second, *(f"{head}-{n}{ext}" for n in range(2, 9999))})
+        for found in (first, second, last):
+            assert len(os.fsencode(Path(found).name)) <= 255, found
+            assert Path(found).name.isprintable()  # no character cut in two
+        assert second.endswith(f"-4dee0ac7{ext}") and last == f"{head}-9999{ext}"
+    assert free_name(tmp_path, "dog", "a.jpg", sha) == "dog/a.jpg"  # short names as they are
+
+
+def test_a_copy_never_replaces_a_file_put_at_its_destination_meanwhile(tmp_path):
+    photo = real_photos("cat", 1)[0].read_bytes()
+    dest = tmp_path / "a.jpg"
+    dest.write_bytes(b"another program's file")
+    tmp = watch_files.temp_name(dest)
+    with pytest.raises(FileExistsError):
+        watch_files.copy_into(photo, tmp, dest)
+    assert dest.read_bytes() == b"another program's file" and not tmp.exists()
+    watch_files.copy_into(photo, tmp, tmp_path / "b.jpg")
+    assert (tmp_path / "b.jpg").read_bytes() == photo and sorted(tmp_path.iterdir()) == [
+        dest, tmp_path / "b.jpg"]
+
+
+def test_the_journal_is_rewritten_durably(tmp_path, monkeypatch):
+    journal, log, _, _ = _placed(tmp_path)
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(storage.os, "fsync", lambda fd: synced.append(
+        os.path.isdir(f"/proc/self/fd/{fd}")) or real(fd))
+    _reopen(journal, log)
+    assert synced == [False, True]  # the new journal, then its folder
+    synced.clear()
+    storage.atomic_write_bytes(tmp_path / "a.txt", b"a")
+    assert synced == [] and (tmp_path / "a.txt").read_bytes() == b"a"  # as before
 
 
 # --- with a model --------------------------------------------------------------------------
@@ -279,31 +383,32 @@ def test_once_sorts_every_file_into_exactly_one_place(tmp_path, transfer_run, mo
     assert review <= {f"_review/{name}" for name in REVIEW_FOLDERS.values()}
     used = set(expected.values())
     assert "_review/unsure" in used if move else used & set(predictor.classes)
-    left = _listing(inbox)
-    assert left == ([e for e in before if e[0] in (".DS_Store", "big.jpg.part")] if move
-                    else before)
+    left = _listing(inbox)  # with --move, files sent to _errors/ are copied: perhaps a
+    # writer paused mid-photo and will finish it; deleting it would lose the photo
+    assert left == ([e for e in before if e[0] in (".DS_Store", "big.jpg.part", "notes.txt",
+                                                   "truncated.jpg")] if move else before)
     assert "Sorted " in result.stderr and "unreadable 2" in result.stderr
 
 
 def test_a_second_run_sorts_nothing_and_a_new_photo_alone(tmp_path, predictor):
     inbox, into = tmp_path / "inbox", tmp_path / "sorted"
     _inbox(inbox, per_class=2)
-    first = watch(inbox, predictor, into, once=True, settle=0.05)
+    first = watch(inbox, predictor, into, once=True, settle=0.1)
     placed, rows = _sorted_files(into), _rows(into)
     assert first.counts.total() == len(rows) == len(placed) == 9
-    second = watch(inbox, predictor, into, once=True, settle=0.05)
+    second = watch(inbox, predictor, into, once=True, settle=0.1)
     assert second.counts.total() == 0
     assert _sorted_files(into) == placed and _rows(into) == rows
     new = real_photos("dog", 1, split="test", dataset=SHARED_DATA / "tongpython")[0]
     shutil.copy(new, inbox / new.name)
-    third = watch(inbox, predictor, into, once=True, settle=0.05)
+    third = watch(inbox, predictor, into, once=True, settle=0.1)
     assert third.counts.total() == 1
     added = set(_sorted_files(into)) - set(placed)
     assert len(added) == 1 and _rows(into)[:-1] == rows
     assert _rows(into)[-1]["file"] == new.name and _rows(into)[-1]["destination"] in added
     changed = real_photos("cat", 1, split="test")[0].name  # edited since it was sorted
     (inbox / changed).write_bytes((inbox / changed).read_bytes() + b"\0")
-    assert watch(inbox, predictor, into, once=True, settle=0.05).counts.total() == 1
+    assert watch(inbox, predictor, into, once=True, settle=0.1).counts.total() == 1
     assert _rows(into)[-1]["file"] == changed and len(_sorted_files(into)) == len(placed) + 2
 
 
@@ -411,7 +516,7 @@ def test_the_watch_picks_up_photos_dropped_in_later(tmp_path, predictor, monkeyp
     inbox.mkdir()
     monkeypatch.setattr(watch_module, "RESCAN_SECONDS", 60.0)  # only an event wakes it
     if how == "events fail":
-        monkeypatch.setattr(watch_module, "Observer", _NoEvents)
+        monkeypatch.setattr(watch_events, "Observer", _NoEvents)
     stop, thread = _start(inbox, into, predictor, move=True, poll=how == "poll")
     try:
         time.sleep(0.5)
@@ -458,3 +563,182 @@ def test_killed_at_random_moments_no_photo_is_lost_or_duplicated(tmp_path, trans
     print(report(result))
     assert ok(result), report(result) + "\n" + result["last_output"]
     assert result["kills"] >= 9 and result["sorted_by_killed"] > 0
+
+
+def test_photos_with_names_too_long_for_the_temporary_name_are_sorted(tmp_path, predictor):
+    """A 250-byte name (the disk takes 255): its temporary name once was 21 bytes longer,
+    which stopped the watch at every start."""
+    inbox, into = tmp_path / "inbox", tmp_path / "sorted"
+    photo = real_photos("cat", 1, split="test")[0].read_bytes()
+    name = "c" * 246 + ".jpg"
+    for folder in (inbox, inbox / "sub"):  # the second copy gets the SHA-256 added too
+        folder.mkdir(parents=True)
+        (folder / name).write_bytes(photo)
+    assert watch(inbox, predictor, into, once=True, settle=0.1).counts.total() == 2
+    rows = _rows(into)
+    assert sorted(r["file"] for r in rows) == sorted([name, f"sub/{name}"])
+    assert set(_sorted_files(into)) == {r["destination"] for r in rows}
+    assert all(len(Path(r["destination"]).name) <= 255 for r in rows)
+
+
+def test_a_file_that_cannot_be_written_is_left_once_and_the_rest_sorted(
+        tmp_path, predictor, monkeypatch, caplog):
+    """A name the disk refuses (as `:` on exFAT): one warning, not retried every scan, the
+    other photos sorted, nothing left half-written; sorted once the disk takes it."""
+    inbox, into = tmp_path / "inbox", tmp_path / "sorted"
+    inbox.mkdir()
+    photos = real_photos("dog", 3, split="test")
+    for photo in photos:
+        shutil.copy(photo, inbox / photo.name)
+    bad = photos[0].name
+    link = os.link
+
+    def refuse(src, dst, *args, **kwargs):
+        if Path(dst).name == bad:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return link(src, dst, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(watch_files.os, "link", refuse)
+        stop, thread = _start(inbox, into, predictor, poll=True)
+        try:
+            _wait_for_rows(into, 2, 20)
+            time.sleep(1.0)  # five more scans
+        finally:
+            stop.set()
+            thread.join(10)
+    assert sorted(r["file"] for r in _rows(into)) == sorted(p.name for p in photos[1:])
+    assert len(_sorted_files(into)) == 2  # no temporary file left
+    warned = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and bad in warned[0] and "Try: rename the file" in warned[0]
+    assert watch(inbox, predictor, into, once=True, settle=0.1).counts.total() == 1
+    assert sorted(r["file"] for r in _rows(into)) == sorted(p.name for p in photos)
+
+
+def test_a_touched_photo_is_not_copied_again(tmp_path, predictor):
+    inbox, into = tmp_path / "inbox", tmp_path / "sorted"
+    inbox.mkdir()
+    photo = real_photos("cat", 1, split="test")[0]
+    shutil.copy(photo, inbox / photo.name)
+    assert watch(inbox, predictor, into, once=True, settle=0.1).counts.total() == 1
+    placed, rows = _sorted_files(into), _rows(into)
+    info = (inbox / photo.name).stat()
+    os.utime(inbox / photo.name, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))  # touch
+    for _ in range(2):  # the new mtime is recorded: the second run does not even read it
+        assert watch(inbox, predictor, into, once=True, settle=0.1).counts.total() == 0
+        assert _sorted_files(into) == placed and _rows(into) == rows
+    assert _journal_lines(into)[-1]["mtime"] == info.st_mtime_ns + 10**9
+
+
+@pytest.mark.parametrize("move", [True, False], ids=["move", "copy, then deleted"])
+def test_the_journal_stays_small_while_photos_pass_through(tmp_path, predictor, monkeypatch,
+                                                           move):
+    """No restart: sorted photos that leave the inbox are forgotten, and the journal is
+    compacted once it doubles (here past 4 kB)."""
+    monkeypatch.setattr(journal_module, "COMPACT_FLOOR", 4096)
+    inbox, into = tmp_path / "inbox", tmp_path / "sorted"
+    inbox.mkdir()
+    journal, log = Journal(into, inbox), CsvLog(into, predictor.classes)
+    journal.open(log)
+    sorter = Sorter(inbox, into, predictor, journal, log, move=move, settle=0.1)
+    photos, sizes = real_photos("cat", 12, split="test") + real_photos("dog", 12, "test"), []
+    try:
+        for start in range(0, len(photos), 4):
+            for photo in photos[start : start + 4]:
+                shutil.copy(photo, inbox / photo.name)
+            while sorter.step():
+                time.sleep(0.05)
+            for path in [] if move else inbox.iterdir():  # the user takes them away
+                path.unlink()
+            sizes.append(journal.path.stat().st_size)
+        sorter.step()
+        assert journal.sorted == {} and list(inbox.iterdir()) == []
+    finally:
+        journal.close()
+    assert len(_rows(into)) == len(_sorted_files(into)) == 24
+    assert max(sizes) < 4096 + 4 * 1000, sizes  # uncompacted: about 600 B a photo
+
+
+def test_move_copies_what_goes_to_errors_and_sorts_it_again_once_complete(tmp_path,
+                                                                         predictor):
+    """A writer that pauses mid-photo for longer than an undecodable file is given: the half
+    is copied to `_errors/`, not moved, so the writer's file survives; finished, it is sorted
+    (and moved) as the photo it is."""
+    inbox, into = tmp_path / "inbox", tmp_path / "sorted"
+    inbox.mkdir()
+    photo = real_photos("dog", 1, split="test")[0].read_bytes()
+    with open(inbox / "a.jpg", "wb") as writer:
+        writer.write(photo[:3000])
+        writer.flush()
+        first = watch(inbox, predictor, into, once=True, move=True, settle=0.1)
+        assert first.counts == {"_errors": 1} and (inbox / "a.jpg").exists()
+        assert watch(inbox, predictor, into, once=True, move=True, settle=0.1).counts == {}
+        writer.write(photo[3000:])
+    second = watch(inbox, predictor, into, once=True, move=True, settle=0.1)
+    assert second.counts.total() == 1 and "_errors" not in second.counts
+    assert list(inbox.iterdir()) == []
+    assert sorted(_sorted_files(into).values()) == sorted([_sha(photo[:3000]), _sha(photo)])
+
+
+@pytest.mark.parametrize("fails", ["mkdir", "fsync"], ids=["read-only SORTED", "full disk"])
+def test_sorted_that_cannot_be_written_gives_one_error_line(tmp_path, transfer_run,
+                                                            monkeypatch, fails):
+    """(root ignores a read-only folder's mode, so the refusals are simulated)"""
+    inbox, into = tmp_path / "inbox", tmp_path / "sorted"
+    inbox.mkdir()
+    shutil.copy(real_photos("cat", 1, split="test")[0], inbox)
+    mkdir = os.mkdir
+
+    def refuse_mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(into)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return mkdir(path, *args, **kwargs)
+
+    def refuse_fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if fails == "mkdir":
+        monkeypatch.setattr(os, "mkdir", refuse_mkdir)
+    else:
+        monkeypatch.setattr(os, "fsync", refuse_fsync)
+    result = invoke("watch", inbox, "--model", transfer_run, "--into", into, "--once",
+                    "--settle", SETTLE)
+    monkeypatch.undo()
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: cannot write")
+    assert ("Try: make the folder writable" if fails == "mkdir"
+            else "Try: free space on its disk") in result.stderr
+    assert len(list(inbox.iterdir())) == 1
+    assert not into.exists() or _sorted_files(into) == {}
+
+
+def test_once_gives_up_on_a_file_that_keeps_changing(tmp_path, predictor, monkeypatch,
+                                                     caplog):
+    monkeypatch.setattr(watch_module, "ONCE_GIVE_UP", 0.6)
+    monkeypatch.setattr(watch_module, "ONCE_SETTLES", 1)
+    inbox, into = tmp_path / "inbox", tmp_path / "sorted"
+    inbox.mkdir()
+    photo = real_photos("cat", 1, split="test")[0]
+    shutil.copy(photo, inbox / photo.name)
+    done = threading.Event()
+
+    def append() -> None:
+        with open(inbox / "growing.log", "ab") as f:
+            while not done.wait(0.03):
+                f.write(b"line\n")
+                f.flush()
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        started = time.monotonic()
+        summary = watch(inbox, predictor, into, once=True, settle=0.1)
+        took = time.monotonic() - started
+        assert writer.is_alive()  # returned while the file still changes
+    finally:
+        done.set()
+        writer.join()
+    assert summary.counts.total() == 1 and [r["file"] for r in _rows(into)] == [photo.name]
+    warned = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "growing.log kept changing for 0.6 s" in warned[0]
+    assert took < 5

@@ -27,8 +27,9 @@ def watch(
     once: Annotated[bool, typer.Option("--once", help="Sort what is in INBOX now (waiting "
                                        "for files still being written), then exit: for "
                                        "cron.")] = False,
-    settle: Annotated[float, typer.Option(min=0.0, help="Seconds a file's size and time "
-                                          "must stay unchanged before it is sorted.")] = 1.0,
+    settle: Annotated[float, typer.Option(min=0.1, help="Seconds a file's size and time "
+                                          "must stay unchanged before it is sorted (at "
+                                          "least 0.1).")] = 1.0,  # watch.MIN_SETTLE
     poll: Annotated[bool, typer.Option("--poll", help="Rescan every SETTLE seconds instead "
                                        "of waiting for file-system events (network "
                                        "folders); automatic where events fail.")] = False,

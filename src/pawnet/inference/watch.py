@@ -5,8 +5,9 @@ A file is sorted once it is completely written: its size and mtime unchanged for
 seconds and its bytes decoding as a photo (a file that will not decode is given
 `ERROR_SETTLES` times as long before it is called unreadable, in case it is still being
 written). Settled files are labelled in batches by the `Predictor`, then copied (or moved)
-to `SORTED/<class>/`, `SORTED/_review/<why>/` (`unsure` and `neither`) or `SORTED/_errors/`,
-through the journal of `pawnet.inference.journal`, which also keeps `SORTED/watch.csv`.
+to `SORTED/<class>/`, `SORTED/_review/<why>/` (`unsure` and `neither`) or `SORTED/_errors/`
+(always copied: a file that does not decode may still be being written), through the
+journal of `pawnet.inference.journal`, which keeps `SORTED/watch.csv` in step.
 
 File-system events (watchdog) only wake the loop; a rescan every `RESCAN_SECONDS` (every
 `settle` seconds with `poll`, or when events are not available) finds whatever they miss,
@@ -27,13 +28,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from watchdog.events import FileSystemEventHandler
-from watchdog.observers import Observer
-
 from pawnet import logs
 from pawnet.errors import ConfigError, DataError, one_line
-from pawnet.inference.journal import FOLDER, CsvLog, Entry, Journal
+from pawnet.inference.journal import FOLDER, Entry, Journal
 from pawnet.inference.predictor import Prediction, Predictor, load
+from pawnet.inference.watch_events import observe, wait
+from pawnet.inference.watch_files import free_name
+from pawnet.inference.watch_log import CsvLog
 from pawnet.trust.verdict import NEITHER, NOT_LIKELY, TOO_SMALL, UNLIKE, UNSURE, reason_kind
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ RESCAN_SECONDS = 10.0  # between rescans when events are watched and nothing is 
 BATCH = 32  # photos read and labelled at once, and at most BATCH_BYTES of them
 BATCH_BYTES = 256 * 2**20
 MAX_FILE_BYTES = 512 * 2**20  # larger files are no photo pawnet reads: left in the inbox
+MIN_SETTLE = 0.1  # seconds; less would sort files between two writes of their writer
+ONCE_GIVE_UP, ONCE_SETTLES = 60.0, 30  # --once: seconds (or settles, if longer) a file
+# may keep changing before it is left for the next run
 
 
 def skipped(name: str) -> bool:
@@ -85,20 +89,6 @@ def folder_for(prediction: Prediction) -> str:
     return prediction.label
 
 
-def free_name(into: Path, folder: str, name: str, sha256: str,
-              taken: set[str] = frozenset()) -> str:
-    """`folder/name` in SORTED, or when that is taken (there, or in `taken`)
-    `name-<first 8 of SHA-256>`, then `-2`, `-3`, ..."""
-    stem, suffix = os.path.splitext(name)
-    candidates = [name, f"{stem}-{sha256[:8]}{suffix}"]
-    candidates += (f"{stem}-{sha256[:8]}-{n}{suffix}" for n in range(2, 10_000))
-    for candidate in candidates:
-        path = f"{folder}/{candidate}"
-        if path not in taken and not os.path.lexists(into / path):
-            return path
-    raise DataError(f"no free name for {one_line(name)} in {one_line(into / folder)}")
-
-
 @dataclass
 class Summary:
     """What a watch sorted: photos per destination folder (class, `_review/...`,
@@ -128,14 +118,7 @@ class Summary:
 class _Seen:
     identity: tuple[int, int]  # size, mtime in ns
     since: float  # when this identity was first seen (monotonic)
-
-
-class _Waker(FileSystemEventHandler):
-    def __init__(self, wake: threading.Event):
-        self.wake = wake
-
-    def on_any_event(self, event) -> None:
-        self.wake.set()
+    first: float  # when the file was first seen
 
 
 class Sorter:
@@ -146,7 +129,11 @@ class Sorter:
         self.inbox, self.into, self.predictor = inbox, into, predictor
         self.journal, self.csv_log, self.move, self.settle = journal, csv_log, move, settle
         self.seen: dict[str, _Seen] = {}
-        self.unreadable: dict[str, tuple[int, int]] = {}  # cannot be read: left alone
+        # src -> identity of files left in the inbox until they change: cannot be read or
+        # written where they go, or too large
+        self.unreadable: dict[str, tuple[int, int]] = {}
+        self.give_up: float | None = None  # --once: seconds a file may keep changing
+        self.given_up: set[str] = set()
         self.summary, self.stop = Summary(), threading.Event()
 
     def scan(self) -> dict[str, tuple[int, int]]:
@@ -172,15 +159,20 @@ class Sorter:
         (`only`: consider these paths only)."""
         now, ready, waiting = time.monotonic(), [], 0
         found = self.scan()
+        self.journal.forget(set(found))
+        self.unreadable = {rel: i for rel, i in self.unreadable.items() if rel in found}
         for rel, identity in sorted(found.items()):
-            if ((only is not None and rel not in only) or identity
-                    in (self.journal.sorted.get(rel), self.unreadable.get(rel))):
+            if (only is not None and rel not in only) or self._left(rel, identity):
                 continue
             seen = self.seen.get(rel)
             if seen is None or seen.identity != identity:
-                seen = self.seen[rel] = _Seen(identity, now)
+                seen = self.seen[rel] = _Seen(identity, now, seen.first if seen else now)
             if now - seen.since >= self.settle:
                 ready.append(rel)
+            elif self.give_up is not None and now - seen.first >= self.give_up:
+                log.warning(f"{one_line(rel)} kept changing for {self.give_up:g} s; left in "
+                            "the inbox for the next run")
+                self.given_up.add(rel)
             else:
                 waiting += 1
         self.seen = {rel: s for rel, s in self.seen.items() if rel in found}
@@ -188,7 +180,14 @@ class Sorter:
             if self.stop.is_set():
                 break
             waiting += self._sort(batch)
+        self.journal.maybe_compact()
         return waiting
+
+    def _left(self, rel: str, identity: tuple[int, int]) -> bool:
+        """Whether the file is not to be sorted as it is: sorted, or left in the inbox."""
+        entry = self.journal.sorted.get(rel)
+        return ((entry is not None and entry.identity == identity)
+                or self.unreadable.get(rel) == identity or rel in self.given_up)
 
     def _batches(self, ready: list[str]) -> Iterator[list[str]]:
         """`ready` in batches of at most BATCH files and BATCH_BYTES (or one larger file);
@@ -223,7 +222,8 @@ class Sorter:
             self.unreadable[rel] = self.seen[rel].identity  # not tried again as it is
             return None
         if (info.st_size, info.st_mtime_ns) != self.seen[rel].identity:
-            self.seen[rel] = _Seen((info.st_size, info.st_mtime_ns), time.monotonic())
+            self.seen[rel] = _Seen((info.st_size, info.st_mtime_ns), time.monotonic(),
+                                   self.seen[rel].first)
             return None
         return data
 
@@ -231,21 +231,27 @@ class Sorter:
         """Label and place a batch of settled files; returns how many must wait longer."""
         started = time.monotonic()  # how long each was unchanged is judged at its read
         read = {rel: data for rel in batch if (data := self._read(rel)) is not None}
-        names = list(read)
-        predictions = self.predictor.predict([read[n] for n in names], names=names)
         waiting = sum(rel not in read and self.unreadable.get(rel) != self.seen[rel].identity
                       for rel in batch)
+        hashes = {rel: hashlib.sha256(data).hexdigest() for rel, data in read.items()}
+        names = [rel for rel in read if not self._same_again(rel, hashes[rel])]
+        predictions = self.predictor.predict([read[n] for n in names], names=names)
         placed, taken = [], set()
         for rel, prediction in zip(names, predictions, strict=True):
             stable = started - self.seen[rel].since
             if prediction.error is not None and stable < ERROR_SETTLES * self.settle:
                 waiting += 1  # perhaps still being written: give it time
                 continue
-            entry = self._entry(rel, read[rel], prediction, taken)
+            entry = self._entry(rel, hashes[rel], prediction, taken)
             placed.append((entry, read[rel], prediction))
-        if placed:
-            self.journal.place([(entry, data) for entry, data, _ in placed], self.csv_log)
+        failed = (self.journal.place([(e, data) for e, data, _ in placed], self.csv_log)
+                  if placed else [])
+        for entry in failed:  # not tried again until it changes
+            self.unreadable[entry.src] = entry.identity
         for entry, _, prediction in placed:
+            if entry.state == "undone":  # failed, or its name was taken meanwhile: again
+                waiting += entry not in failed
+                continue
             self.summary.add(entry.dest)
             what = (f"unreadable: {prediction.error}" if prediction.error
                     else f"{prediction.label}: {prediction.reason}" if prediction.reason
@@ -253,17 +259,28 @@ class Sorter:
             log.info(f"{one_line(entry.src)} -> {one_line(entry.dest)} ({one_line(what)})")
         return waiting
 
-    def _entry(self, rel: str, data: bytes, prediction: Prediction, taken: set[str]) -> Entry:
+    def _same_again(self, rel: str, sha256: str) -> bool:
+        """Whether a sorted photo, found with a new size or mtime, still has the bytes that
+        were sorted (touched): then it is recorded as it is now, not sorted again."""
+        entry = self.journal.sorted.get(rel)
+        if entry is None or entry.sha256 != sha256:
+            return False
+        self.journal.same_again(entry, self.seen[rel].identity)
+        return True
+
+    def _entry(self, rel: str, sha256: str, prediction: Prediction, taken: set[str]) -> Entry:
         """The journal entry of a photo to sort, its destination not in `taken` (the batch's
-        other photos), which it joins."""
-        sha256 = hashlib.sha256(data).hexdigest()
+        other photos), which it joins. A file for `_errors` is copied even with --move: it
+        may be a photo whose writer paused, still writing to it."""
         size, mtime = self.seen[rel].identity
-        dest = free_name(self.into, folder_for(prediction), Path(rel).name, sha256, taken)
+        folder = folder_for(prediction)
+        dest = free_name(self.into, folder, Path(rel).name, sha256, taken)
         taken.add(dest)
         row = {"time": datetime.now().isoformat(sep=" ", timespec="seconds"),
                "label": prediction.label, "probabilities": prediction.probabilities,
                "reason": prediction.error or prediction.reason}
-        return Entry(rel, size, mtime, sha256, dest, move=self.move, row=row)
+        return Entry(rel, size, mtime, sha256, dest, move=self.move and folder != ERRORS,
+                     row=row)
 
 
 def watch(inbox: str | Path, model: str | Path | Predictor, into: str | Path, *,
@@ -280,28 +297,32 @@ def watch(inbox: str | Path, model: str | Path | Predictor, into: str | Path, *,
         move: delete each photo from the inbox once it is safely sorted. Defaults to False.
         once: sort what is there (waiting for files still being written), then return.
             Defaults to False.
-        settle: seconds a file's size and mtime must stay unchanged. Defaults to 1.0.
+        settle: seconds a file's size and mtime must stay unchanged, at least MIN_SETTLE.
+            Defaults to 1.0.
         poll: rescan every `settle` seconds instead of waiting for file-system events.
             Defaults to False (events, or polling where they cannot be watched).
         runtime, min_confidence: as for `pawnet.load`.
-        stop: set it to stop, after the photo being sorted. Defaults to None: never.
+        stop: set it to stop, once the batch being sorted is done. Defaults to None:
+            never.
         verbose: log a line per photo and the summary. Defaults to True.
 
     Returns:
         The `Summary` of what was sorted (including what a killed watch left half done).
 
     Raises:
-        DataError: no inbox; a damaged journal; another watch sorting into `into`.
-        ConfigError: folders inside one another; a class named like pawnet's folders.
+        DataError: no inbox; a damaged journal, or another inbox's; another watch sorting
+            into `into`; `into` cannot be written (read-only, full).
+        ConfigError: folders inside one another; a class named like pawnet's folders;
+            `settle` below MIN_SETTLE.
         BundleError: the model cannot be loaded.
     """
     inbox, into = check_folders(Path(inbox), Path(into))
-    if settle < 0:
-        raise ConfigError(f"--settle is in seconds, 0 or more; received: {settle}")
+    if not settle >= MIN_SETTLE:
+        raise ConfigError(f"--settle is in seconds, {MIN_SETTLE:g} or more (a writer's pauses "
+                          f"must not look settled); received: {settle}")
     with logs.verbosity(verbose):
         predictor = load(model, runtime=runtime, min_confidence=min_confidence)
         _check_classes(predictor.classes)
-        into.mkdir(parents=True, exist_ok=True)
         journal, csv_log = Journal(into, inbox), CsvLog(into, predictor.classes)
         try:
             finished = journal.open(csv_log)
@@ -328,8 +349,9 @@ def _check_classes(classes: list[str]) -> None:
 def _loop(sorter: Sorter, once: bool, stop: threading.Event, poll: bool) -> None:
     """Step until stopped, or with `once` until nothing there at the start is waiting."""
     wake = threading.Event()
-    observer = None if once else _observe(sorter.inbox, wake, poll, sorter.settle)
+    observer = None if once else observe(sorter.inbox, wake, poll, sorter.settle)
     only = set(sorter.scan()) if once else None
+    sorter.give_up = max(ONCE_GIVE_UP, ONCE_SETTLES * sorter.settle) if once else None
     how = ("once" if once else "polling" if observer is None else "watching events")
     log.info(f"Sorting {one_line(sorter.inbox)} into {one_line(sorter.into)} ({how}"
              f"{', moving' if sorter.move else ''})")
@@ -339,41 +361,8 @@ def _loop(sorter: Sorter, once: bool, stop: threading.Event, poll: bool) -> None
             if once and not waiting:
                 return
             rescan = RESCAN_SECONDS if observer is not None and not waiting else sorter.settle
-            _wait(wake, stop, max(rescan, 0.05))
+            wait(wake, stop, rescan)
     finally:
         if observer is not None:
             observer.stop()
             observer.join()
-
-
-def _observe(inbox: Path, wake: threading.Event, poll: bool, settle: float):
-    """A started watchdog observer that sets `wake` on any change in the inbox, or None
-    (`poll`, or events cannot be watched here: the loop rescans instead)."""
-    if poll:
-        return None
-    observer = Observer()
-    try:
-        observer.schedule(_Waker(wake), str(inbox), recursive=True)
-        observer.start()
-    except OSError as exc:
-        log.warning(f"file-system events cannot be watched in {one_line(inbox)} "
-                    f"({one_line(exc)}); rescanning every {max(settle, 0.05):g} s instead")
-        return None
-    return observer
-
-
-MIN_GAP = 0.1  # seconds between scans woken by events (a file being written sends many)
-
-
-def _wait(wake: threading.Event, stop: threading.Event, seconds: float) -> None:
-    """Until `seconds` pass, `stop` is set, or `wake` is (but not sooner than MIN_GAP)."""
-    started = time.monotonic()
-    while not stop.is_set():
-        left = seconds - (time.monotonic() - started)
-        if left <= 0:
-            return
-        if wake.wait(min(left, 0.25)) and time.monotonic() - started >= MIN_GAP:
-            wake.clear()
-            return
-        if wake.is_set():
-            time.sleep(max(0.0, MIN_GAP - (time.monotonic() - started)))
