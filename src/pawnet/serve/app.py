@@ -79,6 +79,7 @@ class _State:
     explainer: Explainer | None = None
     metrics: Metrics | None = None
     drift: DriftMonitor | None = None
+    drift_failed: bool = False  # the monitor raised once: logged then, not again
     ready: bool = False
 
 
@@ -222,7 +223,7 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
     async def predict(request: Request) -> list[dict]:
         photos = await labelled(request, lambda: settings.timeout_s)
         # /v1/explain is left out: its photos are mostly ones a client had labelled already
-        state.drift.add(prediction for _, _, prediction in photos if prediction is not None)
+        _watch(state, [prediction for _, _, prediction in photos if prediction is not None])
         return [(Prediction(name, error=str(d)) if found is None else found).to_dict()
                 for name, d, found in photos]
 
@@ -258,6 +259,19 @@ def _add_explain(app: FastAPI, settings: ServeSettings, state: _State, labelled,
         return [Prediction(name, error=str(d)).to_dict() if prediction is None
                 else next(heat_maps)
                 for name, d, prediction in photos]
+
+
+def _watch(state: _State, predictions: list[Prediction]) -> None:
+    """Put a request's answers in the drift monitor. A fault in it is logged once and
+    costs the client nothing: the answers are ready."""
+    try:
+        state.drift.add(predictions)
+    except Exception:
+        if not state.drift_failed:
+            state.drift_failed = True
+            log.exception("drift: the monitor failed; answers are still sent, but /v1/drift "
+                          "and the drift gauges may be stale (logged once). Try: restart the "
+                          "server, and report the traceback below as a pawnet bug")
 
 
 async def _uploads(request: Request, settings: ServeSettings, limit_s: float

@@ -98,20 +98,11 @@ def fit_calibration(plan: Plan, fitted: Fitted) -> Calibration:
 
 def shorter_sides(paths: list[str], seed: int) -> list[int]:
     """The shorter side of up to `SIZE_PHOTOS` of the photos (drawn with `seed`), from their
-    headers."""
-    from PIL import Image
-
+    headers (those that cannot be read now are left out)."""
     if len(paths) > SIZE_PHOTOS:
         paths = [paths[i] for i in np.random.default_rng(seed).choice(len(paths), SIZE_PHOTOS,
                                                                      replace=False)]
-    sides = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                sides.append(min(image.size))
-        except OSError:
-            continue  # changed since the scan; its size is not needed
-    return sides
+    return [min(size) for size in _sizes(paths) if size is not None]
 
 
 def small_view(source, side: int, max_pixels: int | None = None) -> bytes:
@@ -214,7 +205,8 @@ def validation_reference(plan: Plan, scores: np.ndarray, ood_threshold: float,
     (a class, `unsure`, `neither`) of `n` photos, and a sample of at most
     `REFERENCE_SCORES` of their OOD scores (drawn with the run's seed). From the calibrated
     probabilities `fit_calibration` kept and the photos' `scores`, with no other pass over
-    the photos than reading their sizes from the headers. None without calibration."""
+    the photos than reading their sizes from the headers (a photo whose header cannot be
+    read now is judged as if its size were fine). None without calibration."""
     probabilities = plan.validation.get("probabilities")
     if probabilities is None:
         return None
@@ -247,7 +239,7 @@ def _sizes(paths: list[str]) -> list[tuple[int, int] | None]:
             with Image.open(path) as image:
                 sizes.append(image.size)
         except OSError:
-            sizes.append(None)  # changed since the scan: judged as if its size were fine
+            sizes.append(None)  # changed since the scan
     return sizes
 
 
