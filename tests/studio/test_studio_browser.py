@@ -77,6 +77,19 @@ def _shoot(browser, tmp_path: Path, name: str) -> None:
         shutil.copy(tmp_path / name, Path(os.environ["PAWNET_SCREENSHOTS"]) / name)
 
 
+def _first(browser, do):
+    """`do(cells)` on the grid's cells, or False (to wait again) while the grid has none or
+    is redrawn under it (a new order draws it again once the answer arrives)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        cells = browser.find_elements(By.CSS_SELECTOR, "#grid .cell")
+        return do(cells) if cells else False
+    except StaleElementReferenceException:
+        return False
+
+
 def _jobs_done(studio, *names: str, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -107,11 +120,11 @@ def test_review_relabel_exclude_retrain(studio_url, browser, tmp_path, folder):
     Select(browser.find_element(By.ID, "f-issue")).select_by_value("label")
     Select(browser.find_element(By.ID, "order")).select_by_value("issue")
     wait.until(lambda d: d.find_element(By.ID, "total").text.split()[0] not in ("", "1,000"))
-    cells = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#grid .cell"))
-    names = [c.find_element(By.CSS_SELECTOR, ".name").text for c in cells[:3]]
+    names = wait.until(lambda d: _first(d, lambda cells: [
+        c.find_element(By.CSS_SELECTOR, ".name").text for c in cells[:3]]))
     assert sum(name.startswith("cat/planted-") for name in names) >= 2, names
 
-    cells[0].click()
+    wait.until(lambda d: _first(d, lambda cells: cells[0].click() or True))
     grid = browser.find_element(By.ID, "grid")
     assert class_keys(studio.catalog.classes) == {"1": "cat", "2": "dog", "c": "cat",
                                                   "d": "dog"}

@@ -46,8 +46,9 @@ def evaluate(
         typer.echo(f"Model card: {one_line(report.bundle_card)}")
 
 
-GATE_HELP = ("Exit 1, with one line saying why, when NEW is significantly worse (McNemar) "
-             "or a class's recall drops by more than --tolerance; exit 0 when it passes.")
+GATE_HELP = ("Exit 1, with one line saying why, when NEW is significantly worse (McNemar), "
+             "a class's recall drops by more than --tolerance, or its share of unsure or "
+             "neither answers rises by more than --max-unanswered-rise; exit 0 when it passes.")
 
 
 @command(app, "compare", tensorflow=False)
@@ -64,24 +65,26 @@ def compare(
         "as a fraction.")] = 0.02,
     alpha: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Significance level of McNemar's test for --gate.")] = 0.05,
+    max_unanswered_rise: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Largest rise of the share of photos called unsure or neither "
+        "that --gate lets through, as a fraction.")] = 0.02,
     split: Annotated[str, typer.Option(help="Split to use: test, val or train.")] = "test",
     json_out: JsonFlag = False,
     runtime: Runtime = "auto",
 ) -> None:
     """Two models on the same photos, side by side, with 95% intervals and McNemar's test:
     may NEW replace OLD?"""
-    from pawnet.reporting.compare import check_gate, format_comparison
+    from pawnet.reporting.compare import check_gate, format_comparison, release_gate
     from pawnet.reporting.compare import compare as run_comparison
-    from pawnet.reporting.compare import gate as judge
 
-    check_gate(tolerance, alpha)  # before minutes of work, not after
+    check_gate(tolerance, alpha, max_unanswered_rise)  # before minutes of work, not after
     comparison = run_comparison(new, old, photos, split=split, runtime=runtime)
-    passed, reason = judge(comparison, tolerance, alpha)
+    passed, reason = release_gate(comparison, tolerance, alpha, max_unanswered_rise)
     verdict = f"gate: {'passed' if passed else 'failed'}: {reason}"
     if json_out:
         typer.echo(json.dumps({**comparison.to_json(), "gate": {
-            "passed": passed, "reason": reason, "tolerance": tolerance, "alpha": alpha}},
-            indent=2))
+            "passed": passed, "reason": reason, "tolerance": tolerance, "alpha": alpha,
+            "max_unanswered_rise": max_unanswered_rise}}, indent=2))
     else:
         typer.echo(format_comparison(comparison))
     if gate:

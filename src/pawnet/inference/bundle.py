@@ -8,7 +8,8 @@ bundle/
   provenance.json    versions, data fingerprint, counts per class, split seed, final metrics
   config.yaml        the fully resolved training settings
   MODEL_CARD.md      the model card: written by `pawnet evaluate RUN` (the run's held-out
-                     test split), not by training; nothing reads it back
+                     test split), not by training, and replaced only while it is unedited
+                     (its last line, a stamp, checks that); nothing else reads it back
   MODEL_CARD_confusions.jpg    the card's largest confusions, a few photos each
 ```
 """
@@ -27,11 +28,11 @@ import numpy as np
 from pawnet.data.images import RESIZE_METHOD, RESIZE_METHODS
 from pawnet.errors import BundleError, ConfigError
 from pawnet.run_folder import BUNDLE, RunFolder
-from pawnet.storage import Output, atomic_path, atomic_write_bytes, atomic_write_text
+from pawnet.storage import Output, atomic_path, read_text_file
 
 FORMAT_VERSION = 4  # 2 added `temperature`; 3 `min_confidence`, `ood_threshold`; 4 `min_side`
 READABLE_FORMATS = (1, 2, 3, 4)  # older: temperature 1.0, no unsure, no OOD, no size limit
-CARD, CARD_SHEET = "MODEL_CARD.md", "MODEL_CARD_confusions.jpg"  # pawnet.reporting.card
+CARD, CARD_SHEET = "MODEL_CARD.md", "MODEL_CARD_confusions.jpg"  # reporting/report.py
 BUNDLE_OUTPUT = Output("bundle", r"model\.keras|bundle\.json|provenance\.json|config\.yaml"
                        r"|MODEL_CARD\.md|MODEL_CARD_confusions\.jpg", r"bundle\.json")
 ASPECTS = ("stretch",)  # how a photo becomes a square: stretched, never cropped or padded
@@ -210,28 +211,6 @@ def save_bundle(folder: str | Path, model, spec: BundleSpec, provenance: dict[st
     return folder
 
 
-def write_card(bundle: Bundle, card: str, sheet: bytes | None) -> Path | None:
-    """Put a model card (`MODEL_CARD.md`, and its sheet of photos when there is one) into a
-    training run's bundle folder, each file atomically; the model's own files are never
-    touched, and a sheet left from an earlier card goes.
-
-    Returns:
-        The card's path; None for a model that is not a run's bundle (a built-in model, a
-        bundle folder on its own), which gets no card.
-
-    Raises:
-        OSError: the bundle folder cannot be written.
-    """
-    if bundle.path is None or bundle.run_dir is None or not BUNDLE_OUTPUT.owns(bundle.path):
-        return None
-    if sheet is not None:
-        atomic_write_bytes(bundle.path / CARD_SHEET, sheet)
-    atomic_write_text(bundle.path / CARD, card)
-    if sheet is None:
-        (bundle.path / CARD_SHEET).unlink(missing_ok=True)
-    return bundle.path / CARD
-
-
 def _bundle_dir(path: Path) -> Path:
     """The bundle folder meant by a run folder (holding `bundle/`) or a bundle folder."""
     if (RunFolder(path).bundle / "bundle.json").exists():
@@ -251,10 +230,15 @@ def _bundle_dir(path: Path) -> Path:
     raise BundleError(f"{path} is not a pawnet run or bundle folder (no bundle.json in it)")
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """A run's or bundle's JSON file, never waiting on a pipe named like it.
+
+    Raises:
+        BundleError: missing, unreadable or not JSON.
+    """
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(read_text_file(path))
+    except (OSError, ValueError) as exc:
         raise BundleError(f"{path} is damaged ({exc}). Try: retrain, or restore it") from None
 
 
@@ -266,7 +250,7 @@ def read_spec(bundle_dir: Path) -> BundleSpec:
             this pawnet cannot do.
     """
     path = bundle_dir / "bundle.json"
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         raise BundleError(f"{path} is damaged (expected a JSON object)")
     version = data.get("format_version")
@@ -327,7 +311,7 @@ def _load_folder(bundle_dir: Path) -> Bundle:
     if not model_path.exists():
         raise BundleError(f"{model_path} is missing. Try: retrain, or restore the bundle")
     provenance_path = bundle_dir / "provenance.json"
-    provenance = _read_json(provenance_path) if provenance_path.exists() else {}
+    provenance = read_json(provenance_path) if provenance_path.exists() else {}
     if not isinstance(provenance, dict):
         raise BundleError(f"{provenance_path} is damaged (expected a JSON object, found "
                           f"{type(provenance).__name__}). Try: retrain, or restore it")

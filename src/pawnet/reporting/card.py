@@ -2,16 +2,15 @@
 
 `build_card` makes it as data, from an evaluation's `Figures`, the model's bundle
 (`bundle.json`, `provenance.json`) and, for a training run, its `data.json` and manifest;
-no sentence in it is written by hand for one model. `card_markdown` (reporting/text.py)
-renders it as `MODEL_CARD.md`, `report.html` renders the same `Card` as its "Model card"
-section, and `confusion_sheet` draws the photos of its largest confusions into one small
-JPEG beside it. The same evaluation gives the same card, but for its last line (the date).
+no sentence in it is written by hand for one model. `confusion_sheet` gets the photos of
+the largest confusions drawn into one small JPEG (reporting/plots.py) before the card is
+built, which shows it only when there is one. `card_markdown` (reporting/text.py) renders
+the card as `MODEL_CARD.md`, and `report.html` the same `Card` as its "Model card" section.
+The same evaluation gives the same card, but for its date (and the stamp that checks it).
 """
 
 from __future__ import annotations
 
-import io
-import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -20,16 +19,13 @@ import numpy as np
 
 from pawnet.data.splits import read_manifest
 from pawnet.errors import PawnetError, one_line
-from pawnet.inference.bundle import CARD_SHEET, Bundle
+from pawnet.inference.bundle import CARD_SHEET, Bundle, read_json
 from pawnet.reporting.figures import Figures
 from pawnet.reporting.intervals import Interval
 from pawnet.run_folder import RunFolder
-from pawnet.storage import read_text_file
 
 MAX_PAIRS = 4  # confused pairs (true -> predicted) shown
 PER_PAIR = 4  # example photos per pair, most confident first
-THUMB = 96  # px, the side of each example photo in the sheet
-CAPTION = 16  # px, the caption strip above each pair's photos
 FEW_PHOTOS = 30  # a class measured on fewer photos is named under Limits
 WIDE = 0.10  # ... and so is one whose recall interval is wider than this
 ASPECT_WORDS = {"stretch": "stretched to a square, its aspect ratio not kept"}
@@ -64,28 +60,26 @@ class Section:
 
 @dataclass(frozen=True)
 class Card:
-    """A model card: its sections, the confused pairs with their example photos (for
-    `confusion_sheet`), and `made`, the one line that changes between writings."""
+    """A model card: its sections, and `made`, the one line that changes between writings."""
 
     title: str
     sections: list[Section]
-    confusions: list[dict[str, Any]]  # true, predicted, count, examples (photo dicts)
     made: str
 
 
 def build_card(figures: Figures, bundle: Bundle, *, command: str, today: str,
-               held_out: bool = False) -> Card:
+               held_out: bool = False, sheet: bool = False) -> Card:
     """The model card of `bundle`, from the evaluation `figures` that `command` made on
     `today` (an ISO date); `held_out`: measured on the run's own held-out test split, as
-    the bundle answers by default."""
+    the bundle answers by default; `sheet`: `confusion_sheet` drew the confusions' photos
+    (`CARD_SHEET`, beside the card), which the card then shows."""
     spec = bundle.spec
-    confusions = _confused_pairs(figures)
     sections = [_intended_use(figures, bundle), _training_data(bundle),
                 _performance(figures, held_out), _calibration(figures, bundle),
-                _answers(figures), _confusions(confusions),
+                _answers(figures), _confusions(_confused_pairs(figures), sheet),
                 Section("limits", "Limits", [Bullets(_limits(figures, bundle, held_out))])]
     return Card(f"Model card: {spec.model_name} ({', '.join(spec.class_names)})", sections,
-                confusions, f"Made on {today} by `{one_line(command)}`.")
+                f"Made on {today} by `{one_line(command)}`.")
 
 
 def _photos(n: int) -> str:
@@ -145,10 +139,11 @@ def _part(record: dict[str, Any], key: str) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-def _read_json(path) -> dict[str, Any]:
+def _scan(run: RunFolder | None) -> dict[str, Any]:
+    """The run's `data.json` (what the scan of its photos found); empty when unreadable."""
     try:
-        found = json.loads(read_text_file(path))
-    except (OSError, ValueError):
+        found = read_json(run.data) if run else {}
+    except PawnetError:
         return {}
     return found if isinstance(found, dict) else {}
 
@@ -161,7 +156,7 @@ def _training_data(bundle: Bundle) -> Section:
                "not recorded" if record.get("builtin") else "not recorded in the bundle")
         return Section("training-data", "Training data", [f"Not known: {why}."])
     run = RunFolder(bundle.run_dir) if bundle.run_dir else None
-    scan = _read_json(run.data) if run else {}
+    scan = _scan(run)
     layout = f" ({scan['layout']})" if scan.get("layout") else ""
     given = ", ".join(map(one_line, _part(scan, "splits")))
     rows = [["source folder", f"`{one_line(data.get('root', '?'))}`{layout}"],
@@ -204,7 +199,7 @@ def _label_decisions(scan: dict[str, Any], run: RunFolder | None) -> str:
     return text
 
 
-def _interval(intervals: dict | None, *keys: str, value: float) -> str:
+def _with_interval(intervals: dict | None, *keys: str, value: float) -> str:
     """A figure with its bootstrap interval from `report.json`'s intervals, or alone."""
     found = intervals
     for key in keys:
@@ -221,29 +216,30 @@ def _performance(figures: Figures, held_out: bool) -> Section:
              "card describes that evaluation only: the bundle's own card comes from `pawnet "
              "evaluate RUN`, on the run's held-out test split.")
     iv = figures.intervals
-    rows = [[f"`{one_line(c)}`", _interval(iv, "per_class", c, "precision",
-                                           value=m["precision"]),
-             _interval(iv, "per_class", c, "recall", value=m["recall"]), f"{m['f1']:.3f}",
-             str(m["support"])] for c, m in figures.per_class.items()]
+    rows = [[f"`{one_line(c)}`",
+             _with_interval(iv, "per_class", c, "precision", value=m["precision"]),
+             _with_interval(iv, "per_class", c, "recall", value=m["recall"]),
+             f"{m['f1']:.3f}", str(m["support"])] for c, m in figures.per_class.items()]
     how = (f" In brackets: 95% bootstrap intervals ({iv['rounds']} resamples of the photos)."
            if iv else "")
     return Section("performance", "Performance", [
         where,
-        f"Accuracy {_interval(iv, 'accuracy', value=figures.accuracy)}.{how}",
+        f"Accuracy {_with_interval(iv, 'accuracy', value=figures.accuracy)}.{how}",
         Table(["class", "precision", "recall", "F1", "photos"], rows)])
 
 
 def _calibration(figures: Figures, bundle: Bundle) -> Section:
     metrics = _part(bundle.provenance, "metrics")
     n_val = sum(_part(_part(_part(bundle.provenance, "data"), "counts"), "val").values())
-    where = ("none fitted: the probabilities are the model's own"
-             if "temperature" not in metrics else
+    # an older bundle records no metrics: its temperature alone says whether it was fitted
+    scaled = "temperature" in metrics or figures.temperature != 1.0
+    where = ("none fitted: the probabilities are the model's own" if not scaled else
+             "where it was fitted is not recorded" if "temperature" not in metrics else
              f"fitted on the {n_val} validation photos" if n_val else "fitted at training")
     rows = [["temperature", f"{figures.temperature:.3f} ({where})"]]
     if "val_ece" in metrics and "val_ece_uncalibrated" in metrics:
         rows.append(["error, validation photos", f"{metrics['val_ece_uncalibrated']:.4f} "
                                                  f"before, {metrics['val_ece']:.4f} after"])
-    scaled = "temperature" in metrics
     rows.append(["error, photos measured", (f"{figures.expected_calibration_error_uncalibrated:.4f}"
                  " before, " if scaled else "") + f"{figures.expected_calibration_error:.4f}"
                  + (" after" if scaled else "")])
@@ -285,17 +281,19 @@ def _confused_pairs(figures: Figures) -> list[dict[str, Any]]:
             for count, i, j in pairs]
 
 
-def _confusions(pairs: list[dict[str, Any]]) -> Section:
+def _confusions(pairs: list[dict[str, Any]], sheet: bool) -> Section:
     if not pairs:
         return Section("confusions", "Largest confusions", ["No photo was misclassified."])
     rows = [[str(rank), f"`{one_line(p['true'])}`", f"`{one_line(p['predicted'])}`",
              str(p["count"]), f"{p['share']:.1%}",
              ", ".join(f"{one_line(m['path'].rsplit('/', 1)[-1])} ({m['confidence']:.2f})"
                        for m in p["examples"])] for rank, p in enumerate(pairs, 1)]
+    table = Table(["", "true", "predicted as", "photos", "of the true class",
+                   "examples (confidence)"], rows)
+    if not sheet:  # none of the examples could be read any more
+        return Section("confusions", "Largest confusions", [table])
     return Section("confusions", "Largest confusions", [
-        Table(["", "true", "predicted as", "photos", "of the true class",
-               "examples (confidence)"], rows),
-        f"The examples, one row per pair in this order, most confident first "
+        table, f"The examples, one row per pair in this order, most confident first "
         f"(`{CARD_SHEET}`):", Picture(CARD_SHEET, "the largest confusions' example photos")])
 
 
@@ -345,7 +343,7 @@ def _uncertain_classes(figures: Figures) -> list[str]:
         return [f"Every class was measured on at least {FEW_PHOTOS} photos; the widest "
                 f"recall interval spans {max(map(width, per_class)):.3f}."]
     def recall(c: str) -> str:
-        return _interval(figures.intervals, "per_class", c, "recall",
+        return _with_interval(figures.intervals, "per_class", c, "recall",
                          value=per_class[c]["recall"])
 
     return absent + [f"`{one_line(c)}` was measured on {_photos(per_class[c]['support'])}: its "
@@ -353,36 +351,12 @@ def _uncertain_classes(figures: Figures) -> list[str]:
                      f"interval wider than {WIDE})." for c in wide]
 
 
-def confusion_sheet(card: Card) -> bytes | None:
-    """The examples of the card's confused pairs as one JPEG: a row per pair, its caption
-    above, `PER_PAIR` photos of `THUMB` px, most confident first; None when there are none
-    (or none can be read any more)."""
-    from PIL import Image, ImageDraw, ImageOps
+def confusion_sheet(figures: Figures) -> bytes | None:
+    """The example photos of the largest confusions as one JPEG: a row per pair (as the
+    card ranks them), its caption above and its most confident photos first; None when no
+    photo was misclassified, or none of them can be read any more."""
+    from pawnet.reporting.plots import photo_sheet
 
-    from pawnet.data.images import load_preview
-
-    rows = []
-    for rank, pair in enumerate(card.confusions, 1):
-        tiles = []
-        for m in pair["examples"]:
-            try:
-                tiles.append(ImageOps.fit(Image.fromarray(load_preview(m["path"], 2 * THUMB)),
-                                          (THUMB, THUMB)))
-            except (PawnetError, OSError):
-                continue  # moved or changed since it was evaluated
-        if tiles:
-            rows.append((f"{rank}. {pair['true']} -> {pair['predicted']} ({pair['count']})",
-                         tiles))
-    if not rows:
-        return None
-    sheet = Image.new("RGB", (PER_PAIR * (THUMB + 2), len(rows) * (CAPTION + THUMB + 4)),
-                      "white")
-    draw = ImageDraw.Draw(sheet)
-    for r, (caption, tiles) in enumerate(rows):
-        top = r * (CAPTION + THUMB + 4)
-        draw.text((2, top + 2), caption.encode("ascii", "replace").decode(), fill="black")
-        for c, tile in enumerate(tiles):
-            sheet.paste(tile, (c * (THUMB + 2), top + CAPTION))
-    buffer = io.BytesIO()
-    sheet.save(buffer, "JPEG", quality=80, optimize=True)
-    return buffer.getvalue()
+    return photo_sheet([(f"{rank}. {p['true']} -> {p['predicted']} ({p['count']})",
+                         [m["path"] for m in p["examples"]])
+                        for rank, p in enumerate(_confused_pairs(figures), 1)], PER_PAIR)

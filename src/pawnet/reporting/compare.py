@@ -4,9 +4,10 @@
 held-out split that both runs share. For each model it measures accuracy and per-class
 precision and recall with bootstrap 95% intervals, and counts the photos it called unsure
 or neither. It then runs McNemar's exact test on the photos that only one of the two got
-right. `gate` turns a comparison into a verdict: NEW may replace OLD unless it is
-significantly worse overall, or some class's recall drops by more than a tolerance.
-`pawnet compare` prints both. Nothing is written.
+right. `release_gate` turns a comparison into a verdict: NEW may replace OLD unless it is
+significantly worse overall, some class's recall drops by more than a tolerance, or it
+leaves a larger share of the photos unanswered (unsure or neither). `pawnet compare` prints
+both. Nothing is written.
 """
 
 from __future__ import annotations
@@ -22,19 +23,22 @@ from pawnet import logs
 from pawnet.data.scan import SPLIT_FOLDER_NAMES, Photo
 from pawnet.data.splits import read_manifest
 from pawnet.errors import ConfigError, DataError, one_line
-from pawnet.inference.bundle import resolve
+from pawnet.inference.bundle import Bundle, resolve
 from pawnet.inference.predictor import Prediction, Predictor, load
-from pawnet.reporting.evaluate import compute_metrics, select_photos
+from pawnet.reporting.evaluate import compute_metrics, photos_to_measure
 from pawnet.reporting.intervals import Intervals, McNemar, bootstrap, mcnemar
+from pawnet.reporting.text import aligned
 from pawnet.run_folder import RunFolder
 from pawnet.trust.verdict import NEITHER, UNSURE
 
 log = logging.getLogger(__name__)
 
 TOLERANCE = 0.02  # the largest recall drop of any class that the gate lets through
+MAX_UNANSWERED_RISE = 0.02  # the largest rise of the share of unsure or neither answers
 ALPHA = 0.05  # McNemar p-values below this make a difference significant
 ROUNDING = 1e-9  # a drop equal to the tolerance up to float error (1.0 - 0.98) still passes
 SKIPPED_SHOWN = 5
+WHO = {"new": "NEW", "old": "OLD", "both": "both"}  # which model could not read a photo
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,18 @@ class Side:
                 "confusion_matrix": self.metrics["confusion_matrix"],
                 "unsure": self.unsure, "neither": self.neither}
 
+    @property
+    def unanswered(self) -> int:
+        """Photos labelled unsure or neither."""
+        return self.unsure + self.neither
+
 
 @dataclass(frozen=True)
 class Comparison:
     """NEW and OLD on the same photos: `new` and `old` (`Side`), the `classes` (NEW's
     order; OLD's answers are aligned by name), the photos (`source`, `paths`, `truth`),
-    the ones skipped as unreadable by either model, and McNemar's test (`only_first` is
-    the photos only NEW got right)."""
+    the ones skipped as unreadable (`path`, `model`: "new", "old" or "both", `error`),
+    and McNemar's test (`only_first` is the photos only NEW got right)."""
 
     new: Side
     old: Side
@@ -112,16 +121,26 @@ class Comparison:
         }
 
 
-def _predictors(new: str, old: str, runtime: str) -> tuple[Predictor, Predictor]:
-    """Both models, loaded once their bundles say their classes match: before any model
-    is converted for its runtime, which takes seconds."""
-    classes = [list(resolve(model).spec.class_names) for model in (new, old)]
+def _check_folder(photos: str | Path) -> None:
+    """Raises DataError unless PHOTOS is a folder: before the models load, which can take
+    minutes when they are converted for their runtime."""
+    path = Path(photos)
+    if not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise DataError(f"PHOTOS {one_line(path)} {what}. Try: a folder with a folder of "
+                        "photos per class, or no PHOTOS for the split both runs held out")
+
+
+def _bundles(new: str, old: str) -> tuple[Bundle, Bundle]:
+    """Both bundles, once they say their classes match (their order may differ)."""
+    bundles = resolve(new), resolve(old)
+    classes = [list(bundle.spec.class_names) for bundle in bundles]
     if set(classes[0]) != set(classes[1]):
         raise DataError(
             f"{one_line(new)} and {one_line(old)} have different classes: "
             f"{', '.join(classes[0])} against {', '.join(classes[1])}. Try: compare "
             "models trained on the same class names")
-    return load(new, runtime=runtime), load(old, runtime=runtime)
+    return bundles
 
 
 def _no_manifest(model: str, new: str, old: str) -> DataError:
@@ -139,9 +158,11 @@ def _split_key(split: str) -> str:
 
 def shared_split(new: str, old: str, runs: tuple[Path | None, Path | None], split: str
                  ) -> tuple[list[str], list[str], str]:
-    """(paths, labels, description) of the photos both runs put in `split`, less any that
-    either run had in another split (its training or validation photos), by path or by
-    content, and any the two runs label differently."""
+    """(paths, labels, description) of the photos both runs put in `split`, matched by
+    content (a split depends only on it and the seed, wherever the folder was), less any
+    either run had in another split (by content or path) and any they label differently.
+    A photo is read from NEW's path, or OLD's when NEW's is gone (gone from both: the models
+    cannot read it, so it is skipped and counted)."""
     key = _split_key(split)
     for model, run in zip((new, old), runs, strict=True):
         if run is None:
@@ -149,10 +170,11 @@ def shared_split(new: str, old: str, runs: tuple[Path | None, Path | None], spli
     manifests = [read_manifest(RunFolder(run).manifest) for run in runs]
     seen: list[Photo] = [p for m in manifests for p in m if p.split != key]
     seen_paths, seen_hashes = {p.path for p in seen}, {p.sha256 for p in seen}
-    old_labels = {p.path: p.label for p in manifests[1] if p.split == key}
-    common = [p for p in manifests[0] if p.split == key and p.path in old_labels]
-    chosen = [p for p in common if p.path not in seen_paths and p.sha256 not in seen_hashes
-              and p.label == old_labels[p.path]]
+    held = [{p.sha256: p for p in m if p.split == key} for m in manifests]
+    common = [(p, held[1][p.sha256]) for p in held[0].values() if p.sha256 in held[1]]
+    chosen = [p if Path(p.path).exists() or not Path(q.path).exists() else q
+              for p, q in common if p.sha256 not in seen_hashes and p.label == q.label
+              and p.path not in seen_paths and q.path not in seen_paths]
     if not chosen:
         raise DataError(
             f"{one_line(new)} and {one_line(old)} share no {key} photos (trained on different "
@@ -165,21 +187,30 @@ def shared_split(new: str, old: str, runs: tuple[Path | None, Path | None], spli
     return [p.path for p in chosen], [p.label for p in chosen], description
 
 
-def _warn_if_trained_on(paths: list[str], models: tuple[str, str],
+def _warn_if_trained_on(photos: list[Photo], models: tuple[str, str],
                         runs: tuple[Path | None, Path | None]) -> None:
-    """A warning for each run that trained or validated on some of the given photos: its
-    figures on them are optimistic."""
-    given = {str(Path(p).resolve()) for p in paths}
+    """A warning for each run that trained or validated on some of the given photos, by
+    content (a copy of its folder) or by path: its figures on them are optimistic."""
     for model, run in dict.fromkeys(zip(models, runs, strict=True)):  # once for NEW == OLD
         if run is None:
             continue
-        used = {str(Path(p.path).resolve()) for p in read_manifest(RunFolder(run).manifest)
-                if p.split in ("train", "val")}
-        overlap = len(given & used)
+        used = [p for p in read_manifest(RunFolder(run).manifest) if p.split in ("train", "val")]
+        hashes, paths = {p.sha256 for p in used}, {str(Path(p.path).resolve()) for p in used}
+        overlap = sum(p.sha256 in hashes or str(Path(p.path).resolve()) in paths for p in photos)
         if overlap:
-            log.warning(f"{overlap} of the {len(given)} photos were in {model}'s training or "
+            log.warning(f"{overlap} of the {len(photos)} photos were in {model}'s training or "
                         "validation split, so its figures on them are optimistic. Try: "
                         "photos neither model trained on, or no PHOTOS")
+
+
+def _photos(new: str, old: str, runs: tuple[Path | None, Path | None],
+            photos: str | Path | None, split: str) -> tuple[list[str], list[str], str]:
+    """(paths, labels, description) of the photos to compare on."""
+    if photos is None:
+        return shared_split(new, old, runs, split)
+    chosen, source = photos_to_measure(new, None, photos, split)
+    _warn_if_trained_on(chosen, (new, old), runs)
+    return [p.path for p in chosen], [p.label for p in chosen], source
 
 
 def _side(model: str, predictor: Predictor, predictions: list[Prediction], classes: list[str],
@@ -208,64 +239,100 @@ def compare(new: str | Path, old: str | Path, photos: str | Path | None = None, 
         verbose: show what is compared (pawnet's log lines); warnings always.
 
     Returns:
-        The `Comparison`; `gate` judges it, `format_comparison` prints it, `to_json()`.
+        The `Comparison`; `release_gate` judges it, `format_comparison` prints it,
+        `to_json()`.
 
     Raises:
-        DataError: no photos in common, classes that differ, or no readable photo.
+        DataError: PHOTOS not a folder, no photos in common, classes that differ, or no
+            readable photo.
         BundleError: a model cannot be loaded.
 
-    >>> passed, reason = gate(compare("runs/candidate", "runs/current"))
+    >>> passed, reason = release_gate(compare("runs/candidate", "runs/current"))
     """
     new, old = str(new), str(old)
-    _split_key(split)  # before the models load
+    _split_key(split)  # the photos are checked before the models load
+    if photos is not None:
+        _check_folder(photos)
     with logs.verbosity(verbose):
-        first, second = _predictors(new, old, runtime)
-        runs = (first.bundle.run_dir, second.bundle.run_dir)
-        if photos is None:
-            paths, labels, source = shared_split(new, old, runs, split)
-        else:
-            paths, labels, source = select_photos(new, None, photos, split)
-            _warn_if_trained_on(paths, (new, old), runs)
-        classes = first.classes
-        unknown = sorted(set(labels) - set(classes))
+        bundles = _bundles(new, old)
+        paths, labels, source = _photos(new, old, tuple(b.run_dir for b in bundles), photos,
+                                        split)
+        unknown = sorted(set(labels) - set(bundles[0].spec.class_names))
         if unknown:
             raise DataError(f"{source} has classes the models do not know: "
-                            f"{', '.join(unknown)}; they know {', '.join(classes)}. Try: "
-                            "photos in folders with those names")
+                            f"{', '.join(unknown)}; they know "
+                            f"{', '.join(bundles[0].spec.class_names)}. Try: photos in "
+                            "folders with those names")
+        predictors = load(new, runtime=runtime), load(old, runtime=runtime)
         log.info(f"Comparing {new} with {old} on {len(paths)} photos: {source}")
-        answers = [first.predict(paths), second.predict(paths)]
-    failed = {i: p.error for answer in answers for i, p in enumerate(answer) if p.error}
-    kept = [i for i in range(len(paths)) if i not in failed]
+        answers = [predictor.predict(paths) for predictor in predictors]
+    return _measure((new, old), predictors, answers, (paths, labels), source)
+
+
+def _skipped(path: str, new_error: str | None, old_error: str | None) -> dict[str, str]:
+    """A photo that NEW, OLD or both could not read, and why."""
+    if new_error and old_error:
+        error = new_error if new_error == old_error else f"NEW: {new_error}; OLD: {old_error}"
+        return {"path": path, "model": "both", "error": error}
+    return {"path": path, "model": "new" if new_error else "old",
+            "error": new_error or old_error or ""}
+
+
+def _measure(models: tuple[str, str], predictors: tuple[Predictor, Predictor],
+             answers: list[list[Prediction]], photos: tuple[list[str], list[str]],
+             source: str) -> Comparison:
+    """Both models' figures and McNemar's test on the photos both could read."""
+    paths, labels = photos
+    failed = [i for i, pair in enumerate(zip(*answers, strict=True))
+              if any(p.error for p in pair)]
+    kept = [i for i in range(len(paths)) if not any(answer[i].error for answer in answers)]
     if not kept:
         raise DataError(f"none of the {len(paths)} photos of {source} could be read")
+    classes = predictors[0].classes
     truth = np.array([classes.index(labels[i]) for i in kept])
     sides = [_side(model, predictor, [answer[i] for i in kept], classes, truth)
-             for model, predictor, answer in zip((new, old), (first, second), answers,
-                                                 strict=True)]
+             for model, predictor, answer in zip(models, predictors, answers, strict=True)]
     return Comparison(new=sides[0], old=sides[1], classes=classes, source=source,
                       paths=[paths[i] for i in kept], truth=truth,
-                      skipped=[{"path": paths[i], "error": e} for i, e in sorted(failed.items())],
+                      skipped=[_skipped(paths[i], answers[0][i].error, answers[1][i].error)
+                               for i in failed],
                       mcnemar=mcnemar(sides[0].right, sides[1].right))
 
 
-def check_gate(tolerance: float, alpha: float) -> None:
-    """Raises ConfigError unless 0 <= `tolerance` <= 1 and 0 < `alpha` <= 1."""
-    if not 0 <= tolerance <= 1 or not 0 < alpha <= 1:
-        raise ConfigError(f"the gate needs 0 <= tolerance <= 1 and 0 < alpha <= 1; received "
-                          f"tolerance={tolerance}, alpha={alpha}. Try: --tolerance 0.02 "
-                          "--alpha 0.05")
+def check_gate(tolerance: float, alpha: float,
+               max_unanswered_rise: float = MAX_UNANSWERED_RISE) -> None:
+    """Raises ConfigError unless 0 <= `tolerance` <= 1, 0 < `alpha` <= 1 and
+    0 <= `max_unanswered_rise` <= 1."""
+    if not 0 <= tolerance <= 1 or not 0 < alpha <= 1 or not 0 <= max_unanswered_rise <= 1:
+        raise ConfigError(f"the gate needs 0 <= tolerance <= 1, 0 < alpha <= 1 and 0 <= "
+                          f"max_unanswered_rise <= 1; received tolerance={tolerance}, "
+                          f"alpha={alpha}, max_unanswered_rise={max_unanswered_rise}. Try: "
+                          "--tolerance 0.02 --alpha 0.05 --max-unanswered-rise 0.02")
 
 
-def gate(comparison: Comparison, tolerance: float = TOLERANCE, alpha: float = ALPHA
-         ) -> tuple[bool, str]:
+def _unanswered(c: Comparison, max_rise: float) -> tuple[bool, str]:
+    """Whether NEW's share of unsure or neither answers exceeds OLD's by <= `max_rise`; why."""
+    new, old = c.new.unanswered, c.old.unanswered
+    rise = (new - old) / c.n
+    if rise > max_rise + ROUNDING:
+        return False, (f"unsure or neither rises from {old} to {new} of {c.n} photos "
+                       f"({rise:.3f} > max rise {max_rise:.3f})")
+    return True, (f"unsure or neither {new} vs {old} of {c.n} photos"
+                  + (f" (rise {rise:.3f} <= {max_rise:.3f})" if rise > 0 else ""))
+
+
+def release_gate(comparison: Comparison, tolerance: float = TOLERANCE, alpha: float = ALPHA,
+                 max_unanswered_rise: float = MAX_UNANSWERED_RISE) -> tuple[bool, str]:
     """Whether NEW may replace OLD, and why in one line: it may unless McNemar's test says
-    it is right significantly less often (p < `alpha`), or some class's recall drops by
-    more than `tolerance` (a fraction). Classes absent from the photos are not judged.
+    it is right significantly less often (p < `alpha`), some class's recall drops by more
+    than `tolerance` (a fraction; on the measured recalls, so a class of n photos moves in
+    steps of 1/n), or the share of photos NEW calls unsure or neither exceeds OLD's by more
+    than `max_unanswered_rise`. Classes absent from the photos are not judged.
 
     Raises:
-        ConfigError: `tolerance` not in 0..1, or `alpha` not in (0, 1].
+        ConfigError: `tolerance` or `max_unanswered_rise` not in 0..1, `alpha` not in (0, 1].
     """
-    check_gate(tolerance, alpha)
+    check_gate(tolerance, alpha, max_unanswered_rise)
     c, test = comparison, comparison.mcnemar
     accuracies = f"{c.new.intervals.accuracy.value:.4f} vs {c.old.intervals.accuracy.value:.4f}"
     evidence = (f"McNemar p={test.p_value:.3g} on {test.only_first + test.only_second} "
@@ -273,20 +340,22 @@ def gate(comparison: Comparison, tolerance: float = TOLERANCE, alpha: float = AL
     reasons = []
     if test.p_value < alpha and test.only_first < test.only_second:
         reasons.append(f"NEW is significantly worse ({accuracies}, {evidence})")
-    drops = {name: -d for i, name in enumerate(c.classes)
-             if (d := c.difference("recall", i)) is not None}
-    for name, drop in sorted(drops.items(), key=lambda item: -item[1]):
+    drops = {i: -d for i in range(len(c.classes)) if (d := c.difference("recall", i)) is not None}
+    for i, drop in sorted(drops.items(), key=lambda item: -item[1]):
         if drop > tolerance + ROUNDING:
-            reasons.append(f"recall of {one_line(name)} drops {drop:.3f} "
-                           f"(> tolerance {tolerance:.3f})")
+            reasons.append(f"recall of {one_line(c.classes[i])} drops {drop:.3f} on "
+                           f"{c.support[i]} photos (> tolerance {tolerance:.3f})")
+    answered, unanswered = _unanswered(c, max_unanswered_rise)
+    if not answered:
+        reasons.append(unanswered)
     if reasons:
         return False, "; ".join(reasons)
     worst = max(drops.items(), key=lambda item: item[1], default=None)
     recall = ("no class's recall drops" if worst is None or worst[1] <= 0 else
-              f"largest recall drop {worst[1]:.3f} ({one_line(worst[0])}) <= tolerance "
-              f"{tolerance:.3f}")
+              f"largest recall drop {worst[1]:.3f} ({one_line(c.classes[worst[0]])}) <= "
+              f"tolerance {tolerance:.3f}")
     return True, (f"NEW is not significantly worse ({accuracies}, {evidence}; alpha "
-                  f"{alpha:g}); {recall}")
+                  f"{alpha:g}); {recall}; {unanswered}")
 
 
 def _signed(value: float | None, digits: int = 4) -> str:
@@ -317,14 +386,12 @@ def format_comparison(c: Comparison) -> str:
     lines = [f"NEW: {one_line(c.new.model)} ({c.new.runtime})",
              f"OLD: {one_line(c.old.model)} ({c.old.runtime})",
              f"Photos: {c.n} from {one_line(c.source)}; {len(c.skipped)} unreadable, skipped"]
-    lines += [f"  skipped {one_line(s['path'])}: {one_line(s['error'])}"
-              for s in c.skipped[:SKIPPED_SHOWN]]
+    lines += [f"  skipped {one_line(s['path'])} (unreadable by {WHO[s['model']]}): "
+              f"{one_line(s['error'])}" for s in c.skipped[:SKIPPED_SHOWN]]
     if len(c.skipped) > SKIPPED_SHOWN:
         lines.append(f"  ... and {len(c.skipped) - SKIPPED_SHOWN} more (--json lists them)")
-    rows = [("", "NEW (95% interval)", "OLD (95% interval)", "NEW-OLD"), *_rows(c)]
-    widths = [max(len(row[k]) for row in rows) + 2 for k in range(3)]
-    lines += ["".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + row[3]
-              for row in rows]
+    lines.append(aligned([("", "NEW (95% interval)", "OLD (95% interval)", "NEW-OLD"),
+                          *_rows(c)]))
     test = c.mcnemar
     lines.append(f"McNemar: only NEW right on {test.only_first}, only OLD right on "
                  f"{test.only_second}; exact p={test.p_value:.3g} on the "

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pawnet import logs
-from pawnet.data.scan import SPLIT_FOLDER_NAMES, scan
+from pawnet.data.scan import SPLIT_FOLDER_NAMES, Photo, scan
 from pawnet.data.splits import read_manifest
 from pawnet.errors import DataError
 from pawnet.inference.predictor import Predictor, load
@@ -72,8 +72,18 @@ def compute_metrics(probs: np.ndarray, truth: np.ndarray, classes: list[str]) ->
     return report
 
 
-def select_photos(model: str | Path, run_dir: Path | None, photos: str | Path | None, split: str):
+def select_photos(model: str | Path, run_dir: Path | None, photos: str | Path | None, split: str
+                  ) -> tuple[list[str], list[str], str]:
     """(paths, labels, description) of the photos to evaluate on."""
+    chosen, description = photos_to_measure(model, run_dir, photos, split)
+    return [p.path for p in chosen], [p.label for p in chosen], description
+
+
+def photos_to_measure(model: str | Path, run_dir: Path | None, photos: str | Path | None,
+                      split: str) -> tuple[list[Photo], str]:
+    """The photos to evaluate on, with their content hashes, and where they come from: the
+    `split` of `photos` (all of them when it has no split folders), or of the run's
+    manifest when `photos` is None."""
     split_key = SPLIT_FOLDER_NAMES.get(split.lower())
     if split_key is None:
         raise DataError(f"unknown split '{split}'; allowed: train, val, test")
@@ -84,7 +94,7 @@ def select_photos(model: str | Path, run_dir: Path | None, photos: str | Path | 
         if not chosen:
             raise DataError(f"the run {run_dir} has no photos in its {split_key} split. "
                             "Try: --split val, or give PHOTOS")
-        return [p.path for p in chosen], [p.label for p in chosen], f"{run_dir} {split_key} split"
+        return chosen, f"{run_dir} {split_key} split"
     photoset = scan(photos)
     log.info(photoset.summary())
     chosen = photoset.photos
@@ -95,7 +105,7 @@ def select_photos(model: str | Path, run_dir: Path | None, photos: str | Path | 
             raise DataError(f"{photos} has no {split_key} folder; it has "
                             f"{', '.join(photoset.splits())}. Try: --split {photoset.splits()[-1]}")
         description += f" ({split_key})"
-    return [p.path for p in chosen], [p.label for p in chosen], description
+    return chosen, description
 
 
 def _check_classes(labels: list[str], predictor: Predictor, source: str) -> None:
@@ -121,7 +131,7 @@ def _report(predictor: Predictor, paths: list[str], labels: list[str], source: s
     probs = np.array([[p.probabilities[c] for c in classes] for p, _ in kept])
     truth = np.array([classes.index(label) for _, label in kept])
     report = {"source": source, **compute_metrics(probs, truth, classes), "failed": failed}
-    report["intervals"] = intervals(truth, probs.argmax(axis=1), classes)
+    report["intervals"] = interval_figures(truth, probs.argmax(axis=1), classes)
     temperature = predictor.spec.temperature  # the probabilities are calibrated; undo it
     report["temperature"] = temperature
     report["expected_calibration_error_uncalibrated"] = expected_calibration_error(
@@ -144,7 +154,8 @@ def _report(predictor: Predictor, paths: list[str], labels: list[str], source: s
                   paths=[p.path for p, _ in kept], probabilities=probs, truth=truth)
 
 
-def intervals(truth: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dict[str, Any]:
+def interval_figures(truth: np.ndarray, predicted: np.ndarray, classes: list[str]
+                     ) -> dict[str, Any]:
     """Bootstrap 95% intervals of accuracy and of each class's precision and recall, as
     `report.json` holds them."""
     found = bootstrap(truth, predicted, len(classes))
@@ -155,12 +166,14 @@ def intervals(truth: np.ndarray, predicted: np.ndarray, classes: list[str]) -> d
                           for i, c in enumerate(classes)}}
 
 
-def _command(model: str | Path, photos: str | Path | None, split: str, tta: bool,
-             min_confidence: float | None) -> str:
+def _command(model: str | Path, photos: str | Path | None, split: str, runtime: str,
+             tta: bool, min_confidence: float | None) -> str:
     """The `pawnet evaluate` command that measures what these arguments do."""
     words = ["pawnet", "evaluate", str(model), *([str(photos)] if photos is not None else [])]
     if split.lower() != "test":
         words += ["--split", split]
+    if runtime != "auto":
+        words += ["--runtime", runtime]
     if tta:
         words.append("--tta")
     if min_confidence is not None:
@@ -232,8 +245,9 @@ def evaluate(
         paths, labels, source = select_photos(model, run_dir, photos, split)
         _check_classes(labels, predictor, source)
         report = _report(predictor, paths, labels, source, model=str(model), tta=tta)
-    report.command = _command(model, photos, split, tta, min_confidence)
-    # the bundle's card describes it as it answers by default, on photos it never saw
+    report.command = _command(model, photos, split, runtime, tta, min_confidence)
+    # the bundle's card describes it as it answers by default, on photos it never saw; any
+    # runtime will do, as each agrees with Keras (the command names one that is not auto)
     report.held_out = (photos is None and SPLIT_FOLDER_NAMES[split.lower()] == "test"
                        and not tta and min_confidence is None)
     return report

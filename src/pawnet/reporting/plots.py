@@ -1,9 +1,10 @@
-"""Every picture pawnet draws: learning curves, confusion matrix, photo grids.
+"""Every picture pawnet draws: learning curves, confusion matrix, photo grids, photo sheets.
 
 Each figure is a `matplotlib.figure.Figure` drawn directly, never through pyplot, so
 importing or drawing never switches matplotlib's backend (a notebook's stays its own); it
 is written atomically to a PNG. Text in them (class names, file names) is drawn as given,
-never parsed as mathtext, with control characters written out as in the terminal.
+never parsed as mathtext, with control characters written out as in the terminal. The one
+exception, `photo_sheet` (the model card's confusions), is small JPEG bytes drawn with PIL.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pawnet.errors import one_line
 from pawnet.storage import atomic_write_bytes
 
 SOFTWARE = "pawnet"  # the PNG's Software text: how pawnet knows a PNG is its own
+SHEET_THUMB = 96  # px, the side of each photo in a photo sheet
+SHEET_CAPTION = 16  # px, the caption strip above each of its rows
 
 
 def is_own_png(head: bytes) -> bool:
@@ -161,5 +164,43 @@ def plot_roc(truth: np.ndarray, probs: np.ndarray, classes: Sequence[str],
         ax.plot(fpr, tpr, label=f"{one_line(classes[k])} (AUC {auc(fpr, tpr):.4f})")
     ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # none when a class is absent from the photos
+        ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
+
+
+def photo_sheet(rows: Sequence[tuple[str, Sequence[str | Path]]], columns: int
+                ) -> bytes | None:
+    """Rows of photos as one JPEG: each row's caption above its first `columns` photos,
+    cropped to `SHEET_THUMB` px squares. A photo that cannot be read (moved or changed
+    since) is left out, and so is a row left without any; None when no photo is left."""
+    from PIL import Image, ImageDraw, ImageOps
+
+    from pawnet.data.images import load_preview
+    from pawnet.errors import PawnetError
+
+    drawn = []
+    for caption, paths in rows:
+        tiles = []
+        for path in paths[:columns]:
+            try:
+                pixels = load_preview(path, 2 * SHEET_THUMB)
+            except (PawnetError, OSError):
+                continue
+            tiles.append(ImageOps.fit(Image.fromarray(pixels), (SHEET_THUMB, SHEET_THUMB)))
+        if tiles:
+            drawn.append((caption, tiles))
+    if not drawn:
+        return None
+    height = SHEET_CAPTION + SHEET_THUMB + 4
+    sheet = Image.new("RGB", (columns * (SHEET_THUMB + 2), len(drawn) * height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (caption, tiles) in enumerate(drawn):
+        # PIL's default font has ASCII only; one_line first, so a name cannot break the line
+        draw.text((2, r * height + 2), one_line(caption).encode("ascii", "replace").decode(),
+                  fill="black")
+        for c, tile in enumerate(tiles):
+            sheet.paste(tile, (c * (SHEET_THUMB + 2), r * height + SHEET_CAPTION))
+    buffer = io.BytesIO()
+    sheet.save(buffer, "JPEG", quality=80, optimize=True)
+    return buffer.getvalue()

@@ -8,10 +8,22 @@ same way: a two-class ROC-AUC is shown whenever there is one, 0.0 included. The 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pawnet.errors import one_line
 from pawnet.inference.bundle import CARD
 from pawnet.reporting.card import Block, Bullets, Card, Picture, Table
 from pawnet.reporting.figures import Figures
+
+
+def aligned(rows: Sequence[Sequence[str]], gap: int = 2) -> str:
+    """Rows of cells as a text table for terminals: each column as wide as its widest cell,
+    `gap` spaces between columns, no trailing spaces."""
+    if not rows:
+        return ""
+    widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
+    return "\n".join((" " * gap).join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     .rstrip() for row in rows)
 
 
 def verdict_line(report: Figures) -> str:

@@ -16,6 +16,7 @@ import yaml
 
 from pawnet.data.splits import fingerprint, read_manifest
 from pawnet.errors import ConfigError, DataError, one_line
+from pawnet.reporting.text import aligned
 from pawnet.run_folder import RunFolder, read_history
 from pawnet.storage import read_text_file
 
@@ -142,10 +143,7 @@ def format_runs(rows: list[dict[str, Any]]) -> str:
                "val_accuracy", "test_accuracy", "wall_s")
     heads = ("run", "model", "status", "data", "best", "val_loss", "val_acc", "test_acc",
              "wall_s")
-    cells = [[_cell(row[c], c) for c in columns] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(heads)]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
-                     for line in [list(heads), *cells])
+    return aligned([heads, *([_cell(row[c], c) for c in columns] for row in rows)])
 
 
 def format_compare(result: dict[str, Any]) -> str:
@@ -158,6 +156,4 @@ def format_compare(result: dict[str, Any]) -> str:
     rows.append(("--", *["--"] * len(names)))
     rows += [(key, *(_cell(v, key) for v in values))
              for key, values in result["metrics"].items()]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
+    return aligned(rows)
