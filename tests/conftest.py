@@ -154,6 +154,28 @@ def trained_run(tmp_path_factory, shared_cache) -> Path:
                             val_fraction=0.25, test_fraction=0.25, out=str(base / "run"))
 
 
+def _full_size_run(base: Path, shared_cache: Path, model: str) -> Path:
+    photos = copy_photos(base / "photos", 30)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PAWNET_CACHE_DIR", str(cache_sharing(base / "cache", shared_cache)))
+        return pawnet.train(photos, model=model, test_fraction=0.0, out=str(base / "run"))
+
+
+@pytest.fixture(scope="session")
+def lite0_run(tmp_path_factory, shared_cache) -> Path:
+    """The default model (EfficientNet-Lite0 at its own 224 px) trained on 30 real photos a
+    class, shared by read-only tests."""
+    return _full_size_run(tmp_path_factory.mktemp("lite0"), shared_cache, "efficientnet-lite0")
+
+
+@pytest.fixture(scope="session")
+def joined_run(tmp_path_factory, shared_cache) -> Path:
+    """The `best` preset's joined backbones (Lite1 and Lite2 at 260 px) trained on 30 real
+    photos a class, shared by read-only tests."""
+    return _full_size_run(tmp_path_factory.mktemp("joined"), shared_cache,
+                          "efficientnet-lite1+lite2")
+
+
 @pytest.fixture(scope="session")
 def transfer_run(tmp_path_factory, shared_cache) -> Path:
     """A tiny real transfer-learning run (EfficientNet-Lite0 at 64 px, 5 epochs of the head)

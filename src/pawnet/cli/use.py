@@ -244,9 +244,9 @@ def explain(
                                              "RUN_DIR/explain).")] = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Grad-CAM heat-maps: which part of each photo drove its label (overlay PNG + .npy)."""
+    """Heat-maps (Layer-CAM): which part of each photo drove its label (overlay PNG + .npy)."""
     from pawnet.inference.predictor import expand_paths
-    from pawnet.reporting.gradcam import explain as run_explain
+    from pawnet.reporting.explain import explain as run_explain
 
     results = run_explain(model, expand_paths(paths), out)
     if json_out:

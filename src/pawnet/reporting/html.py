@@ -150,6 +150,14 @@ def _provenance(bundle) -> str:
     return _table(["", "value"], rows) + settings
 
 
+def _heat_map_note(report: Figures) -> str:
+    """", Layer-CAM, 28×28 cells": how the gallery's heat-maps were drawn, when they were."""
+    if not report.heatmap:
+        return ""
+    rows, cols = report.heatmap["resolution"]
+    return f", {html.escape(report.heatmap['method'])}, {rows}×{cols} cells"
+
+
 def write_html(report: Figures, out_dir: Path, bundle,
                misclassified: list[tuple[np.ndarray, np.ndarray | None]],
                least_confident: list[np.ndarray], card: Card | None = None) -> Path:
@@ -183,7 +191,7 @@ def write_html(report: Figures, out_dir: Path, bundle,
             ["coverage", "accuracy", "confidence at least"], coverage)
             + _img(out_dir / "risk_coverage.png", "risk-coverage curve")),
         _section("misclassified", f"Misclassified photos ({len(report.misclassified)}; "
-                 "each with where the model looked)",
+                 f"each with where the model looked{_heat_map_note(report)})",
                  f'<div class="grid">{wrong}</div>' if wrong else "<p>none</p>"),
         _section("least-confident", "The least confident right answers",
                  f'<div class="grid">{timid}</div>' if timid else "<p>none</p>"),

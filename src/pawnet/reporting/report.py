@@ -1,7 +1,7 @@
 """`Report`: what `pawnet.evaluate` computed, and `Report.write`, the one step that writes it.
 
 Computing writes nothing; writing is asked for (the CLI always does): `report.json`,
-`report.md`, `report.html`, the plots, the misclassified photos with their Grad-CAM
+`report.md`, `report.html`, the plots, the misclassified photos with their
 heat-maps and the model card (`MODEL_CARD.md`, reporting/card.py), into `RUN_DIR/eval`
 (then `eval2`, ...) or a folder of the caller's choice; the card into the run's bundle too
 when the report measured the run's own held-out test split, replacing only a card pawnet
@@ -24,6 +24,7 @@ from pawnet.errors import BundleError, PawnetError, one_line
 from pawnet.inference.bundle import BUNDLE_OUTPUT, CARD, CARD_SHEET, Bundle
 from pawnet.inference.predictor import Predictor
 from pawnet.reporting.card import Card, build_card, confusion_sheet
+from pawnet.reporting.explain import blend
 from pawnet.reporting.figures import Figures
 from pawnet.reporting.html import write_html
 from pawnet.reporting.plots import (
@@ -89,7 +90,7 @@ class Report(Figures):
     def write(self, out: str | Path | None = None) -> Path:
         """Write the report folder, whole or not at all: `report.json`, `report.md`,
         `report.html`, the plots (confusion, ROC, reliability, risk-coverage), the
-        misclassified photos, with their Grad-CAM heat-maps when the model allows it, and
+        misclassified photos, with their heat-maps when the model allows it, and
         the model card (`MODEL_CARD.md` and `MODEL_CARD_confusions.jpg`). A `held_out`
         report puts the card into the run's bundle too (a bundle that cannot be written,
         or that holds a file of the user's, gets a warning, not an error).
@@ -110,7 +111,7 @@ class Report(Figures):
         run_dir = self.predictor.bundle.run_dir
         folder = Path(out) if out else next_run_dir(
             RunFolder(run_dir).reports if run_dir else Path("runs") / "evaluate")
-        written = dataclasses.replace(self, out=folder, heatmaps=None)
+        written = dataclasses.replace(self, out=folder, heatmaps=None, heatmap=None)
         bundle = self.predictor.bundle
         sheet = confusion_sheet(self)  # first: the card shows it only when there is one
         card = build_card(self, bundle, command=self.command or f"pawnet evaluate {self.model}",
@@ -119,7 +120,7 @@ class Report(Figures):
         text = stamp_card(card_markdown(card))
         with atomic_path(folder, EVALUATION_OUTPUT) as tmp:
             _write_folder(written, tmp, card, text, sheet)
-        self.out, self.heatmaps = written.out, written.heatmaps
+        self.out, self.heatmaps, self.heatmap = written.out, written.heatmaps, written.heatmap
         if self.held_out:
             self.bundle_card = _card_into_bundle(bundle, text, sheet)
         return folder
@@ -222,7 +223,7 @@ def _write_folder(report: Report, folder: Path, card: Card, text: str,
     plot_reliability(report.reliability, folder / "reliability.png")
     plot_risk_coverage(report.risk_coverage["curve"], folder / "risk_coverage.png")
     shown = report.misclassified[:MAX_MISCLASSIFIED_SHOWN]
-    images, heat = _misclassified(report.predictor, shown, folder)
+    images, heat = _misclassified(report, shown, folder)
     if heat is not None:
         report.heatmaps = "misclassified_heatmaps.png"
     unsure = [report.predictor.decode(m["path"]) for m in report.least_confident_correct]
@@ -232,33 +233,45 @@ def _write_folder(report: Report, folder: Path, card: Card, text: str,
                list(zip(images, heat or [None] * len(images), strict=True)), unsure, card)
 
 
-def _misclassified(predictor: Predictor, shown: list[dict], folder: Path
+def _misclassified(report: Report, shown: list[dict], folder: Path
                    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
     """Draw the grids of the misclassified photos shown, and of their heat-maps; returns
-    their pixels and heat-maps (None when Grad-CAM cannot reach the model)."""
+    their pixels and heat-maps (None when the model has no feature maps to weigh), and
+    notes the heat-maps' method and resolution in `report.heatmap`."""
     if not shown:
         return [], None
+    predictor = report.predictor
     images = np.stack([predictor.decode(m["path"]) for m in shown])
     captions = [f"{m['true']}→{m['predicted']} {m['confidence']:.2f}" for m in shown]
     plot_grid(images, captions, folder / "misclassified.png",
               title="misclassified (true→predicted, confidence)")
-    heat = _heat_maps(predictor, images, shown)
-    if heat is not None:
-        plot_grid(np.stack(heat), captions, folder / "misclassified_heatmaps.png",
-                  title="where the model looked for the class it predicted (Grad-CAM)")
+    found = _heat_maps(predictor, images, shown)
+    if found is None:
+        return list(images), None
+    maps, method, resolution = found
+    report.heatmap = {"method": method, "resolution": resolution}
+    heat = [blend(image, cam) for image, cam in zip(images, maps, strict=True)]
+    plot_grid(np.stack(heat), captions, folder / "misclassified_heatmaps.png",
+              title=f"where the model looked for the class it predicted ({method}, "
+                    f"{resolution[0]}x{resolution[1]} cells)")
     return list(images), heat
 
 
-def _heat_maps(predictor: Predictor, images: np.ndarray, shown: list[dict]) -> list | None:
-    """The misclassified photos with their Grad-CAM for the class predicted over them; None
-    for a model `pawnet explain` cannot reach."""
+def _heat_maps(predictor: Predictor, images: np.ndarray, shown: list[dict]
+               ) -> tuple[list[np.ndarray], str, list[int]] | None:
+    """The heat-maps of the misclassified photos for the class predicted over them, a few
+    photos of one class per call, with their method and resolution; None for a model with
+    no convolutional feature maps."""
     from pawnet.errors import ConfigError
-    from pawnet.reporting.gradcam import blend, grad_cam
+    from pawnet.reporting.heatmap import batches, heat_maps
 
-    classes = predictor.classes
+    index = [predictor.classes.index(m["predicted"]) for m in shown]
+    maps: list = [None] * len(shown)
     try:
-        maps = [grad_cam(predictor.model, images[i : i + 1], classes.index(m["predicted"]))[0][0]
-                for i, m in enumerate(shown)]
+        for chunk in batches(index):
+            found = heat_maps(predictor.model, images[chunk], index[chunk[0]])
+            for i, cam in zip(chunk, found.maps, strict=True):
+                maps[i] = cam
     except ConfigError:
         return None
-    return [blend(image, cam) for image, cam in zip(images, maps, strict=True)]
+    return maps, found.method, found.resolution

@@ -3,7 +3,7 @@
 ```
 GET  /            the web page: pick or drop photos, see each label and a bar per class
 POST /v1/predict  multipart fields named `file` (repeatable), or one raw image as the body
-POST /v1/explain  the same uploads; each answer adds its Grad-CAM heat-map and an overlay
+POST /v1/explain  the same uploads; each answer adds its heat-map and an overlay
 GET  /v1/model    class names, image size, model name, provenance summary
 GET  /healthz     200 once the model is loaded and warmed up, while its worker runs
 GET  /metrics     Prometheus text: requests, latency, batch sizes, queue depths, drift
@@ -66,7 +66,8 @@ PREDICT_DOC = {
 
 EXPLAIN_DOC = {**PREDICT_DOC, "summary": "Label photos and show where the model looked",
                "description": "The same uploads, limits and errors as /v1/predict; each answer "
-                              "adds `explained_class`, `heatmap` (Grad-CAM, rows of 0..1) and "
+                              "adds `explained_class`, `heatmap` (rows of 0..1), its "
+                              "`resolution` [rows, columns] and `method`, and "
                               "`overlay` (a PNG data URL of the photo with the map over it)."}
 
 
@@ -233,7 +234,7 @@ def _add_api(app: FastAPI, settings: ServeSettings, state: _State) -> None:
 
 def _add_explain(app: FastAPI, settings: ServeSettings, state: _State, labelled,
                  check_key) -> None:
-    """`POST /v1/explain`: the labels of `/v1/predict`, each with its Grad-CAM heat-map."""
+    """`POST /v1/explain`: the labels of `/v1/predict`, each with its heat-map."""
 
     @app.post("/v1/explain", dependencies=[Depends(check_key)], **EXPLAIN_DOC)
     async def explain(request: Request) -> list[dict]:

@@ -1,11 +1,11 @@
-"""Grad-CAM heat-maps for the server: a bounded queue of requests and a thread of their own.
+"""Heat-maps for the server: a bounded queue of requests and a thread of their own.
 
 A heat-map runs the Keras model eagerly and takes far longer than a label, so heat-maps get
 their own thread rather than a token of anyio's pool, which decodes every request's photos. The
 queue is bounded in photos: `submit` raises `ExplainQueueFull` beyond it (the app answers 503
 with Retry-After). Each request has one deadline. When it passes, or its client leaves, the
-request's photos that have not started are dropped. A request's photos go through Grad-CAM
-`EXPLAIN_BATCH` at a time, grouped by the class they explain.
+request's photos that have not started are dropped. A request's photos get their heat-maps
+`heatmap.BATCH` at a time, grouped by the class they explain.
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ from fastapi import Request
 
 from pawnet.errors import ConfigError, one_line
 from pawnet.inference.predictor import Prediction, Predictor
+from pawnet.reporting.heatmap import batches
 from pawnet.serve.batcher import QueueWorker
 from pawnet.serve.uploads import busy, fail
 
 log = logging.getLogger(__name__)
 
-# Photos per Grad-CAM call: four together take half the time of four alone; more save
-# little and each costs ~100 MB at 260 px (docs/decisions.md).
-EXPLAIN_BATCH = 4
 GONE = "the client disconnected before its heat-maps were drawn"
 
 
@@ -61,7 +59,7 @@ class Explainer(QueueWorker):
     """One thread that draws the heat-maps of `/v1/explain` requests, one request at a time.
 
     Args:
-        predictor: the model whose Keras model Grad-CAM runs on.
+        predictor: the model whose Keras model the heat-maps are drawn from.
         queue_size: most photos waiting; `submit` raises `ExplainQueueFull` beyond it.
     """
 
@@ -124,35 +122,36 @@ class Explainer(QueueWorker):
                 job.future.set_exception(TimeoutError("the request was abandoned"))
 
     def warm_up(self) -> None:
-        """Load TensorFlow and the Keras model and run Grad-CAM once, on a blank photo, so
+        """Load TensorFlow and the Keras model and draw one heat-map, of a blank photo, so
         that the first request does not wait for all that; a model that cannot be
         explained is noted in `refusal`. Call it before serving: importing TensorFlow
         holds back the process's stderr, and with it the server's log lines."""
-        from pawnet.reporting import gradcam
+        from pawnet.reporting.heatmap import heat_maps
 
         size = self.predictor.image_size
         try:
-            gradcam.grad_cam(self.predictor.model, np.zeros((1, size, size, 3), np.uint8))
+            heat_maps(self.predictor.model, np.zeros((1, size, size, 3), np.uint8))
         except ConfigError as exc:
             self.refusal = one_line(exc)
         except Exception:  # a bug: show it, and let the server label photos all the same
-            log.warning("Grad-CAM failed on a blank photo; /v1/explain may fail too",
+            log.warning("no heat-map could be drawn of a blank photo; /v1/explain may fail too",
                         exc_info=True)
 
     def _explain(self, job: ExplainJob) -> None:
-        from pawnet.reporting import gradcam
+        from pawnet.reporting.explain import answer
+        from pawnet.reporting.heatmap import heat_maps
 
         classes = self.predictor.classes
         index = [classes.index(prediction.top_class) for prediction, _ in job.photos]
         answers: list[dict | None] = [None] * len(job.photos)
-        for chunk in _chunks(index):
+        for chunk in batches(index):
             if job.over:
                 return  # `_run` fails the request; the rest never starts
             self._take(job, len(chunk))
             pixels = np.stack([job.photos[i][1] for i in chunk])
-            cams, _ = gradcam.grad_cam(self.predictor.model, pixels, index[chunk[0]])
-            for i, cam in zip(chunk, cams, strict=True):
-                answers[i] = gradcam.answer(*job.photos[i], cam)
+            found = heat_maps(self.predictor.model, pixels, index[chunk[0]])
+            for n, i in enumerate(chunk):
+                answers[i] = answer(*job.photos[i], found, n)
         job.future.set_result(answers)
 
 
@@ -185,12 +184,3 @@ async def _client_gone(request: Request) -> None:
     """Returns once the client has disconnected (the body has been read by then)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def _chunks(index: list[int]) -> list[list[int]]:
-    """Positions of photos, grouped by the class they explain, `EXPLAIN_BATCH` at most."""
-    by_class: dict[int, list[int]] = {}
-    for i, c in enumerate(index):
-        by_class.setdefault(c, []).append(i)
-    return [group[start : start + EXPLAIN_BATCH] for group in by_class.values()
-            for start in range(0, len(group), EXPLAIN_BATCH)]

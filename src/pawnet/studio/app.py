@@ -9,7 +9,7 @@ GET  /api/photos              ids matching filters (label, split, issue, answer,
 GET  /api/photos/{id}         one photo: its label, split, answer and probabilities, issues
 GET  /api/photos/{id}/thumb   a thumbnail (made on demand, cached by content)
 GET  /api/photos/{id}/image   the photo shrunk to 1024 px
-GET  /api/photos/{id}/explain where the model looked: Grad-CAM over the photo
+GET  /api/photos/{id}/explain where the model looked: its heat-map over the photo
 POST /api/photos/{id}/label   {"label": CLASS | "exclude" | null}: written to the labels file
 POST /api/undo                take back the last decision
 POST /api/retrain             train again with the decisions (202); its result in /api/state
@@ -52,7 +52,7 @@ MAX_BODY = 16 * 1024  # bytes of a JSON request
 
 @dataclass
 class Studio:
-    """What the page works on: the catalog, its jobs, thumbnails, and Grad-CAM's model."""
+    """What the page works on: the catalog, its jobs, thumbnails, and the heat-maps' model."""
 
     catalog: Catalog
     jobs: Jobs
@@ -63,9 +63,10 @@ class Studio:
     _explain_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def explain(self, entry: Entry) -> dict[str, Any]:
-        """Grad-CAM of the current run's answer for one photo (TensorFlow starts on the first)."""
+        """The heat-map of the current run's answer for one photo (TensorFlow starts on the
+        first)."""
         from pawnet.inference.predictor import load
-        from pawnet.reporting import gradcam
+        from pawnet.reporting.explain import explained
 
         run = self.jobs.run
         if run is None:
@@ -77,9 +78,8 @@ class Studio:
             predictor = self._explainer[1]
             pixels, size = predictor.decode_sized(entry.path)
             prediction = predictor.prediction(entry.name, predictor.rows(pixels[None])[0], size)
-            found = gradcam.explained(predictor, prediction, pixels)
+            found = explained(predictor, prediction, pixels)
         found["path"] = entry.name
-        found["resolution"] = list(map(len, (found["heatmap"], found["heatmap"][0])))
         return found
 
 
