@@ -12,6 +12,8 @@ from PIL import Image
 import pawnet
 from pawnet.data.images import load_pixels
 from pawnet.errors import ConfigError
+from pawnet.models import scratch
+from pawnet.models.registry import get_model_spec
 from pawnet.reporting.heatmap import (
     BATCH,
     batches,
@@ -90,8 +92,6 @@ def test_the_builtin_models_map_falls_on_the_pet():
 
 @pytest.mark.integration
 def test_joined_backbones_add_their_branches_maps():
-    from pawnet.models.registry import get_model_spec
-
     model = get_model_spec("efficientnet-lite0+lite2").build(2, 64)
     assert [layer.name for layer in feature_layers(model)] == ["block5_expand_relu",
                                                                "block7_expand_relu"]
@@ -152,3 +152,22 @@ def test_a_model_with_no_feature_maps_is_one_clear_line():
 
 def test_photos_are_batched_by_the_class_they_explain():
     assert batches([0, 1, 0, 0, 0, 0, 1]) == [[0, 2, 3, 4], [5], [1, 6]]
+
+
+@pytest.mark.parametrize("spec", [spec.name for spec in scratch.MODELS])
+def test_every_from_scratch_architecture_gets_a_map(spec):
+    model = get_model_spec(spec).build(3, 64)
+    found = heat_maps(model, np.stack([load_pixels(p, 64) for p in PETS[:2]]), 2)
+    assert found.maps.shape[0] == 2 and found.outputs.shape == (2, 3)
+    assert found.resolution[0] >= 4 and np.isfinite(found.maps).all()
+
+
+@pytest.mark.integration
+def test_a_model_being_fine_tuned_gets_the_same_layers_maps():
+    from pawnet.models.pretrained import build_head, compose, load_backbone
+
+    spec = get_model_spec("efficientnet-lite0")
+    backbone = load_backbone(spec, 64, trainable_later=True)  # batch norm not folded
+    model = compose(backbone, build_head(2, backbone), spec.name)
+    assert [layer.name for layer in feature_layers(model)] == ["block5_expand_relu"]
+    assert heat_maps(model, load_pixels(PETS[0], 64)[None]).resolution == [8, 8]
