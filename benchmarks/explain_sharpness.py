@@ -12,7 +12,7 @@ photo (../shared/data/ood_photos, sorted) is also pasted, same size, at the subj
 mirror image across the vertical mid-line (not on centre canvases), and the share inside
 its box is the second number: a map that follows the animal keeps it near 0.
 
-Per canvas, the model runs at the feature maps 1/8, 1/16 and 1/32 of the input's side,
+Per canvas, the model runs at the feature maps 1/4, 1/8, 1/16 and 1/32 of the input's side,
 once each, plus the mirrored input at 1/8 and three inputs shifted by half a 1/32 cell
 (edge-padded) at 1/32; every method is derived from those passes. ms/photo is the time of
 the passes a method needs plus its own weighing (batch 1, after one warm-up pass per
@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy.ndimage import gaussian_filter
 
 import pawnet
 from pawnet.data.images import load_pixels
@@ -50,7 +51,8 @@ CANVAS, GREY, MARGIN = 600, (128, 128, 128), 20
 SIZES = {"1/4": 1 / 4, "1/10": 1 / 10, "1/20": 1 / 20}
 POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
 # pass name -> (stride, mirrored, shift in half cells (dy, dx))
-PASSES = {"8": (8, False, (0, 0)), "16": (16, False, (0, 0)), "32": (32, False, (0, 0)),
+PASSES = {"4": (4, False, (0, 0)), "8": (8, False, (0, 0)), "16": (16, False, (0, 0)),
+          "32": (32, False, (0, 0)),
           "8m": (8, True, (0, 0)), "32x": (32, False, (0, 1)), "32y": (32, False, (1, 0)),
           "32xy": (32, False, (1, 1))}
 
@@ -101,6 +103,10 @@ METHODS: dict[str, tuple[tuple[str, ...], Method]] = {
     "layer-cam@32": (("32",), lambda p, s, h: cam(p["32"], "layer-cam")),
     "layer-cam@16": (("16",), lambda p, s, h: cam(p["16"], "layer-cam")),
     "layer-cam@8 (shipped)": (("8",), lambda p, s, h: cam(p["8"], "layer-cam")),
+    "layer-cam@4": (("4",), lambda p, s, h: cam(p["4"], "layer-cam")),
+    "layer-cam@8 tanh(2m)": (("8",), lambda p, s, h: np.tanh(2 * cam(p["8"], "layer-cam"))),
+    "layer-cam@8 blur 1 cell": (("8",), lambda p, s, h: gaussian_filter(
+        cam(p["8"], "layer-cam"), 1.0)),
     "layer-cam@8 +mirror": (("8", "8m"), lambda p, s, h: (
         cam(p["8"], "layer-cam") + cam(p["8m"], "layer-cam")[:, ::-1]) / 2),
     "grad-cam@32 +shifts": (("32", "32x", "32y", "32xy"), shifted_back),
@@ -157,7 +163,7 @@ def measure(predictor, photos: list, decoys: list | None) -> list[dict]:
     """Every canvas scored by every method: one record per canvas and method."""
     model, size = predictor.model, predictor.image_size
     half = round(size / heatmap.feature_layers(model, 32)[0].output.shape[1] / 2)
-    for stride in (8, 16, 32):  # warm-up
+    for stride in (4, 8, 16, 32):  # warm-up
         heatmap.maps_and_gradients(model, np.zeros((1, size, size, 3), np.uint8), stride=stride)
     records = []
     for k, (label, photo) in enumerate(photos):

@@ -148,8 +148,8 @@ def _score(out, class_index):
 
 
 def _traced(model, layers: list):
-    """The forward and backward pass as one TensorFlow graph: about 10x faster per photo
-    than running the layers eagerly, after a trace of about a second per model."""
+    """The forward and backward pass as one TensorFlow graph, traced once per model (and
+    input shape): much faster per photo than running the layers eagerly."""
     import tensorflow as tf
 
     @tf.function(autograph=False, reduce_retracing=True)
