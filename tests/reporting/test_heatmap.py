@@ -171,3 +171,15 @@ def test_a_model_being_fine_tuned_gets_the_same_layers_maps():
     model = compose(backbone, build_head(2, backbone), spec.name)
     assert [layer.name for layer in feature_layers(model)] == ["block5_expand_relu"]
     assert heat_maps(model, load_pixels(PETS[0], 64)[None]).resolution == [8, 8]
+
+
+def test_a_model_and_its_traced_pass_are_freed_together(trained_run):
+    import gc
+    import weakref
+
+    model = pawnet.load(trained_run, runtime="keras").model
+    heat_maps(model, load_pixels(PETS[0], 32)[None])
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None  # the studio loads a model per retrain: none may stay behind

@@ -14,7 +14,6 @@ class score, since each is its branch's share of the score spread over the photo
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,7 +165,7 @@ def _traced(model, layers: list):
     return step
 
 
-_TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {stride: step}
+_TRACED = "_pawnet_heat_map_steps"  # the model's attribute: {stride: traced step}
 
 
 def weigh(maps: np.ndarray, grads: np.ndarray, method: str) -> np.ndarray:
@@ -193,7 +192,10 @@ def maps_and_gradients(model, pixels: np.ndarray, class_index: int | None = None
     """
     import tensorflow as tf
 
-    traced = _TRACED.setdefault(model, {})
+    traced = model.__dict__.get(_TRACED)
+    if traced is None:  # kept on the model, so that it goes with the model
+        traced = {}
+        object.__setattr__(model, _TRACED, traced)  # past Keras' tracking of attributes
     if stride not in traced:
         traced[stride] = _traced(model, check_explainable(model, stride))
     found, grads, out = traced[stride](tf.convert_to_tensor(pixels, tf.float32),
