@@ -311,6 +311,7 @@ def test_explain_answers_the_label_with_a_heat_map_and_an_overlay(client, predic
     assert good["label"] == plain["label"] and good["explained_class"] in predictor.classes
     heat = np.array(good["heatmap"])
     assert heat.ndim == 2 and heat.min() >= 0 and heat.max() <= 1
+    assert good["method"] == "layer-cam" and good["resolution"] == list(heat.shape)
     header, data = good["overlay"].split(",", 1)
     assert header == "data:image/png;base64"
     overlay = Image.open(io.BytesIO(base64.b64decode(data)))
@@ -318,16 +319,22 @@ def test_explain_answers_the_label_with_a_heat_map_and_an_overlay(client, predic
     assert bad["error"].startswith("not an image")
     only_bad = client.post("/v1/explain", files=files[1:])
     assert only_bad.status_code == 422
-    from pawnet.errors import ConfigError
-    from pawnet.reporting import gradcam as explain
+    from pawnet.reporting import heatmap
+
+    why = ("flat has no convolutional feature maps, so there is no map of where it looked. "
+           "Try: a convolutional model such as efficientnet-lite0")
 
     def refuse(*args, **kwargs):
-        raise ConfigError("explain works for from-scratch ... models")
+        raise ConfigError(why)
 
-    monkeypatch.setattr(explain, "grad_cam", refuse)
+    monkeypatch.setattr(heatmap, "heat_maps", refuse)
     refused = client.post("/v1/explain", files=files[:1])
-    assert refused.status_code == 422 and "explain works for" in refused.json()["detail"]
+    assert refused.status_code == 422 and refused.json()["detail"] == why
     _ok(client)
+    with TestClient(create_app(predictor, ServeSettings(max_wait_ms=2))) as c:  # at start-up
+        refused = c.post("/v1/explain", files=files[:1])
+        assert refused.status_code == 422 and refused.json()["detail"] == why
+        _ok(c)
 
 
 def test_min_confidence_setting_makes_timid_answers_unsure(predictor):
@@ -779,25 +786,25 @@ def test_a_given_predictor_gets_the_settings_without_being_changed(predictor):
 
 
 class _SlowHeatMaps:
-    """`pawnet.reporting.gradcam.grad_cam`, slowed down: `per_photo` seconds a photo, and held at a
-    gate while `closed` is set; records which thread drew how many photos, and when."""
+    """`pawnet.reporting.heatmap.heat_maps`, slowed down: `per_photo` seconds a photo, and held
+    at a gate while `closed` is set; records which thread drew how many photos, and when."""
 
     def __init__(self, monkeypatch, per_photo: float = 0.0):
-        from pawnet.reporting import gradcam as explain
+        from pawnet.reporting import heatmap
 
-        self.real, self.per_photo = explain.grad_cam, per_photo
+        self.real, self.per_photo = heatmap.heat_maps, per_photo
         self.closed, self.gate, self.entered = threading.Event(), threading.Event(), \
             threading.Event()
         self.calls: list[tuple[float, int, str]] = []
-        monkeypatch.setattr(explain, "grad_cam", self)
+        monkeypatch.setattr(heatmap, "heat_maps", self)
 
-    def __call__(self, model, pixels, class_index=None):
+    def __call__(self, model, pixels, class_index=None, **options):
         self.calls.append((time.monotonic(), len(pixels), threading.current_thread().name))
         self.entered.set()
         if self.closed.is_set():
             self.gate.wait(15)
         time.sleep(self.per_photo * len(pixels))
-        return self.real(model, pixels, class_index)
+        return self.real(model, pixels, class_index, **options)
 
 
 def _photos(n: int) -> list:
@@ -805,7 +812,7 @@ def _photos(n: int) -> list:
 
 
 def test_explain_answers_in_order_as_one_photo_at_a_time_would(client, predictor):
-    from pawnet.reporting.gradcam import explained
+    from pawnet.reporting.explain import explained
 
     paths = [CATS[0], DOG, CATS[1]]
     files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
@@ -820,6 +827,27 @@ def test_explain_answers_in_order_as_one_photo_at_a_time_would(client, predictor
         alone = explained(predictor, predictor.predict([path])[0], pixels)
         assert answer["explained_class"] == alone["explained_class"]
         assert np.allclose(answer["heatmap"], alone["heatmap"], atol=1e-3)
+        assert answer["method"] == "layer-cam"
+        assert answer["resolution"] == alone["resolution"] == list(np.shape(answer["heatmap"]))
+
+
+@pytest.mark.integration
+def test_explain_draws_a_joined_backbone_models_heat_map_on_the_pet(joined_run):
+    canvas, side, corner = 520, 260, (230, 200)  # a cat in a quarter of a grey canvas
+    pasted = Image.new("RGB", (canvas, canvas), (128, 128, 128))
+    pasted.paste(Image.open(CATS[0]).convert("RGB").resize((side, side)), corner)
+    buffer = io.BytesIO()
+    pasted.save(buffer, "PNG")
+    predictor = load(joined_run, runtime="keras")  # no ONNX export, one batch size to warm up
+    with TestClient(create_app(predictor, ServeSettings(max_batch=1))) as c:
+        response = c.post("/v1/explain", files={"file": ("cat.png", buffer.getvalue())})
+    assert response.status_code == 200, response.text
+    [answer] = response.json()
+    heat = np.array(answer["heatmap"])
+    assert answer["method"] == "layer-cam" and answer["resolution"] == [33, 33] == list(heat.shape)
+    row, col = np.unravel_index(heat.argmax(), heat.shape)  # its cell's centre, on the canvas
+    x, y = (col + 0.5) * canvas / heat.shape[1], (row + 0.5) * canvas / heat.shape[0]
+    assert corner[0] <= x < corner[0] + side and corner[1] <= y < corner[1] + side, (x, y)
 
 
 def _until(condition, seconds: float = 15) -> bool:
@@ -852,7 +880,7 @@ def test_a_full_explain_queue_gets_503_with_retry_after(predictor, monkeypatch):
         def post(n):
             answers.append(c.post("/v1/explain", files=_photos(n)).status_code)
 
-        first = threading.Thread(target=post, args=(2,))  # held in Grad-CAM
+        first = threading.Thread(target=post, args=(2,))  # held in heat_maps
         first.start()
         assert slow.entered.wait(15)
         second = threading.Thread(target=post, args=(2,))  # waits in the queue
@@ -928,7 +956,7 @@ def test_abandoned_explain_requests_leave_no_work_and_no_threads_behind(predicto
         slow = _SlowHeatMaps(monkeypatch)
         slow.closed.set()
         host, port = url.removeprefix("http://").split(":")
-        head, body = _multipart(16)  # four Grad-CAM calls of 4 photos
+        head, body = _multipart(16)  # four heat_maps calls of 4 photos
         clients = []
         for _ in range(6):  # each client sends its photos, waits a little, then leaves
             sock = socket.create_connection((host, int(port)))

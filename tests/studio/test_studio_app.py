@@ -9,6 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from helpers import copy_photos, real_photos
@@ -190,6 +191,9 @@ def test_answers_issues_and_retraining(run_copy, tmp_path):
         assert all(item["answer"]["label"] for item in items)
         detail = client.get(f"/api/photos/{items[0]['id']}").json()
         assert abs(sum(detail["answer"]["probabilities"].values()) - 1) < 1e-4
+        found = client.get(f"/api/photos/{items[0]['id']}/explain").json()
+        assert found["path"] == items[0]["name"] and found["method"] == "layer-cam"
+        assert found["resolution"] == [8, 8] == list(np.shape(found["heatmap"]))  # 64 px / 8
         assert client.get("/api/photos?issue=any").json()["total"] >= 1
         growth = client.get("/api/growth").json()["curves"]
         assert set(growth["recall"]) == {"cat", "dog"} and growth["advice"]["text"]

@@ -1,12 +1,14 @@
 """The whole studio loop in a real browser (headless Chromium, nothing downloaded), on a copy
 of cvtricks/train with four dogs planted among the cats: filter to suspected label errors,
 relabel two photos and exclude one with the keyboard, retrain, see the figures change; the
-labels file holds exactly those decisions, and `pawnet train --labels` uses them. The
-screenshots of the grid, the detail view and the "how many more" panel are saved in the
-test's folder (and in $PAWNET_SCREENSHOTS when set: docs/images/ is made that way)."""
+labels file holds exactly those decisions, and `pawnet train --labels` uses them. Then
+"Where did it look?" on a `best` model (joined backbones). The screenshots of the grid, the
+detail view and the "how many more" panel are saved in the test's folder (and in
+$PAWNET_SCREENSHOTS when set: docs/images/ is made that way)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -14,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import CVTRICKS, chromium, free_ports, has_chromium
+from helpers import CVTRICKS, chromium, copy_photos, free_ports, has_chromium
 
 import pawnet
 from pawnet.data.labels import read_labels
@@ -40,25 +42,34 @@ def folder(tmp_path_factory) -> Path:
     return base
 
 
-@pytest.fixture
-def studio_url(folder, tmp_path):
+@contextlib.contextmanager
+def _serving(studio):
+    """The studio's page served by uvicorn on a free loopback port; yields its URL."""
     import uvicorn
 
-    run = pawnet.train(folder / "photos", out=str(tmp_path / "runs" / "train"), verbose=False)
-    studio = open_studio(folder / "photos", run, tmp_path / "labels.csv")
     port = free_ports(1)[0]
     server = uvicorn.Server(uvicorn.Config(create_app(studio), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
-    studio.jobs.start()
     thread.start()
     while not server.started:
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}", studio
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture
+def studio_url(folder, tmp_path):
+    run = pawnet.train(folder / "photos", out=str(tmp_path / "runs" / "train"), verbose=False)
+    studio = open_studio(folder / "photos", run, tmp_path / "labels.csv")
+    studio.jobs.start()
+    try:
+        with _serving(studio) as url:
+            yield url, studio
+    finally:
         studio.jobs.stop()
 
 
@@ -177,3 +188,29 @@ def test_review_relabel_exclude_retrain(studio_url, browser, tmp_path, folder):
             assert photo is None
         else:
             assert photo.label == "dog" and photo.label_source == "labels.csv"
+
+
+def test_where_did_it_look_on_a_best_model(joined_run, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photos = copy_photos(tmp_path / "photos", 3)  # a folder other than the run's: allowed
+    studio = open_studio(photos, joined_run, tmp_path / "labels.csv")
+    # its jobs are not started: the run is shared, and "Where did it look?" needs none of them
+    with _serving(studio) as url:
+        wait = WebDriverWait(browser, 60)
+        browser.get(url)
+        wait.until(lambda d: _first(d, lambda cells: cells[0].click() or True))
+        browser.find_element(By.ID, "grid").send_keys("\ue007")  # Enter: the detail view
+        wait.until(lambda d: d.find_element(By.ID, "detail").is_displayed())
+        started = time.monotonic()
+        browser.find_element(By.ID, "explain").click()
+        image = browser.find_element(By.ID, "explain-img")
+        toast = wait.until(lambda d: image.is_displayed()
+                           and d.find_element(By.ID, "toast").get_attribute("textContent"))
+        print(f"best model: click to heat-map {time.monotonic() - started:.1f} s; {toast!r}")
+        assert image.get_attribute("src").startswith("data:image/png;base64,")
+        assert browser.execute_script("return arguments[0].naturalWidth", image) == 260
+        assert toast.startswith("Layer-CAM heat-map for ") and "33×33 cells" in toast
+        assert not browser.find_element(By.ID, "detail-img").is_displayed()
+        _shoot(browser, tmp_path, "studio-explain-best.png")

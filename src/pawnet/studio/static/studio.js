@@ -241,7 +241,8 @@ async function explain() {
     $("detail-img").hidden = true;
     $("explain").disabled = false;
     $("explain").textContent = "Show the photo";
-    toast(`heat-map for ${found.explained_class}, ${found.resolution.join("×")} cells, over the photo as the model sees it`);
+    const method = { "layer-cam": "Layer-CAM", "grad-cam": "Grad-CAM" }[found.method] || found.method;
+    toast(`${method} heat-map for ${found.explained_class}, ${found.resolution.join("×")} cells, over the photo as the model sees it`);
   } catch (error) {
     toast(error.message);
     $("explain").disabled = false;
