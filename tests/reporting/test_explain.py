@@ -22,7 +22,8 @@ def test_the_report_shows_where_the_model_looked_and_says_how(lite0_run, tmp_pat
     assert (tmp_path / "eval" / "misclassified_heatmaps.png").stat().st_size > 10_000
     assert "misclassified_heatmaps.png" in (tmp_path / "eval" / "report.md").read_text()
     written = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert written["heatmap"] == {"method": "layer-cam", "resolution": [28, 28]}
+    assert written["heatmap_method"] == "layer-cam"
+    assert written["heatmap_resolution"] == [28, 28]
     assert "layer-cam, 28×28 cells" in (tmp_path / "eval" / "report.html").read_text()
 
 

@@ -113,19 +113,50 @@ def test_maps_of_different_resolutions_add_up_at_the_finest():
     assert total[0, 0, 0] == pytest.approx(1.0) and 0 < total[0, 3, 3] < 1
 
 
-def test_a_keras_applications_backbone_gets_a_map():
+@pytest.mark.parametrize("app", ["MobileNetV2", "MobileNetV3Small"])
+def test_a_keras_applications_backbone_gets_its_own_maps_not_their_padding(app):
     import keras
 
     from pawnet.models.keras_apps import AppPreprocessing
     from pawnet.models.pretrained import build_head, compose
 
-    network = keras.applications.MobileNetV3Small(include_top=False, weights=None,
-                                                  pooling="avg", input_shape=(96, 96, 3))
-    pixels = keras.Input((96, 96, 3), name="pixels")
-    backbone = keras.Model(pixels, network(AppPreprocessing("MobileNetV3Small")(pixels)))
-    model = compose(backbone, build_head(2, backbone), "keras:MobileNetV3Small")
-    found = heat_maps(model, load_pixels(PETS[0], 96)[None], 0)
-    assert found.resolution == [12, 12] and np.isfinite(found.maps).all()
+    network = getattr(keras.applications, app)(include_top=False, weights=None,
+                                               pooling="avg", input_shape=(224, 224, 3))
+    pixels = keras.Input((224, 224, 3), name="pixels")
+    backbone = keras.Model(pixels, network(AppPreprocessing(app)(pixels)))
+    model = compose(backbone, build_head(2, backbone), f"keras:{app}")
+    [layer] = feature_layers(model)
+    assert not isinstance(layer, keras.layers.ZeroPadding2D)  # before: 29x29, 31x31
+    found = heat_maps(model, load_pixels(PETS[0], 224)[None], 0)
+    assert found.resolution == [28, 28] and np.isfinite(found.maps).all()
+
+
+def _branch(name: str):
+    """A small network with a nested stem: 64 px in, maps at 32, 16, 8 and 4, pooled."""
+    import keras
+    from keras import layers
+
+    pixels = keras.Input((64, 64, 3))
+    stem = keras.Sequential([keras.Input((64, 64, 3)),
+                             layers.Conv2D(4, 3, strides=2, padding="same")])
+    x = stem(pixels)
+    for side in (16, 8, 4):
+        x = layers.Conv2D(4, 3, strides=2, padding="same", name=f"{name}_to_{side}")(x)
+    return keras.Model(pixels, layers.GlobalAveragePooling2D()(x), name=name)
+
+
+def test_networks_in_series_are_one_network_and_side_by_side_are_two():
+    import keras
+    from keras import layers
+
+    one = _branch("one")
+    assert [layer.name for layer in feature_layers(one)] == ["one_to_8"]  # not the stem's
+    pixels = keras.Input((64, 64, 3))
+    side_by_side = layers.Concatenate()([one(pixels), _branch("two")(pixels)])
+    joined = keras.Model(pixels, layers.Dense(1, activation="sigmoid",
+                                              name="predictions")(side_by_side))
+    assert [layer.name for layer in feature_layers(joined)] == ["one_to_8", "two_to_8"]
+    assert heat_maps(joined, np.zeros((1, 64, 64, 3), np.uint8)).resolution == [8, 8]
 
 
 def test_a_from_scratch_model_gets_a_map_per_photo(trained_run):
@@ -137,6 +168,15 @@ def test_a_from_scratch_model_gets_a_map_per_photo(trained_run):
     assert all(cam.max() == pytest.approx(1.0) or cam.max() == 0 for cam in found.maps)
 
 
+def test_each_class_of_a_sigmoid_model_has_its_own_map_and_others_are_refused(trained_run):
+    predictor = pawnet.load(trained_run, runtime="keras")
+    pixels = np.stack([load_pixels(p, predictor.image_size) for p in PETS])
+    cat, dog = (heat_maps(predictor.model, pixels, c).maps for c in (0, 1))
+    assert not np.allclose(cat, dog)
+    with pytest.raises(ConfigError, match=r"class 2 is not one of .* 2 classes"):
+        heat_maps(predictor.model, pixels, 2)
+
+
 def test_a_model_with_no_feature_maps_is_one_clear_line():
     import keras
 
@@ -145,6 +185,9 @@ def test_a_model_with_no_feature_maps_is_one_clear_line():
         keras.layers.Flatten()(inputs))
     with pytest.raises(ConfigError, match=r"has no convolutional feature maps.*Try:"):
         heat_maps(keras.Model(inputs, dense, name="flat"), np.zeros((1, 8, 8, 3), np.uint8))
+    two_inputs = keras.Model([inputs, keras.Input((8, 8, 3))], dense)
+    with pytest.raises(ConfigError, match="with one image input"):
+        heat_maps(two_inputs, np.zeros((1, 8, 8, 3), np.uint8))
     with pytest.raises(ConfigError, match="unknown heat-map method 'magic'"):
         heat_maps(keras.Model(inputs, dense), np.zeros((1, 8, 8, 3), np.uint8),
                   method="magic")

@@ -122,7 +122,7 @@ def test_the_page_shows_where_the_model_looked_on_request(server, browser):
         lambda d: card.find_elements(By.CSS_SELECTOR, "img.heatmap"))
     assert card.find_element(By.CSS_SELECTOR, "img").get_attribute("src").startswith(
         "data:image/png;base64,")
-    assert "heat-map (layer-cam, 33×33 cells): where the model looked for cat" in card.text
+    assert "heat-map (Layer-CAM, 33×33 cells): where the model looked for cat" in card.text
 
 
 def test_the_api_docs_page_works_offline(server, tmp_path):

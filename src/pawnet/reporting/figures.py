@@ -20,7 +20,7 @@ class Figures:
     `roc_auc` and `log_loss` exist for two classes only (`roc_auc` is None when one class
     is absent from the photos; 0.0 is a real value). `out` and `heatmaps` are set once the
     report is written: its folder, and, when the model has feature maps to weigh, the
-    heat-map grid's file name and `heatmap`: {"method", "resolution" [rows, columns]}.
+    heat-map grid's file name (`heatmaps`), their `heatmap_method` and `heatmap_resolution`.
     """
 
     model: str
@@ -47,18 +47,19 @@ class Figures:
     least_confident_correct: list[dict[str, Any]]
     out: Path | None = None
     heatmaps: str | None = None
-    heatmap: dict[str, Any] | None = None  # the heat-maps' method and resolution
+    heatmap_method: str | None = None
+    heatmap_resolution: list[int] | None = None  # [rows, columns] of each map
 
     def to_json(self) -> dict[str, Any]:
         """The content of `report.json` (a copy): every figure, `roc_auc` and `log_loss`
-        with two classes only, `out`, `heatmaps` and `heatmap` once written."""
+        with two classes only, `out` and the `heatmap*` keys once written."""
         data = {f.name: copy.deepcopy(getattr(self, f.name))
                 for f in dataclasses.fields(Figures)}
         if len(self.classes) != 2:
             del data["roc_auc"], data["log_loss"]
         if self.out is not None:
             data["out"] = str(self.out)
-        for key in ("out", "heatmaps", "heatmap"):
+        for key in ("out", "heatmaps", "heatmap_method", "heatmap_resolution"):
             if data[key] is None:
                 del data[key]
         return data

@@ -63,10 +63,12 @@ def _graph(layer) -> Any:
 
 
 def _side(layer) -> int | None:
-    """The side of a layer's 4-D output (feature maps), else None."""
+    """The side of a layer's 4-D output (feature maps), else None; padding and cropping
+    layers only reshape the maps before them, so they have none of their own."""
     import keras
 
-    if isinstance(layer, keras.layers.InputLayer):
+    if isinstance(layer, keras.layers.InputLayer | keras.layers.ZeroPadding2D
+                  | keras.layers.Cropping2D):
         return None
     try:
         shape = layer.output.shape
@@ -76,24 +78,39 @@ def _side(layer) -> int | None:
 
 
 def feature_layers(model, stride: int = STRIDE) -> list:
-    """Per convolutional network in `model` (nested ones included): its last layer whose
-    maps are about 1/`stride` of the input's side, or its coarsest maps when none is
-    that fine."""
+    """Per convolutional network in `model`: its last layer whose maps are about
+    1/`stride` of the input's side (in a network with no maps that coarse, its coarsest).
+
+    A nested network that ends in maps (a stem, a stage) is part of the network around
+    it; one that ends in features or classes (a backbone, a branch of joined backbones)
+    is a network of its own."""
+    graph = _graph(model)
+    if graph is None or len(getattr(model, "inputs", None) or []) != 1:
+        return []
     input_side = model.inputs[0].shape[1]
     found: list = []
 
-    def walk(network) -> None:
-        last_by_side: dict[int, Any] = {}
-        for layer in network.layers:
-            if (inner := _graph(layer)) is not None:
-                walk(inner)
-            elif (side := _side(layer)) is not None and 1 < side < input_side:
-                last_by_side[side] = layer
+    def pick(last_by_side: dict[int, Any]) -> None:
         if last_by_side:
             coarse_enough = [s for s in last_by_side if input_side / s >= 0.85 * stride]
             found.append(last_by_side[max(coarse_enough or [min(last_by_side)])])
 
-    walk(_graph(model) or model)
+    def walk(network, last_by_side: dict[int, Any]) -> None:
+        for layer in network.layers:
+            side = _side(layer)
+            if (inner := _graph(layer)) is not None:
+                if side is not None:
+                    walk(inner, last_by_side)
+                else:
+                    own: dict[int, Any] = {}
+                    walk(inner, own)
+                    pick(own)
+            elif side is not None and 1 < side < input_side:
+                last_by_side[side] = layer
+
+    top: dict[int, Any] = {}
+    walk(graph, top)
+    pick(top)
     return found
 
 
@@ -101,8 +118,13 @@ def check_explainable(model, stride: int = STRIDE) -> list:
     """The layers whose maps `heat_maps` weighs (see `feature_layers`).
 
     Raises:
-        ConfigError: the model has no convolutional feature maps.
+        ConfigError: the model is not a functional or Sequential Keras model with one
+            input, or has no convolutional feature maps.
     """
+    if _graph(model) is None or len(getattr(model, "inputs", None) or []) != 1:
+        raise ConfigError(f"{model.name} is not a network of Keras layers with one image "
+                          "input, so there is no map of where it looked. Try: a model "
+                          "pawnet trains, or a functional or Sequential Keras model")
     layers = feature_layers(model, stride)
     if not layers:
         raise ConfigError(f"{model.name} has no convolutional feature maps, so there is no "
@@ -168,9 +190,32 @@ def _traced(model, layers: list):
 _TRACED = "_pawnet_heat_map_steps"  # the model's attribute: {stride: traced step}
 
 
+def _check_class(model, class_index: int | None) -> None:
+    """Raises:
+        ConfigError: `class_index` is not one of the model's classes.
+    """
+    if class_index is None:
+        return
+    named = [layer for layer in _all_layers(model) if layer.name == "predictions"]
+    units = (named[0] if named else model).output.shape[-1]
+    if not 0 <= class_index < max(units, 2):  # one sigmoid unit answers for two classes
+        raise ConfigError(f"class {class_index} is not one of {model.name}'s "
+                          f"{max(units, 2)} classes. Try: 0 to {max(units, 2) - 1}")
+
+
+def _all_layers(network) -> list:
+    """Every layer of a network, those of nested networks included."""
+    found = []
+    for layer in network.layers:
+        inner = _graph(layer)
+        found += [layer, *_all_layers(inner)] if inner is not None else [layer]
+    return found
+
+
 def weigh(maps: np.ndarray, grads: np.ndarray, method: str) -> np.ndarray:
     """One network's heat-maps `(N, h, w)` from its maps and their gradients, each cell
     its share of the class score per unit of area (so that networks' maps add up)."""
+    maps, grads = maps.astype(np.float32), grads.astype(np.float32)  # float16 underflows
     if method == "grad-cam":
         weighted = maps * grads.mean(axis=(1, 2), keepdims=True)
     else:
@@ -192,6 +237,7 @@ def maps_and_gradients(model, pixels: np.ndarray, class_index: int | None = None
     """
     import tensorflow as tf
 
+    _check_class(model, class_index)
     traced = model.__dict__.get(_TRACED)
     if traced is None:  # kept on the model, so that it goes with the model
         traced = {}

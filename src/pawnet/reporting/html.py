@@ -152,10 +152,10 @@ def _provenance(bundle) -> str:
 
 def _heat_map_note(report: Figures) -> str:
     """", Layer-CAM, 28×28 cells": how the gallery's heat-maps were drawn, when they were."""
-    if not report.heatmap:
+    if not report.heatmap_method or not report.heatmap_resolution:
         return ""
-    rows, cols = report.heatmap["resolution"]
-    return f", {html.escape(report.heatmap['method'])}, {rows}×{cols} cells"
+    rows, cols = report.heatmap_resolution
+    return f", {html.escape(report.heatmap_method)}, {rows}×{cols} cells"
 
 
 def write_html(report: Figures, out_dir: Path, bundle,

@@ -111,7 +111,8 @@ class Report(Figures):
         run_dir = self.predictor.bundle.run_dir
         folder = Path(out) if out else next_run_dir(
             RunFolder(run_dir).reports if run_dir else Path("runs") / "evaluate")
-        written = dataclasses.replace(self, out=folder, heatmaps=None, heatmap=None)
+        written = dataclasses.replace(self, out=folder, heatmaps=None, heatmap_method=None,
+                                      heatmap_resolution=None)
         bundle = self.predictor.bundle
         sheet = confusion_sheet(self)  # first: the card shows it only when there is one
         card = build_card(self, bundle, command=self.command or f"pawnet evaluate {self.model}",
@@ -120,7 +121,9 @@ class Report(Figures):
         text = stamp_card(card_markdown(card))
         with atomic_path(folder, EVALUATION_OUTPUT) as tmp:
             _write_folder(written, tmp, card, text, sheet)
-        self.out, self.heatmaps, self.heatmap = written.out, written.heatmaps, written.heatmap
+        self.out, self.heatmaps = written.out, written.heatmaps
+        self.heatmap_method, self.heatmap_resolution = (written.heatmap_method,
+                                                        written.heatmap_resolution)
         if self.held_out:
             self.bundle_card = _card_into_bundle(bundle, text, sheet)
         return folder
@@ -237,7 +240,7 @@ def _misclassified(report: Report, shown: list[dict], folder: Path
                    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
     """Draw the grids of the misclassified photos shown, and of their heat-maps; returns
     their pixels and heat-maps (None when the model has no feature maps to weigh), and
-    notes the heat-maps' method and resolution in `report.heatmap`."""
+    notes the heat-maps' method and resolution in the report."""
     if not shown:
         return [], None
     predictor = report.predictor
@@ -249,11 +252,11 @@ def _misclassified(report: Report, shown: list[dict], folder: Path
     if found is None:
         return list(images), None
     maps, method, resolution = found
-    report.heatmap = {"method": method, "resolution": resolution}
+    report.heatmap_method, report.heatmap_resolution = method, resolution
     heat = [blend(image, cam) for image, cam in zip(images, maps, strict=True)]
     plot_grid(np.stack(heat), captions, folder / "misclassified_heatmaps.png",
               title=f"where the model looked for the class it predicted ({method}, "
-                    f"{resolution[0]}x{resolution[1]} cells)")
+                    f"{resolution[0]}×{resolution[1]} cells)")
     return list(images), heat
 
 

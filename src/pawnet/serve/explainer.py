@@ -1,11 +1,11 @@
 """Heat-maps for the server: a bounded queue of requests and a thread of their own.
 
-A heat-map runs the Keras model eagerly and takes far longer than a label, so heat-maps get
-their own thread rather than a token of anyio's pool, which decodes every request's photos. The
-queue is bounded in photos: `submit` raises `ExplainQueueFull` beyond it (the app answers 503
-with Retry-After). Each request has one deadline. When it passes, or its client leaves, the
-request's photos that have not started are dropped. A request's photos get their heat-maps
-`heatmap.BATCH` at a time, grouped by the class they explain.
+A heat-map runs the Keras model forwards and backwards and takes far longer than a label, so
+heat-maps get their own thread rather than a token of anyio's pool, which decodes every
+request's photos. The queue is bounded in photos: `submit` raises `ExplainQueueFull` beyond
+it (the app answers 503 with Retry-After). Each request has one deadline. When it passes, or
+its client leaves, the request's photos that have not started are dropped. A request's
+photos get their heat-maps `heatmap.BATCH` at a time, grouped by the class they explain.
 """
 
 from __future__ import annotations
