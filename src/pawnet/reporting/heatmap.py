@@ -23,8 +23,8 @@ from pawnet.errors import ConfigError
 
 METHODS = ("layer-cam", "grad-cam")
 METHOD, STRIDE = "layer-cam", 8
-# Photos per call: four together take half the time of four alone; more save little and
-# each costs ~100 MB at 260 px (docs/decisions.md).
+# Photos per call: on joined backbones four take half the time per photo of one, eight no
+# less than four at 1.7x the memory (docs/decisions.md).
 BATCH = 4
 
 
