@@ -62,6 +62,12 @@ def _graph(layer) -> Any:
     return graph if hasattr(graph, "_run_through_graph") else None
 
 
+def _image_graph(model) -> Any:
+    """The model's functional graph when it takes one input (the photo), else None."""
+    graph = _graph(model)
+    return graph if graph is not None and len(model.inputs) == 1 else None
+
+
 def _side(layer) -> int | None:
     """The side of a layer's 4-D output (feature maps), else None; padding and cropping
     layers only reshape the maps before them, so they have none of their own."""
@@ -84,8 +90,8 @@ def feature_layers(model, stride: int = STRIDE) -> list:
     A nested network that ends in maps (a stem, a stage) is part of the network around
     it; one that ends in features or classes (a backbone, a branch of joined backbones)
     is a network of its own."""
-    graph = _graph(model)
-    if graph is None or len(getattr(model, "inputs", None) or []) != 1:
+    graph = _image_graph(model)
+    if graph is None:
         return []
     input_side = model.inputs[0].shape[1]
     found: list = []
@@ -121,7 +127,7 @@ def check_explainable(model, stride: int = STRIDE) -> list:
         ConfigError: the model is not a functional or Sequential Keras model with one
             input, or has no convolutional feature maps.
     """
-    if _graph(model) is None or len(getattr(model, "inputs", None) or []) != 1:
+    if _image_graph(model) is None:
         raise ConfigError(f"{model.name} is not a network of Keras layers with one image "
                           "input, so there is no map of where it looked. Try: a model "
                           "pawnet trains, or a functional or Sequential Keras model")

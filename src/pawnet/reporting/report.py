@@ -227,8 +227,6 @@ def _write_folder(report: Report, folder: Path, card: Card, text: str,
     plot_risk_coverage(report.risk_coverage["curve"], folder / "risk_coverage.png")
     shown = report.misclassified[:MAX_MISCLASSIFIED_SHOWN]
     images, heat = _misclassified(report, shown, folder)
-    if heat is not None:
-        report.heatmaps = "misclassified_heatmaps.png"
     unsure = [report.predictor.decode(m["path"]) for m in report.least_confident_correct]
     atomic_write_text(folder / "report.json", json.dumps(report.to_json(), indent=2) + "\n")
     atomic_write_text(folder / "report.md", markdown(report))
@@ -240,7 +238,7 @@ def _misclassified(report: Report, shown: list[dict], folder: Path
                    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
     """Draw the grids of the misclassified photos shown, and of their heat-maps; returns
     their pixels and heat-maps (None when the model has no feature maps to weigh), and
-    notes the heat-maps' method and resolution in the report."""
+    notes the heat-map grid's file name, method and resolution in the report."""
     if not shown:
         return [], None
     predictor = report.predictor
@@ -252,9 +250,10 @@ def _misclassified(report: Report, shown: list[dict], folder: Path
     if found is None:
         return list(images), None
     maps, method, resolution = found
+    report.heatmaps = "misclassified_heatmaps.png"
     report.heatmap_method, report.heatmap_resolution = method, resolution
     heat = [blend(image, cam) for image, cam in zip(images, maps, strict=True)]
-    plot_grid(np.stack(heat), captions, folder / "misclassified_heatmaps.png",
+    plot_grid(np.stack(heat), captions, folder / report.heatmaps,
               title=f"where the model looked for the class it predicted ({method}, "
                     f"{resolution[0]}×{resolution[1]} cells)")
     return list(images), heat
