@@ -50,6 +50,13 @@ class Figures:
     heatmap_method: str | None = None
     heatmap_resolution: list[int] | None = None  # [rows, columns] of each map
 
+    def heatmap_note(self) -> str | None:
+        """How the heat-maps were drawn ("layer-cam, 28×28 cells"), once they were."""
+        if self.heatmap_method is None or self.heatmap_resolution is None:
+            return None
+        rows, cols = self.heatmap_resolution
+        return f"{self.heatmap_method}, {rows}×{cols} cells"
+
     def to_json(self) -> dict[str, Any]:
         """The content of `report.json` (a copy): every figure, `roc_auc` and `log_loss`
         with two classes only, `out` and the `heatmap*` keys once written."""

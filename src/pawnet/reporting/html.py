@@ -150,14 +150,6 @@ def _provenance(bundle) -> str:
     return _table(["", "value"], rows) + settings
 
 
-def _heat_map_note(report: Figures) -> str:
-    """", Layer-CAM, 28×28 cells": how the gallery's heat-maps were drawn, when they were."""
-    if not report.heatmap_method or not report.heatmap_resolution:
-        return ""
-    rows, cols = report.heatmap_resolution
-    return f", {html.escape(report.heatmap_method)}, {rows}×{cols} cells"
-
-
 def write_html(report: Figures, out_dir: Path, bundle,
                misclassified: list[tuple[np.ndarray, np.ndarray | None]],
                least_confident: list[np.ndarray], card: Card | None = None) -> Path:
@@ -177,6 +169,7 @@ def write_html(report: Figures, out_dir: Path, bundle,
                     for entry, p in zip(report.least_confident_correct, least_confident,
                                         strict=True))
     run_dir = bundle.run_dir
+    how = f", {html.escape(note)}" if (note := report.heatmap_note()) else ""
     parts = [
         _section("summary", "Summary", _summary(report)),
         _section("per-class", "Per class", _table(
@@ -191,7 +184,7 @@ def write_html(report: Figures, out_dir: Path, bundle,
             ["coverage", "accuracy", "confidence at least"], coverage)
             + _img(out_dir / "risk_coverage.png", "risk-coverage curve")),
         _section("misclassified", f"Misclassified photos ({len(report.misclassified)}; "
-                 f"each with where the model looked{_heat_map_note(report)})",
+                 f"each with where the model looked{how})",
                  f'<div class="grid">{wrong}</div>' if wrong else "<p>none</p>"),
         _section("least-confident", "The least confident right answers",
                  f'<div class="grid">{timid}</div>' if timid else "<p>none</p>"),

@@ -254,8 +254,8 @@ def _misclassified(report: Report, shown: list[dict], folder: Path
     report.heatmap_method, report.heatmap_resolution = method, resolution
     heat = [blend(image, cam) for image, cam in zip(images, maps, strict=True)]
     plot_grid(np.stack(heat), captions, folder / report.heatmaps,
-              title=f"where the model looked for the class it predicted ({method}, "
-                    f"{resolution[0]}×{resolution[1]} cells)")
+              title=f"where the model looked for the class it predicted "
+                    f"({report.heatmap_note()})")
     return list(images), heat
 
 

@@ -105,9 +105,8 @@ def markdown(report: Figures) -> str:
               f"Misclassified photos: {len(report.misclassified)} "
               "(most confident first, in misclassified.png)", ""]
     if report.heatmaps:
-        rows, cols = report.heatmap_resolution or ("?", "?")
         lines += [f"Where the model looked for the class it predicted "
-                  f"({report.heatmap_method}, {rows}×{cols} cells):", "",
+                  f"({report.heatmap_note()}):", "",
                   f"![where the model looked]({report.heatmaps})", ""]
     lines += [f"- {one_line(m['path'])}: {one_line(m['true'])} predicted as "
               f"{one_line(m['predicted'])} ({m['confidence']:.3f})"
