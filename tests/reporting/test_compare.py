@@ -207,8 +207,8 @@ class _FakePredictor:
 def _fake_models(monkeypatch, new: _FakePredictor, old: _FakePredictor) -> None:
     models = {"NEW": new, "OLD": old}
     monkeypatch.setattr(compare_module, "resolve", lambda m: SimpleNamespace(
-        spec=SimpleNamespace(class_names=models[m].classes), run_dir=None))
-    monkeypatch.setattr(compare_module, "load", lambda m, runtime: models[m])
+        spec=SimpleNamespace(class_names=models[m].classes), run_dir=None, model=m))
+    monkeypatch.setattr(compare_module, "load", lambda bundle, runtime: models[bundle.model])
 
 
 def test_answers_are_aligned_by_class_name_and_each_unreadable_photo_says_by_whom(

@@ -253,12 +253,13 @@ class Predictor:
                 for name, d in zip(names, decoded, strict=True)]
 
 
-def load(model: str | Path | Predictor, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
-         runtime: str = "auto", tta: bool = False, min_confidence: float | None = None
-         ) -> Predictor:
-    """Load a model for prediction: a run folder, a bundle folder or a built-in name, on
-    `runtime`, with or without `tta`, with the bundle's or a given `min_confidence` (see
-    `Predictor`). The one way pawnet builds a predictor: the CLI, Python, the server.
+def load(model: str | Path | Bundle | Predictor, batch_size: int = 32,
+         max_pixels: int = MAX_PIXELS, runtime: str = "auto", tta: bool = False,
+         min_confidence: float | None = None) -> Predictor:
+    """Load a model for prediction: a run folder, a bundle folder, a built-in name or a
+    `Bundle` already resolved, on `runtime`, with or without `tta`, with the bundle's or a
+    given `min_confidence` (see `Predictor`). The one way pawnet builds a predictor: the
+    CLI, Python, the server.
 
     A `Predictor` given as `model` is left as it is: the answer is a copy of it (of its own
     class) with these settings, which keeps its runtime when `runtime` is "auto" and its
@@ -269,7 +270,8 @@ def load(model: str | Path | Predictor, batch_size: int = 32, max_pixels: int = 
         ConfigError: an unknown runtime, one not installed, or `min_confidence` not in 0..1.
     """
     if not isinstance(model, Predictor):
-        return Predictor(resolve(model), batch_size=batch_size, max_pixels=max_pixels,
+        bundle = model if isinstance(model, Bundle) else resolve(model)
+        return Predictor(bundle, batch_size=batch_size, max_pixels=max_pixels,
                          runtime=runtime, tta=tta, min_confidence=min_confidence)
     kept = model.min_confidence if min_confidence is None else min_confidence
     if runtime not in ("auto", model.runtime.name):

@@ -263,7 +263,7 @@ def compare(new: str | Path, old: str | Path, photos: str | Path | None = None, 
                             f"{', '.join(unknown)}; they know "
                             f"{', '.join(bundles[0].spec.class_names)}. Try: photos in "
                             "folders with those names")
-        predictors = load(new, runtime=runtime), load(old, runtime=runtime)
+        predictors = load(bundles[0], runtime=runtime), load(bundles[1], runtime=runtime)
         log.info(f"Comparing {new} with {old} on {len(paths)} photos: {source}")
         answers = [predictor.predict(paths) for predictor in predictors]
     return _measure((new, old), predictors, answers, (paths, labels), source)
@@ -285,7 +285,7 @@ def _measure(models: tuple[str, str], predictors: tuple[Predictor, Predictor],
     paths, labels = photos
     failed = [i for i, pair in enumerate(zip(*answers, strict=True))
               if any(p.error for p in pair)]
-    kept = [i for i in range(len(paths)) if not any(answer[i].error for answer in answers)]
+    kept = sorted(set(range(len(paths))) - set(failed))
     if not kept:
         raise DataError(f"none of the {len(paths)} photos of {source} could be read")
     classes = predictors[0].classes
