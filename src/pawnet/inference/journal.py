@@ -39,7 +39,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -101,6 +101,11 @@ class RowLog(Protocol):
     def repair(self, entries: list[Entry]) -> int: ...
 
     def write(self, entries: list[Entry]) -> None: ...
+
+
+def _line(op: str, entry: Entry) -> str:
+    """One journal record of `entry`: the fields of `op`, as a JSON line."""
+    return json.dumps({"op": op, **{k: getattr(entry, k) for k in _FIELDS[op]}}) + "\n"
 
 
 def _records(path: Path) -> Iterator[dict]:
@@ -256,17 +261,13 @@ class Journal:
             return
         entry.state = "removed"
         if self._file is not None:  # replay finds the source gone anyway: no fsync
-            self.record("removed", entry, sync=False)
+            self.record("removed", entry)
 
-    def record(self, op: str, entry: Entry, sync: bool = True) -> None:
-        """Append one record; with `sync`, durable before this returns."""
-        values = asdict(entry)
-        line = json.dumps({"op": op, **{k: values[k] for k in _FIELDS[op]}}) + "\n"
+    def record(self, op: str, entry: Entry) -> None:
+        """Append one record (durable once `_sync` has run)."""
         with writing(self.path):
-            self._file.write(line.encode())
+            self._file.write(_line(op, entry).encode())
             self._file.flush()
-            if sync:
-                os.fsync(self._file.fileno())
 
     def _sync(self) -> None:
         with writing(self.path):
@@ -286,7 +287,7 @@ class Journal:
         """
         for entry, _ in batch:
             entry.tmp = temp_name(self.into / entry.dest).relative_to(self.into).as_posix()
-            self.record("intent", entry, sync=False)
+            self.record("intent", entry)
         self._sync()
         failed = [entry for entry, data in batch if not self._copy(entry, data)]
         done = [entry for entry, _ in batch if entry.state != "undone"]
@@ -294,7 +295,7 @@ class Journal:
             fsync_folder(folder)
         for entry in done:
             entry.state = "done"
-            self.record("done", entry, sync=False)
+            self.record("done", entry)
         self._sync()
         rows.write(done)
         for entry in done:
@@ -330,7 +331,7 @@ class Journal:
         """A sorted photo found with a new size and mtime but the same bytes (touched, or
         rewritten by a sync tool): recorded as it is now rather than sorted again."""
         entry.size, entry.mtime = identity
-        self.record("sorted", entry, sync=False)  # lost in a crash: hashed again, no harm
+        self.record("sorted", entry)  # lost in a crash: hashed again, no harm
 
     def forget(self, present: set[str]) -> None:
         """Drop the sorted photos no longer in INBOX (`present`: the paths there now)."""
@@ -346,10 +347,9 @@ class Journal:
     def compact(self) -> None:
         """Rewrite the journal, atomically and durably, as its `inbox` line and one `sorted`
         line per photo in `sorted`, and append to that from now on."""
-        records = [{"op": "inbox", "path": str(self.inbox)}]
-        records += [{"op": "sorted", **{k: getattr(e, k) for k in _FIELDS["sorted"]}}
-                    for e in self.sorted.values()]
-        data = "".join(json.dumps(r) + "\n" for r in records).encode()
+        lines = [json.dumps({"op": "inbox", "path": str(self.inbox)}) + "\n"]
+        lines += [_line("sorted", e) for e in self.sorted.values()]
+        data = "".join(lines).encode()
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import secrets
 from collections.abc import Iterator
@@ -116,9 +117,8 @@ def free_name(into: Path, folder: str, name: str, sha256: str,
         stem, suffix = name, ""
     room = NAME_BYTES - len(os.fsencode(suffix)) - len("-12345678-9999")
     stem = _cut(stem, room) if len(os.fsencode(stem)) > room else stem
-    candidates = [stem + suffix, f"{stem}-{sha256[:8]}{suffix}"]
-    candidates += (f"{stem}-{sha256[:8]}-{n}{suffix}" for n in range(2, 10_000))
-    for candidate in candidates:
+    numbered = (f"{stem}-{sha256[:8]}-{n}{suffix}" for n in range(2, 10_000))
+    for candidate in itertools.chain([stem + suffix, f"{stem}-{sha256[:8]}{suffix}"], numbered):
         path = f"{folder}/{candidate}"
         if path not in taken and not os.path.lexists(into / path):
             return path
